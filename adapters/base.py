@@ -1,0 +1,174 @@
+"""The classifier adapter protocol.
+
+An adapter is the only way the explainer reaches a classifier. Subclasses implement one method,
+:meth:`ClassifierAdapter._predict_batch`, for one batch of at most ``max_batch`` images; the base
+class owns the plumbing that is the same for every backend: input validation, batch splitting,
+the query budget, the query and request counters, and validation of the returned probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adapters.errors import BudgetExhausted, ResponseError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the explainer needs to know about a classifier.
+
+    Attributes
+    ----------
+    input_size : (height, width) the model expects; images passed to ``predict`` have this size.
+    channels : 1 or 3.
+    class_names : names of the K classes (K >= 2), in output order.
+    abnormal_index : the index of the "abnormal" class in ``class_names``.
+    name : a short human-readable name (a file name or model name, never a secret).
+    extra : backend details worth reporting (provider, URL without credentials, ...).
+    """
+
+    input_size: tuple[int, int]
+    channels: int
+    class_names: tuple[str, ...]
+    abnormal_index: int
+    name: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f"input_size must be (height, width) with positive sides. Got {self.input_size!r} instead.")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3. Got {self.channels!r} instead.")
+        if len(self.class_names) < 2:
+            raise ValueError(f"class_names must name at least 2 classes. Got {self.class_names!r} instead.")
+        if not 0 <= self.abnormal_index < len(self.class_names):
+            raise ValueError(
+                f"abnormal_index must be in [0, {len(self.class_names) - 1}]. Got {self.abnormal_index!r} instead.")
+
+
+class ClassifierAdapter(ABC):
+    """Base class of every adapter: ``predict(images) -> probs`` plus metadata and counters.
+
+    Parameters
+    ----------
+    max_batch : int
+        The most images sent in one request / session run.
+    budget : int or None
+        A hard limit on the number of images queried over the adapter's life. A batch that would
+        exceed it is not sent; :class:`~adapters.errors.BudgetExhausted` is raised instead.
+    """
+
+    def __init__(self, max_batch: int = 64, budget: int | None = None) -> None:
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1. Got {max_batch!r} instead.")
+        if budget is not None and (not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"budget must be None or an integer >= 1. Got {budget!r} instead.")
+        self.max_batch = max_batch
+        self.budget = budget
+        self.queries = 0  # images sent
+        self.requests = 0  # requests (session runs) made
+
+    # -- the one method a backend implements -------------------------------------------------
+
+    @property
+    @abstractmethod
+    def info(self) -> ModelInfo:
+        """The model's metadata."""
+
+    @abstractmethod
+    def _predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """Run one batch. images: float32 (n, H, W, C) in [0, 1], n <= max_batch -> (n, K) or (n,)."""
+
+    # -- shared plumbing ---------------------------------------------------------------------
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of images.
+
+        Parameters
+        ----------
+        images : float32 array (N, H, W, C) in [0, 1] at ``info.input_size`` and ``info.channels``.
+
+        Returns
+        -------
+        float64 array (N, K) of class probabilities (rows sum to 1 within 1e-3). A binary model that
+        returns only P(positive) is expanded to two columns [1 - p, p].
+        """
+        images = self._check_images(images)
+        n = images.shape[0]
+        if self.budget is not None and self.queries + n > self.budget:
+            raise BudgetExhausted(
+                f"Query budget exhausted: {self.queries} of {self.budget} queries used, and the next call needs {n}. "
+                "Raise the budget or lower --samples.", used=self.queries, budget=self.budget)
+        outs = [self._run_one(images[i:i + self.max_batch]) for i in range(0, n, self.max_batch)]
+        return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(self.info.class_names)))
+
+    def _run_one(self, batch: np.ndarray) -> np.ndarray:
+        self.requests += 1
+        self.queries += batch.shape[0]
+        raw = self._predict_batch(np.ascontiguousarray(batch, dtype=np.float32))
+        return self._check_probs(raw, batch.shape[0])
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        info = self.info
+        if not isinstance(images, np.ndarray) or images.ndim != 4:
+            shape = getattr(images, "shape", None)
+            raise ValueError(f"predict expects an array of shape (N, H, W, C). Got shape {shape!r} instead.")
+        h, w = info.input_size
+        if images.shape[1:] != (h, w, info.channels):
+            raise ValueError(
+                f"predict expects images of shape (N, {h}, {w}, {info.channels}) for this model. "
+                f"Got {images.shape} instead; resize to the adapter's input_size first.")
+        return images.astype(np.float32, copy=False)
+
+    def _check_probs(self, raw: Any, n: int) -> np.ndarray:
+        k = len(self.info.class_names)
+        p = np.asarray(raw, dtype=np.float64)
+        per_class = p.ndim == 2
+        if p.ndim == 1 and k == 2:
+            p = np.stack([1.0 - p, p], axis=1)
+        if p.shape != (n, k):
+            raise ResponseError(f"The model returned an output of shape {p.shape}; expected ({n}, {k}) class probabilities.")
+        if not np.all(np.isfinite(p)):
+            raise ResponseError("The model returned NaN or infinite probabilities. Check the model and its preprocessing.")
+        if p.min() < -1e-6 or p.max() > 1 + 1e-6:
+            raise ResponseError(
+                f"The model returned values outside [0, 1] (min {p.min():.4g}, max {p.max():.4g}); expected probabilities. "
+                "If the model outputs logits, declare output='logits' so they are passed through a softmax.")
+        if per_class:
+            sums = p.sum(axis=1)
+            if np.any(np.abs(sums - 1.0) > 1e-3):
+                raise ResponseError(
+                    f"The model's probabilities do not sum to 1 (row sums from {sums.min():.4g} to {sums.max():.4g}). "
+                    "If the model outputs logits, declare output='logits'.")
+        return np.clip(p, 0.0, 1.0)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the backend's resources. Safe to call twice."""
+
+    def __enter__(self) -> "ClassifierAdapter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def counters(self) -> dict[str, int]:
+        return {"queries": self.queries, "requests": self.requests}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))

@@ -1,0 +1,89 @@
+"""Configuration of an explanation: a frozen dataclass that validates itself."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FILLS = ("mae", "mean", "blur", "zero")
+
+
+def _check(ok: bool, name: str, what: str, got: object) -> None:
+    if not ok:
+        raise ValueError(f"The {name!r} parameter must be {what}. Got {got!r} instead.")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Every knob of an explanation. Invalid values raise ``ValueError`` naming the parameter.
+
+    Parameters
+    ----------
+    patch_size : int, default 16
+        Side of the fixed square patches, in pixels of the explanation canvas (the model's input
+        size). With MAE fill it must be a multiple of the MAE's patch (16 for the bundled MAE).
+    n_samples : int, default 500
+        Perturbed images queried, the unperturbed image included. This is the query cost.
+    mask_ratios : tuple of float, default (0.25, 0.5, 0.75)
+        Fractions of patches hidden per sample, used in equal shares. 0.5 maximises the variance of
+        each patch indicator; 0.25 keeps samples close to the image (local fidelity); 0.75 hides
+        whole multi-patch lesions often enough to show effects a max-like classifier only shows
+        when all of a lesion is gone.
+    fill : {"mae", "mean", "blur", "zero"}, default "mae"
+        How hidden patches are filled: the local MAE (generative masking), the image's
+        per-channel mean, a strong Gaussian blur of the image, or zeros.
+    nested_samples : int, default 3
+        Samples that share one MAE reconstruction. A group's first mask hides the most patches;
+        the others reveal a random part of its hidden patches again, so every fill is conditioned
+        only on pixels that are visible in its sample. 1 runs the MAE once per sample.
+    kernel_width : float, default 0.5
+        sigma of the proximity kernel pi(m) = exp(-D(m, 1)^2 / sigma^2), where D is the fraction of
+        hidden patches.
+    lambda1 : float, default 1e-5
+        L1 weight. The data term is the kernel-weighted *mean* squared error of the probabilities,
+        so lambda1 does not scale with n_samples.
+    lambda2 : float, default 1e-4
+        Weight of ||w - w_ref||^2 (w_ref is the evidence prior, zero without one).
+    batch_size : int, default 64
+        Images per MAE run and per classifier request.
+    """
+
+    patch_size: int = 16
+    n_samples: int = 500
+    mask_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    fill: str = "mae"
+    nested_samples: int = 3
+    kernel_width: float = 0.5
+    lambda1: float = 1e-5
+    lambda2: float = 1e-4
+    batch_size: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.patch_size) and self.patch_size >= 2, "patch_size", "an integer >= 2", self.patch_size)
+        _check(_is_int(self.n_samples) and self.n_samples >= 10, "n_samples", "an integer >= 10", self.n_samples)
+        ratios = self.mask_ratios
+        _check(isinstance(ratios, tuple) and len(ratios) >= 1 and all(_is_real(r) and 0 < r < 1 for r in ratios),
+               "mask_ratios", "a non-empty tuple of floats in the range (0, 1)", ratios)
+        _check(self.fill in FILLS, "fill", f"one of {', '.join(FILLS)}", self.fill)
+        _check(_is_int(self.nested_samples) and self.nested_samples >= 1, "nested_samples", "an integer >= 1",
+               self.nested_samples)
+        _check(_is_real(self.kernel_width) and self.kernel_width > 0, "kernel_width", "a float in the range (0, inf)",
+               self.kernel_width)
+        _check(_is_real(self.lambda1) and self.lambda1 >= 0, "lambda1", "a float in the range [0, inf)", self.lambda1)
+        _check(_is_real(self.lambda2) and self.lambda2 >= 0, "lambda2", "a float in the range [0, inf)", self.lambda2)
+        _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mask_ratios"] = list(self.mask_ratios)
+        return d

@@ -1,0 +1,235 @@
+"""The MedLIME pipeline: patches -> masks -> fills -> queries -> surrogate -> pixel saliency.
+
+    explainer = Explainer(adapter)                     # any adapters.ClassifierAdapter
+    explanation = explainer.explain(image, target=None, rng=0)
+
+Seams for the two other parts of MedLIME: ``input_transform`` (STTA: every perturbed image passes
+through it before it is queried) and ``reference`` (EBR: the evidence prior w_ref of the surrogate).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from adapters.base import ClassifierAdapter
+from blackbox_lime import __version__
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.explanation import Explanation
+from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
+from blackbox_lime.patches import PatchGrid, draw_masks
+from blackbox_lime.surrogate import SparseSurrogate
+
+log = logging.getLogger(__name__)
+
+InputTransform = Callable[[np.ndarray], np.ndarray]
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate a pixel array: (H, W) or (H, W, C) with C in {1, 3}, finite, in [0, 1] -> float32 (H, W, C)."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"The image must be a numpy array. Got {type(image).__name__} instead.")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(
+            f"The image must have shape (H, W), (H, W, 1) or (H, W, 3). Got shape {image.shape} instead; "
+            "convert it to grayscale or RGB.")
+    if not np.issubdtype(image.dtype, np.number) or not np.all(np.isfinite(image)):
+        raise ValueError("The image contains NaN or infinite values; clean or re-export it.")
+    if image.min() < 0.0 or image.max() > 1.0:
+        raise ValueError(
+            f"The image values must lie in [0, 1]. Got values from {image.min():.4g} to {image.max():.4g}; "
+            "rescale it (image loaders in blackbox_lime.image_io do this).")
+    return image.astype(np.float32, copy=False)
+
+
+def to_canvas(image: np.ndarray, size: tuple[int, int], channels: int, notes: list[str]) -> np.ndarray:
+    """Map an image to the classifier's input size and channel count; record what was done."""
+    h, w = size
+    x = image
+    if x.shape[:2] != (h, w):
+        interp = cv2.INTER_AREA if x.shape[0] > h and x.shape[1] > w else cv2.INTER_LINEAR
+        x = cv2.resize(x, (w, h), interpolation=interp).reshape(h, w, -1)
+        notes.append(f"image resized from {image.shape[1]}x{image.shape[0]} to the model's {w}x{h}")
+    if x.shape[2] != channels:
+        if x.shape[2] == 1:
+            x = np.repeat(x, channels, axis=2)
+            notes.append(f"grayscale image replicated to the model's {channels} channels")
+        else:
+            x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+            notes.append("colour image converted to grayscale (luma) for a 1-channel model")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Explainer:
+    """Explains a black-box classifier's answers as pixel saliency maps (MedLIME).
+
+    Parameters
+    ----------
+    adapter : the classifier, reached only through ``adapter.predict``.
+    config : an :class:`~blackbox_lime.config.ExplainConfig`.
+    mae_path : the MAE graph for ``fill="mae"`` (default: the bundled ``mae_recon.onnx``).
+    filler : a ready :class:`~blackbox_lime.generative_masking.Filler` (overrides ``config.fill``).
+    input_transform : STTA seam, applied to every batch of perturbed images (N, H, W, C) before querying.
+    reference : EBR seam, a callable ``image -> (w_ref (P,), neighbours)``; None gives w_ref = 0.
+    device, threads : for the local MAE's onnxruntime session.
+    """
+
+    def __init__(self, adapter: ClassifierAdapter, config: ExplainConfig | None = None, *, mae_path: str | None = None,
+                 filler: Filler | None = None, input_transform: InputTransform | None = None,
+                 reference: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]] | None = None,
+                 device: str = "auto", threads: int | None = None) -> None:
+        self.adapter = adapter
+        self.config = config or ExplainConfig()
+        self.filler = filler or make_filler(self.config.fill, self.config.patch_size, mae_path,
+                                            batch_size=self.config.batch_size, threads=threads, device=device)
+        self.input_transform = input_transform
+        self.reference = reference
+        info = adapter.info
+        if isinstance(self.filler, MAEFiller) and tuple(info.input_size) == (self.filler.size, self.filler.size) \
+                and self.config.patch_size % self.filler.patch:
+            raise ValueError(
+                f"The 'patch_size' parameter must be a multiple of the MAE's patch ({self.filler.patch}) when the "
+                f"model and the MAE share their input size. Got {self.config.patch_size} instead.")
+        self.grid = PatchGrid(info.input_size[0], info.input_size[1], self.config.patch_size)
+
+    def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
+                progress: bool = False) -> Explanation:
+        """Explain the model's answer for one image.
+
+        Parameters
+        ----------
+        image : float32 (H, W) or (H, W, C) in [0, 1], any size (C in {1, 3}).
+        target : the class to explain; default the model's predicted class.
+        rng : an integer seed or an ``np.random.Generator``; the only source of randomness.
+        progress : draw a progress bar on stderr.
+
+        Returns
+        -------
+        :class:`~blackbox_lime.explanation.Explanation`
+        """
+        t_start = time.perf_counter()
+        cfg, info, grid = self.config, self.adapter.info, self.grid
+        image = check_image(image)
+        if min(image.shape[:2]) < cfg.patch_size:
+            raise ValueError(
+                f"The image ({image.shape[1]}x{image.shape[0]} px) is smaller than one patch ({cfg.patch_size} px). "
+                "Use a larger image or a smaller --patch-size.")
+        n_classes = len(info.class_names)
+        if target is not None and not (isinstance(target, (int, np.integer)) and 0 <= target < n_classes):
+            raise ValueError(f"target must be a class index in [0, {n_classes - 1}] ({', '.join(info.class_names)}). "
+                             f"Got {target!r} instead.")
+        seed = int(rng) if isinstance(rng, (int, np.integer)) else None
+        gen = np.random.default_rng(rng) if seed is not None else rng
+        if not isinstance(gen, np.random.Generator):
+            raise TypeError(f"rng must be an int seed or a numpy Generator. Got {type(rng).__name__} instead.")
+        notes: list[str] = []
+        canvas = to_canvas(image, info.input_size, info.channels, notes)
+        q0, r0 = self.adapter.queries, self.adapter.requests
+        timings = {"masks": 0.0, "fill": 0.0, "classifier": 0.0, "compose": 0.0, "surrogate": 0.0}
+
+        t = time.perf_counter()
+        visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples, cfg.mask_ratios,
+                                    cfg.nested_samples if self.filler.depends_on_mask() else 1)
+        timings["masks"] = time.perf_counter() - t
+
+        probs = np.zeros((cfg.n_samples, n_classes))
+        bar = _progress(cfg.n_samples, progress)
+        try:
+            t = time.perf_counter()
+            probs[:1] = self._query(canvas[None])
+            timings["classifier"] += time.perf_counter() - t
+            bar.update(1)
+            n_groups = int(group.max()) + 1
+            first_row = np.searchsorted(group, np.arange(n_groups))  # groups occupy consecutive rows
+            static_fill = None
+            if not self.filler.depends_on_mask():
+                t = time.perf_counter()
+                static_fill = self.filler.fill(canvas, np.zeros((1,) + canvas.shape[:2], bool))[0]
+                timings["fill"] += time.perf_counter() - t
+            step = cfg.batch_size  # groups per chunk: one MAE batch, or one request batch for static fills
+            for g0 in range(0, n_groups, step):
+                g1 = min(n_groups, g0 + step)
+                rows = np.arange(first_row[g0], first_row[g1] if g1 < n_groups else cfg.n_samples)
+                t = time.perf_counter()
+                if static_fill is None:
+                    fills = self.filler.fill(canvas, grid.hidden_pixels(visible[first_row[g0:g1]]))
+                    timings["fill"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    batch = grid.composite(visible[rows], canvas, fills, group[rows] - g0)
+                else:
+                    batch = grid.composite(visible[rows], canvas, static_fill[None], None)
+                timings["compose"] += time.perf_counter() - t
+                t = time.perf_counter()
+                probs[rows] = self._query(batch)
+                timings["classifier"] += time.perf_counter() - t
+                bar.update(len(rows))
+        finally:
+            bar.close()
+
+        if target is None:
+            target = int(np.argmax(probs[0]))
+        t = time.perf_counter()
+        ref, neighbours = (np.zeros(grid.n_patches), []) if self.reference is None else self.reference(image)
+        hidden_frac = 1.0 - visible.mean(axis=1)
+        weights = np.exp(-(hidden_frac ** 2) / cfg.kernel_width ** 2)
+        model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref).fit(visible.astype(np.float64),
+                                                                             probs[:, target], weights)
+        saliency = grid.upsample(model.coef_, image.shape[:2])
+        timings["surrogate"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        notes += [n for n in getattr(self.filler, "notes", []) if n not in notes]
+        return Explanation(
+            saliency=saliency,
+            patch_weights=model.coef_.reshape(grid.rows, grid.cols),
+            patch_stderr=model.stderr_.reshape(grid.rows, grid.cols),
+            intercept=model.intercept_,
+            r2=model.r2_,
+            target=int(target),
+            target_name=info.class_names[target],
+            target_prob=float(probs[0, target]),
+            probs=probs[0].copy(),
+            queries=self.adapter.queries - q0,
+            requests=self.adapter.requests - r0,
+            timings=timings,
+            seed=seed,
+            config={**cfg.to_dict(), "fill_model": getattr(self.filler, "describe", lambda: {"kind": self.filler.name})(),
+                    "version": __version__},
+            neighbours=neighbours,
+            notes=notes,
+            model={"name": info.name, "input_size": list(info.input_size), "channels": info.channels,
+                   "class_names": list(info.class_names), "abnormal_index": info.abnormal_index, **info.extra},
+        )
+
+    def _query(self, batch: np.ndarray) -> np.ndarray:
+        if self.input_transform is not None:
+            batch = self.input_transform(batch)
+        return self.adapter.predict(batch)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> "_NoBar":
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="query", file=sys.stderr, leave=False, dynamic_ncols=True)  # type: ignore[return-value]
+
+
+def explain(image: np.ndarray, adapter: ClassifierAdapter, target: int | None = None, rng: int | np.random.Generator = 0,
+            config: ExplainConfig | None = None, **kwargs: object) -> Explanation:
+    """One-call form: ``Explainer(adapter, config, **kwargs).explain(image, target, rng)``."""
+    return Explainer(adapter, config, **kwargs).explain(image, target=target, rng=rng)  # type: ignore[arg-type]

@@ -1,0 +1,71 @@
+"""The result of one explanation (the Explanation contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Explanation:
+    """Why the model gave its answer for one image.
+
+    Attributes
+    ----------
+    saliency : float32 (H, W) at the input image's own resolution; positive = evidence for ``target``.
+    patch_weights : float64 (rows, cols), the surrogate's coefficient per patch.
+    patch_stderr : float64 (rows, cols), robust standard error per patch (how sure each weight is).
+    intercept : the surrogate's intercept.
+    r2 : the surrogate's kernel-weighted R^2 on the queried samples (local fidelity).
+    target, target_name, target_prob : the explained class and the model's probability for it.
+    probs : the model's class probabilities for the unperturbed image.
+    queries, requests : images sent to the classifier and requests made.
+    timings : seconds per stage (masks, fill, classifier, surrogate, total).
+    seed : the integer seed, or None when a Generator was passed.
+    config : the full configuration.
+    neighbours : the evidence cases used (empty without an evidence bank).
+    notes : what was done to fit the image to the models (resizing, channel mapping, ...).
+    model : the classifier's metadata.
+    """
+
+    saliency: np.ndarray
+    patch_weights: np.ndarray
+    patch_stderr: np.ndarray
+    intercept: float
+    r2: float
+    target: int
+    target_name: str
+    target_prob: float
+    probs: np.ndarray
+    queries: int
+    requests: int
+    timings: dict[str, float]
+    seed: int | None
+    config: dict[str, Any]
+    neighbours: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (no arrays except the small patch grid)."""
+        return {
+            "target": self.target,
+            "target_name": self.target_name,
+            "target_prob": round(float(self.target_prob), 6),
+            "probs": [round(float(p), 6) for p in self.probs],
+            "r2": round(float(self.r2), 6),
+            "intercept": round(float(self.intercept), 6),
+            "queries": self.queries,
+            "requests": self.requests,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "seed": self.seed,
+            "config": self.config,
+            "neighbours": self.neighbours,
+            "notes": self.notes,
+            "model": self.model,
+            "patch_grid": list(self.patch_weights.shape),
+            "patch_weights": np.round(self.patch_weights, 6).tolist(),
+            "patch_stderr": np.round(self.patch_stderr, 6).tolist(),
+        }

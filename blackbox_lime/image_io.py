@@ -1,0 +1,216 @@
+"""Reading images: PNG, JPEG, TIFF (8/16-bit, float), NumPy ``.npy`` and DICOM.
+
+Every loader returns float32 pixels (H, W, C), C in {1, 3}, in [0, 1], plus notes on what was done
+(windowing, inversion, rescaling). Only these pixels ever reach an adapter: DICOM headers and
+file names stay on the site.
+
+DICOM: the modality LUT (rescale slope/intercept) is applied, then the VOI window from the header
+(or, without one, a robust 0.5-99.5 percentile window); MONOCHROME1 is inverted so that dense is
+bright; multi-frame files need a frame number. Compressed transfer syntaxes decode when pylibjpeg
+is installed (``pip install 'blackbox-lime[dicom]'``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ImageError", "LoadedImage", "load_image", "SUPPORTED"]
+
+SUPPORTED = ".png, .jpg/.jpeg, .tif/.tiff, .npy, .dcm (DICOM)"
+
+
+class ImageError(ValueError):
+    """An input image cannot be read or is not a usable image."""
+
+
+@dataclass
+class LoadedImage:
+    pixels: np.ndarray  # float32 (H, W, C) in [0, 1]
+    format: str
+    sha256: str
+    notes: list[str] = field(default_factory=list)
+
+
+def load_image(path: str | Path, frame: int | None = None) -> LoadedImage:
+    """Read an image file into float32 (H, W, C) pixels in [0, 1].
+
+    Raises
+    ------
+    ImageError
+        The file is missing, empty, truncated, corrupt, of an unsupported kind, has NaN/Inf, or has
+        a channel count other than 1, 3 (or 4 with alpha); the message names the fix.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p.name}: no such file. Check the path.")
+    data = p.read_bytes()
+    if len(data) == 0:
+        raise ImageError(f"{p.name} is empty (0 bytes). Re-export or re-copy the image.")
+    digest = hashlib.sha256(data).hexdigest()
+    suffix = p.suffix.lower()
+    notes: list[str] = []
+    if suffix == ".npy" or data[:6] == b"\x93NUMPY":
+        pixels, fmt = _load_npy(p.name, data, notes), "npy"
+    elif suffix in (".dcm", ".dicom") or data[128:132] == b"DICM":
+        pixels, fmt = _load_dicom(p.name, data, frame, notes), "dicom"
+    else:
+        pixels, fmt = _load_raster(p.name, data, notes), "raster"
+    if frame is not None and fmt != "dicom":
+        raise ImageError(f"{p.name}: --frame applies to multi-frame DICOM files only.")
+    pixels = _finish(p.name, pixels, notes)
+    return LoadedImage(pixels, fmt, digest, notes)
+
+
+def _finish(name: str, x: np.ndarray, notes: list[str]) -> np.ndarray:
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.ndim != 3:
+        raise ImageError(f"{name} has shape {x.shape}; expected a 2-D image (H, W) or (H, W, C).")
+    c = x.shape[2]
+    if c == 4:
+        alpha = x[..., 3:4]
+        if np.any(alpha < 1.0):
+            notes.append("alpha channel composited onto black")
+            x = x[..., :3] * alpha
+        else:
+            notes.append("opaque alpha channel dropped")
+            x = x[..., :3]
+    elif c == 2:  # gray + alpha
+        x = x[..., :1] * x[..., 1:2]
+        notes.append("gray+alpha image composited onto black")
+    elif c not in (1, 3):
+        raise ImageError(f"{name} has {c} channels; expected 1 (grayscale) or 3 (RGB). "
+                         "Save it as grayscale or RGB.")
+    if min(x.shape[:2]) < 1:
+        raise ImageError(f"{name} has no pixels (shape {x.shape}).")
+    return np.ascontiguousarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
+
+
+def _to_unit(name: str, a: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Integer or float array -> float in [0, 1]."""
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.integer):
+        if a.dtype == np.uint8:
+            return a.astype(np.float32) / 255.0
+        if a.dtype == np.uint16:
+            return a.astype(np.float32) / 65535.0
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi <= 255:
+            return a.astype(np.float32) / 255.0
+        if lo >= 0 and hi <= 65535:
+            return a.astype(np.float32) / 65535.0
+        notes.append(f"integer values {lo:g}..{hi:g} rescaled to [0, 1] (min-max)")
+        return ((a.astype(np.float64) - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            bad = int(np.size(a) - np.isfinite(a).sum())
+            raise ImageError(f"{name} contains {bad} NaN or infinite values; replace them before explaining.")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return a.astype(np.float32)
+        notes.append(f"float values {lo:.4g}..{hi:.4g} rescaled to [0, 1] (min-max)")
+        return ((a.astype(np.float64) - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    raise ImageError(f"{name} has pixel type {a.dtype}; expected integers or floats.")
+
+
+def _load_npy(name: str, data: bytes, notes: list[str]) -> np.ndarray:
+    try:
+        a = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise ImageError(f"{name} is not a plain NumPy array file ({exc}). Save it with np.save(path, array).") from exc
+    except (EOFError, OSError) as exc:
+        raise ImageError(f"{name} is truncated or corrupt: {exc}. Re-save it with np.save.") from exc
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+        raise ImageError(f"{name} holds a {getattr(a, 'dtype', type(a))} array; expected numbers.")
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 2, 3, 4):
+        a = np.moveaxis(a, 0, 2)
+        notes.append("channels-first array moved to channels-last")
+    return _to_unit(name, a, notes)
+
+
+def _load_raster(name: str, data: bytes, notes: list[str]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()  # decode now: truncated files raise here instead of giving partial pixels
+    except UnidentifiedImageError as exc:
+        if data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")):
+            raise ImageError(f"{name} is truncated or corrupt (its header is damaged). Re-export the image.") from exc
+        raise ImageError(f"{name} is not an image file this tool can read (supported: {SUPPORTED}).") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name} is truncated or corrupt ({exc}). Re-export the image.") from exc
+    if getattr(img, "n_frames", 1) > 1:
+        notes.append(f"first of {img.n_frames} frames used")
+    mode = img.mode
+    if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB" if mode != "1" else "L")
+    a = np.asarray(img)
+    if a.dtype == np.int32 and mode.startswith("I") and a.max(initial=0) <= 65535 and a.min(initial=0) >= 0:
+        a = a.astype(np.uint16)
+    return _to_unit(name, a, notes)
+
+
+def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
+        raise ImageError("Reading DICOM needs pydicom: pip install pydicom.") from exc
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise ImageError(f"{name} is not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
+    if "PixelData" not in ds:
+        raise ImageError(f"{name} is a DICOM file without pixel data (SOP class {ds.get('SOPClassUID', '?')}).")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1 and frame is None:
+        raise ImageError(f"{name} is a multi-frame DICOM with {n_frames} frames; pass --frame K with K in 0..{n_frames - 1}.")
+    if frame is not None and not 0 <= frame < n_frames:
+        raise ImageError(f"{name} has {n_frames} frame(s); --frame must be in 0..{n_frames - 1}. Got {frame}.")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError by handler
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        compressed = ts is not None and getattr(ts, "is_compressed", False)
+        if compressed:
+            raise ImageError(
+                f"{name} uses the compressed transfer syntax {ts.name}, which needs a decoder: "
+                "pip install 'blackbox-lime[dicom]' (pylibjpeg).") from exc
+        raise ImageError(f"{name}: the DICOM pixel data cannot be decoded ({exc}).") from exc
+    if n_frames > 1:
+        arr = arr[frame]
+        notes.append(f"frame {frame} of {n_frames}")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric.startswith("MONOCHROME"):
+        x = apply_modality_lut(arr, ds).astype(np.float64)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            wc, ww = ds.WindowCenter, ds.WindowWidth
+            wc = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
+            ww = max(float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww), 1.0)
+            # The linear VOI function of DICOM PS3.3 C.11.2.1.2, onto [0, 1].
+            x = np.clip((x - (wc - 0.5)) / (ww - 1.0 if ww > 1 else 1.0) + 0.5, 0.0, 1.0)
+            notes.append(f"DICOM VOI window centre {wc:g} width {ww:g}")
+        elif "VOILUTSequence" in ds:
+            x = apply_voi_lut(x, ds, index=0).astype(np.float64)
+            x = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
+            notes.append("DICOM VOI LUT applied")
+        else:
+            lo, hi = np.percentile(x, [0.5, 99.5])
+            notes.append(f"no VOI window in the header: robust 0.5-99.5 percentile window {lo:g}..{hi:g}")
+            x = np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+        if photometric == "MONOCHROME1":
+            x = 1.0 - x
+            notes.append("MONOCHROME1 inverted so that dense tissue is bright")
+        return x.astype(np.float32)
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        notes.append("DICOM palette colour applied")
+    return _to_unit(name, np.asarray(arr), notes)

@@ -1,0 +1,145 @@
+"""Writing results to disk: atomic files, saliency arrays, overlays and JSON reports.
+
+All files of one explanation are written to temporary names first and renamed into place only when
+every one of them is complete, so an interrupted or failed run never leaves half-written output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from blackbox_lime.explanation import Explanation
+
+
+class OutputError(OSError):
+    """The output folder cannot be created or written."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    write_all({Path(path): data})
+
+
+def write_all(files: dict[Path, bytes]) -> None:
+    """Write several files all-or-nothing: temp files first, then renames."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
+
+
+def check_writable(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove a file can be written there; raise OutputError if not."""
+    d = Path(out_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".write-test.", suffix=".part")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(f"Cannot write to the output folder {d}: {exc.strerror or exc}. "
+                          "Choose a writable --out folder.") from exc
+    return d
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _diverging_lut() -> np.ndarray:
+    """256 BGR colours: blue (negative) - white (0) - red (positive)."""
+    t = np.linspace(-1.0, 1.0, 256)
+    r = np.where(t < 0, 1.0 + t, 1.0)
+    b = np.where(t > 0, 1.0 - t, 1.0)
+    g = 1.0 - np.abs(t)
+    lut = np.stack([b * 0.9 + 0.1 * (t < 0), g, r * 0.9 + 0.1 * (t > 0)], axis=1)
+    return np.clip(lut * 255, 0, 255).astype(np.uint8)
+
+
+_LUT = _diverging_lut()
+
+
+def render_overlay(image: np.ndarray, saliency: np.ndarray, title: str) -> np.ndarray:
+    """The saliency as a colour overlay on the image, with a colour bar and a title. -> BGR uint8.
+
+    image: float (H, W, C) in [0, 1]; saliency: (H, W). Colours are symmetric around zero (red =
+    evidence for the target class, blue = against); opacity grows with |saliency|.
+    """
+    h, w = saliency.shape
+    base = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
+    base = (np.clip(base[..., ::-1], 0, 1) * 255).astype(np.float32)  # RGB -> BGR
+    vmax = float(np.abs(saliency).max()) or 1.0
+    idx = np.clip(np.round((saliency / vmax + 1.0) * 127.5), 0, 255).astype(np.int64)
+    colour = _LUT[idx].astype(np.float32)
+    alpha = (0.65 * np.abs(saliency) / vmax)[..., None]
+    over = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
+
+    scale = max(0.35, h / 600.0)
+    thick = max(1, int(round(scale * 1.5)))
+    bar_w, pad, label_w = max(12, w // 25), max(6, w // 60), int(70 * scale) + 10
+    top = int(28 * scale) + 8
+    canvas = np.full((h + top, w + pad * 2 + bar_w + label_w, 3), 255, np.uint8)
+    canvas[top:, :w] = over
+    ramp = np.linspace(255, 0, h).astype(np.int64)
+    canvas[top:, w + pad:w + pad + bar_w] = _LUT[ramp][:, None, :]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for frac, text in ((0.0, f"+{vmax:.3g}"), (0.5, "0"), (1.0, f"-{vmax:.3g}")):
+        y = top + int(frac * (h - 1))
+        y = min(max(y + int(5 * scale), top + int(12 * scale)), h + top - 3)
+        cv2.putText(canvas, text, (w + pad * 2 + bar_w, y), font, 0.45 * scale, (0, 0, 0), thick, cv2.LINE_AA)
+    cv2.putText(canvas, title, (4, top - 8), font, 0.5 * scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return canvas
+
+
+def explanation_files(out_dir: Path, stem: str, image: np.ndarray, exp: Explanation,
+                      report: dict[str, Any]) -> dict[Path, bytes]:
+    """The three output files of one explanation, as bytes, keyed by their final paths."""
+    buf = io.BytesIO()
+    np.save(buf, exp.saliency.astype(np.float32))
+    title = f"{exp.target_name}  p={exp.target_prob:.3f}  R2={exp.r2:.2f}"
+    ok, png = cv2.imencode(".png", render_overlay(image, exp.saliency, title))
+    if not ok:  # pragma: no cover
+        raise OutputError("OpenCV could not encode the overlay PNG.")
+    text = json.dumps(report, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return {
+        out_dir / f"{stem}.saliency.npy": buf.getvalue(),
+        out_dir / f"{stem}.overlay.png": png.tobytes(),
+        out_dir / f"{stem}.json": text.encode(),
+    }
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return o.name
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,123 @@
+"""Fixed square patches and the random patch masks that LIME samples over."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """A grid of ``patch`` x ``patch`` squares over a ``height`` x ``width`` canvas.
+
+    Patches are numbered row by row. When a side is not a multiple of ``patch`` the last row or
+    column of patches is narrower.
+    """
+
+    height: int
+    width: int
+    patch: int
+
+    def __post_init__(self) -> None:
+        if self.patch > min(self.height, self.width):
+            raise ValueError(
+                f"The patch size ({self.patch} px) is larger than the image ({self.height}x{self.width} px). "
+                "Use a smaller --patch-size or a larger image.")
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.height / self.patch)
+
+    @property
+    def cols(self) -> int:
+        return math.ceil(self.width / self.patch)
+
+    @property
+    def n_patches(self) -> int:
+        return self.rows * self.cols
+
+    def pixel_index(self) -> np.ndarray:
+        """int (height, width): the patch number of every pixel."""
+        r = np.arange(self.height) // self.patch
+        c = np.arange(self.width) // self.patch
+        return r[:, None] * self.cols + c[None, :]
+
+    def hidden_pixels(self, visible: np.ndarray) -> np.ndarray:
+        """visible: bool (N, P) -> hidden: bool (N, height, width)."""
+        return ~visible[:, self.pixel_index()]
+
+    def composite(self, visible: np.ndarray, canvas: np.ndarray, fills: np.ndarray, which: np.ndarray | None) -> np.ndarray:
+        """Perturbed images: ``canvas`` where a patch is visible, the fill where it is hidden.
+
+        visible: bool (N, P); canvas: (H, W, C); fills: (G, H, W, C); which: int (N,) the fill of
+        each sample (None: fill 0 for all). -> float32 (N, H, W, C).
+        """
+        n, c = visible.shape[0], canvas.shape[2]
+        which = np.zeros(n, np.int64) if which is None else which
+        if self.height % self.patch == 0 and self.width % self.patch == 0:
+            # Broadcast patch flags over (rows, p, cols, p, C) views: no per-pixel mask is built.
+            shape6 = (self.rows, self.patch, self.cols, self.patch, c)
+            out = np.empty((n,) + shape6, np.float32)
+            out[:] = canvas.reshape(shape6)
+            hidden = ~visible.reshape(n, self.rows, 1, self.cols, 1, 1)
+            f6 = fills.reshape((-1,) + shape6)
+            for i in range(n):
+                np.copyto(out[i], f6[which[i]], where=hidden[i])
+            return out.reshape(n, self.height, self.width, c)
+        hidden_px = self.hidden_pixels(visible)[..., None]
+        return np.where(hidden_px, fills[which], canvas[None]).astype(np.float32)
+
+    def upsample(self, weights: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+        """Patch weights (P,) -> a smooth float32 map (out_h, out_w) without block edges.
+
+        Each weight sits at its patch centre; the map between centres is bicubic, so a patch's
+        value is reached at its centre and blends into its neighbours.
+        """
+        grid = np.asarray(weights, np.float32).reshape(self.rows, self.cols)
+        # Resize to the canvas first (centres align: cv2 maps pixel centres), then to the output.
+        canvas = cv2.resize(grid, (self.width, self.height), interpolation=cv2.INTER_CUBIC)
+        if (self.height, self.width) != tuple(out_hw):
+            canvas = cv2.resize(canvas, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+        return canvas.astype(np.float32)
+
+
+def draw_masks(rng: np.random.Generator, n_patches: int, n_samples: int, ratios: tuple[float, ...],
+               nested: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the LIME design: which patches each sample keeps visible.
+
+    Returns
+    -------
+    visible : bool (n_samples, n_patches). Row 0 is the unperturbed image (all visible).
+    group : int (n_samples,). Samples with the same group share one fill; each group's first
+        sample hides the most, and the other samples of the group hide a random subset of its
+        hidden patches. Row 0 has group -1 (nothing to fill).
+
+    Ratios are used in equal shares (cycled), each hiding ``max(1, round(ratio * n_patches))``
+    patches.
+    """
+    if n_patches < 2:
+        raise ValueError(f"At least 2 patches are needed to explain an image; the grid has {n_patches}. "
+                         "Use a smaller --patch-size.")
+    order = sorted(ratios, reverse=True)
+    counts = [min(n_patches, max(1, int(round(r * n_patches)))) for r in order]
+    visible = np.ones((n_samples, n_patches), bool)
+    group = np.full(n_samples, -1, np.int64)
+    i, g = 1, 0
+    while i < n_samples:
+        base_hidden = rng.permutation(n_patches)[: counts[g % len(counts)] if nested == 1 else counts[0]]
+        members = [] if nested == 1 else list(range(1, nested))
+        visible[i, base_hidden] = False
+        group[i] = g
+        i += 1
+        for j in members:
+            if i >= n_samples:
+                break
+            k = min(counts[j % len(counts)], len(base_hidden))
+            visible[i, rng.permutation(base_hidden)[:k]] = False
+            group[i] = g
+            i += 1
+        g += 1
+    return visible, group

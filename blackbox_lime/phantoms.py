@@ -1,0 +1,510 @@
+"""Synthetic medical phantoms with exact lesion masks.
+
+No public medical dataset with lesion masks can be fetched where this project is built and
+benchmarked, so the project draws its own medical-looking images. Every phantom is a pure function
+of ``(modality, split, index)``: the same triple always gives the same pixels, mask and label, and
+different triples draw from disjoint random streams (``np.random.SeedSequence`` keyed on all three),
+so the splits never share a case.
+
+Each phantom is a float32 image ``[224, 224, 3]`` in ``[0, 1]`` (grayscale replicated to three
+channels), a boolean lesion mask ``[224, 224]`` and a label (1 = abnormal). A case is abnormal if
+and only if its mask is non-empty. Half of all cases are abnormal (a Bernoulli(0.5) draw per case).
+
+Modalities
+----------
+``chest_xray`` -- a chest-radiograph-like image.
+    Anatomy: body outline, two lung fields cut by diaphragm domes, heart and mediastinum, 9-11
+    curved posterior ribs per side, clavicles and branching vessels from the hila.
+    Acquisition varies per case: exposure x0.85-1.15, offset +-0.03, gamma 0.8-1.25, blur
+    sigma 0.4-1.3 px, Gaussian noise sd 0.008-0.025.
+    Lesions (abnormal cases; 1 lesion in 80 %, 2 in 20 %), placed inside a lung field:
+      * nodules (60 %): round with soft edges, radius 4-22 px (log-uniform), so 0.1-3 % of the image;
+      * consolidations (40 %): irregular blobs from thresholded smooth noise, 14-40 px across.
+    Lesion contrast is +0.10 to +0.22 over lung (lung ~0.25-0.35, ribs, heart and mediastinum
+    0.45-0.7), so a lesion is never the brightest structure.
+    Distractors in every case: 3-8 vessel end-ons (radius 1.5-3 px, +0.06-0.12), rib crossings,
+    and in half the cases bilateral nipple shadows (radius 4-7 px).
+
+``breast_us`` -- a breast-ultrasound-like image in a sector (fan) geometry.
+    Tissue layers along depth: skin line, subcutaneous fat (hypoechoic), fibroglandular tissue
+    with smooth heterogeneity, retromammary fat, striated pectoral muscle; Cooper's ligaments as
+    bright arcs; depth attenuation with a random gain; log compression; fully developed speckle
+    (Rayleigh amplitude, laterally elongated).
+    Lesions (abnormal cases, one per case) in the fibroglandular layer: hypoechoic (echogenicity
+    x0.15-0.3 for lesions under 8 px radius, x0.2-0.5 for larger ones), regular (oval) or irregular (lobulated or angular)
+    margins, and posterior acoustic shadowing (40 %), enhancement (30 %) or neither (30 %), with a
+    strength of 10-30 %. Radius 4-28 px (log-uniform): about 40 % of lesions cover under 1 % of the
+    image, as in BUID.
+    Distractors in every case: 1-3 mildly hypoechoic fat lobules (x0.7-0.85, regular, no posterior
+    features) and faint ligament shadows.
+
+Splits
+------
+``train`` builds the demo models and the evidence bank, ``val`` tunes hyperparameters and
+``test`` is only for evaluation. ``shifted`` is a held-out acquisition shift (chest: harder
+exposure, stronger noise and blur; ultrasound: lower gain and coarser speckle) for robustness
+reports.
+
+Measured distributions (``python -m blackbox_lime.phantoms --stats``) are in onnx/MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["MODALITIES", "SPLITS", "SIZE", "Phantom", "make_phantom", "write_phantoms"]
+
+MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")
+SPLITS: tuple[str, ...] = ("train", "val", "test", "shifted")
+SIZE = 224
+_SEED_SALT = 0x6D65646C  # "medl": keeps these streams apart from any other use of SeedSequence
+
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """One synthetic case.
+
+    Attributes
+    ----------
+    image : float32 [224, 224, 3] in [0, 1], grayscale replicated.
+    mask : bool [224, 224], the exact lesion pixels (empty for a normal case).
+    label : 1 if abnormal (mask non-empty), else 0.
+    modality, split, index : the key the case was drawn from.
+    lesions : one dict per lesion (kind, centre, radius, contrast, ...).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: int
+    modality: str
+    split: str
+    index: int
+    lesions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_key(modality: str, split: str, index: int) -> None:
+    if modality not in MODALITIES:
+        raise ValueError(
+            f"Unknown modality {modality!r}. Valid modalities are: {', '.join(MODALITIES)}."
+        )
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}. Valid splits are: {', '.join(SPLITS)}.")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"The phantom index must be an integer >= 0. Got {index!r} instead.")
+
+
+def _rng_for(modality: str, split: str, index: int) -> np.random.Generator:
+    key = [_SEED_SALT, MODALITIES.index(modality), SPLITS.index(split), int(index)]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def make_phantom(modality: str, split: str, index: int) -> Phantom:
+    """Draw the phantom for ``(modality, split, index)``; deterministic.
+
+    Raises
+    ------
+    ValueError
+        For an unknown modality or split, or an index that is not a non-negative integer.
+    """
+    _check_key(modality, split, index)
+    rng = _rng_for(modality, split, index)
+    abnormal = bool(rng.random() < 0.5)
+    shifted = split == "shifted"
+    if modality == "chest_xray":
+        gray, mask, lesions = _chest_xray(rng, abnormal, shifted)
+    else:
+        gray, mask, lesions = _breast_us(rng, abnormal, shifted)
+    if abnormal != bool(mask.any()):  # pragma: no cover - guarded by the samplers' retries
+        raise RuntimeError("internal error: phantom label and mask disagree")
+    image = np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[..., None], 3, axis=2)
+    return Phantom(image, mask, int(abnormal), modality, split, int(index), lesions)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _smooth_noise(rng: np.random.Generator, sigma: float) -> np.ndarray:
+    """Gaussian noise blurred with ``sigma`` and rescaled to unit standard deviation."""
+    n = rng.standard_normal((SIZE, SIZE)).astype(np.float32)
+    n = cv2.GaussianBlur(n, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return n / (n.std() + 1e-8)
+
+
+def _soft_ellipse(cx: float, cy: float, ax: float, ay: float, edge: float, angle: float = 0.0) -> np.ndarray:
+    """Alpha in [0, 1]: 1 inside the ellipse, a soft ramp of width ~``edge`` px at its border."""
+    c, s = np.cos(angle), np.sin(angle)
+    dx, dy = _XX - cx, _YY - cy
+    u = (c * dx + s * dy) / ax
+    v = (-s * dx + c * dy) / ay
+    rho = np.sqrt(u * u + v * v)
+    return _sigmoid((1.0 - rho) * min(ax, ay) / max(edge, 1e-3) * 4.0)
+
+
+def _irregular_blob(
+    rng: np.random.Generator, cx: float, cy: float, radius: float, roughness: float, edge: float,
+    aspect: float = 1.0, angle: float = 0.0,
+) -> np.ndarray:
+    """Alpha of a blob whose boundary radius is perturbed by random low harmonics."""
+    dx, dy = _XX - cx, _YY - cy
+    c, s = np.cos(angle), np.sin(angle)
+    u = c * dx + s * dy
+    v = (-s * dx + c * dy) * aspect
+    phi = np.arctan2(v, u)
+    rho = np.sqrt(u * u + v * v)
+    boundary = np.ones_like(phi)
+    for k in range(2, 8):
+        amp = roughness * rng.uniform(0.2, 1.0) / (k ** 0.7)
+        boundary += amp * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+    boundary = radius * np.clip(boundary, 0.45, None)
+    return _sigmoid((boundary - rho) / max(edge, 1e-3) * 4.0)
+
+
+def _lesion_mask(alpha: np.ndarray) -> np.ndarray:
+    return alpha > 0.5
+
+
+# ----------------------------------------------------------------------------- chest radiograph
+
+
+def _chest_xray(
+    rng: np.random.Generator, abnormal: bool, shifted: bool
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    mid = SIZE / 2 + rng.uniform(-5, 5)
+    img = np.full((SIZE, SIZE), 0.03, np.float32)
+
+    body = _soft_ellipse(mid, 128 + rng.uniform(-4, 4), rng.uniform(96, 108), rng.uniform(118, 130), 6)
+    img += body * rng.uniform(0.40, 0.48)
+
+    # Lungs: two ellipses cut below by diaphragm domes.
+    lungs = np.zeros_like(img)
+    lung_centres = []
+    for side in (-1, 1):
+        lcx = mid + side * rng.uniform(40, 47)
+        lcy = 104 + rng.uniform(-5, 5)
+        lax, lay = rng.uniform(29, 35), rng.uniform(66, 76)
+        lung = _soft_ellipse(lcx, lcy, lax, lay, 5, angle=side * rng.uniform(0.02, 0.10))
+        dome_y = lcy + lay * rng.uniform(0.55, 0.72) - 0.012 * (_XX - lcx) ** 2 * -1.0
+        lung *= _sigmoid((dome_y - _YY) / 2.0)
+        lungs = np.maximum(lungs, lung)
+        lung_centres.append((lcx, lcy, lax, lay))
+    lung_density = rng.uniform(0.20, 0.26)
+    img -= lungs * lung_density * body
+
+    # Heart and mediastinum lie in front of the lungs.
+    heart = _soft_ellipse(mid + rng.uniform(8, 18), 152 + rng.uniform(-6, 6), rng.uniform(36, 46),
+                          rng.uniform(28, 35), 6, angle=rng.uniform(-0.3, -0.1))
+    medi = _sigmoid((rng.uniform(13, 18) - np.abs(_XX - mid)) / 2.0) * _sigmoid((175 - _YY) / 4.0)
+    front = np.maximum(heart, medi)
+    img += front * lungs * lung_density * 0.9
+
+    # Ribs: curved bands falling away from the spine, brighter at their cortical edges.
+    ribs = np.zeros_like(img)
+    d = np.abs(_XX - mid)
+    for side in (-1, 1):
+        n_ribs = int(rng.integers(9, 12))
+        y0 = 30 + rng.uniform(-4, 4)
+        spacing = rng.uniform(14.0, 16.5)
+        on_side = (np.sign(_XX - mid) == side).astype(np.float32)
+        for k in range(n_ribs):
+            yk = y0 + k * spacing
+            curve = yk - 0.30 * d + 0.0062 * d ** 2 + rng.uniform(-1.5, 1.5)
+            thick = rng.uniform(3.5, 5.0)
+            dist = np.abs(_YY - curve)
+            band = np.clip(1.0 - dist / thick, 0.0, 1.0) ** 0.35
+            band *= _sigmoid((d - 10.0) / 2.0) * _sigmoid((100.0 - d) / 4.0) * on_side
+            ribs = np.maximum(ribs, band)
+    img += ribs * rng.uniform(0.06, 0.09) * body
+
+    # Clavicles.
+    for side in (-1, 1):
+        curve = 34 + rng.uniform(-3, 3) + 0.18 * (d - 20) - 0.0012 * (d - 20) ** 2
+        band = np.clip(1.0 - np.abs(_YY - curve) / 4.5, 0, 1) ** 0.4
+        band *= _sigmoid((d - 12) / 2.0) * _sigmoid((80 - d) / 4.0) * (np.sign(_XX - mid) == side)
+        img += band * 0.07
+
+    # Vessels: random walks from each hilum, thinning and fading outward, only inside the lungs.
+    vessels = np.zeros_like(img)
+    for side in (-1, 1):
+        hx, hy = mid + side * rng.uniform(18, 26), rng.uniform(100, 115)
+        for _ in range(int(rng.integers(6, 11))):
+            x, y = hx, hy
+            ang = rng.uniform(-np.pi, np.pi) if side < 0 else rng.uniform(-np.pi, np.pi)
+            ang = np.arctan2(np.sin(ang), side * abs(np.cos(ang)))
+            width = 2.0
+            for _step in range(int(rng.integers(6, 12))):
+                length = rng.uniform(6, 11)
+                nx, ny = x + np.cos(ang) * length, y + np.sin(ang) * length
+                cv2.line(vessels, (int(round(x)), int(round(y))), (int(round(nx)), int(round(ny))),
+                         float(width / 2.0), thickness=max(1, int(round(width))), lineType=cv2.LINE_AA)
+                x, y = nx, ny
+                ang += rng.normal(0, 0.35)
+                width = max(1.0, width * 0.88)
+    vessels = cv2.GaussianBlur(vessels, (0, 0), 0.8)
+    img += vessels * rng.uniform(0.035, 0.06) * lungs
+
+    # Distractors: vessel end-ons and nipple shadows.
+    inside = np.argwhere(lungs > 0.9)
+    for _ in range(int(rng.integers(3, 9))):
+        py, px = inside[rng.integers(len(inside))]
+        r = rng.uniform(1.5, 3.0)
+        img += _soft_ellipse(px, py, r, r, 1.0) * rng.uniform(0.06, 0.12)
+    if rng.random() < 0.5:
+        ny = rng.uniform(148, 168)
+        for side in (-1, 1):
+            r = rng.uniform(4, 7)
+            img += _soft_ellipse(mid + side * rng.uniform(48, 62), ny + rng.uniform(-4, 4), r, r, 3) * \
+                rng.uniform(0.04, 0.08)
+
+    # Lesions.
+    mask = np.zeros((SIZE, SIZE), bool)
+    lesions: list[dict[str, Any]] = []
+    if abnormal:
+        n_lesions = 1 if rng.random() < 0.8 else 2
+        deep_inside = np.argwhere(lungs > 0.97)
+        while len(lesions) < n_lesions:
+            py, px = deep_inside[rng.integers(len(deep_inside))]
+            contrast = float(rng.uniform(0.10, 0.22))
+            if rng.random() < 0.6:
+                radius = float(np.exp(rng.uniform(np.log(4.0), np.log(22.0))))
+                alpha = _irregular_blob(rng, px, py, radius, roughness=0.08, edge=max(1.5, radius * 0.3))
+                kind = "nodule"
+            else:
+                radius = float(rng.uniform(7, 20))
+                field = _soft_ellipse(px, py, radius * rng.uniform(0.8, 1.3), radius * rng.uniform(0.8, 1.3), radius * 0.5)
+                alpha = _sigmoid((field + 0.35 * _smooth_noise(rng, 3.0) - 0.55) * 8.0) * (field > 0.02)
+                kind = "consolidation"
+            alpha = alpha * (lungs > 0.5)
+            lesion_mask = _lesion_mask(alpha)
+            if lesion_mask.sum() < 12:
+                continue  # too small to be a lesion after clipping to the lung: draw again
+            img += alpha * contrast * (0.7 + 0.6 * _smooth_noise(rng, 4.0).clip(-0.5, 0.5))
+            mask |= lesion_mask
+            lesions.append({"kind": kind, "centre": [int(py), int(px)], "radius": round(radius, 2),
+                            "contrast": round(contrast, 4), "area_px": int(lesion_mask.sum())})
+
+    # Acquisition.
+    if shifted:
+        exposure, gamma = rng.uniform(0.7, 0.85), rng.uniform(1.25, 1.5)
+        blur, noise = rng.uniform(1.2, 2.0), rng.uniform(0.025, 0.04)
+    else:
+        exposure, gamma = rng.uniform(0.85, 1.15), rng.uniform(0.8, 1.25)
+        blur, noise = rng.uniform(0.4, 1.3), rng.uniform(0.008, 0.025)
+    img = img * exposure + rng.uniform(-0.03, 0.03)
+    img = np.clip(img, 0, 1) ** gamma
+    img = cv2.GaussianBlur(img, (0, 0), blur)
+    img = img + rng.standard_normal(img.shape).astype(np.float32) * noise
+    return np.clip(img, 0, 1), mask, lesions
+
+
+# ----------------------------------------------------------------------------- breast ultrasound
+
+
+def _breast_us(
+    rng: np.random.Generator, abnormal: bool, shifted: bool
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    apex_x, apex_y = SIZE / 2 + rng.uniform(-4, 4), -rng.uniform(55, 70)
+    r = np.sqrt((_XX - apex_x) ** 2 + (_YY - apex_y) ** 2)
+    theta = np.arctan2(_XX - apex_x, _YY - apex_y)
+    r0 = -apex_y + rng.uniform(2, 8)
+    half_angle = rng.uniform(0.50, 0.58)
+    sector = _sigmoid((half_angle - np.abs(theta)) * 150.0) * _sigmoid((r - r0) * 2.0)
+    depth = r - r0  # 0 at the transducer face
+
+    wav = lambda amp, freq: amp * np.sin(freq * theta + rng.uniform(0, 2 * np.pi))  # noqa: E731
+    t1 = rng.uniform(28, 48) + wav(4, 6)
+    t2 = t1 + rng.uniform(75, 105) + wav(8, 4) + 5 * _smooth_noise(rng, 12)
+    t3 = t2 + rng.uniform(12, 22)
+    t4 = t3 + rng.uniform(25, 35)
+    echo = np.full((SIZE, SIZE), 0.30, np.float32)
+    echo = np.where(depth < 3.0, 0.95, echo)
+    fat = (depth >= 3.0) & (depth < t1)
+    gland = (depth >= t1) & (depth < t2)
+    echo = np.where(fat, 0.32 + 0.05 * _smooth_noise(rng, 6), echo)
+    echo = np.where(gland, 0.62 + 0.10 * _smooth_noise(rng, 5) + 0.05 * _smooth_noise(rng, 2), echo)
+    echo = np.where((depth >= t2) & (depth < t3), 0.30, echo)
+    muscle = (depth >= t3) & (depth < t4)
+    echo = np.where(muscle, 0.45 + 0.15 * np.sin(depth * rng.uniform(0.8, 1.1)) ** 2, echo)
+    echo = np.where(depth >= t4, 0.18, echo)
+    echo = cv2.GaussianBlur(echo.astype(np.float32), (0, 0), 1.2)
+
+    # Cooper's ligaments: bright arcs in the fat.
+    for _ in range(int(rng.integers(2, 5))):
+        ld = rng.uniform(8, 40)
+        lt = rng.uniform(-half_angle, half_angle)
+        arc = np.exp(-((depth - ld - 25 * (theta - lt) ** 2 * 10) / 1.2) ** 2) * (np.abs(theta - lt) < 0.2)
+        echo += arc.astype(np.float32) * 0.35 * (depth < t1 + 5)
+
+    post = np.ones_like(echo)  # posterior acoustic effects multiply the echo beneath a structure
+
+    def place(alpha: np.ndarray, factor: float) -> None:
+        nonlocal echo
+        echo = echo * (1.0 - alpha * (1.0 - factor))
+
+    # Distractors: mildly hypoechoic, regular fat lobules; faint ligament shadows.
+    for _ in range(int(rng.integers(1, 4))):
+        ld = rng.uniform(t1.mean() - 10, t1.mean() + 30)
+        lt = rng.uniform(-half_angle * 0.8, half_angle * 0.8)
+        cy = apex_y + (r0 + ld) * np.cos(lt)
+        cx = apex_x + (r0 + ld) * np.sin(lt)
+        rad = rng.uniform(5, 14)
+        place(_soft_ellipse(cx, cy, rad * rng.uniform(1.3, 2.0), rad, 2.0, angle=rng.uniform(-0.2, 0.2)),
+              rng.uniform(0.70, 0.85))
+    for _ in range(int(rng.integers(0, 3))):
+        lt = rng.uniform(-half_angle, half_angle)
+        shadow = np.exp(-((theta - lt) / 0.012) ** 2) * _sigmoid((depth - rng.uniform(20, 50)) / 3.0)
+        post *= 1.0 - 0.15 * shadow.astype(np.float32)
+
+    mask = np.zeros((SIZE, SIZE), bool)
+    lesions: list[dict[str, Any]] = []
+    if abnormal:
+        while not lesions:
+            radius = float(np.exp(rng.uniform(np.log(4.0), np.log(28.0))))
+            lt = rng.uniform(-half_angle * 0.8, half_angle * 0.8)
+            ld = rng.uniform(t1.mean() + radius * 0.6 + 4, t1.mean() + 85)
+            cy = apex_y + (r0 + ld) * np.cos(lt)
+            cx = apex_x + (r0 + ld) * np.sin(lt)
+            if not (radius < cx < SIZE - radius and radius < cy < SIZE - radius - 4):
+                continue
+            irregular = rng.random() < 0.5
+            aspect = rng.uniform(1.0, 1.6) if not irregular else rng.uniform(0.8, 1.3)
+            alpha = _irregular_blob(rng, cx, cy, radius * aspect, roughness=0.35 if irregular else 0.05,
+                                    edge=1.0 if irregular else 1.8, aspect=aspect)
+            alpha *= sector > 0.5
+            lesion_mask = _lesion_mask(alpha)
+            if lesion_mask.sum() < 12:
+                continue
+            factor = float(rng.uniform(0.15, 0.3) if radius < 8 else rng.uniform(0.2, 0.5))
+            place(alpha, factor)
+            kind = rng.choice(["shadowing", "enhancement", "none"], p=[0.4, 0.3, 0.3])
+            if kind != "none":
+                ang_half = radius / (r0 + ld) * 0.9
+                column = np.exp(-((theta - lt) / ang_half) ** 4) * _sigmoid((r - (r0 + ld) - radius * 0.5) / 2.0)
+                column *= np.exp(-np.clip(r - (r0 + ld), 0, None) / 120.0)
+                strength = rng.uniform(0.10, 0.30)
+                post *= (1.0 + (strength if kind == "enhancement" else -strength) * column).astype(np.float32)
+            mask |= lesion_mask
+            lesions.append({"kind": "irregular" if irregular else "oval", "posterior": str(kind),
+                            "centre": [int(cy), int(cx)], "radius": round(radius, 2),
+                            "echo_factor": round(factor, 3), "area_px": int(lesion_mask.sum())})
+
+    echo = echo * post
+    # Speckle: complex Gaussian field, laterally elongated PSF, Rayleigh amplitude with mean 1.
+    coarse = 1.5 if shifted else 1.0
+    sx, sy = rng.uniform(1.0, 1.4) * coarse, rng.uniform(0.5, 0.7) * coarse
+    re = cv2.GaussianBlur(rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=sx, sigmaY=sy)
+    im = cv2.GaussianBlur(rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=sx, sigmaY=sy)
+    speckle = np.sqrt(re * re + im * im)
+    speckle /= speckle.mean()
+
+    attenuation = np.exp(-np.clip(depth, 0, None) * rng.uniform(0.002, 0.006))
+    gain = rng.uniform(0.6, 0.8) if shifted else rng.uniform(0.9, 1.2)
+    intensity = echo * speckle * attenuation * gain
+    k = 6.0
+    img = np.log1p(k * np.clip(intensity, 0, None)) / np.log1p(k * 2.2)
+    img = img * sector
+    return np.clip(img, 0, 1).astype(np.float32), mask, lesions
+
+
+# ----------------------------------------------------------------------------- writing to disk
+
+
+def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, start: int = 0) -> Path:
+    """Write ``count`` phantoms as PNG images, PNG masks and a ``labels.csv``; returns the CSV path."""
+    from blackbox_lime.outputs import atomic_write_bytes  # local import keeps phantoms importable alone
+
+    if count < 1:
+        raise ValueError(f"The phantom count must be an integer >= 1. Got {count!r} instead.")
+    _check_key(modality, split, start)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(start, start + count):
+        ph = make_phantom(modality, split, index)
+        stem = f"{modality}_{split}_{index:05d}"
+        img8 = np.round(ph.image[..., 0] * 255).astype(np.uint8)
+        ok1, img_png = cv2.imencode(".png", img8)
+        ok2, mask_png = cv2.imencode(".png", ph.mask.astype(np.uint8) * 255)
+        if not (ok1 and ok2):  # pragma: no cover
+            raise RuntimeError("OpenCV could not encode a PNG")
+        atomic_write_bytes(out / f"{stem}.png", img_png.tobytes())
+        atomic_write_bytes(out / f"{stem}.mask.png", mask_png.tobytes())
+        rows.append({"image": f"{stem}.png", "mask": f"{stem}.mask.png", "label": ph.label,
+                     "modality": modality, "split": split, "index": index,
+                     "lesion_area_px": int(ph.mask.sum())})
+    csv_path = out / "labels.csv"
+    existing: list[dict[str, Any]] = []
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            existing = [r for r in csv.DictReader(f) if r["image"] not in {x["image"] for x in rows}]
+    import io as _io
+
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(existing + rows)
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
+    return csv_path
+
+
+def phantom_stats(modality: str, split: str, count: int) -> dict[str, float]:
+    """Measured lesion size, contrast and abnormal fraction over ``count`` cases."""
+    areas, contrasts, labels = [], [], []
+    for i in range(count):
+        ph = make_phantom(modality, split, i)
+        labels.append(ph.label)
+        if ph.label:
+            g = ph.image[..., 0]
+            areas.append(ph.mask.mean())
+            ring = cv2.dilate(ph.mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~ph.mask
+            contrasts.append(float(g[ph.mask].mean() - g[ring].mean()))
+    a = np.array(areas)
+    c = np.array(contrasts)
+    return {
+        "cases": count,
+        "abnormal_fraction": float(np.mean(labels)),
+        "lesion_area_pct_median": float(np.median(a) * 100),
+        "lesion_area_pct_p10": float(np.percentile(a, 10) * 100),
+        "lesion_area_pct_p90": float(np.percentile(a, 90) * 100),
+        "lesions_under_1pct": float(np.mean(a < 0.01)),
+        "contrast_vs_ring_median": float(np.median(c)),
+        "contrast_vs_ring_p10": float(np.percentile(c, 10)),
+        "contrast_vs_ring_p90": float(np.percentile(c, 90)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.phantoms",
+                                description="Write synthetic phantoms (PNG + mask PNG + labels.csv).")
+    p.add_argument("--out", default="phantoms")
+    p.add_argument("--modality", choices=MODALITIES, default="chest_xray")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--stats", action="store_true", help="print measured distributions instead")
+    a = p.parse_args(argv)
+    if a.stats:
+        import json
+
+        for m in MODALITIES:
+            print(m, json.dumps(phantom_stats(m, a.split, a.count), indent=1))
+        return 0
+    print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Small ONNX classifiers built in the tests with onnx.helper (no torch needed).
+
+``linear_patch_model`` is exactly linear in the patch contents:
+
+    P(abnormal | x) = b + sum_j a_j * mean(x over patch j, all channels)
+
+so with zero fill, hiding patch j changes P by exactly a_j * mean_j: the true attribution of a
+visible-patch indicator is a_j * mean_j (known answer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    for k, v in (metadata or {}).items():
+        e = model.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def linear_patch_model(path: Path, a: np.ndarray, b: float, size: int = 224, patch: int = 16,
+                       scale: float = 1.0, offset: float = 0.0, batch: int | str = "N") -> Path:
+    """probs = [1 - p, p] * scale + offset with p = b + sum_j a_j mean_j. a: (rows*cols,)."""
+    rows = size // patch
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 2])
+    inits = [
+        numpy_helper.from_array(np.asarray(a, np.float32).reshape(rows * rows, 1), "a"),
+        numpy_helper.from_array(np.array([b], np.float32), "b"),
+        numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+        numpy_helper.from_array(np.array([0, rows * rows], np.int64), "flat"),
+        numpy_helper.from_array(np.array([scale], np.float32), "scale"),
+        numpy_helper.from_array(np.array([offset], np.float32), "offset"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("AveragePool", ["gray"], ["pooled"], kernel_shape=[patch, patch], strides=[patch, patch]),
+        helper.make_node("Reshape", ["pooled", "flat"], ["feat"]),
+        helper.make_node("MatMul", ["feat", "a"], ["lin"]),
+        helper.make_node("Add", ["lin", "b"], ["p1"]),
+        helper.make_node("Sub", ["one", "p1"], ["p0"]),
+        helper.make_node("Concat", ["p0", "p1"], ["cat"], axis=1),
+        helper.make_node("Mul", ["cat", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "offset"], ["probs"]),
+    ]
+    graph = helper.make_graph(nodes, "linear_patch", [x], [y], inits)
+    return _save(graph, path, {"class_names": '["normal", "abnormal"]', "abnormal_index": "1"})
+
+
+def true_attribution(image: np.ndarray, a: np.ndarray, patch: int = 16, fill_value: float = 0.0) -> np.ndarray:
+    """The exact effect of keeping patch j visible, for ``linear_patch_model`` and a constant fill."""
+    g = image.mean(axis=2)
+    rows = g.shape[0] // patch
+    means = g[: rows * patch, : rows * patch].reshape(rows, patch, rows, patch).mean(axis=(1, 3)).reshape(-1)
+    return a * (means - fill_value)

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import cli
+from blackbox_lime.phantoms import make_phantom
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--samples", "60", "--fill", "mean", "--quiet"]
+
+
+@pytest.fixture()
+def png(tmp_path: Path) -> Path:
+    p = tmp_path / "case.png"
+    cv2.imwrite(str(p), np.round(make_phantom("chest_xray", "test", 1).image[..., 0] * 255).astype(np.uint8))
+    return p
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
+def test_explain_writes_three_files_and_json(png: Path, linear_model: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code = cli.main(["explain", str(png), "--model", str(linear_model), "--out", str(out), "--json", *FAST])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["case.json", "case.overlay.png", "case.saliency.npy"]
+    sal = np.load(out / "case.saliency.npy")
+    assert sal.shape == (224, 224) and sal.dtype == np.float32
+    report = json.loads((out / "case.json").read_text())
+    assert report["input"]["sha256"] == __import__("hashlib").sha256(png.read_bytes()).hexdigest()
+    assert len(report["models"]["model"]["sha256"]) == 64 and report["models"]["model"]["file"] == "linear.onnx"
+    assert report["queries"] == 60 and report["seed"] == 0 and report["config"]["fill"] == "mean"
+    assert report["version"] and "surrogate" in report["timings_s"] and "read_image" in report["timings_s"]
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["target_name"] == report["target_name"] and line["outputs"][0] == "case.saliency.npy"
+    overlay = cv2.imread(str(out / "case.overlay.png"))
+    assert overlay.shape[0] > 224 and overlay.shape[1] > 224  # image + colour bar + title
+
+
+def test_same_seed_gives_bit_identical_saliency_file(png: Path, linear_model: Path, tmp_path: Path) -> None:
+    for d in ("a", "b", "c"):
+        seed = "9" if d == "c" else "3"
+        assert cli.main(["explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / d), "--seed", seed, *FAST]) == 0
+    a, b, c = ((tmp_path / d / "case.saliency.npy").read_bytes() for d in "abc")
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.write_bytes(b""), "bad.png is empty (0 bytes)"),
+    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40), "bad.png is truncated or corrupt"),
+    (lambda p: cv2.imwrite(str(p), np.zeros((8, 8), np.uint8)), "is smaller than one patch (16 px)"),
+])
+def test_bad_image_exits_2_with_one_line_and_no_output(tmp_path: Path, linear_model: Path, make, message: str) -> None:
+    bad = tmp_path / "bad.png"
+    make(bad)
+    out = tmp_path / "out"
+    r = run_cli("explain", str(bad), "--model", str(linear_model), "--out", str(out), *FAST)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert list(out.iterdir()) == []
+
+
+def test_one_bad_image_does_not_lose_the_others(tmp_path: Path, png: Path, linear_model: Path) -> None:
+    bad = tmp_path / "bad.npy"
+    a = np.zeros((64, 64), np.float32)
+    a[0, 0] = np.nan
+    np.save(bad, a)
+    out = tmp_path / "out"
+    code = cli.main(["explain", str(bad), str(png), "--model", str(linear_model), "--out", str(out), *FAST])
+    assert code == 2
+    assert sorted(p.name for p in out.iterdir()) == ["case.json", "case.overlay.png", "case.saliency.npy"]
+
+
+def test_bad_model_exits_2(tmp_path: Path, png: Path) -> None:
+    fake = tmp_path / "fake.onnx"
+    fake.write_text("not a model")
+    r = run_cli("explain", str(png), "--model", str(fake), "--out", str(tmp_path / "o"), *FAST)
+    assert r.returncode == 2 and "fake.onnx is not a loadable ONNX model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_model_returning_nan_exits_2_without_output(tmp_path: Path, png: Path) -> None:
+    from graphs import linear_patch_model
+
+    m = linear_patch_model(tmp_path / "nan.onnx", np.zeros(196), 0.5, offset=float("nan"))
+    out = tmp_path / "o"
+    r = run_cli("explain", str(png), "--model", str(m), "--out", str(out), *FAST)
+    assert r.returncode == 2 and "The model returned NaN or infinite probabilities" in r.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_output_path_that_is_a_file_exits_2(tmp_path: Path, png: Path, linear_model: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(blocker / "sub"), *FAST)
+    assert r.returncode == 2 and "Cannot write to the output folder" in r.stderr and "Choose a writable --out folder." in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_option_values_exit_2(tmp_path: Path, png: Path, linear_model: Path) -> None:
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--samples", "3")
+    assert r.returncode == 2 and "The 'n_samples' parameter must be an integer >= 10. Got 3 instead." in r.stderr
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--target", "tumour", *FAST)
+    assert r.returncode == 2 and "--target 'tumour' is not a class of this model" in r.stderr
+
+
+def test_target_by_name(png: Path, linear_model: Path, tmp_path: Path) -> None:
+    assert cli.main(["explain", str(png), "--model", str(linear_model), "--out", str(tmp_path), "--target", "normal", *FAST]) == 0
+    assert json.loads((tmp_path / "case.json").read_text())["target_name"] == "normal"
+
+
+def test_phantoms_command(tmp_path: Path) -> None:
+    assert cli.main(["phantoms", "--out", str(tmp_path), "--modality", "breast_us", "--count", "2"]) == 0
+    assert (tmp_path / "labels.csv").exists() and (tmp_path / "breast_us_test_00001.mask.png").exists()
+    assert cli.main(["phantoms", "--out", str(tmp_path), "--modality", "ct"]) == 2

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from adapters.onnx import OnnxAdapter
+from blackbox_lime import ExplainConfig, Explainer
+from blackbox_lime.generative_masking import Filler
+from graphs import true_attribution
+
+
+def test_known_answer_linear_classifier_is_recovered(linear_model: Path, linear_weights: np.ndarray,
+                                                     phantom_image: np.ndarray) -> None:
+    """A classifier exactly linear in the patches: the surrogate must recover its true weights."""
+    cfg = ExplainConfig(fill="zero", n_samples=600)
+    with OnnxAdapter(linear_model) as model:
+        exp = Explainer(model, cfg).explain(phantom_image, target=1, rng=0)
+    truth = true_attribution(phantom_image, linear_weights)
+    got = exp.patch_weights.reshape(-1)
+    assert spearmanr(got, truth).statistic >= 0.95
+    top = set(np.argsort(-np.abs(truth))[:5])
+    assert set(np.argsort(-np.abs(got))[:5]) == top
+    assert exp.r2 > 0.999
+    assert np.abs(got - truth).max() < 2e-3  # only the small L1/L2 shrinkage remains
+
+
+def test_known_answer_exact_without_penalties(linear_model: Path, linear_weights: np.ndarray,
+                                              phantom_image: np.ndarray) -> None:
+    cfg = ExplainConfig(fill="mean", n_samples=400, lambda1=0.0, lambda2=0.0)
+    with OnnxAdapter(linear_model) as model:
+        exp = Explainer(model, cfg).explain(phantom_image, target=1, rng=3)
+    truth = true_attribution(phantom_image, linear_weights, fill_value=float(phantom_image.mean()))
+    assert np.abs(exp.patch_weights.reshape(-1) - truth).max() < 1e-5  # float32 model, float64 fit
+
+
+def test_same_seed_bit_identical_other_seed_correlated(linear_model: Path, phantom_image: np.ndarray) -> None:
+    cfg = ExplainConfig(fill="blur", n_samples=200)
+    with OnnxAdapter(linear_model) as model:
+        ex = Explainer(model, cfg)
+        a, b, c = (ex.explain(phantom_image, rng=s).saliency for s in (7, 7, 8))
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a, c)
+    assert np.corrcoef(a.ravel(), c.ravel())[0, 1] > 0.8
+
+
+def test_explanation_contract(linear_model: Path, phantom_image: np.ndarray) -> None:
+    image = phantom_image[:200, :180, :1]  # another size, one channel
+    with OnnxAdapter(linear_model, max_batch=32) as model:
+        exp = Explainer(model, ExplainConfig(fill="mean", n_samples=100)).explain(image, rng=1)
+    assert exp.saliency.shape == (200, 180) and exp.saliency.dtype == np.float32
+    assert exp.patch_weights.shape == (14, 14) and exp.patch_stderr.shape == (14, 14)
+    assert exp.queries == 100 and exp.requests == 5  # 1 + ceil(99 / 32) requests of at most 32 images
+    assert exp.target == int(np.argmax(exp.probs)) and exp.target_name in ("normal", "abnormal")
+    assert exp.seed == 1 and exp.config["n_samples"] == 100 and exp.neighbours == []
+    assert set(exp.timings) >= {"masks", "fill", "classifier", "surrogate", "total"}
+    assert "image resized from 180x200 to the model's 224x224" in exp.notes
+    assert "grayscale image replicated to the model's 3 channels" in exp.notes
+
+
+def test_target_override_flips_the_sign(linear_model: Path, phantom_image: np.ndarray) -> None:
+    cfg = ExplainConfig(fill="zero", n_samples=150)
+    with OnnxAdapter(linear_model) as model:
+        ex = Explainer(model, cfg)
+        w1 = ex.explain(phantom_image, target=1, rng=0).patch_weights
+        w0 = ex.explain(phantom_image, target=0, rng=0).patch_weights
+    assert np.allclose(w0, -w1, atol=1e-6)  # p0 = 1 - p1 in this model
+
+
+def test_saliency_is_smooth_not_blocky(linear_model: Path, phantom_image: np.ndarray) -> None:
+    with OnnxAdapter(linear_model) as model:
+        exp = Explainer(model, ExplainConfig(fill="zero", n_samples=300)).explain(phantom_image, target=1, rng=0)
+    s = exp.saliency
+    jumps = np.abs(np.diff(s, axis=1))
+    # A nearest-neighbour upsampling puts all change on patch borders; a smooth map spreads it.
+    border = jumps[:, 15::16].mean()
+    inside = np.delete(jumps, np.s_[15::16], axis=1).mean()
+    assert border < 3 * inside
+    centres = s[8::16, 8::16]
+    assert np.corrcoef(centres.ravel(), exp.patch_weights.ravel())[0, 1] > 0.95
+
+
+class RecordingFiller(Filler):
+    """Records every fill request, to check that no sample's fill sees its own hidden pixels."""
+
+    def __init__(self) -> None:
+        self.name, self.notes, self.requests = "recording", [], []
+
+    def fill(self, canvas: np.ndarray, hidden_px: np.ndarray) -> np.ndarray:
+        self.requests.append(hidden_px.copy())
+        return np.zeros((hidden_px.shape[0],) + canvas.shape, np.float32)
+
+
+def test_nested_fills_only_condition_on_visible_pixels(linear_model: Path, phantom_image: np.ndarray) -> None:
+    filler = RecordingFiller()
+    cfg = ExplainConfig(n_samples=61, nested_samples=3, batch_size=8)
+    with OnnxAdapter(linear_model) as model:
+        ex = Explainer(model, cfg, filler=filler)
+        from blackbox_lime.patches import draw_masks
+
+        visible, group = draw_masks(np.random.default_rng(5), 196, 61, cfg.mask_ratios, 3)
+        ex.explain(phantom_image, rng=5)
+    fills = np.concatenate(filler.requests)  # one per group, in group order
+    assert len(fills) == group.max() + 1 == 20
+    hidden_px = ex.grid.hidden_pixels(visible)
+    for i in range(1, 61):
+        # every pixel hidden in sample i is hidden in the fill it uses => the fill never saw it
+        assert np.all(fills[group[i]][hidden_px[i]])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"patch_size": 0}, r"The 'patch_size' parameter must be an integer >= 2\. Got 0 instead\."),
+    ({"n_samples": 5}, r"The 'n_samples' parameter must be an integer >= 10\. Got 5 instead\."),
+    ({"mask_ratios": (0.5, 1.0)}, r"The 'mask_ratios' parameter must be a non-empty tuple of floats in the range \(0, 1\)\."),
+    ({"fill": "noise"}, r"The 'fill' parameter must be one of mae, mean, blur, zero\. Got 'noise' instead\."),
+    ({"lambda1": -1}, r"The 'lambda1' parameter must be a float in the range \[0, inf\)\. Got -1 instead\."),
+    ({"kernel_width": float("nan")}, r"The 'kernel_width' parameter must be a float in the range \(0, inf\)\."),
+])
+def test_config_validation_messages(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExplainConfig(**kwargs)
+
+
+def test_bad_images_are_refused(linear_model: Path) -> None:
+    with OnnxAdapter(linear_model) as model:
+        ex = Explainer(model, ExplainConfig(fill="zero", n_samples=20))
+        with pytest.raises(ValueError, match=r"The image \(8x10 px\) is smaller than one patch \(16 px\)"):
+            ex.explain(np.zeros((10, 8), np.float32))
+        bad = np.zeros((32, 32, 3), np.float32)
+        bad[0, 0, 0] = np.nan
+        with pytest.raises(ValueError, match="The image contains NaN or infinite values"):
+            ex.explain(bad)
+        with pytest.raises(ValueError, match=r"Got shape \(32, 32, 2\) instead; convert it to grayscale or RGB"):
+            ex.explain(np.zeros((32, 32, 2), np.float32))
+        with pytest.raises(ValueError, match=r"target must be a class index in \[0, 1\]"):
+            ex.explain(np.zeros((32, 32, 3), np.float32), target=5)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+
+from blackbox_lime.phantoms import MODALITIES, SPLITS, make_phantom, write_phantoms
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_same_key_gives_identical_phantom(modality: str) -> None:
+    a, b = make_phantom(modality, "val", 7), make_phantom(modality, "val", 7)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) and a.label == b.label
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_image_format_and_mask_label_consistency(modality: str) -> None:
+    labels = []
+    for i in range(12):
+        ph = make_phantom(modality, "train", i)
+        assert ph.image.shape == (224, 224, 3) and ph.image.dtype == np.float32
+        assert 0.0 <= ph.image.min() and ph.image.max() <= 1.0
+        assert np.array_equal(ph.image[..., 0], ph.image[..., 2])  # grayscale replicated
+        assert ph.mask.shape == (224, 224) and ph.mask.dtype == bool
+        assert ph.label == int(ph.mask.any())  # abnormal <=> non-empty mask
+        assert (ph.label == 0) == (not ph.lesions)
+        labels.append(ph.label)
+    assert 0 < sum(labels) < len(labels)  # both classes occur
+
+
+def test_splits_never_share_a_case() -> None:
+    seen: dict[str, tuple[str, int]] = {}
+    for split in SPLITS:
+        for i in range(25):
+            digest = hashlib.sha256(make_phantom("breast_us", split, i).image.tobytes()).hexdigest()
+            assert digest not in seen, f"{split}/{i} equals {seen[digest]}"
+            seen[digest] = (split, i)
+
+
+def test_lesion_is_not_the_brightest_structure() -> None:
+    for i in range(20):
+        ph = make_phantom("chest_xray", "test", i)
+        if ph.label:
+            g = ph.image[..., 0]
+            assert g[ph.mask].mean() < np.percentile(g, 99)
+
+
+def test_different_indices_differ() -> None:
+    assert not np.array_equal(make_phantom("chest_xray", "test", 0).image, make_phantom("chest_xray", "test", 1).image)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("mri", "test", 0), r"Unknown modality 'mri'\. Valid modalities are: chest_xray, breast_us\."),
+    (("chest_xray", "holdout", 0), r"Unknown split 'holdout'\. Valid splits are: train, val, test, shifted\."),
+    (("chest_xray", "test", -1), r"The phantom index must be an integer >= 0\. Got -1 instead\."),
+    (("chest_xray", "test", 1.5), r"The phantom index must be an integer >= 0\. Got 1\.5 instead\."),
+])
+def test_bad_key_raises_clear_error(args: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_phantom(*args)
+
+
+def test_write_phantoms_writes_pngs_masks_and_labels(tmp_path) -> None:
+    csv_path = write_phantoms(tmp_path, "breast_us", "test", 3)
+    rows = list(csv.DictReader(open(csv_path)))
+    assert [r["index"] for r in rows] == ["0", "1", "2"]
+    for r in rows:
+        img = cv2.imread(str(tmp_path / r["image"]), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(tmp_path / r["mask"]), cv2.IMREAD_UNCHANGED)
+        ph = make_phantom("breast_us", "test", int(r["index"]))
+        assert img.shape == (224, 224) and np.abs(img / 255.0 - ph.image[..., 0]).max() <= 0.5 / 255 + 1e-6
+        assert np.array_equal(mask > 0, ph.mask)
+        assert int(r["label"]) == ph.label and int(r["lesion_area_px"]) == int(ph.mask.sum())
+    assert not list(tmp_path.glob("*.part"))
