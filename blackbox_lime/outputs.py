@@ -32,6 +32,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def write_all(files: dict[Path, bytes]) -> None:
     """Write several files all-or-nothing: temp files first, then renames."""
     temps: list[tuple[str, Path]] = []
+    mode = 0o666 & ~_umask()
     try:
         for path, data in files.items():
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -40,6 +41,7 @@ def write_all(files: dict[Path, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, mode)  # mkstemp makes 0600 files; give results the usual permissions
         for tmp, path in temps:
             os.replace(tmp, path)
     except BaseException:
@@ -49,6 +51,12 @@ def write_all(files: dict[Path, bytes]) -> None:
             except FileNotFoundError:
                 pass
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def check_writable(out_dir: str | Path) -> Path:

@@ -12,8 +12,6 @@ import json
 import math
 import os
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,63 +24,17 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blackbox_lime.phantoms import MODALITIES, make_phantom  # noqa: E402
-
-CACHE = Path(os.environ.get("BLACKBOX_LIME_CACHE", ROOT / ".cache"))
-IMG, PATCH = 224, 16
-GRID = IMG // PATCH  # 14
-L = GRID * GRID  # 196
+from blackbox_lime.phantoms import MODALITIES  # noqa: E402,F401
+from data import GRID, IMG, L, PATCH, auroc, load_split  # noqa: E402,F401
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def _draw(args: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray, int]:
-    ph = make_phantom(*args)
-    return np.round(ph.image[..., 0] * 255).astype(np.uint8), np.packbits(ph.mask), ph.label
-
-
-def load_split(split: str, per_modality: int, workers: int = 2) -> dict[str, np.ndarray]:
-    """Grayscale uint8 images [N, 224, 224], masks bool [N, 224, 224], labels, modality ids.
-
-    Cached under ``.cache/`` so the three training scripts draw the phantoms once.
-    """
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"phantoms_{split}_{per_modality}.npz"
-    if path.exists():
-        z = np.load(path)
-        return {k: z[k] for k in z.files}
-    keys = [(m, split, i) for m in MODALITIES for i in range(per_modality)]
-    t0 = time.time()
-    with ProcessPoolExecutor(workers) as ex:
-        out = list(ex.map(_draw, keys, chunksize=64))
-    images = np.stack([o[0] for o in out])
-    masks = np.stack([np.unpackbits(o[1])[: IMG * IMG].reshape(IMG, IMG).astype(bool) for o in out])
-    data = {
-        "images": images,
-        "masks": masks,
-        "labels": np.array([o[2] for o in out], np.int64),
-        "modality": np.array([MODALITIES.index(k[0]) for k in keys], np.int64),
-    }
-    np.savez(path, **data)
-    print(f"drew {len(keys)} {split} phantoms in {time.time() - t0:.0f}s", flush=True)
-    return data
 
 
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W] -> float32 [N, 3, H, W] in [0, 1] (grayscale replicated)."""
     x = torch.from_numpy(images_u8).float().div_(255.0)
     return x[:, None].expand(-1, 3, -1, -1).contiguous()
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores)
-    pos = labels == 1
-    n1, n0 = pos.sum(), (~pos).sum()
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def patch_fill_augment(x: torch.Tensor, masks: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
@@ -108,6 +60,9 @@ def patch_fill_augment(x: torch.Tensor, masks: torch.Tensor, gen: torch.Generato
 class DemoCNN(nn.Module):
     """A compact CNN: 7 conv layers to a 14x14x128 map, then average+max pooling and a linear head.
 
+    Training adds a 1x1-conv head that predicts which 16-px patches hold lesion pixels (deep
+    supervision from the phantom masks); it is not part of the exported classifier.
+
     Input: float32 (N, 3, 224, 224) in [0, 1]. Output: logits (N, 2).
     ``features`` is the last conv block (the Grad-CAM layer).
     """
@@ -123,11 +78,13 @@ class DemoCNN(nn.Module):
             block(64, 64, 1), block(64, 128, 2), block(128, 128, 1),
         )
         self.head = nn.Linear(256, 2)
+        self.aux = nn.Conv2d(128, 1, 1)  # training-only lesion-location head (not exported)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_aux: bool = False):  # type: ignore[no-untyped-def]
         f = self.features((x - 0.5) / 0.25)  # (N, 128, 14, 14)
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        logits = self.head(pooled)
+        return (logits, self.aux(f)[:, 0]) if with_aux else logits
 
 
 class Attention(nn.Module):
@@ -204,15 +161,17 @@ class DemoViT(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, heads, 3.0) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim * 2, 2)
+        self.aux = nn.Linear(dim, 1)  # training-only lesion-location head (not exported)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, with_aux: bool = False):  # type: ignore[no-untyped-def]
         t = self.patch_embed((x - 0.5) / 0.25)  # (N, L, D)
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
         for blk in self.blocks:
             t = blk(t)
         t = self.norm(t)
-        tokens = t[:, 1:]
-        return self.head(torch.cat([tokens.mean(1), tokens.amax(1)], dim=1))
+        tokens = t[:, 1:]  # (N, 196, D)
+        logits = self.head(torch.cat([tokens.mean(1), tokens.amax(1)], dim=1))
+        return (logits, self.aux(tokens)[..., 0].reshape(-1, GRID, GRID)) if with_aux else logits
 
 
 class Softmaxed(nn.Module):
