@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 FILLS = ("mae", "mean", "blur", "zero")
@@ -66,7 +66,6 @@ class ExplainConfig:
     lambda1: float = 1e-5
     lambda2: float = 1e-4
     batch_size: int = 64
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(_is_int(self.patch_size) and self.patch_size >= 2, "patch_size", "an integer >= 2", self.patch_size)

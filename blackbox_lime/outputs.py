@@ -100,6 +100,11 @@ def render_overlay(image: np.ndarray, saliency: np.ndarray, title: str) -> np.nd
     image: float (H, W, C) in [0, 1]; saliency: (H, W). Colours are symmetric around zero (red =
     evidence for the target class, blue = against); opacity grows with |saliency|.
     """
+    up = max(1, 512 // max(saliency.shape))  # small images are drawn larger so the labels stay legible
+    if up > 1:
+        size = (saliency.shape[1] * up, saliency.shape[0] * up)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR).reshape(size[1], size[0], -1)
+        saliency = cv2.resize(saliency, size, interpolation=cv2.INTER_LINEAR)
     h, w = saliency.shape
     base = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
     base = (np.clip(base[..., ::-1], 0, 1) * 255).astype(np.float32)  # RGB -> BGR

@@ -124,3 +124,14 @@ def test_phantoms_command(tmp_path: Path) -> None:
     assert cli.main(["phantoms", "--out", str(tmp_path), "--modality", "breast_us", "--count", "2"]) == 0
     assert (tmp_path / "labels.csv").exists() and (tmp_path / "breast_us_test_00001.mask.png").exists()
     assert cli.main(["phantoms", "--out", str(tmp_path), "--modality", "ct"]) == 2
+
+
+def test_demo_explains_the_bundled_phantom_with_the_bundled_models(tmp_path: Path) -> None:
+    r = run_cli("demo", "--out", str(tmp_path / "demo"), "--samples", "60", "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["input"]["file"] == "chest_xray_test_00001.png" and summary["queries"] == 60
+    report = json.loads((tmp_path / "demo" / "chest_xray_test_00001.json").read_text())
+    assert report["models"]["model"]["file"] == "demo_cnn.onnx" and report["models"]["mae"]["file"] == "mae_recon.onnx"
+    assert report["config"]["fill"] == "mae" and report["config"]["fill_model"]["provider"] == "CPUExecutionProvider"
+    assert report["target_name"] == "abnormal"  # the demo phantom holds a lesion and the CNN sees it
