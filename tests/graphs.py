@@ -31,10 +31,10 @@ def _save(graph: onnx.GraphProto, path: Path, metadata: dict[str, str] | None = 
 
 
 def linear_patch_model(path: Path, a: np.ndarray, b: float, size: int = 224, patch: int = 16,
-                       scale: float = 1.0, offset: float = 0.0, batch: int | str = "N") -> Path:
+                       scale: float = 1.0, offset: float = 0.0, batch: int | str = "N", channels: int = 3) -> Path:
     """probs = [1 - p, p] * scale + offset with p = b + sum_j a_j mean_j. a: (rows*cols,)."""
     rows = size // patch
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, channels, size, size])
     y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, 2])
     inits = [
         numpy_helper.from_array(np.asarray(a, np.float32).reshape(rows * rows, 1), "a"),

@@ -136,3 +136,16 @@ def test_bad_images_are_refused(linear_model: Path) -> None:
             ex.explain(np.zeros((32, 32, 2), np.float32))
         with pytest.raises(ValueError, match=r"target must be a class index in \[0, 1\]"):
             ex.explain(np.zeros((32, 32, 3), np.float32), target=5)
+
+
+def test_mae_fill_for_a_grayscale_model_reports_the_channel_mapping(tmp_path: Path, linear_weights: np.ndarray,
+                                                                     phantom_image: np.ndarray) -> None:
+    from graphs import linear_patch_model
+
+    gray_model = linear_patch_model(tmp_path / "gray.onnx", linear_weights, 0.3, channels=1)
+    with OnnxAdapter(gray_model) as model:
+        assert model.info.channels == 1
+        exp = Explainer(model, ExplainConfig(n_samples=30)).explain(phantom_image, target=1, rng=0)
+    assert "colour image converted to grayscale (luma) for a 1-channel model" in exp.notes
+    assert "grayscale image replicated to the MAE's 3 channels" in exp.notes
+    assert exp.config["fill_model"]["path"] == "mae_recon.onnx"
