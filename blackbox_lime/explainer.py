@@ -154,6 +154,8 @@ class Explainer:
                 static_fill = self.filler.fill(canvas, np.zeros((1,) + canvas.shape[:2], bool))[0]
                 timings["fill"] += time.perf_counter() - t
             step = cfg.batch_size  # groups per chunk: one MAE batch, or one request batch for static fills
+            per_group = cfg.nested_samples if static_fill is None else 1
+            buffer = np.empty((min(cfg.n_samples, step * per_group),) + canvas.shape, np.float32)
             for g0 in range(0, n_groups, step):
                 g1 = min(n_groups, g0 + step)
                 rows = np.arange(first_row[g0], first_row[g1] if g1 < n_groups else cfg.n_samples)
@@ -162,9 +164,9 @@ class Explainer:
                     fills = self.filler.fill(canvas, grid.hidden_pixels(visible[first_row[g0:g1]]))
                     timings["fill"] += time.perf_counter() - t
                     t = time.perf_counter()
-                    batch = grid.composite(visible[rows], canvas, fills, group[rows] - g0)
+                    batch = grid.composite(visible[rows], canvas, fills, group[rows] - g0, out=buffer[:len(rows)])
                 else:
-                    batch = grid.composite(visible[rows], canvas, static_fill[None], None)
+                    batch = grid.composite(visible[rows], canvas, static_fill[None], None, out=buffer[:len(rows)])
                 timings["compose"] += time.perf_counter() - t
                 t = time.perf_counter()
                 probs[rows] = self._query(batch)

@@ -86,7 +86,10 @@ class SparseSurrogate:
                 g = 2.0 * (Aw - rhs)
                 return f / scale, np.concatenate([g + l1, -g + l1]) / scale
 
-            res = optimize.minimize(fun, np.zeros(2 * p), jac=True, method="L-BFGS-B",
+            # Warm start from the smooth (lambda1 = 0) solution: close when lambda1 is small.
+            w0 = linalg.lstsq(A, rhs)[0]
+            z0 = np.concatenate([np.maximum(w0, 0.0), np.maximum(-w0, 0.0)])
+            res = optimize.minimize(fun, z0, jac=True, method="L-BFGS-B",
                                     bounds=[(0.0, None)] * (2 * p),
                                     options={"maxiter": self.max_iter, "ftol": 1e-15, "gtol": 1e-12})
             w = res.x[:p] - res.x[p:]
@@ -105,8 +108,11 @@ class SparseSurrogate:
         ss_tot = float(wn @ (y - ym) ** 2)
         self.r2_ = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
         meat = Xc.T @ ((wn ** 2 * resid ** 2)[:, None] * Xc)
-        A_inv = linalg.pinvh(A)
-        self.stderr_ = np.sqrt(np.clip(np.diag(A_inv @ meat @ A_inv), 0.0, None))
+        try:
+            A_inv = linalg.cho_solve(linalg.cho_factor(A), np.eye(p))
+        except linalg.LinAlgError:  # singular without ridge: fall back to the pseudo-inverse
+            A_inv = linalg.pinvh(A)
+        self.stderr_ = np.sqrt(np.clip(np.einsum("ij,jk,ki->i", A_inv, meat, A_inv), 0.0, None))
         return self
 
     def _polish(self, w: np.ndarray, A: np.ndarray, rhs: np.ndarray, l1: float) -> tuple[np.ndarray, bool]:
