@@ -33,11 +33,6 @@ def rgb(gray_u8: np.ndarray) -> np.ndarray:
     return np.repeat((gray_u8.astype(np.float32) / 255.0)[..., None], 3, axis=2)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
-
-
 def classifier_auroc(model: OnnxAdapter, data: dict) -> dict[str, float]:
     p = np.concatenate([model.predict(np.stack([rgb(g) for g in data["images"][i:i + 64]]))[:, 1]
                         for i in range(0, len(data["labels"]), 64)])
