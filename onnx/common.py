@@ -352,6 +352,7 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
     prog = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
                              dynamic_shapes=dyn, optimize=True)
     model = prog.model_proto
+    strip_node_metadata(model)
     del model.metadata_props[:]
     for k, v in metadata.items():
         entry = model.metadata_props.add()
@@ -362,6 +363,24 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
     onnx.save_model(model, str(tmp), save_as_external_data=False)
     os.replace(tmp, path)
     print(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def strip_node_metadata(model: "onnx.ModelProto") -> None:  # noqa: F821
+    """Drop per-node metadata (the exporter records stack traces with this machine's file paths)."""
+    graphs = [model.graph] + [f for f in model.functions]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.g is not None and attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        del vi.metadata_props[:]
+    for init in model.graph.initializer:
+        del init.metadata_props[:]
+    del model.graph.metadata_props[:]
 
 
 def classifier_metadata(arch: str) -> dict[str, object]:
