@@ -48,6 +48,12 @@ class PatchGrid:
 
     def hidden_pixels(self, visible: np.ndarray) -> np.ndarray:
         """visible: bool (N, P) -> hidden: bool (N, height, width)."""
+        n = visible.shape[0]
+        if self.height % self.patch == 0 and self.width % self.patch == 0:
+            # Broadcast patch flags instead of gathering through a per-pixel index.
+            hid = ~visible.reshape(n, self.rows, 1, self.cols, 1)
+            shape5 = (n, self.rows, self.patch, self.cols, self.patch)
+            return np.broadcast_to(hid, shape5).reshape(n, self.height, self.width)
         return ~visible[:, self.pixel_index()]
 
     def composite(self, visible: np.ndarray, canvas: np.ndarray, fills: np.ndarray, which: np.ndarray | None,
@@ -68,19 +74,19 @@ class PatchGrid:
             hidden = ~visible.reshape(n, self.rows, 1, self.cols, 1, 1)
             f6 = fills.reshape((-1,) + shape6)
 
-            def rows(lo: int, hi: int) -> None:
+            def copy_rows(lo: int, hi: int) -> None:
                 for i in range(lo, hi):
                     np.copyto(out[i], f6[which[i]], where=hidden[i])
 
             # numpy releases the GIL in copyto: split the rows over two threads.
             half = n // 2
             if n >= 16:
-                worker = threading.Thread(target=rows, args=(half, n))
+                worker = threading.Thread(target=copy_rows, args=(half, n))
                 worker.start()
-                rows(0, half)
+                copy_rows(0, half)
                 worker.join()
             else:
-                rows(0, n)
+                copy_rows(0, n)
             return out.reshape(n, self.height, self.width, c)
         hidden_px = self.hidden_pixels(visible)[..., None]
         return np.where(hidden_px, fills[which], canvas[None]).astype(np.float32)

@@ -112,7 +112,7 @@ class SparseSurrogate:
             A_inv = linalg.cho_solve(linalg.cho_factor(A), np.eye(p))
         except linalg.LinAlgError:  # singular without ridge: fall back to the pseudo-inverse
             A_inv = linalg.pinvh(A)
-        self.stderr_ = np.sqrt(np.clip(np.einsum("ij,jk,ki->i", A_inv, meat, A_inv), 0.0, None))
+        self.stderr_ = np.sqrt(np.clip(((A_inv @ meat) * A_inv).sum(axis=1), 0.0, None))  # diag(A^-1 M A^-1), A symmetric
         return self
 
     def _polish(self, w: np.ndarray, A: np.ndarray, rhs: np.ndarray, l1: float) -> tuple[np.ndarray, bool]:
