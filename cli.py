@@ -1,8 +1,14 @@
 """The ``blackbox-lime`` command.
 
     blackbox-lime demo [--out DIR]                      explain a bundled phantom with the bundled CNN
-    blackbox-lime explain IMAGE [IMAGE ...] --model MODEL.onnx --out DIR [options]
+    blackbox-lime explain IMAGE [IMAGE ...] --model MODEL --out DIR [options]
+    blackbox-lime endpoint check (--endpoint PROFILE.toml | --model URL)
     blackbox-lime phantoms --out DIR [--modality M] [--split S] [--count N]
+
+MODEL is a local .onnx file or an endpoint URL: http(s)://host:port/v2/models/NAME (Open Inference
+Protocol REST), http(s)://.../v1/models/NAME:predict (TF-Serving / Vertex JSON) or
+grpc(s)://host:port/NAME (Open Inference Protocol gRPC). --endpoint names a TOML profile with the
+URL, preprocessing, auth (token from an environment variable or a file), TLS, limits and budget.
 
 Exit codes: 0 success, 2 a user error (bad image, model, option or output folder; one line, no
 traceback), 1 an internal error (a bug: please report it with the traceback).
@@ -33,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
 
+    def remote_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--endpoint", default=None, help="an endpoint profile (TOML) for a remote model")
+        sp.add_argument("--budget", type=int, default=None, help="hard limit on images sent to the model, retries included")
+        sp.add_argument("--max-batch", type=int, default=None, help="images per request (default: the profile's, or 32)")
+        sp.add_argument("--concurrency", type=int, default=None, help="requests in flight at once (remote models)")
+        sp.add_argument("--allow-insecure-http", action="store_true",
+                        help="permit plain http:// or grpc:// to a host that is not loopback (pixels travel unencrypted)")
+
     def explain_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--out", default=None, help="output folder (created if needed)")
         sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -43,18 +57,27 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--target", default=None, help="class to explain, by index or name (default: the predicted class)")
         sp.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM")
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where onnxruntime runs")
+        remote_options(sp)
         sp.add_argument("--json", action="store_true", help="print each summary as one JSON line on stdout")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
         sp.add_argument("--verbose", action="store_true", help="log what is done")
 
     e = sub.add_parser("explain", help="explain a model's answer for one or more images")
     e.add_argument("images", nargs="+", help=".png .jpg .tif .npy or .dcm files")
-    e.add_argument("--model", required=True, help="the classifier: a local .onnx file")
+    e.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
     explain_options(e)
 
     d = sub.add_parser("demo", help="explain a bundled phantom with the bundled demo CNN")
     d.add_argument("--model", default=None, help="default: the bundled demo_cnn.onnx")
     explain_options(d)
+
+    ep = sub.add_parser("endpoint", help="check a remote model endpoint")
+    ep_sub = ep.add_subparsers(dest="endpoint_command")
+    ck = ep_sub.add_parser("check", help="health, metadata, one test prediction and its latency")
+    ck.add_argument("--model", default=None, help="an endpoint URL")
+    ck.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    ck.add_argument("--verbose", action="store_true", help="log what is done")
+    remote_options(ck)
 
     ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv)")
     ph.add_argument("--out", required=True)
@@ -91,8 +114,49 @@ def _target(value: str | None, class_names: Sequence[str]) -> int | None:
                     f"or a name ({', '.join(class_names)}).")
 
 
-def run_explain(images: list[Path], model: Path, a: argparse.Namespace) -> int:
+def _adapter(a: argparse.Namespace) -> Any:
+    """The adapter the options name: --endpoint profile, an endpoint URL, or a local .onnx file."""
     from adapters import load_adapter
+
+    if a.endpoint is None and a.model is None:
+        raise UserError("Name the classifier: --model MODEL.onnx, --model URL, or --endpoint PROFILE.toml.")
+    for opt in ("budget", "max_batch", "concurrency"):
+        v = getattr(a, opt)
+        if v is not None and v < 1:
+            raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
+    kw: dict[str, Any] = {}
+    if a.endpoint is None and "://" not in str(a.model):
+        kw["device"] = getattr(a, "device", "auto")
+    return load_adapter(None if a.endpoint else str(a.model), endpoint=a.endpoint, budget=a.budget,
+                        max_batch=a.max_batch, concurrency=a.concurrency,
+                        allow_insecure_http=a.allow_insecure_http, **kw)
+
+
+def _redact_logs(adapter: Any) -> None:
+    """Defence in depth: scrub the adapter's secrets from every log record, whoever emits it."""
+    redact = getattr(adapter, "redact", None)
+    if redact is None or not getattr(redact, "secrets", None):
+        return
+
+    class _Scrub(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg, record.args = redact(record.getMessage()), ()
+            return True
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(_Scrub())
+
+
+def _model_record(a: argparse.Namespace, adapter: Any) -> dict[str, Any]:
+    from blackbox_lime.outputs import file_sha256
+
+    if getattr(adapter, "transport", None) is not None:
+        return {"endpoint": adapter.transport.describe()}
+    model = Path(a.model)
+    return {"model": {"file": model.name, "sha256": file_sha256(model)}}
+
+
+def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     from blackbox_lime import __version__
     from blackbox_lime.explainer import Explainer
     from blackbox_lime.image_io import ImageError, load_image
@@ -100,11 +164,12 @@ def run_explain(images: list[Path], model: Path, a: argparse.Namespace) -> int:
 
     cfg = _config(a)
     out = check_writable(a.out)
-    adapter = load_adapter(str(model), device=a.device)
+    adapter = _adapter(a)
+    _redact_logs(adapter)
     with adapter:
         explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device)
         target = _target(a.target, adapter.info.class_names)
-        hashes = {"model": {"file": model.name, "sha256": file_sha256(model)}}
+        hashes = _model_record(a, adapter)
         mae = getattr(explainer.filler, "path", None)
         if mae is not None:
             hashes["mae"] = {"file": Path(mae).name, "sha256": file_sha256(mae)}
@@ -112,6 +177,7 @@ def run_explain(images: list[Path], model: Path, a: argparse.Namespace) -> int:
         stems: set[str] = set()
         for path in images:
             t0 = time.perf_counter()
+            r0 = adapter.retries
             try:
                 loaded = load_image(path, frame=a.frame)
                 t_io = time.perf_counter() - t0
@@ -126,19 +192,82 @@ def run_explain(images: list[Path], model: Path, a: argparse.Namespace) -> int:
                 "tool": "blackbox-lime", "version": __version__,
                 "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
                           "shape": list(loaded.pixels.shape), "notes": loaded.notes},
-                **exp.summary(), "models": hashes,
+                **exp.summary(), "retries": adapter.retries - r0, "models": hashes,
                 "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
             }
             report["timings_s"]["read_image"] = round(t_io, 4)
             write_all(explanation_files(out, stem, loaded.pixels, exp, report))
             if a.json:
                 print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
-                                                         "queries", "requests", "timings_s", "seed", "outputs")}))
+                                                         "queries", "requests", "retries", "timings_s", "seed",
+                                                         "outputs")}))
             elif not a.quiet:
                 print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} R2={exp.r2:.3f} "
                       f"{exp.queries} queries {exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}",
                       file=sys.stderr)
     return EXIT_USER if failed else EXIT_OK
+
+
+def run_endpoint_check(a: argparse.Namespace) -> int:
+    """Health, metadata, a one-image prediction and a full-batch prediction, with latencies."""
+    import numpy as np
+
+    from blackbox_lime.explainer import to_canvas
+    from blackbox_lime.image_io import load_image
+    from blackbox_lime.models import bundled_example
+
+    if a.model is not None and "://" not in a.model and a.endpoint is None:
+        raise UserError("endpoint check needs --endpoint PROFILE.toml or --model URL (not a local file).")
+    result: dict[str, Any] = {}
+    adapter = _adapter(a)
+    _redact_logs(adapter)
+    with adapter:
+        info = adapter.info
+        result["endpoint"] = adapter.transport.describe()
+        result["ready"] = adapter.ready()
+        meta = adapter.meta
+        result["metadata"] = None if meta is None else {
+            "name": meta.name, "input": {"name": meta.input_name, "shape": list(meta.input_shape),
+                                         "datatype": meta.input_datatype},
+            "output": {"name": meta.output_name, "shape": list(meta.output_shape or [])}}
+        result["model"] = {"input_size": list(info.input_size), "channels": info.channels,
+                           "class_names": list(info.class_names), "abnormal_index": info.abnormal_index,
+                           **{k: info.extra[k] for k in ("layout", "dtype", "output") if k in info.extra}}
+        image = to_canvas(load_image(bundled_example(DEMO_IMAGE)).pixels, info.input_size, info.channels, [])
+        t = time.perf_counter()
+        probs = adapter.predict(image[None])
+        one = time.perf_counter() - t
+        result["test_prediction"] = {"image": DEMO_IMAGE, "probs": [round(float(p), 6) for p in probs[0]],
+                                     "latency_s": round(one, 4), "batch_size": 1}
+        n = adapter.max_batch
+        t = time.perf_counter()
+        batch_probs = adapter.predict(np.repeat(image[None], n, axis=0))
+        full = time.perf_counter() - t
+        agree = bool(np.allclose(batch_probs, probs[0], atol=1e-5))
+        result["batch_prediction"] = {"batch_size": n, "latency_s": round(full, 4),
+                                      "per_image_s": round(full / n, 5), "matches_single": agree}
+        result["counters"] = adapter.counters()
+    if a.json:
+        print(json.dumps(result))
+    else:
+        ready = {True: "ready", False: "NOT ready", None: "unknown (the protocol has no health route)"}[result["ready"]]
+        lines = [f"endpoint  {result['endpoint'].get('url')} ({result['endpoint']['protocol']}"
+                 + (f", model {result['endpoint']['model']}" if result['endpoint'].get('model') else "") + ")",
+                 f"health    {ready}"]
+        if meta is not None:
+            lines.append(f"metadata  input {meta.input_name} {meta.input_datatype} {list(meta.input_shape)}; "
+                         f"output {meta.output_name} {list(meta.output_shape or [])}")
+        else:
+            lines.append("metadata  none (declared in the profile)")
+        tp, bp = result["test_prediction"], result["batch_prediction"]
+        lines.append(f"predict   {DEMO_IMAGE}: " + ", ".join(f"{c}={p:.4f}" for c, p in zip(info.class_names, tp["probs"]))
+                     + f" in {tp['latency_s'] * 1000:.0f} ms (batch 1)")
+        lines.append(f"batch     {bp['batch_size']} images in {bp['latency_s'] * 1000:.0f} ms "
+                     f"({bp['per_image_s'] * 1000:.1f} ms/image); same answer as batch 1: {'yes' if agree else 'NO'}")
+        print("\n".join(lines))
+    if result["ready"] is False or not agree:
+        return EXIT_USER
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,15 +292,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))
             return EXIT_OK
+        if a.command == "endpoint":
+            if a.endpoint_command != "check":
+                raise UserError("Use: blackbox-lime endpoint check --endpoint PROFILE.toml (or --model URL).")
+            return run_endpoint_check(a)
         if a.command == "demo":
             from blackbox_lime.models import bundled_example, bundled_model
 
             a.out = a.out or "blackbox_lime_demo"
-            model = Path(a.model) if a.model else bundled_model("demo_cnn.onnx")
-            return run_explain([bundled_example(DEMO_IMAGE)], model, a)
+            if a.model is None and a.endpoint is None:
+                a.model = str(bundled_model("demo_cnn.onnx"))
+            return run_explain([bundled_example(DEMO_IMAGE)], a)
         if a.out is None:
             raise UserError("--out is required: the folder to write the saliency maps to.")
-        return run_explain([Path(p) for p in a.images], Path(a.model), a)
+        return run_explain([Path(p) for p in a.images], a)
     except (UserError, AdapterError, OutputError, ValueError, FileNotFoundError) as exc:
         print(f"blackbox-lime: error: {exc}", file=sys.stderr)
         return EXIT_USER

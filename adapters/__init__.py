@@ -4,23 +4,46 @@
 """
 
 from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import (AdapterError, AdapterTimeout, BudgetExhausted, ConnectionFailed, ModelLoadError,
-                             ResponseError, ServerError)
+from adapters.errors import (AdapterError, AdapterTimeout, BudgetExhausted, ConfigError, ConnectionFailed,
+                             ModelLoadError, ResponseError, ServerError)
 
 __all__ = [
-    "AdapterError", "AdapterTimeout", "BudgetExhausted", "ClassifierAdapter", "ConnectionFailed", "ModelInfo",
+    "AdapterError", "AdapterTimeout", "BudgetExhausted", "ClassifierAdapter", "ConfigError", "ConnectionFailed", "ModelInfo",
     "ModelLoadError", "ResponseError", "ServerError", "load_adapter",
 ]
 
 
-def load_adapter(model: str, **kwargs: object) -> ClassifierAdapter:
-    """An adapter for ``model``: a path to an ``.onnx`` file (remote URLs come with the remote adapters)."""
+def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow_insecure_http: bool = False,
+                 budget: int | None = None, max_batch: int | None = None, concurrency: int | None = None,
+                 **kwargs: object) -> ClassifierAdapter:
+    """An adapter for a classifier.
+
+    Parameters
+    ----------
+    model : a local ``.onnx`` file, or an endpoint URL: ``http(s)://host:port/v2/models/NAME[/versions/V]``
+        (Open Inference Protocol REST), ``http(s)://.../v1/models/NAME:predict`` (TF-Serving / Vertex JSON)
+        or ``grpc(s)://host:port/NAME[/V]`` (Open Inference Protocol gRPC).
+    endpoint : an endpoint profile (TOML); see :mod:`adapters.profile`. Overrides ``model``.
+    allow_insecure_http : permit plain http:// or grpc:// to a host that is not loopback.
+    budget, max_batch, concurrency : override the profile's limits.
+    kwargs : options of the local ONNX adapter (device, threads, preprocessing).
+    """
     from pathlib import Path
 
-    if "://" in model:
-        raise ValueError(
-            f"Remote models ({model.split('://')[0]}://) are not supported by this version; pass a local .onnx file.")
+    if endpoint is not None or (model is not None and "://" in model):
+        from adapters.profile import EndpointProfile
+
+        if endpoint is not None:
+            prof = EndpointProfile.from_toml(endpoint)
+        else:
+            prof = EndpointProfile.from_url(str(model), allow_insecure_http=allow_insecure_http)
+        return prof.build(budget=budget, max_batch=max_batch, concurrency=concurrency,
+                          allow_insecure_http=allow_insecure_http)
+    if model is None:
+        raise ValueError("Name a model: a local .onnx file, an endpoint URL, or an endpoint profile.")
     from adapters.onnx import OnnxAdapter
 
-    p = Path(model)
-    return OnnxAdapter(p, **kwargs)  # type: ignore[arg-type]
+    extra = {"budget": budget} if budget is not None else {}
+    if max_batch is not None:
+        extra["max_batch"] = max_batch
+    return OnnxAdapter(Path(model), **extra, **kwargs)  # type: ignore[arg-type]

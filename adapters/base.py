@@ -9,6 +9,7 @@ the query budget, the query and request counters, and validation of the returned
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +73,10 @@ class ClassifierAdapter(ABC):
             raise ValueError(f"budget must be None or an integer >= 1. Got {budget!r} instead.")
         self.max_batch = max_batch
         self.budget = budget
-        self.queries = 0  # images sent
-        self.requests = 0  # requests (session runs) made
+        self.queries = 0  # images sent, retries included: what the endpoint was asked to compute
+        self.requests = 0  # requests (session runs) made, retries included
+        self.retries = 0  # requests that were sent again after a transient failure
+        self._count_lock = threading.Lock()
 
     # -- the one method a backend implements -------------------------------------------------
 
@@ -102,16 +105,31 @@ class ClassifierAdapter(ABC):
         """
         images = self._check_images(images)
         n = images.shape[0]
+        self._check_budget(n)
+        chunks = [images[i:i + self.max_batch] for i in range(0, n, self.max_batch)]
+        outs = self._run_batches(chunks)
+        return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(self.info.class_names)))
+
+    def _check_budget(self, n: int) -> None:
+        """Raise BudgetExhausted if sending n more images would exceed the budget."""
         if self.budget is not None and self.queries + n > self.budget:
             raise BudgetExhausted(
                 f"Query budget exhausted: {self.queries} of {self.budget} queries used, and the next call needs {n}. "
                 "Raise the budget or lower --samples.", used=self.queries, budget=self.budget)
-        outs = [self._run_one(images[i:i + self.max_batch]) for i in range(0, n, self.max_batch)]
-        return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(self.info.class_names)))
+
+    def _count(self, n: int) -> None:
+        """Check the budget and count one request of n images, atomically (adapters may send from threads)."""
+        with self._count_lock:
+            self._check_budget(n)
+            self.requests += 1
+            self.queries += n
+
+    def _run_batches(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the batches and return their probabilities in order (remote adapters run them concurrently)."""
+        return [self._run_one(c) for c in chunks]
 
     def _run_one(self, batch: np.ndarray) -> np.ndarray:
-        self.requests += 1
-        self.queries += batch.shape[0]
+        self._count(batch.shape[0])
         raw = self._predict_batch(np.ascontiguousarray(batch, dtype=np.float32))
         return self._check_probs(raw, batch.shape[0])
 
@@ -127,25 +145,30 @@ class ClassifierAdapter(ABC):
                 f"Got {images.shape} instead; resize to the adapter's input_size first.")
         return images.astype(np.float32, copy=False)
 
+    def _output_where(self) -> str:
+        """Who produced the output, for error messages ("The model", or the response field of an endpoint)."""
+        return "The model"
+
     def _check_probs(self, raw: Any, n: int) -> np.ndarray:
+        who = self._output_where()
         k = len(self.info.class_names)
         p = np.asarray(raw, dtype=np.float64)
         per_class = p.ndim == 2
         if p.ndim == 1 and k == 2:
             p = np.stack([1.0 - p, p], axis=1)
         if p.shape != (n, k):
-            raise ResponseError(f"The model returned an output of shape {p.shape}; expected ({n}, {k}) class probabilities.")
+            raise ResponseError(f"{who} returned an output of shape {p.shape}; expected ({n}, {k}) class probabilities.")
         if not np.all(np.isfinite(p)):
-            raise ResponseError("The model returned NaN or infinite probabilities. Check the model and its preprocessing.")
+            raise ResponseError(f"{who} returned NaN or infinite probabilities. Check the model and its preprocessing.")
         if p.min() < -1e-6 or p.max() > 1 + 1e-6:
             raise ResponseError(
-                f"The model returned values outside [0, 1] (min {p.min():.4g}, max {p.max():.4g}); expected probabilities. "
+                f"{who} returned values outside [0, 1] (min {p.min():.4g}, max {p.max():.4g}); expected probabilities. "
                 "If the model outputs logits, declare output='logits' so they are passed through a softmax.")
         if per_class:
             sums = p.sum(axis=1)
             if np.any(np.abs(sums - 1.0) > 1e-3):
                 raise ResponseError(
-                    f"The model's probabilities do not sum to 1 (row sums from {sums.min():.4g} to {sums.max():.4g}). "
+                    f"{who}: the probabilities do not sum to 1 (row sums from {sums.min():.4g} to {sums.max():.4g}). "
                     "If the model outputs logits, declare output='logits'.")
         return np.clip(p, 0.0, 1.0)
 
@@ -161,14 +184,4 @@ class ClassifierAdapter(ABC):
         self.close()
 
     def counters(self) -> dict[str, int]:
-        return {"queries": self.queries, "requests": self.requests}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+        return {"queries": self.queries, "requests": self.requests, "retries": self.retries}

@@ -9,7 +9,12 @@ type. Backend exceptions (onnxruntime, requests, grpc) are mapped onto it with `
     ├── ConnectionFailed      the endpoint cannot be reached (after retries)
     ├── ResponseError         the answer is not what the contract promises (bad JSON, shape, NaN, range)
     │   └── ServerError       the server answered with an error status (quotes its body)
-    └── BudgetExhausted       sending the next batch would exceed the hard query budget
+    ├── BudgetExhausted       sending the next batch would exceed the hard query budget
+    └── ConfigError           an endpoint profile or URL cannot be used as given (names the field)
+
+``retryable`` says whether the remote adapters' retry policy may send the request again: timeouts,
+unreachable endpoints and the statuses 429/502/503/504 (or their gRPC equivalents) are transient;
+everything else is permanent and is raised at once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 class AdapterError(Exception):
     """Base class for every error raised by an adapter."""
+
+    retryable: bool = False
 
 
 class ModelLoadError(AdapterError):
@@ -26,9 +33,15 @@ class ModelLoadError(AdapterError):
 class AdapterTimeout(AdapterError):
     """A request to the classifier timed out."""
 
+    retryable = True
+
 
 class ConnectionFailed(AdapterError):
-    """The classifier endpoint could not be reached."""
+    """The classifier endpoint could not be reached (retryable unless ``retryable=False``, e.g. TLS)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ResponseError(AdapterError):
@@ -38,9 +51,14 @@ class ResponseError(AdapterError):
 class ServerError(ResponseError):
     """The server answered with an error status."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None,
+                 retryable: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it said
+        self.retryable = status in self.RETRY_STATUSES if retryable is None else retryable
 
 
 class BudgetExhausted(AdapterError):
@@ -50,3 +68,7 @@ class BudgetExhausted(AdapterError):
         super().__init__(message)
         self.used = used
         self.budget = budget
+
+
+class ConfigError(AdapterError):
+    """An endpoint profile, URL or option cannot be used as given."""

@@ -15,8 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adapters.base import ClassifierAdapter, ModelInfo, sigmoid, softmax
-from adapters.errors import AdapterError, ModelLoadError, ResponseError
+from adapters.base import ClassifierAdapter, ModelInfo
+from adapters.errors import AdapterError, ModelLoadError
+from adapters.preprocess import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,9 @@ class OnnxAdapter(ClassifierAdapter):
                 self.max_batch = 1
             else:
                 raise ModelLoadError(f"{self.path.name} has a fixed batch of {shape[0]}; export it with a dynamic batch.")
-        if dtype not in ("float32", "float16", "uint8"):
-            raise ValueError(f"dtype must be 'float32', 'float16' or 'uint8'. Got {dtype!r} instead.")
-        self.dtype = dtype
-        self.output = output or meta.get("output", "probabilities")
-        if self.output not in ("probabilities", "logits"):
-            raise ValueError(f"output must be 'probabilities' or 'logits'. Got {self.output!r} instead.")
-        self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, 1, 1, -1)
-        self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 1, 1, -1)
+        self.spec = TensorSpec(layout=layout, dtype=dtype, mean=None if mean is None else tuple(mean),
+                               std=None if std is None else tuple(std), output=output or meta.get("output", "probabilities"))
+        self.dtype, self.output = self.spec.dtype, self.spec.output
         names = tuple(class_names or meta.get("class_names") or ("normal", "abnormal"))
         ab = abnormal_index if abnormal_index is not None else int(meta.get("abnormal_index", len(names) - 1))
         self._info = ModelInfo(input_size, channels, names, ab, self.path.name,
@@ -161,30 +157,12 @@ class OnnxAdapter(ClassifierAdapter):
         return self._info
 
     def _predict_batch(self, images: np.ndarray) -> np.ndarray:
-        x = images  # (n, H, W, C) in [0, 1]
-        if self.mean is not None:
-            x = x - self.mean
-        if self.std is not None:
-            x = x / self.std
-        if self.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        x = np.ascontiguousarray(x)
-        if self.dtype == "uint8":
-            x = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-        else:
-            x = x.astype(self.dtype, copy=False)
+        x = self.spec.encode(images)  # (n, C, H, W) or (n, H, W, C) in the model's dtype
         try:
             out = self.session.run([self.output_name], {self.input_name: x})[0]
         except Exception as exc:
             raise AdapterError(f"onnxruntime failed on {self.path.name}: {str(exc).splitlines()[0][:300]}") from exc
-        out = np.asarray(out, np.float64)
-        if out.ndim == 2 and out.shape[1] == 1:
-            out = out[:, 0]
-        if self.output == "logits":
-            out = softmax(out) if out.ndim == 2 else sigmoid(out)
-        if out.ndim not in (1, 2):
-            raise ResponseError(f"{self.path.name} returned an output of shape {out.shape}; expected (N, K) or (N,).")
-        return out
+        return self.spec.decode(out, images.shape[0], self.path.name)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

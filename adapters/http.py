@@ -1,0 +1,346 @@
+"""Remote classifiers over HTTP: Open Inference Protocol (KServe v2) REST, and TF-Serving / Vertex JSON.
+
+Two transports share one pooled ``requests.Session`` setup (TLS verified by default, optional CA
+bundle and mTLS client certificate, auth headers from the profile) and one mapping of failures onto
+the adapter error tree. Retries, budget, concurrency and rate limits are not here: they are the
+:class:`~adapters.remote.RemoteAdapter`'s, the same for every protocol.
+
+Open Inference Protocol REST::
+
+    GET  {base}/v2                                  server metadata (extensions)
+    GET  {base}/v2/models/{m}[/versions/{v}]        model metadata (input/output names, shapes, datatypes)
+    GET  {base}/v2/models/{m}[/versions/{v}]/ready  readiness
+    POST {base}/v2/models/{m}[/versions/{v}]/infer  one batch as one tensor
+
+The request body is JSON, or JSON + raw bytes (the binary tensor extension, with the header
+``Inference-Header-Content-Length``) when the server lists ``binary_tensor_data`` among its
+extensions. Binary and JSON responses are both decoded.
+
+TF-Serving / Vertex AI: ``POST {url}`` with ``{"instances": [...]}``; the answer is
+``{"predictions": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from adapters.errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError
+from adapters.preprocess import OIP_DTYPES
+from adapters.remote import EndpointMeta, Transport, check_endpoint_url, parse_retry_after, safe_url, server_error
+
+log = logging.getLogger(__name__)
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+class HttpTransport(Transport):
+    """Shared HTTP plumbing: session, TLS, auth headers and the error mapping.
+
+    Parameters
+    ----------
+    url : the endpoint (https://, or http:// to loopback; see ``allow_insecure_http``).
+    headers : extra request headers, e.g. {"Authorization": "Bearer ..."}; never logged.
+    verify : verify TLS certificates (default True); ``ca_bundle`` overrides the trust store.
+    client_cert, client_key : PEM files for mutual TLS.
+    timeout, connect_timeout : seconds.
+    pool : connections kept open (set to the adapter's concurrency).
+    """
+
+    def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, verify: bool = True,
+                 ca_bundle: str | None = None, client_cert: str | None = None, client_key: str | None = None,
+                 timeout: float = 60.0, connect_timeout: float = 10.0, pool: int = 4,
+                 allow_insecure_http: bool = False) -> None:
+        parts = check_endpoint_url(url, allow_insecure_http)
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(f"{safe_url(url)} is not an HTTP URL; use http(s):// with a REST protocol.")
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False  # only the configured endpoint: no proxy or netrc from the environment
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool))
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers.update({"User-Agent": "blackbox-lime", **(headers or {})})
+        self.session.verify = ca_bundle if (verify and ca_bundle) else verify
+        if client_cert:
+            self.session.cert = (client_cert, client_key) if client_key else client_cert
+        if not verify:
+            log.warning("TLS certificate verification is OFF for %s", safe_url(url))
+        self.timeout = (connect_timeout, timeout)
+
+    def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
+        where = safe_url(url)
+        try:
+            r = self.session.request(method, url, timeout=self.timeout, **kw)
+        except requests.exceptions.SSLError as exc:
+            raise ConnectionFailed(
+                f"TLS verification failed for {where}: {_first_line(exc)}. If the endpoint uses a private CA, set "
+                "tls.ca_bundle in the profile.", retryable=False) from exc
+        except requests.exceptions.ConnectTimeout as exc:
+            raise ConnectionFailed(f"Could not connect to {where} within {self.timeout[0]:g}s.") from exc
+        except requests.exceptions.ReadTimeout as exc:
+            raise AdapterTimeout(f"{where} did not answer within {self.timeout[1]:g}s (read timeout).") from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise ConnectionFailed(f"Could not reach {where}: {_first_line(exc)}.") from exc
+        except requests.exceptions.RequestException as exc:
+            raise ConnectionFailed(f"Request to {where} failed: {_first_line(exc)}.", retryable=False) from exc
+        if r.status_code >= 400:
+            raise server_error(where, r.status_code, r.reason or "", r.content,
+                               parse_retry_after(r.headers.get("Retry-After")))
+        return r
+
+    def close(self) -> None:
+        self.session.close()
+
+
+_REASONS = (("Connection refused", "connection refused (is the server running, and is the port right?)"),
+            ("Name or service not known", "unknown host name"),
+            ("nodename nor servname", "unknown host name"),
+            ("Temporary failure in name resolution", "the host name could not be resolved"),
+            ("Connection reset", "the connection was reset by the server"),
+            ("RemoteDisconnected", "the server closed the connection without answering"),
+            ("certificate verify failed", "the server's certificate could not be verified"))
+
+
+def _first_line(exc: BaseException) -> str:
+    """A short reason for a requests/urllib3 exception (their messages nest several repr()s)."""
+    text = str(exc)
+    for needle, reason in _REASONS:
+        if needle in text:
+            return reason
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text[:300]
+
+
+def _json(r: requests.Response, what: str, content: bytes | None = None) -> Any:
+    body = r.content if content is None else content
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResponseError(f"{what} from {safe_url(r.url)} is not valid JSON ({exc}); the body starts with "
+                            f"{body[:120]!r}.") from exc
+
+
+class OipRestTransport(HttpTransport):
+    """Open Inference Protocol (KServe v2) REST.
+
+    Parameters
+    ----------
+    url : the server's base URL (``https://host:port``; a path prefix is allowed).
+    model, version : the model name and optional version.
+    binary : "auto" (binary tensors when the server lists ``binary_tensor_data``), "always" or "never".
+    """
+
+    protocol = "oip-rest"
+
+    def __init__(self, url: str, model: str, version: str | None = None, *, binary: str = "auto",
+                 **kw: Any) -> None:
+        super().__init__(url, **kw)
+        if not model:
+            raise ConfigError("The Open Inference Protocol needs a model name (the URL path /v2/models/NAME or the "
+                              "profile's 'model').")
+        if binary not in ("auto", "always", "never"):
+            raise ConfigError(f"The 'binary' setting must be 'auto', 'always' or 'never'. Got {binary!r} instead.")
+        self.model, self.version = model, version
+        self.base = f"{self.url}/v2/models/{model}" + (f"/versions/{version}" if version else "")
+        self._binary_setting = binary
+        self._binary: bool | None = {"always": True, "never": False}.get(binary)
+        self.input_name, self.output_name, self.input_datatype = None, None, "FP32"
+        self.output_field = "outputs[0]"
+
+    def describe(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "url": safe_url(self.url), "model": self.model,
+                "version": self.version, "binary": self._binary_setting}
+
+    def configure(self, input_name: str | None, input_datatype: str, output_name: str | None) -> None:
+        super().configure(input_name or "input", input_datatype, output_name)
+        if output_name:
+            self.output_field = f"outputs[{output_name!r}]"
+
+    def metadata(self) -> EndpointMeta:
+        r = self._request("GET", self.base)
+        doc = _json(r, "The model metadata")
+        try:
+            inp = doc["inputs"][0]
+            outs = doc.get("outputs") or []
+            return EndpointMeta(
+                name=str(doc.get("name", self.model)), input_name=str(inp["name"]),
+                input_shape=tuple(int(d) for d in inp["shape"]), input_datatype=str(inp["datatype"]),
+                output_name=str(outs[0]["name"]) if outs else None,
+                output_shape=tuple(int(d) for d in outs[0]["shape"]) if outs and "shape" in outs[0] else None,
+                versions=tuple(str(v) for v in doc.get("versions") or ()), platform=str(doc.get("platform", "")),
+                raw=doc)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"The model metadata from {safe_url(self.base)} lacks inputs[0].name/shape/datatype "
+                                 f"({type(exc).__name__}: {exc}); declare the input in the profile.") from exc
+
+    def ready(self) -> bool:
+        try:
+            self._request("GET", self.base + "/ready")
+        except ResponseError as exc:
+            if getattr(exc, "status", None) in (404, 503, 400):
+                return False
+            raise
+        return True
+
+    def server_extensions(self) -> list[str]:
+        r = self._request("GET", f"{self.url}/v2")
+        doc = _json(r, "The server metadata")
+        ext = doc.get("extensions") if isinstance(doc, dict) else None
+        return [str(e) for e in ext] if isinstance(ext, list) else []
+
+    def _use_binary(self) -> bool:
+        if self._binary is None:
+            try:
+                self._binary = "binary_tensor_data" in self.server_extensions()
+            except ResponseError:
+                self._binary = False
+            log.info("%s: binary tensor extension %s", safe_url(self.url), "on" if self._binary else "off (JSON)")
+        return self._binary
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        head: dict[str, Any] = {"name": self.input_name, "shape": list(tensor.shape), "datatype": self.input_datatype}
+        out_req: dict[str, Any] = {"name": self.output_name} if self.output_name else {}
+        if self._use_binary():
+            raw = tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes()
+            head["parameters"] = {"binary_data_size": len(raw)}
+            if out_req:
+                out_req["parameters"] = {"binary_data": True}
+            doc = {"inputs": [head], **({"outputs": [out_req]} if out_req else {}),
+                   "parameters": {"binary_data_output": True}}
+            header = orjson.dumps(doc)
+            r = self._request("POST", self.base + "/infer", data=header + raw,
+                              headers={"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))})
+        else:
+            data = tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
+            head["data"] = data.reshape(-1)
+            doc = {"inputs": [head], **({"outputs": [out_req]} if out_req else {})}
+            r = self._request("POST", self.base + "/infer", data=orjson.dumps(doc, option=_NUMPY),
+                              headers={"Content-Type": "application/json"})
+        return decode_oip_response(r, self.output_name)
+
+
+def decode_oip_response(r: requests.Response, output_name: str | None) -> np.ndarray:
+    """An OIP infer response (JSON, or JSON + binary tensors) -> the chosen output as an array."""
+    content = r.content
+    header_len = r.headers.get(BINARY_HEADER)
+    binary = b""
+    if header_len is not None:
+        try:
+            n = int(header_len)
+        except ValueError as exc:
+            raise ResponseError(f"The response header {BINARY_HEADER} is not an integer: {header_len[:40]!r}.") from exc
+        if not 0 <= n <= len(content):
+            raise ResponseError(f"The response header {BINARY_HEADER} ({n}) exceeds the body ({len(content)} bytes).")
+        content, binary = content[:n], content[n:]
+    doc = _json(r, "The inference response", content)
+    outputs = doc.get("outputs") if isinstance(doc, dict) else None
+    if not isinstance(outputs, list) or not outputs:
+        raise ResponseError(f"The inference response has no 'outputs' list; got keys {sorted(doc)[:8] if isinstance(doc, dict) else type(doc).__name__}.")
+    offset, chosen, index = 0, None, 0
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict):
+            raise ResponseError(f"The inference response field outputs[{i}] is not an object.")
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if chosen is None and (output_name is None or out.get("name") == output_name):
+            chosen, index, start = out, i, offset
+        if size is not None:
+            offset += int(size)
+    if chosen is None:
+        names = [o.get("name") for o in outputs]
+        raise ResponseError(f"The inference response has no output named {output_name!r}; it has {names}.")
+    field = f"outputs[{index}]"
+    shape, dtype_name = chosen.get("shape"), chosen.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ResponseError(f"The inference response field {field}.shape is missing or not a list of sizes: {shape!r}.")
+    dtype = OIP_DTYPES.get(str(dtype_name)) or {"FP32": "float32", "INT64": "int64", "INT32": "int32"}.get(str(dtype_name))
+    if dtype is None:
+        raise ResponseError(f"The inference response field {field}.datatype is {dtype_name!r}; expected FP32, FP64 or FP16.")
+    size = (chosen.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        chunk = binary[start:start + int(size)]
+        if len(chunk) != int(size):
+            raise ResponseError(f"The inference response field {field} declares {size} binary bytes but the body "
+                                f"holds {len(chunk)}.")
+        arr = np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.float64)
+    else:
+        if "data" not in chosen:
+            raise ResponseError(f"The inference response field {field} has no 'data'.")
+        try:
+            arr = np.asarray(chosen["data"], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ResponseError(f"The inference response field {field}.data is not numeric ({exc}).") from exc
+    want = int(np.prod(shape)) if shape else 1
+    if arr.size != want:
+        raise ResponseError(f"The inference response field {field}.data has {arr.size} values but {field}.shape "
+                            f"{shape} needs {want}.")
+    return arr.reshape(shape)
+
+
+class TFServingTransport(HttpTransport):
+    """TF-Serving REST / Vertex AI prediction: ``{"instances": [...]}`` -> ``{"predictions": [...]}``.
+
+    Parameters
+    ----------
+    url : the full predict URL, e.g. ``https://host/v1/models/chest:predict`` or a Vertex endpoint's
+        ``...:predict`` URL.
+    instance_key : None sends each image as a nested list; a name sends ``{name: image}`` objects.
+    """
+
+    protocol = "tfserving"
+    output_field = "predictions"
+
+    def __init__(self, url: str, *, instance_key: str | None = None, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self.instance_key = instance_key
+        self.input_name, self.output_name, self.input_datatype = None, None, "FP32"
+
+    def describe(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "url": safe_url(self.url)}
+
+    def ready(self) -> bool | None:
+        if not self.url.endswith(":predict") or "/v1/models/" not in self.url:
+            return None  # Vertex endpoints have no status route
+        try:
+            r = self._request("GET", self.url[: -len(":predict")])
+        except ResponseError:
+            return False
+        doc = _json(r, "The model status")
+        states = [v.get("state") for v in doc.get("model_version_status", []) if isinstance(v, dict)]
+        return "AVAILABLE" in states
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        data = tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
+        instances: Any = data if self.instance_key is None else [{self.instance_key: x} for x in data]
+        r = self._request("POST", self.url, data=orjson.dumps({"instances": instances}, option=_NUMPY),
+                          headers={"Content-Type": "application/json"})
+        doc = _json(r, "The prediction response")
+        if not isinstance(doc, dict) or "predictions" not in doc:
+            keys = sorted(doc)[:8] if isinstance(doc, dict) else type(doc).__name__
+            raise ResponseError(f"The prediction response has no 'predictions' field; got {keys}.")
+        preds = doc["predictions"]
+        if preds and isinstance(preds[0], dict):  # named outputs: take the declared one, or the only one
+            key = self.output_name or (next(iter(preds[0])) if len(preds[0]) == 1 else None)
+            if key is None or key not in preds[0]:
+                raise ResponseError(f"The 'predictions' objects have fields {sorted(preds[0])}; declare output.name.")
+            preds = [p[key] for p in preds]
+        try:
+            return np.asarray(preds, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ResponseError(f"The response field 'predictions' is not a numeric array ({exc}).") from exc
+
+
+def auth_headers(token: str | None, header: str = "Authorization", scheme: str | None = "Bearer") -> dict[str, str]:
+    if not token:
+        return {}
+    return {header: f"{scheme} {token}" if scheme else token}
+
+
+__all__ = ["OipRestTransport", "TFServingTransport", "HttpTransport", "decode_oip_response", "auth_headers"]

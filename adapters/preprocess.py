@@ -1,0 +1,95 @@
+"""Declared preprocessing, shared by every adapter: [0, 1] images in, the model's tensor out, and back.
+
+The explainer always hands an adapter float32 images (N, H, W, C) in [0, 1] at the model's input
+size. What the model really takes (layout, dtype, normalisation) and what it returns (probabilities
+or logits) is declared once in a :class:`TensorSpec`, which the local ONNX adapter and every remote
+adapter use the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from adapters.errors import ResponseError
+
+# Open Inference Protocol datatype names <-> numpy dtypes (only those an image classifier takes).
+OIP_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
+DTYPE_TO_OIP = {v: k for k, v in OIP_DTYPES.items()}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """How images become the model's input tensor, and how its output becomes probabilities.
+
+    Parameters
+    ----------
+    layout : "NCHW" or "NHWC".
+    dtype : "float32", "float16", "float64" or "uint8" (uint8 sends round(pixels * 255)).
+    mean, std : per-channel normalisation of [0, 1] pixels, applied before the cast (default none).
+    output : "probabilities" or "logits" (softmax over classes, or a sigmoid for one column).
+    """
+
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    output: str = "probabilities"
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be 'NCHW' or 'NHWC'. Got {self.layout!r} instead.")
+        if self.dtype not in DTYPE_TO_OIP:
+            raise ValueError(f"dtype must be one of {sorted(DTYPE_TO_OIP)}. Got {self.dtype!r} instead.")
+        if self.output not in ("probabilities", "logits"):
+            raise ValueError(f"output must be 'probabilities' or 'logits'. Got {self.output!r} instead.")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or not v:
+                    raise ValueError(f"{name} must be a list of per-channel numbers. Got {v!r} instead.")
+                object.__setattr__(self, name, tuple(float(x) for x in v))
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive per channel. Got {self.std!r} instead.")
+
+    @property
+    def oip_datatype(self) -> str:
+        return DTYPE_TO_OIP[self.dtype]
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """images: float32 (n, H, W, C) in [0, 1] -> the model's tensor, C-contiguous."""
+        x = images
+        if self.mean is not None:
+            x = x - np.asarray(self.mean, np.float32).reshape(1, 1, 1, -1)
+        if self.std is not None:
+            x = x / np.asarray(self.std, np.float32).reshape(1, 1, 1, -1)
+        if self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)  # (n, C, H, W)
+        if self.dtype == "uint8":
+            return np.ascontiguousarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8))
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def decode(self, out: np.ndarray, n: int, where: str = "the model") -> np.ndarray:
+        """The model's raw output (n, K), (n, 1) or (n,) -> float64 probabilities (n, K) or (n,)."""
+        out = np.asarray(out, np.float64)
+        if out.ndim == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.ndim not in (1, 2) or out.shape[0] != n:
+            raise ResponseError(f"{where} returned an output of shape {out.shape}; expected ({n}, K) or ({n},).")
+        if self.output == "logits":
+            if not np.all(np.isfinite(out)):
+                raise ResponseError(f"{where} returned NaN or infinite logits. Check the model and its preprocessing.")
+            out = softmax(out) if out.ndim == 2 else sigmoid(out)
+        return out

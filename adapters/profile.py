@@ -1,0 +1,254 @@
+"""Endpoint profiles: one TOML file that says how to reach a vendor's model.
+
+Example (every key but ``url`` is optional; the endpoint's metadata fills in what it can)::
+
+    url = "https://models.vendor.example/v2/models/chest-cls"   # OIP REST; :predict URLs are TF-Serving
+    protocol = "oip-rest"          # oip-rest | tfserving | oip-grpc (default: from the URL)
+    model = "chest-cls"            # OIP model name, if not in the URL
+    version = "3"
+
+    [input]
+    size = [224, 224]              # [height, width]
+    channels = 3
+    layout = "NCHW"                # or NHWC
+    dtype = "float32"              # float32 | float16 | float64 | uint8
+    mean = [0.485, 0.456, 0.406]   # normalisation of [0, 1] pixels, optional
+    std = [0.229, 0.224, 0.225]
+    name = "image"                 # input tensor name, if the endpoint has no metadata
+
+    [output]
+    kind = "probabilities"         # or "logits"
+    class_names = ["normal", "abnormal"]
+    abnormal_index = 1
+    name = "probs"                 # output tensor name
+
+    [auth]
+    token_env = "VENDOR_TOKEN"     # or token_file = "secrets/vendor.token" (relative to this file)
+    header = "Authorization"
+    scheme = "Bearer"              # "" sends the bare token
+
+    [tls]
+    verify = true
+    ca_bundle = "certs/vendor-ca.pem"
+    client_cert = "certs/site.pem"
+    client_key = "certs/site.key"
+
+    [limits]
+    timeout_s = 60
+    connect_timeout_s = 10
+    max_batch = 32
+    concurrency = 4
+    rate_per_s = 10
+    budget = 5000                  # hard limit on images sent, retries included
+    max_attempts = 5
+    retry_after_cap_s = 60
+    max_message_mb = 256           # gRPC
+    binary = "auto"                # OIP REST binary tensors: auto | always | never
+
+A token is never written in the profile or on the command line: it comes from an environment
+variable or a file, and it is redacted from every log line, error and report.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from adapters.errors import ConfigError
+from adapters.remote import RemoteAdapter, RemotePolicy, check_endpoint_url, safe_url
+
+_KEYS: dict[str | None, set[str]] = {
+    None: {"url", "protocol", "model", "version", "allow_insecure_http", "input", "output", "auth", "tls", "limits"},
+    "input": {"size", "channels", "layout", "dtype", "mean", "std", "name"},
+    "output": {"kind", "class_names", "abnormal_index", "name"},
+    "auth": {"token_env", "token_file", "header", "scheme"},
+    "tls": {"verify", "ca_bundle", "client_cert", "client_key"},
+    "limits": {"timeout_s", "connect_timeout_s", "max_batch", "concurrency", "rate_per_s", "budget", "max_attempts",
+               "retry_after_cap_s", "max_message_mb", "binary", "backoff_s"},
+}
+PROTOCOLS = ("oip-rest", "tfserving", "oip-grpc")
+
+
+@dataclass
+class EndpointProfile:
+    """A parsed endpoint profile (see the module docstring for the TOML form)."""
+
+    url: str
+    protocol: str
+    model: str | None = None
+    version: str | None = None
+    allow_insecure_http: bool = False
+    input: dict[str, Any] = field(default_factory=dict)
+    output: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    source: str = "the command line"
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "EndpointProfile":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Endpoint profile not found: {path}. Pass a TOML file (see README, 'Remote models').")
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path.name} is not valid TOML: {exc}.") from exc
+        if "token" in doc or "token" in (doc.get("auth") or {}):
+            raise ConfigError(f"{path.name} holds a token in clear; tokens are never written in profiles. Use "
+                              "[auth] token_env (an environment variable) or token_file (a file only you can read).")
+        for section, allowed in _KEYS.items():
+            table = doc if section is None else doc.get(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path.name}: [{section}] must be a table.")
+            unknown = sorted(set(table) - allowed)
+            if unknown:
+                where = f"[{section}]" if section else "the top level"
+                raise ConfigError(f"{path.name}: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(allowed))}.")
+        if "url" not in doc:
+            raise ConfigError(f"{path.name} has no 'url'.")
+        base = path.resolve().parent
+        for section, key in (("auth", "token_file"), ("tls", "ca_bundle"), ("tls", "client_cert"), ("tls", "client_key")):
+            v = (doc.get(section) or {}).get(key)
+            if v:
+                doc[section][key] = str((base / Path(v).expanduser()) if not Path(v).expanduser().is_absolute()
+                                        else Path(v).expanduser())
+        prof = cls.from_url(str(doc["url"]), protocol=doc.get("protocol"), model=doc.get("model"),
+                            version=None if doc.get("version") is None else str(doc["version"]),
+                            allow_insecure_http=bool(doc.get("allow_insecure_http", False)))
+        prof.input, prof.output = dict(doc.get("input", {})), dict(doc.get("output", {}))
+        prof.auth, prof.tls, prof.limits = dict(doc.get("auth", {})), dict(doc.get("tls", {})), dict(doc.get("limits", {}))
+        prof.source = path.name
+        return prof
+
+    @classmethod
+    def from_url(cls, url: str, protocol: str | None = None, model: str | None = None, version: str | None = None,
+                 allow_insecure_http: bool = False) -> "EndpointProfile":
+        """Read protocol, base URL, model and version from an endpoint URL.
+
+        - ``http(s)://host[:port]/v2/models/NAME[/versions/V]`` : Open Inference Protocol REST
+        - ``http(s)://host/...:predict`` : TF-Serving / Vertex AI JSON
+        - ``grpc(s)://host:port/NAME[/V]`` : Open Inference Protocol gRPC
+        """
+        parts = urlsplit(url)
+        if parts.scheme in ("grpc", "grpcs"):
+            guess = "oip-grpc"
+            segs = [s for s in parts.path.split("/") if s]
+            if segs:
+                model = model or segs[0]
+                version = version or (segs[1] if len(segs) > 1 else None)
+            base = f"{parts.scheme}://{parts.netloc}"
+        elif parts.path.endswith(":predict"):
+            guess, base = "tfserving", url
+        else:
+            guess = "oip-rest"
+            path = parts.path
+            if "/v2/models/" in path:
+                prefix, rest = path.split("/v2/models/", 1)
+                segs = [s for s in rest.split("/") if s]
+                if segs and segs[-1] in ("infer", "ready"):
+                    segs = segs[:-1]
+                if segs:
+                    model = model or segs[0]
+                if len(segs) >= 3 and segs[1] == "versions":
+                    version = version or segs[2]
+                path = prefix
+            base = f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}"
+        protocol = protocol or guess
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"The 'protocol' setting must be one of {', '.join(PROTOCOLS)}. Got {protocol!r} instead.")
+        if protocol == "oip-grpc" and parts.scheme not in ("grpc", "grpcs"):
+            raise ConfigError(f"protocol 'oip-grpc' needs a grpc:// or grpcs:// URL. Got {safe_url(url)}.")
+        if protocol != "oip-grpc" and parts.scheme not in ("http", "https"):
+            raise ConfigError(f"protocol {protocol!r} needs an http:// or https:// URL. Got {safe_url(url)}.")
+        if protocol == "oip-rest" and not model:
+            raise ConfigError(f"No model name in {safe_url(url)}: use http(s)://host:port/v2/models/NAME, or a profile "
+                              "with 'model'.")
+        check_endpoint_url(url, allow_insecure_http)
+        return cls(url=base, protocol=protocol, model=model, version=version, allow_insecure_http=allow_insecure_http)
+
+    # -- secrets ------------------------------------------------------------------------------
+
+    def token(self) -> str | None:
+        env, file = self.auth.get("token_env"), self.auth.get("token_file")
+        if env and file:
+            raise ConfigError(f"{self.source}: set either [auth] token_env or token_file, not both.")
+        if env:
+            value = os.environ.get(str(env))
+            if not value:
+                raise ConfigError(f"{self.source}: the environment variable {env} named by [auth] token_env is not set.")
+            return value.strip()
+        if file:
+            p = Path(file)
+            if not p.is_file():
+                raise ConfigError(f"{self.source}: the token file named by [auth] token_file does not exist: {p.name}.")
+            value = p.read_text(encoding="utf-8").strip()
+            if not value:
+                raise ConfigError(f"{self.source}: the token file {p.name} is empty.")
+            return value
+        return None
+
+    # -- the adapter ---------------------------------------------------------------------------
+
+    def policy(self, concurrency: int | None = None) -> RemotePolicy:
+        lim = self.limits
+        kw: dict[str, Any] = {}
+        for key, name in (("timeout_s", "timeout"), ("connect_timeout_s", "connect_timeout"),
+                          ("max_attempts", "max_attempts"), ("retry_after_cap_s", "retry_after_cap"),
+                          ("concurrency", "concurrency"), ("rate_per_s", "rate"), ("backoff_s", "backoff")):
+            if key in lim:
+                kw[name] = lim[key]
+        if concurrency is not None:
+            kw["concurrency"] = concurrency
+        if kw.get("rate") == 0:
+            kw["rate"] = None
+        return RemotePolicy(**kw)
+
+    def build(self, *, budget: int | None = None, max_batch: int | None = None, concurrency: int | None = None,
+              allow_insecure_http: bool = False, **overrides: Any) -> RemoteAdapter:
+        """Make the adapter. Command-line values (budget, max_batch, concurrency) override the profile's."""
+        insecure = allow_insecure_http or self.allow_insecure_http
+        token = self.token()
+        scheme = self.auth.get("scheme", "Bearer")
+        header = str(self.auth.get("header", "Authorization"))
+        headers = {header: f"{scheme} {token}" if scheme else token} if token else {}
+        policy = self.policy(concurrency)
+        tls = self.tls
+        common = dict(headers=headers, verify=bool(tls.get("verify", True)), ca_bundle=tls.get("ca_bundle"),
+                      client_cert=tls.get("client_cert"), client_key=tls.get("client_key"),
+                      timeout=policy.timeout, allow_insecure_http=insecure)
+        if self.protocol == "oip-grpc":
+            from adapters.grpc import OipGrpcTransport
+
+            transport: Any = OipGrpcTransport(self.url, self.model or "", self.version,
+                                              max_message_mb=float(self.limits.get("max_message_mb", 256)), **common)
+        elif self.protocol == "oip-rest":
+            from adapters.http import OipRestTransport
+
+            transport = OipRestTransport(self.url, self.model or "", self.version, connect_timeout=policy.connect_timeout,
+                                         pool=policy.concurrency, binary=str(self.limits.get("binary", "auto")), **common)
+        else:
+            from adapters.http import TFServingTransport
+
+            transport = TFServingTransport(self.url, connect_timeout=policy.connect_timeout, pool=policy.concurrency,
+                                           **common)
+        inp, out = self.input, self.output
+        try:
+            return RemoteAdapter(
+                transport, input_size=inp.get("size"), channels=inp.get("channels"), layout=inp.get("layout"),
+                dtype=inp.get("dtype"), mean=inp.get("mean"), std=inp.get("std"), input_name=inp.get("name"),
+                output=str(out.get("kind", "probabilities")), output_name=out.get("name"),
+                class_names=out.get("class_names"), abnormal_index=out.get("abnormal_index"),
+                max_batch=int(max_batch or self.limits.get("max_batch", 32)),
+                budget=budget if budget is not None else self.limits.get("budget"),
+                policy=policy, secrets=[token] if token else [],
+                discover=self.protocol != "tfserving", **overrides)
+        except BaseException:
+            transport.close()
+            raise
