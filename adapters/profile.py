@@ -218,7 +218,7 @@ class EndpointProfile:
         scheme = self.auth.get("scheme", "Bearer")
         header = str(self.auth.get("header", "Authorization"))
         headers = {header: f"{scheme} {token}" if scheme else token} if token else {}
-        policy = self.policy(concurrency)
+        policy = overrides.pop("policy", None) or self.policy(concurrency)
         tls = self.tls
         common = dict(headers=headers, verify=bool(tls.get("verify", True)), ca_bundle=tls.get("ca_bundle"),
                       client_cert=tls.get("client_cert"), client_key=tls.get("client_key"),

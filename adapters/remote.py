@@ -71,7 +71,8 @@ def check_endpoint_url(url: str, allow_insecure: bool = False) -> Any:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "grpc", "grpcs"):
-        raise ConfigError(f"Unsupported endpoint scheme {parts.scheme + '://' if parts.scheme else url!r}; "
+        shown = f"{parts.scheme}://" if parts.scheme else repr(url[:60])
+        raise ConfigError(f"Unsupported endpoint scheme {shown}; "
                           "use http(s):// for REST or grpc(s):// for gRPC.")
     if not parts.hostname:
         raise ConfigError(f"The endpoint URL {safe_url(url)} names no host.")
@@ -325,7 +326,7 @@ class RemoteAdapter(ClassifierAdapter):
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s; retry %d of %d in %.2fs", self.redact(str(exc)), state.attempt_number,
+        log.warning("%s Retry %d of %d in %.2fs.", self.redact(str(exc)), state.attempt_number,
                     self.policy.max_attempts - 1, state.next_action.sleep if state.next_action else 0.0)
 
     def _predict_batch(self, images: np.ndarray) -> np.ndarray:

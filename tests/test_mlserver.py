@@ -1,0 +1,86 @@
+"""Against a real model server: MLServer on loopback serving the bundled demo CNN over OIP REST and gRPC."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Never import mlserver here: its protos and tritonclient's clash in one process (the server is a subprocess).
+if importlib.util.find_spec("mlserver") is None:
+    pytest.skip("the serve extra (MLServer) is not installed", allow_module_level=True)
+pytest.importorskip("tritonclient.grpc", reason="the grpc extra is not installed")
+
+from adapters import ServerError, load_adapter  # noqa: E402
+from blackbox_lime import demo_server  # noqa: E402
+from blackbox_lime.config import ExplainConfig  # noqa: E402
+from blackbox_lime.explainer import Explainer  # noqa: E402
+from blackbox_lime.models import bundled_model  # noqa: E402
+from cli import main  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server():  # type: ignore[no-untyped-def]
+    with demo_server.start(threads=1) as s:
+        yield s
+
+
+def test_remote_saliency_equals_local_saliency(server, phantom_image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    cfg = ExplainConfig(n_samples=80)
+    maps = {}
+    for name, model in (("local", str(bundled_model("demo_cnn.onnx"))), ("rest", server.rest_url),
+                        ("grpc", server.grpc_url)):
+        with load_adapter(model, max_batch=32) as a:
+            exp = Explainer(a, cfg).explain(phantom_image, rng=11)
+            maps[name] = exp
+            assert exp.queries == 80 and exp.requests == 4  # 1 + 79 in chunks of <= 32
+    for name in ("rest", "grpc"):
+        assert np.abs(maps[name].saliency - maps["local"].saliency).max() <= 1e-6
+        assert np.abs(maps[name].probs - maps["local"].probs).max() <= 1e-6
+    assert maps["rest"].model["protocol"] == "oip-rest" and maps["grpc"].model["protocol"] == "oip-grpc"
+
+
+def test_cli_explain_against_the_server(server, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    image = Path(__file__).resolve().parent.parent / "examples" / "chest_xray_test_00001.png"
+    out = tmp_path / "out"
+    rc = main(["explain", str(image), "--model", server.grpc_url, "--out", str(out), "--samples", "40",
+               "--quiet", "--json", "--concurrency", "2", "--max-batch", "8"])
+    assert rc == 0, capsys.readouterr().err
+    line = json.loads(capsys.readouterr().out)
+    assert line["queries"] == 40 and line["requests"] == 6 and line["retries"] == 0
+    report = json.loads((out / "chest_xray_test_00001.json").read_text())
+    assert report["models"]["endpoint"] == {"protocol": "oip-grpc", "url": f"grpc://127.0.0.1:{server.grpc_port}",
+                                            "model": "demo_cnn", "version": None}
+    assert np.load(out / "chest_xray_test_00001.saliency.npy").shape == (224, 224)
+
+
+@pytest.mark.parametrize("which", ["rest_url", "grpc_url"])
+def test_endpoint_check(server, which: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    rc = main(["endpoint", "check", "--model", getattr(server, which), "--json", "--max-batch", "4"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ready"] is True
+    assert r["metadata"]["input"] == {"name": "image", "shape": [-1, 3, 224, 224], "datatype": "FP32"}
+    assert r["test_prediction"]["batch_size"] == 1 and r["test_prediction"]["probs"][1] > 0.5
+    assert r["batch_prediction"]["batch_size"] == 4 and r["batch_prediction"]["matches_single"] is True
+    assert r["counters"] == {"queries": 5, "requests": 2, "retries": 0}
+
+
+def test_unknown_model_quotes_the_real_server(server, capsys) -> None:  # type: ignore[no-untyped-def]
+    url = server.rest_url.replace("demo_cnn", "no_such_model")
+    with pytest.raises(ServerError, match=r"answered HTTP 404 Not Found: .*no_such_model.*\(no such model or version"):
+        load_adapter(url)
+    assert main(["endpoint", "check", "--model", url]) == 2
+    assert "answered HTTP 404" in capsys.readouterr().err
+
+
+def test_wrong_declared_dtype_is_refused_by_the_server(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'url = "{server.rest_url}"\n[input]\ndtype = "uint8"\n')
+    with load_adapter(endpoint=str(profile)) as a, pytest.raises(ServerError, match=r"answered HTTP 400"):
+        a.predict(np.zeros((1, 224, 224, 3), np.float32))
