@@ -21,8 +21,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 DEMO_IMAGE = "chest_xray_test_00001.png"
@@ -160,13 +161,18 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     from blackbox_lime import __version__
     from blackbox_lime.explainer import Explainer
     from blackbox_lime.image_io import ImageError, load_image
-    from blackbox_lime.outputs import check_writable, explanation_files, file_sha256, write_all
+    from blackbox_lime.outputs import (
+        check_writable,
+        explanation_files,
+        file_sha256,
+        write_all,
+    )
 
     cfg = _config(a)
-    out = check_writable(a.out)
-    adapter = _adapter(a)
+    adapter = _adapter(a)  # before touching the output folder: a bad model or endpoint leaves nothing behind
     _redact_logs(adapter)
     with adapter:
+        out = check_writable(a.out)
         explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device)
         target = _target(a.target, adapter.info.class_names)
         hashes = _model_record(a, adapter)

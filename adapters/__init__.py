@@ -4,8 +4,16 @@
 """
 
 from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import (AdapterError, AdapterTimeout, BudgetExhausted, ConfigError, ConnectionFailed,
-                             ModelLoadError, ResponseError, ServerError)
+from adapters.errors import (
+    AdapterError,
+    AdapterTimeout,
+    BudgetExhausted,
+    ConfigError,
+    ConnectionFailed,
+    ModelLoadError,
+    ResponseError,
+    ServerError,
+)
 
 __all__ = [
     "AdapterError", "AdapterTimeout", "BudgetExhausted", "ClassifierAdapter", "ConfigError", "ConnectionFailed", "ModelInfo",

@@ -177,7 +177,7 @@ class ClassifierAdapter(ABC):
     def close(self) -> None:
         """Release the backend's resources. Safe to call twice."""
 
-    def __enter__(self) -> "ClassifierAdapter":
+    def __enter__(self) -> ClassifierAdapter:
         return self
 
     def __exit__(self, *exc: object) -> None:

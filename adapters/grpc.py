@@ -13,14 +13,28 @@ Message-size limits are configurable (an image batch is large: 64 x 3 x 224 x 22
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from adapters.errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
+from adapters.errors import (
+    AdapterTimeout,
+    ConfigError,
+    ConnectionFailed,
+    ModelLoadError,
+    ResponseError,
+    ServerError,
+)
 from adapters.preprocess import OIP_DTYPES
-from adapters.remote import EndpointMeta, Transport, check_endpoint_url, quote_body, safe_url
+from adapters.remote import (
+    EndpointMeta,
+    Transport,
+    check_endpoint_url,
+    quote_body,
+    safe_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +100,7 @@ class OipGrpcTransport(Transport):
         target = f"{parts.hostname}:{parts.port or 443}"
         self._call_headers: tuple[tuple[str, str], ...] = ()
         if parts.scheme == "grpcs":
-            read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+            read = lambda p: Path(p).read_bytes() if p else None
             creds = grpc.ssl_channel_credentials(read(ca_bundle), read(client_key), read(client_cert))
             if headers:
                 creds = grpc.composite_channel_credentials(

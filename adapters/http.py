@@ -24,16 +24,30 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from adapters.errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError
+from adapters.errors import (
+    AdapterTimeout,
+    ConfigError,
+    ConnectionFailed,
+    ModelLoadError,
+    ResponseError,
+)
 from adapters.preprocess import OIP_DTYPES
-from adapters.remote import EndpointMeta, Transport, check_endpoint_url, parse_retry_after, safe_url, server_error
+from adapters.remote import (
+    EndpointMeta,
+    Transport,
+    check_endpoint_url,
+    parse_retry_after,
+    safe_url,
+    server_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +102,8 @@ class HttpTransport(Transport):
         except requests.exceptions.ReadTimeout as exc:
             raise AdapterTimeout(f"{where} did not answer within {self.timeout[1]:g}s (read timeout).") from exc
         except requests.exceptions.ConnectionError as exc:
-            raise ConnectionFailed(f"Could not reach {where}: {_first_line(exc)}.") from exc
+            reason = _first_line(exc)
+            raise ConnectionFailed(f"Could not reach {where}: {reason}.", retryable=reason != "unknown host name") from exc
         except requests.exceptions.RequestException as exc:
             raise ConnectionFailed(f"Request to {where} failed: {_first_line(exc)}.", retryable=False) from exc
         if r.status_code >= 400:
@@ -343,4 +358,4 @@ def auth_headers(token: str | None, header: str = "Authorization", scheme: str |
     return {header: f"{scheme} {token}" if scheme else token}
 
 
-__all__ = ["OipRestTransport", "TFServingTransport", "HttpTransport", "decode_oip_response", "auth_headers"]
+__all__ = ["HttpTransport", "OipRestTransport", "TFServingTransport", "auth_headers", "decode_oip_response"]

@@ -52,11 +52,12 @@ variable or a file, and it is redacted from every log line, error and report.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import tomllib
 
 from adapters.errors import ConfigError
 from adapters.remote import RemoteAdapter, RemotePolicy, check_endpoint_url, safe_url
@@ -92,7 +93,7 @@ class EndpointProfile:
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "EndpointProfile":
+    def from_toml(cls, path: str | Path) -> EndpointProfile:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Endpoint profile not found: {path}. Pass a TOML file (see README, 'Remote models').")
@@ -129,13 +130,14 @@ class EndpointProfile:
 
     @classmethod
     def from_url(cls, url: str, protocol: str | None = None, model: str | None = None, version: str | None = None,
-                 allow_insecure_http: bool = False) -> "EndpointProfile":
+                 allow_insecure_http: bool = False) -> EndpointProfile:
         """Read protocol, base URL, model and version from an endpoint URL.
 
         - ``http(s)://host[:port]/v2/models/NAME[/versions/V]`` : Open Inference Protocol REST
         - ``http(s)://host/...:predict`` : TF-Serving / Vertex AI JSON
         - ``grpc(s)://host:port/NAME[/V]`` : Open Inference Protocol gRPC
         """
+        check_endpoint_url(url, allow_insecure_http)
         parts = urlsplit(url)
         if parts.scheme in ("grpc", "grpcs"):
             guess = "oip-grpc"
@@ -170,7 +172,6 @@ class EndpointProfile:
         if protocol == "oip-rest" and not model:
             raise ConfigError(f"No model name in {safe_url(url)}: use http(s)://host:port/v2/models/NAME, or a profile "
                               "with 'model'.")
-        check_endpoint_url(url, allow_insecure_http)
         return cls(url=base, protocol=protocol, model=model, version=version, allow_insecure_http=allow_insecure_http)
 
     # -- secrets ------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ it is exactly reproducible. ``faults`` decides, per request, whether to answer n
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import requests
@@ -42,7 +43,7 @@ class FakeEndpoint:
     answer: Callable[[np.ndarray], Any] | None = None  # override the JSON "outputs" payload
     calls: int = 0
 
-    def install(self) -> "FakeEndpoint":
+    def install(self) -> FakeEndpoint:
         self.rsps.add(responses.GET, f"{BASE}/v2", json={"name": "fake", "extensions": []})
         self.rsps.add(responses.GET, URL, json={
             "name": MODEL, "versions": ["1"], "platform": "fake",

@@ -4,10 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from adapters import AdapterError, BudgetExhausted, ModelLoadError, ResponseError, load_adapter
-from adapters.onnx import OnnxAdapter
 from graphs import linear_patch_model
+
+from adapters import (
+    AdapterError,
+    BudgetExhausted,
+    ModelLoadError,
+    ResponseError,
+    load_adapter,
+)
+from adapters.onnx import OnnxAdapter
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -90,9 +96,11 @@ def test_fixed_batch_of_one_is_respected(tmp_path: Path) -> None:
         assert m.requests == 3
 
 
-def test_remote_urls_are_not_yet_supported() -> None:
-    with pytest.raises(ValueError, match=r"Remote models \(https://\) are not supported by this version"):
-        load_adapter("https://models.example/v2/models/x")
+def test_unknown_url_schemes_are_refused() -> None:
+    from adapters import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Unsupported endpoint scheme ftp://; use http\(s\):// for REST or grpc\(s\):// for gRPC\."):
+        load_adapter("ftp://models.example/chest")
 
 
 def test_adapter_error_tree() -> None:

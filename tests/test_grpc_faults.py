@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ grpc = pytest.importorskip("grpc")
 pb = pytest.importorskip("tritonclient.grpc.service_pb2")
 pb_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")
 
-from adapters import AdapterTimeout, ConnectionFailed, ResponseError, ServerError  # noqa: E402
-from adapters.profile import EndpointProfile  # noqa: E402
-from adapters.remote import RemotePolicy  # noqa: E402
-from fake_endpoint import linear_probs  # noqa: E402
+from fake_endpoint import linear_probs
+
+from adapters import AdapterTimeout, ConnectionFailed, ResponseError, ServerError
+from adapters.profile import EndpointProfile
+from adapters.remote import RemotePolicy
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
-from email.utils import formatdate
 import time
+from email.utils import formatdate
 
 import numpy as np
 import pytest
 import requests
 import responses
+from fake_endpoint import BASE, URL, FakeEndpoint, image, linear_probs
 
-from adapters import AdapterTimeout, BudgetExhausted, ConnectionFailed, ResponseError, ServerError
+from adapters import (
+    AdapterTimeout,
+    BudgetExhausted,
+    ConnectionFailed,
+    ResponseError,
+    ServerError,
+)
 from adapters.http import BINARY_HEADER
 from adapters.profile import EndpointProfile
 from adapters.remote import RemotePolicy
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
-from fake_endpoint import BASE, URL, FakeEndpoint, image, linear_probs
 
 
 def adapter(sleeps: list[float] | None = None, **kw: object):  # type: ignore[no-untyped-def]

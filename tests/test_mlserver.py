@@ -14,12 +14,12 @@ if importlib.util.find_spec("mlserver") is None:
     pytest.skip("the serve extra (MLServer) is not installed", allow_module_level=True)
 pytest.importorskip("tritonclient.grpc", reason="the grpc extra is not installed")
 
-from adapters import ServerError, load_adapter  # noqa: E402
-from blackbox_lime import demo_server  # noqa: E402
-from blackbox_lime.config import ExplainConfig  # noqa: E402
-from blackbox_lime.explainer import Explainer  # noqa: E402
-from blackbox_lime.models import bundled_model  # noqa: E402
-from cli import main  # noqa: E402
+from adapters import ServerError, load_adapter
+from blackbox_lime import demo_server
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.explainer import Explainer
+from blackbox_lime.models import bundled_model
+from cli import main
 
 pytestmark = pytest.mark.slow
 

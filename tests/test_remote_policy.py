@@ -8,9 +8,24 @@ import time
 import numpy as np
 import pytest
 
-from adapters import AdapterTimeout, BudgetExhausted, ConfigError, ConnectionFailed, ResponseError, ServerError
-from adapters.remote import (EndpointMeta, RateLimiter, RemoteAdapter, RemotePolicy, Transport, check_endpoint_url,
-                             parse_retry_after, safe_url)
+from adapters import (
+    AdapterTimeout,
+    BudgetExhausted,
+    ConfigError,
+    ConnectionFailed,
+    ResponseError,
+    ServerError,
+)
+from adapters.remote import (
+    EndpointMeta,
+    RateLimiter,
+    RemoteAdapter,
+    RemotePolicy,
+    Transport,
+    check_endpoint_url,
+    parse_retry_after,
+    safe_url,
+)
 
 
 class ScriptedTransport(Transport):

@@ -38,7 +38,7 @@ class OnnxClassifier(MLModel):
         self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
         self._input, self._output = inp.name, out.name
-        dims = lambda shape: [d if isinstance(d, int) else -1 for d in shape]  # noqa: E731
+        dims = lambda shape: [d if isinstance(d, int) else -1 for d in shape]
         self._settings.inputs = [MetadataTensor(name=inp.name, datatype=_DATATYPES.get(inp.type, "FP32"),
                                                 shape=dims(inp.shape))]
         self._settings.outputs = [MetadataTensor(name=out.name, datatype=_DATATYPES.get(out.type, "FP32"),

@@ -1,0 +1,116 @@
+"""Endpoint profiles and endpoint URLs: parsing, validation messages, secrets, overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import responses
+from fake_endpoint import URL, FakeEndpoint
+
+from adapters import ConfigError
+from adapters.profile import EndpointProfile
+
+
+@pytest.mark.parametrize("url, protocol, base, model, version", [
+    ("https://h.example/v2/models/chest", "oip-rest", "https://h.example", "chest", None),
+    ("https://h.example:8443/prefix/v2/models/chest/versions/3", "oip-rest", "https://h.example:8443/prefix", "chest", "3"),
+    ("https://h.example/v2/models/chest/infer", "oip-rest", "https://h.example", "chest", None),
+    ("https://h.example/v1/models/chest:predict", "tfserving", "https://h.example/v1/models/chest:predict", None, None),
+    ("grpcs://h.example:8001/chest/2", "oip-grpc", "grpcs://h.example:8001", "chest", "2"),
+    ("grpc://127.0.0.1:8001/chest", "oip-grpc", "grpc://127.0.0.1:8001", "chest", None),
+])
+def test_url_forms(url: str, protocol: str, base: str, model: str | None, version: str | None) -> None:
+    p = EndpointProfile.from_url(url)
+    assert (p.protocol, p.url, p.model, p.version) == (protocol, base, model, version)
+
+
+def test_oip_url_without_model_name() -> None:
+    with pytest.raises(ConfigError, match=r"No model name in https://h\.example/: use http\(s\)://host:port/v2/models/NAME"):
+        EndpointProfile.from_url("https://h.example/")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "endpoint.toml"
+    p.write_text(text)
+    return p
+
+
+def test_full_profile_is_read(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    p = write(tmp_path, """
+url = "https://models.vendor.example/v2/models/chest"
+version = 4
+[input]
+size = [256, 256]
+layout = "NHWC"
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+[output]
+kind = "logits"
+class_names = ["no finding", "nodule"]
+[auth]
+token_file = "secrets/token"
+[tls]
+ca_bundle = "certs/ca.pem"
+[limits]
+concurrency = 4
+rate_per_s = 8
+budget = 3000
+timeout_s = 12
+""")
+    prof = EndpointProfile.from_toml(p)
+    assert prof.version == "4" and prof.model == "chest" and prof.input["layout"] == "NHWC"
+    assert Path(prof.tls["ca_bundle"]) == tmp_path.resolve() / "certs" / "ca.pem"
+    assert Path(prof.auth["token_file"]) == tmp_path.resolve() / "secrets" / "token"
+    pol = prof.policy()
+    assert (pol.concurrency, pol.rate, pol.timeout) == (4, 8, 12)
+    assert prof.policy(concurrency=2).concurrency == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ('url = "https://h.example/v2/models/m"\n[limits]\nconcurency = 4\n',
+     r"endpoint\.toml: unknown key 'concurency' in \[limits\]; known keys: backoff_s, binary, budget, concurrency"),
+    ('url = "https://h.example/v2/models/m"\nprotocl = "oip-rest"\n', r"unknown key 'protocl' in the top level"),
+    ('[input]\nsize = [1, 2]\n', r"endpoint\.toml has no 'url'"),
+    ('url = "https://h.example/v2/models/m"\nprotocol = "soap"\n',
+     r"The 'protocol' setting must be one of oip-rest, tfserving, oip-grpc\. Got 'soap' instead\."),
+    ('url = \n', r"endpoint\.toml is not valid TOML"),
+    ('url = "https://h.example/v2/models/m"\nprotocol = "oip-grpc"\n', r"protocol 'oip-grpc' needs a grpc:// or grpcs:// URL"),
+])
+def test_profile_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EndpointProfile.from_toml(write(tmp_path, text))
+
+
+def test_missing_profile_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"Endpoint profile not found: .*nope\.toml\. Pass a TOML file"):
+        EndpointProfile.from_toml(tmp_path / "nope.toml")
+
+
+def test_token_sources(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    prof = EndpointProfile.from_toml(write(tmp_path, f'url = "{URL}"\n[auth]\ntoken_env = "BBL_TOKEN_X"\n'))
+    monkeypatch.delenv("BBL_TOKEN_X", raising=False)
+    with pytest.raises(ConfigError, match=r"the environment variable BBL_TOKEN_X named by \[auth\] token_env is not set"):
+        prof.token()
+    monkeypatch.setenv("BBL_TOKEN_X", "  abc123token \n")
+    assert prof.token() == "abc123token"
+    (tmp_path / "tok").write_text("filetoken99\n")
+    prof2 = EndpointProfile.from_toml(write(tmp_path, f'url = "{URL}"\n[auth]\ntoken_file = "tok"\nheader = "x-api-key"\nscheme = ""\n'))
+    assert prof2.token() == "filetoken99"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        ep = FakeEndpoint(rsps).install()
+        import numpy as np
+
+        prof2.build().predict(np.zeros((1, 32, 32, 3), np.float32))
+        assert ep.headers[0]["x-api-key"] == "filetoken99"
+
+
+def test_command_line_values_override_the_profile(tmp_path: Path) -> None:
+    prof = EndpointProfile.from_toml(write(tmp_path, f'url = "{URL}"\n[limits]\nbudget = 10\nmax_batch = 4\n'))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        FakeEndpoint(rsps).install()
+        a = prof.build()
+        assert (a.budget, a.max_batch) == (10, 4)
+        b = prof.build(budget=99, max_batch=2)
+        assert (b.budget, b.max_batch) == (99, 2)
