@@ -42,7 +42,7 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
         from adapters.profile import EndpointProfile
 
         if endpoint is not None:
-            prof = EndpointProfile.from_toml(endpoint)
+            prof = EndpointProfile.from_toml(endpoint, allow_insecure_http)
         else:
             prof = EndpointProfile.from_url(str(model), allow_insecure_http=allow_insecure_http)
         return prof.build(budget=budget, max_batch=max_batch, concurrency=concurrency,

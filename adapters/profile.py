@@ -122,7 +122,7 @@ class EndpointProfile:
                                         else Path(v).expanduser())
         prof = cls.from_url(str(doc["url"]), protocol=doc.get("protocol"), model=doc.get("model"),
                             version=None if doc.get("version") is None else str(doc["version"]),
-                            allow_insecure_http=bool(doc.get("allow_insecure_http", False)))
+                            allow_insecure_http=allow_insecure_http or bool(doc.get("allow_insecure_http", False)))
         prof.input, prof.output = dict(doc.get("input", {})), dict(doc.get("output", {}))
         prof.auth, prof.tls, prof.limits = dict(doc.get("auth", {})), dict(doc.get("tls", {})), dict(doc.get("limits", {}))
         prof.source = path.name

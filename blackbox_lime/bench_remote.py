@@ -1,0 +1,215 @@
+"""Remote-adapter benchmark: one explanation over OIP REST, OIP gRPC and the local ONNX adapter.
+
+    pip install ".[cpu,grpc,serve,bench]"
+    python -m blackbox_lime.bench_remote [--reps 3] [--out bench_out/remote.json]
+
+Part 1 (transport cost). MLServer on 127.0.0.1 serves the bundled demo CNN (examples/endpoint runtime).
+One explanation with default settings (500 samples, MAE fill) of a chest phantom runs through the local
+onnxruntime adapter, through REST and through gRPC, side by side, alternating the order per repetition.
+It reports median wall time, the ratio to local, requests and queries, and whether the saliency equals
+the local one (max |difference|).
+
+Part 2 (concurrency). The server adds 50 ms per request (an ``asyncio.sleep``: latency that does not
+hold the server's event loop, as a network and queue would). The same explanation runs over gRPC
+with 1, 2 and 4 requests in flight (max_batch 16, so ~32 requests). Two served models:
+
+- the demo CNN: real compute, which on this 2-core machine shares the cores with the client;
+- a "latency-only" classifier: linear in the patch means of a 32x32 input (patch 8), so its compute
+  and its tensors (16 x 3 x 32 x 32 floats, 196 kB) are negligible, which isolates what concurrency
+  can hide: the per-request latency.
+
+It reports the classifier stage (time inside ``predict``) and the whole explanation, with the speed-up
+against concurrency 1 and the fraction of the ideal speed-up (= concurrency) reached by the stage.
+
+It also times the client's side of one 32-image request (JSON vs protobuf serialisation), so the
+transport cost can be split between client and server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters import load_adapter
+from blackbox_lime import ExplainConfig, Explainer, demo_server
+from blackbox_lime.models import bundled_model
+from blackbox_lime.phantoms import make_phantom
+
+
+def explain_once(model: str, image: np.ndarray, max_batch: int | None = None, concurrency: int | None = None,
+                 config: ExplainConfig | None = None) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if "://" in model:
+        kw["concurrency"] = concurrency
+    with load_adapter(model, max_batch=max_batch, **kw) as adapter:
+        explainer = Explainer(adapter, config or ExplainConfig())
+        t0 = time.perf_counter()
+        exp = explainer.explain(image, rng=0)
+        wall = time.perf_counter() - t0
+    return {"wall": wall, "classifier": exp.timings["classifier"], "fill": exp.timings["fill"],
+            "queries": exp.queries, "requests": exp.requests, "saliency": exp.saliency}
+
+
+def linear_model(path: Path, size: int = 32, patch: int = 8) -> Path:
+    """A classifier linear in the patch means of a small image: negligible compute and tiny tensors."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    g = size // patch
+    a = rng.normal(0, 0.5, (g * g, 1)).astype(np.float32)
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "ax1"], ["gray"], keepdims=0),  # (N, size, size)
+        helper.make_node("Reshape", ["gray", "s1"], ["r1"]),  # (N, g, patch, g, patch)
+        helper.make_node("ReduceMean", ["r1", "ax24"], ["pm"], keepdims=0),  # (N, g, g)
+        helper.make_node("Reshape", ["pm", "s2"], ["flat"]),  # (N, g*g)
+        helper.make_node("MatMul", ["flat", "a"], ["lin"]),  # (N, 1)
+        helper.make_node("Add", ["lin", "b"], ["lb"]),
+        helper.make_node("Sigmoid", ["lb"], ["p"]),
+        helper.make_node("Sub", ["one", "p"], ["q"]),
+        helper.make_node("Concat", ["q", "p"], ["probs"], axis=1),
+    ]
+    inits = [numpy_helper.from_array(v, n) for n, v in (
+        ("ax1", np.array([1], np.int64)), ("ax24", np.array([2, 4], np.int64)),
+        ("s1", np.array([-1, g, patch, g, patch], np.int64)), ("s2", np.array([-1, g * g], np.int64)),
+        ("a", a), ("b", np.array([0.1], np.float32)), ("one", np.array([1.0], np.float32)))]
+    graph = helper.make_graph(nodes, "latency_only", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in rows))
+
+
+def part1(image: np.ndarray, reps: int) -> dict[str, Any]:
+    local = str(bundled_model("demo_cnn.onnx"))
+    with demo_server.start() as server:
+        targets = {"local onnx": local, "OIP REST (JSON)": server.rest_url, "OIP gRPC": server.grpc_url}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
+        names = list(targets)
+        for rep in range(reps):
+            order = names if rep % 2 == 0 else names[::-1]
+            for name in order:
+                runs[name].append(explain_once(targets[name], image))
+                print(f"  part 1 rep {rep + 1}/{reps} {name}: {runs[name][-1]['wall']:.2f}s", flush=True)
+    ser = serialization_cost()
+    ref = runs["local onnx"][0]["saliency"]
+    base = median(runs["local onnx"], "wall")
+    table = []
+    for name in names:
+        rs = runs[name]
+        table.append({"adapter": name, "wall_s": median(rs, "wall"), "ratio_to_local": median(rs, "wall") / base,
+                      "classifier_s": median(rs, "classifier"), "requests": rs[0]["requests"],
+                      "queries": rs[0]["queries"],
+                      "max_abs_saliency_diff": float(max(np.abs(r["saliency"] - ref).max() for r in rs)),
+                      "walls": [round(r["wall"], 3) for r in rs]})
+    return {"rows": table, "client_serialization_s_per_32": ser}
+
+
+def serialization_cost(n: int = 32, reps: int = 5) -> dict[str, float]:
+    """Client-side cost of turning one request of n 224x224 images into bytes (JSON vs protobuf raw)."""
+    import orjson
+    from tritonclient.grpc import service_pb2 as pb
+
+    x = np.random.default_rng(0).random((n, 3, 224, 224), dtype=np.float32)
+    out: dict[str, list[float]] = {"json": [], "grpc": []}
+    for _ in range(reps):
+        t = time.perf_counter()
+        orjson.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1)}]},
+                     option=orjson.OPT_SERIALIZE_NUMPY)
+        out["json"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        req = pb.ModelInferRequest(model_name="m")
+        req.raw_input_contents.append(x.tobytes())
+        req.SerializeToString()
+        out["grpc"].append(time.perf_counter() - t)
+    return {k: float(statistics.median(v)) for k, v in out.items()}
+
+
+def part2(image: np.ndarray, reps: int, delay_ms: float, levels: list[int], max_batch: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"demo CNN": bundled_model("demo_cnn.onnx"), "latency-only": linear_model(Path(tmp) / "linear.onnx")}
+        for label, path in models.items():
+            with demo_server.start(path, delay_ms=delay_ms) as server:
+                runs: dict[int, list[dict[str, Any]]] = {c: [] for c in levels}
+                for rep in range(reps):
+                    order = levels if rep % 2 == 0 else levels[::-1]
+                    for c in order:
+                        cfg = ExplainConfig(patch_size=8) if label == "latency-only" else None
+                        runs[c].append(explain_once(server.grpc_url, image, max_batch=max_batch, concurrency=c,
+                                                    config=cfg))
+                        print(f"  part 2 {label} rep {rep + 1}/{reps} c={c}: classifier "
+                              f"{runs[c][-1]['classifier']:.2f}s wall {runs[c][-1]['wall']:.2f}s", flush=True)
+            c1_stage, c1_wall = median(runs[levels[0]], "classifier"), median(runs[levels[0]], "wall")
+            out[label] = [{"concurrency": c, "requests": runs[c][0]["requests"],
+                           "classifier_s": median(runs[c], "classifier"), "wall_s": median(runs[c], "wall"),
+                           "stage_speedup": c1_stage / median(runs[c], "classifier"),
+                           "wall_speedup": c1_wall / median(runs[c], "wall"),
+                           "fraction_of_ideal": c1_stage / median(runs[c], "classifier") / c} for c in levels]
+    return out
+
+
+def markdown(p1: dict[str, Any], p2: dict[str, Any], delay_ms: float, max_batch: int) -> str:
+    lines = ["| adapter | wall time (median) | ratio to local | classifier stage | requests | queries | max abs saliency diff vs local |",
+             "|---|---|---|---|---|---|---|"]
+    for r in p1["rows"]:
+        lines.append(f"| {r['adapter']} | {r['wall_s']:.2f} s | {r['ratio_to_local']:.2f} | {r['classifier_s']:.2f} s | "
+                     f"{r['requests']} | {r['queries']} | {r['max_abs_saliency_diff']:.1e} |")
+    ser = p1["client_serialization_s_per_32"]
+    lines += ["", f"Client-side serialization of one 32-image request: JSON {ser['json'] * 1000:.0f} ms, "
+              f"gRPC raw {ser['grpc'] * 1000:.0f} ms.", "", f"Server delay {delay_ms:g} ms per request, gRPC, max_batch {max_batch}:", "",
+              "| served model | concurrency | requests | classifier stage | stage speed-up | of ideal | whole explanation | speed-up |",
+              "|---|---|---|---|---|---|---|---|"]
+    for label, rows in p2.items():
+        for r in rows:
+            lines.append(f"| {label} | {r['concurrency']} | {r['requests']} | {r['classifier_s']:.2f} s | "
+                         f"{r['stage_speedup']:.2f}x | {100 * r['fraction_of_ideal']:.0f} % | {r['wall_s']:.2f} s | "
+                         f"{r['wall_speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_remote", description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--delay-ms", type=float, default=50.0)
+    p.add_argument("--max-batch", type=int, default=16, help="images per request in part 2")
+    p.add_argument("--levels", default="1,2,4", help="concurrency levels in part 2")
+    p.add_argument("--out", default="bench_out/remote.json")
+    a = p.parse_args(argv)
+    image = make_phantom("chest_xray", "test", 1).image
+    print("part 1: transports (default explanation)", flush=True)
+    p1 = part1(image, a.reps)
+    levels = [int(x) for x in a.levels.split(",")]
+    print("part 2: concurrency under server latency", flush=True)
+    p2 = part2(image, a.reps, a.delay_ms, levels, a.max_batch)
+    table = markdown(p1, p2, a.delay_ms, a.max_batch)
+    print(table)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": __import__("os").cpu_count(),
+                               "commit": commit, "reps": a.reps, "part1": p1, "part2": p2, "table": table}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
