@@ -93,7 +93,8 @@ class EndpointProfile:
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> EndpointProfile:
+    def from_toml(cls, path: str | Path, allow_insecure_http: bool = False) -> EndpointProfile:
+        """Read a profile; ``allow_insecure_http`` (the command-line flag) adds to the profile's own setting."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"Endpoint profile not found: {path}. Pass a TOML file (see README, 'Remote models').")

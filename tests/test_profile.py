@@ -114,3 +114,12 @@ def test_command_line_values_override_the_profile(tmp_path: Path) -> None:
         assert (a.budget, a.max_batch) == (10, 4)
         b = prof.build(budget=99, max_batch=2)
         assert (b.budget, b.max_batch) == (99, 2)
+
+
+def test_plain_http_in_a_profile_needs_the_opt_in(tmp_path: Path) -> None:
+    p = write(tmp_path, 'url = "http://10.0.0.7:8080/v2/models/m"\n')
+    with pytest.raises(ConfigError, match=r"Refusing plain http:// to 10\.0\.0\.7"):
+        EndpointProfile.from_toml(p)
+    assert EndpointProfile.from_toml(p, allow_insecure_http=True).allow_insecure_http is True
+    p2 = write(tmp_path, 'url = "http://10.0.0.7:8080/v2/models/m"\nallow_insecure_http = true\n')
+    assert EndpointProfile.from_toml(p2).url == "http://10.0.0.7:8080"
