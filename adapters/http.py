@@ -38,6 +38,7 @@ from adapters.errors import (
     ConnectionFailed,
     ModelLoadError,
     ResponseError,
+    ServerError,
 )
 from adapters.preprocess import OIP_DTYPES
 from adapters.remote import (
@@ -92,7 +93,7 @@ class HttpTransport(Transport):
     def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
         where = safe_url(url)
         try:
-            r = self.session.request(method, url, timeout=self.timeout, **kw)
+            r = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kw)
         except requests.exceptions.SSLError as exc:
             raise ConnectionFailed(
                 f"TLS verification failed for {where}: {_first_line(exc)}. If the endpoint uses a private CA, set "
@@ -106,6 +107,11 @@ class HttpTransport(Transport):
             raise ConnectionFailed(f"Could not reach {where}: {reason}.", retryable=reason != "unknown host name") from exc
         except requests.exceptions.RequestException as exc:
             raise ConnectionFailed(f"Request to {where} failed: {_first_line(exc)}.", retryable=False) from exc
+        if 300 <= r.status_code < 400:
+            target = safe_url(r.headers.get("Location", "")) if r.headers.get("Location") else "(no Location)"
+            raise ServerError(f"{where} answered HTTP {r.status_code}, a redirect to {target}. Redirects are not followed, "
+                              "so pixels go only to the configured endpoint: put the final URL in --model or the profile.",
+                              status=r.status_code, retryable=False)
         if r.status_code >= 400:
             raise server_error(where, r.status_code, r.reason or "", r.content,
                                parse_retry_after(r.headers.get("Retry-After")))

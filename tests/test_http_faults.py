@@ -249,3 +249,13 @@ def test_mixed_fault_run_equals_the_fault_free_run_bit_for_bit(rsps: responses.R
     assert min(counts.values()) > 0
     assert np.array_equal(faulty.saliency, clean.saliency)
     assert np.array_equal(faulty.patch_weights, clean.patch_weights)
+
+
+def test_redirects_are_not_followed(rsps: responses.RequestsMock) -> None:
+    """A 307 would re-send the pixels to another host: refuse it, and name the target."""
+    FakeEndpoint(rsps, faults=lambda i: (307, {"Location": "https://elsewhere.example/infer?sig=abc"}, "")).install()
+    a = adapter()
+    with pytest.raises(ServerError, match=r"answered HTTP 307, a redirect to https://elsewhere\.example/infer\. "
+                                          r"Redirects are not followed, so pixels go only to the configured endpoint"):
+        a.predict(batch())
+    assert a.requests == 1 and [c.request.url for c in rsps.calls if "elsewhere" in c.request.url] == []
