@@ -169,3 +169,14 @@ def test_token_travels_as_call_metadata_and_never_in_errors(scripted, monkeypatc
     with pytest.raises(ServerError) as e:
         a.predict(batch(1))
     assert token not in str(e.value) and "[REDACTED]" in str(e.value)
+
+
+def test_message_size_limit_is_configurable_and_named(scripted, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    servicer, url = scripted
+    p = tmp_path / "p.toml"
+    p.write_text(f'url = "{url}"\n[limits]\nmax_message_mb = 0.01\n')
+    a = EndpointProfile.from_toml(p).build()
+    with pytest.raises(ServerError, match=r"refused the message size .*larger than max.*lower max_batch or raise "
+                                          r"limits\.max_message_mb"):
+        a.predict(batch(5))  # 5 x 3 x 32 x 32 float32 = 61 kB > 10 kB
+    assert servicer.calls == 0 and a.retries == 0
