@@ -53,6 +53,14 @@ def _mean_fill(image: np.ndarray) -> np.ndarray:
 def patch_lime(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int, rng: np.random.Generator,
                patch: int = 16, kernel_width: float = 0.25, alpha: float = 1.0) -> np.ndarray:
     """Classic LIME on the patch grid with mean fill (lime's sampling, kernel and ridge)."""
+    w = patch_lime_weights(image, adapter, target, budget, rng, patch, kernel_width, alpha)
+    return PatchGrid(image.shape[0], image.shape[1], patch).upsample(w, image.shape[:2])
+
+
+def patch_lime_weights(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int,
+                       rng: np.random.Generator, patch: int = 16, kernel_width: float = 0.25,
+                       alpha: float = 1.0) -> np.ndarray:
+    """The patch coefficients (P,) of :func:`patch_lime`."""
     h, w, _ = image.shape
     grid = PatchGrid(h, w, patch)
     p = grid.n_patches
@@ -69,7 +77,7 @@ def patch_lime(image: np.ndarray, adapter: ClassifierAdapter, target: int, budge
     reg = alpha * np.eye(p + 1)
     reg[0, 0] = 0.0  # no penalty on the intercept
     coef = np.linalg.solve(xm.T @ xm + reg, xm.T @ (y * sw))
-    return grid.upsample(coef[1:], (h, w))
+    return coef[1:]
 
 
 def lime_package(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int, rng: np.random.Generator,
@@ -120,6 +128,13 @@ def _shapley_sizes(p: int) -> np.ndarray:
 def kernel_shap(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int, rng: np.random.Generator,
                 patch: int = 16) -> np.ndarray:
     """KernelSHAP on the patch grid with mean fill; ``budget`` includes the empty and full coalitions."""
+    phi = kernel_shap_values(image, adapter, target, budget, rng, patch)
+    return PatchGrid(image.shape[0], image.shape[1], patch).upsample(phi, image.shape[:2])
+
+
+def kernel_shap_values(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int,
+                       rng: np.random.Generator, patch: int = 16) -> np.ndarray:
+    """The Shapley value estimates (P,) of :func:`kernel_shap`; they sum to f(image) - f(all filled)."""
     h, w, _ = image.shape
     grid = PatchGrid(h, w, patch)
     p = grid.n_patches
@@ -139,20 +154,25 @@ def kernel_shap(image: np.ndarray, adapter: ClassifierAdapter, target: int, budg
     xr = x[:, :-1] - x[:, -1:]
     yr = y - x[:, -1] * total
     phi_head, *_ = np.linalg.lstsq(xr, yr, rcond=None)
-    phi = np.r_[phi_head, total - phi_head.sum()]
-    return grid.upsample(phi, (h, w))
+    return np.r_[phi_head, total - phi_head.sum()]
 
 
 def occlusion(image: np.ndarray, adapter: ClassifierAdapter, target: int, rng: np.random.Generator | None = None,
               patch: int = 16) -> np.ndarray:
     """One query per patch (mean fill) plus the image: P(image) - P(patch occluded)."""
+    d = occlusion_deltas(image, adapter, target, patch)
+    return PatchGrid(image.shape[0], image.shape[1], patch).upsample(d, image.shape[:2])
+
+
+def occlusion_deltas(image: np.ndarray, adapter: ClassifierAdapter, target: int, patch: int = 16) -> np.ndarray:
+    """P(image) - P(patch j filled with the mean), per patch (P,)."""
     h, w, _ = image.shape
     grid = PatchGrid(h, w, patch)
     p = grid.n_patches
     visible = np.ones((p + 1, p), bool)
     visible[np.arange(1, p + 1), np.arange(p)] = False
     y = _query_masks(adapter, image, grid, visible, _mean_fill(image), target)
-    return grid.upsample(y[0] - y[1:], (h, w))
+    return y[0] - y[1:]
 
 
 def random_map(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

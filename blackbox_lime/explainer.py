@@ -100,7 +100,7 @@ class Explainer:
         self.grid = PatchGrid(info.input_size[0], info.input_size[1], self.config.patch_size)
 
     def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
-                progress: bool = False) -> Explanation:
+                progress: bool = False, keep_samples: bool = False) -> Explanation:
         """Explain the model's answer for one image.
 
         Parameters
@@ -109,6 +109,7 @@ class Explainer:
         target : the class to explain; default the model's predicted class.
         rng : an integer seed or an ``np.random.Generator``; the only source of randomness.
         progress : draw a progress bar on stderr.
+        keep_samples : keep the queried design (masks, probabilities, kernel weights) in ``samples``.
 
         Returns
         -------
@@ -207,6 +208,7 @@ class Explainer:
             notes=notes,
             model={"name": info.name, "input_size": list(info.input_size), "channels": info.channels,
                    "class_names": list(info.class_names), "abnormal_index": info.abnormal_index, **info.extra},
+            samples={"visible": visible, "probs": probs, "kernel": weights} if keep_samples else None,
         )
 
     def _query(self, batch: np.ndarray) -> np.ndarray:

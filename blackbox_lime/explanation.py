@@ -28,6 +28,8 @@ class Explanation:
     neighbours : the evidence cases used (empty without an evidence bank).
     notes : what was done to fit the image to the models (resizing, channel mapping, ...).
     model : the classifier's metadata.
+    samples : with ``explain(..., keep_samples=True)``: the queried design, for audits and for refitting
+        the surrogate: ``visible`` bool (n, P), ``probs`` float64 (n, K), ``kernel`` float64 (n,).
     """
 
     saliency: np.ndarray
@@ -47,6 +49,7 @@ class Explanation:
     neighbours: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""

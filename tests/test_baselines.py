@@ -1,0 +1,118 @@
+"""The benchmark's comparison methods on a classifier linear in the patch means (known answers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters.onnx import OnnxAdapter
+from blackbox_lime import baselines
+from graphs import linear_patch_model
+
+A = np.array([0.20, -0.10, 0.0, 0.05, 0.0, 0.15, 0.0, 0.0, -0.05, 0.0, 0.10, 0.0, 0.0, 0.0, 0.0, 0.08])
+B = 0.3
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> OnnxAdapter:
+    path = linear_patch_model(tmp_path_factory.mktemp("m") / "lin64.onnx", A, B, size=64, patch=16)
+    return OnnxAdapter(path)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(3).uniform(0.1, 0.9, (64, 64, 3)).astype(np.float32)
+
+
+def true_mean_fill_effect(image: np.ndarray) -> np.ndarray:
+    """Filling patch j with the image mean changes P by A_j (mean_j - mean): the exact attribution."""
+    means = image.reshape(4, 16, 4, 16, 3).mean(axis=(1, 3, 4)).ravel()
+    return A * (means - image.mean())
+
+
+def test_occlusion_is_exact_on_a_linear_model(model: OnnxAdapter, image: np.ndarray) -> None:
+    q0 = model.queries
+    d = baselines.occlusion_deltas(image, model, 1)
+    assert np.allclose(d, true_mean_fill_effect(image), atol=2e-6)
+    assert model.queries - q0 == 17
+
+
+def test_kernel_shap_recovers_shapley_values_exactly(model: OnnxAdapter, image: np.ndarray) -> None:
+    # For a model linear in the patch indicators the Shapley values are the per-patch effects.
+    q0 = model.queries
+    phi = baselines.kernel_shap_values(image, model, 1, 120, np.random.default_rng(0))
+    assert model.queries - q0 == 120
+    assert np.allclose(phi, true_mean_fill_effect(image), atol=2e-6)
+
+
+def test_patch_lime_finds_the_effects(model: OnnxAdapter, image: np.ndarray) -> None:
+    w = baselines.patch_lime_weights(image, model, 1, 400, np.random.default_rng(0), alpha=1e-6)
+    assert np.allclose(w, true_mean_fill_effect(image), atol=1e-5)
+
+
+def test_rise_peaks_on_the_only_patch_that_matters(tmp_path: Path, image: np.ndarray) -> None:
+    one = np.zeros(16)
+    one[5] = 0.5
+    with OnnxAdapter(linear_patch_model(tmp_path / "one.onnx", one, 0.2, size=64, patch=16)) as m:
+        sal = baselines.rise(image, m, 1, 1500, np.random.default_rng(0), cells=4)
+        assert m.queries == 1500
+    per_patch = sal.reshape(4, 16, 4, 16).mean(axis=(1, 3)).ravel()
+    assert int(np.argmax(per_patch)) == 5
+
+
+def test_rise_correlates_with_the_true_effects(model: OnnxAdapter, image: np.ndarray) -> None:
+    # RISE's expectation is the true effect map smoothed by the masks' spatial covariance, so the
+    # correlation with the exact per-patch effects is clearly positive but not 1.
+    sal = baselines.rise(image, model, 1, 2000, np.random.default_rng(0), cells=4)
+    per_patch = sal.reshape(4, 16, 4, 16).mean(axis=(1, 3)).ravel()
+    truth = A * image.reshape(4, 16, 4, 16, 3).mean(axis=(1, 3, 4)).ravel()  # against a black background
+    assert np.corrcoef(per_patch, truth)[0, 1] > 0.5
+
+
+def test_lime_package_pays_its_queries(model: OnnxAdapter, image: np.ndarray) -> None:
+    pytest.importorskip("lime")
+    q0 = model.queries
+    sal = baselines.lime_package(image, model, 1, 60, np.random.default_rng(0))
+    assert sal.shape == (64, 64) and model.queries - q0 == 60 and np.isfinite(sal).all()
+
+
+def test_random_map_is_seeded(image: np.ndarray) -> None:
+    a = baselines.random_map(image, np.random.default_rng(5))
+    assert np.array_equal(a, baselines.random_map(image, np.random.default_rng(5)))
+
+
+@pytest.mark.torch
+def test_gradcam_weights_match_the_shipped_onnx_models(phantom_image: np.ndarray) -> None:
+    torch = pytest.importorskip("torch")
+    from blackbox_lime.models import bundled_model
+
+    for arch in ("cnn", "vit"):
+        net = baselines.load_torch_classifier(arch)
+        with torch.no_grad():
+            p_torch = net(torch.from_numpy(phantom_image.transpose(2, 0, 1))[None]).softmax(-1).numpy()
+        with OnnxAdapter(bundled_model(f"demo_{arch}.onnx")) as onnx_model:
+            assert np.allclose(p_torch, onnx_model.predict(phantom_image[None]), atol=1e-4)
+        cam = baselines.gradcam_torch(phantom_image, net, 1, arch)
+        assert cam.shape == (224, 224) and cam.min() >= 0 and cam.max() > 0
+
+
+def test_bench_smoke_run_writes_every_output(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from blackbox_lime.bench import BenchConfig, run
+
+    cfg = BenchConfig(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(24,), seeds=2,
+                      consistency_images=1, consistency_budget=24, curve_steps=4, n_boot=50,
+                      methods=("MedLIME", "LIME, patch grid, mean fill", "Occlusion (16 px)", "Random"))
+    result = run(cfg, tmp_path, log=lambda s: None)
+    for name in ("table.md", "results.json", "auprc_vs_queries.png", "overlays.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    recs = json.loads((tmp_path / "results.json").read_text())["records"]
+    assert {r["method"] for r in recs} == set(cfg.methods)
+    med = [r for r in recs if r["method"] == "MedLIME"][0]
+    assert med["queries"] == 24 and 0 <= med["auprc"] <= 1 and "consistency" in med
+    assert [r for r in recs if r["method"] == "Occlusion (16 px)"][0]["queries"] == 197
+    assert "| MedLIME | 24 |" in (tmp_path / "table.md").read_text()
+    assert result["config"]["split"] == "test" and "commit" in result
