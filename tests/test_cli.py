@@ -14,7 +14,7 @@ import cli
 from blackbox_lime.phantoms import make_phantom
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--samples", "60", "--fill", "mean", "--quiet"]
+FAST = ["--samples", "60", "--fill", "mean", "--quiet", "--lambda1", "1e-5"]  # the test model's effects are small
 
 
 @pytest.fixture()

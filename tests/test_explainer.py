@@ -15,7 +15,7 @@ from graphs import true_attribution
 def test_known_answer_linear_classifier_is_recovered(linear_model: Path, linear_weights: np.ndarray,
                                                      phantom_image: np.ndarray) -> None:
     """A classifier exactly linear in the patches: the surrogate must recover its true weights."""
-    cfg = ExplainConfig(fill="zero", n_samples=600)
+    cfg = ExplainConfig(fill="zero", n_samples=600, lambda1=1e-5, kernel_width=0.5)  # near-unpenalised
     with OnnxAdapter(linear_model) as model:
         exp = Explainer(model, cfg).explain(phantom_image, target=1, rng=0)
     truth = true_attribution(phantom_image, linear_weights)
@@ -25,6 +25,20 @@ def test_known_answer_linear_classifier_is_recovered(linear_model: Path, linear_
     assert set(np.argsort(-np.abs(got))[:5]) == top
     assert exp.r2 > 0.999
     assert np.abs(got - truth).max() < 2e-3  # only the small L1/L2 shrinkage remains
+
+
+def test_default_l1_keeps_the_strong_patches_and_zeroes_the_noise(linear_model: Path, linear_weights: np.ndarray,
+                                                                   phantom_image: np.ndarray) -> None:
+    """With the default lambda1 the five strong patches survive (with their signs) and the tiny ones are 0."""
+    with OnnxAdapter(linear_model) as model:
+        exp = Explainer(model, ExplainConfig(fill="zero", n_samples=600)).explain(phantom_image, target=1, rng=0)
+    truth = true_attribution(phantom_image, linear_weights)
+    got = exp.patch_weights.reshape(-1)
+    top = np.argsort(-np.abs(truth))[:5]
+    assert np.all(np.sign(got[top]) == np.sign(truth[top]))  # shrunk by the L1 penalty, but kept, with their signs
+    assert int(np.argmax(np.abs(got))) == int(top[0])
+    rest = np.setdiff1d(np.arange(got.size), top)
+    assert np.mean(got[rest] == 0.0) > 0.9
 
 
 def test_known_answer_exact_without_penalties(linear_model: Path, linear_weights: np.ndarray,
@@ -37,7 +51,7 @@ def test_known_answer_exact_without_penalties(linear_model: Path, linear_weights
 
 
 def test_same_seed_bit_identical_other_seed_correlated(linear_model: Path, phantom_image: np.ndarray) -> None:
-    cfg = ExplainConfig(fill="blur", n_samples=200)
+    cfg = ExplainConfig(fill="blur", n_samples=200, lambda1=1e-5)  # the test model's effects are below the default L1
     with OnnxAdapter(linear_model) as model:
         ex = Explainer(model, cfg)
         a, b, c = (ex.explain(phantom_image, rng=s).saliency for s in (7, 7, 8))
