@@ -100,14 +100,18 @@ def perturbation_curves(image: np.ndarray, saliency: np.ndarray, predict: Callab
 
 
 def consistency(maps: Sequence[np.ndarray]) -> float:
-    """Mean pairwise Pearson correlation of saliency maps (e.g. from 3 seeds)."""
+    """Mean pairwise Pearson correlation of saliency maps (e.g. from 3 seeds).
+
+    NaN when a map is constant (e.g. all zero): a map that ranks no pixel above another has no
+    correlation to speak of, and calling two empty maps "consistent" would reward saying nothing.
+    """
     if len(maps) < 2:
         raise ValueError(f"consistency needs at least 2 maps. Got {len(maps)} instead.")
     rs = []
     for a, b in combinations(maps, 2):
         a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
         if a.std() == 0 or b.std() == 0:
-            rs.append(1.0 if np.array_equal(a, b) else 0.0)
+            return float("nan")
         else:
             rs.append(float(np.corrcoef(a, b)[0, 1]))
     return float(np.mean(rs))

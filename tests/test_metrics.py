@@ -69,6 +69,7 @@ def test_consistency_known_values() -> None:
     assert consistency([a, a, a]) == pytest.approx(1.0)
     assert consistency([a, -a]) == pytest.approx(-1.0)
     assert consistency([a, 2 * a + 1, a]) == pytest.approx(1.0)
+    assert np.isnan(consistency([np.zeros((8, 8)), np.zeros((8, 8))]))  # empty maps are not "consistent"
     with pytest.raises(ValueError, match="consistency needs at least 2 maps. Got 1 instead."):
         consistency([a])
 
