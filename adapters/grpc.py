@@ -55,6 +55,10 @@ def _import() -> tuple[Any, Any, Any]:
     return grpc, service_pb2, service_pb2_grpc
 
 
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
 class _HeaderCredentials:
     """gRPC auth metadata plugin: adds the profile's auth headers to every call."""
 
@@ -100,8 +104,7 @@ class OipGrpcTransport(Transport):
         target = f"{parts.hostname}:{parts.port or 443}"
         self._call_headers: tuple[tuple[str, str], ...] = ()
         if parts.scheme == "grpcs":
-            read = lambda p: Path(p).read_bytes() if p else None
-            creds = grpc.ssl_channel_credentials(read(ca_bundle), read(client_key), read(client_cert))
+            creds = grpc.ssl_channel_credentials(_read(ca_bundle), _read(client_key), _read(client_cert))
             if headers:
                 creds = grpc.composite_channel_credentials(
                     creds, grpc.metadata_call_credentials(_HeaderCredentials(headers), name="blackbox-lime-auth"))
