@@ -32,23 +32,9 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from adapters.errors import (
-    AdapterTimeout,
-    ConfigError,
-    ConnectionFailed,
-    ModelLoadError,
-    ResponseError,
-    ServerError,
-)
+from adapters.errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
 from adapters.preprocess import OIP_DTYPES
-from adapters.remote import (
-    EndpointMeta,
-    Transport,
-    check_endpoint_url,
-    parse_retry_after,
-    safe_url,
-    server_error,
-)
+from adapters.remote import EndpointMeta, Transport, check_endpoint_url, parse_retry_after, safe_url, server_error
 
 log = logging.getLogger(__name__)
 
