@@ -52,15 +52,19 @@ variable or a file, and it is redacted from every log line, error and report.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import tomllib
-
 from adapters.errors import ConfigError
 from adapters.remote import RemoteAdapter, RemotePolicy, check_endpoint_url, safe_url
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 _KEYS: dict[str | None, set[str]] = {
     None: {"url", "protocol", "model", "version", "allow_insecure_http", "input", "output", "auth", "tls", "limits"},
