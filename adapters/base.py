@@ -129,9 +129,13 @@ class ClassifierAdapter(ABC):
         return [self._run_one(c) for c in chunks]
 
     def _run_one(self, batch: np.ndarray) -> np.ndarray:
-        self._count(batch.shape[0])
-        raw = self._predict_batch(np.ascontiguousarray(batch, dtype=np.float32))
+        raw = self._send(np.ascontiguousarray(batch, dtype=np.float32))
         return self._check_probs(raw, batch.shape[0])
+
+    def _send(self, batch: np.ndarray) -> np.ndarray:
+        """Count and run one batch; remote adapters wrap this in their retry policy."""
+        self._count(batch.shape[0])
+        return self._predict_batch(batch)
 
     def _check_images(self, images: np.ndarray) -> np.ndarray:
         info = self.info

@@ -74,7 +74,7 @@ class OipGrpcTransport(Transport):
     def __init__(self, url: str, model: str, version: str | None = None, *, headers: Mapping[str, str] | None = None,
                  ca_bundle: str | None = None, client_cert: str | None = None, client_key: str | None = None,
                  timeout: float = 60.0, max_message_mb: float = 256, allow_insecure_http: bool = False,
-                 verify: bool = True, **_: Any) -> None:
+                 verify: bool = True) -> None:
         parts = check_endpoint_url(url, allow_insecure_http)
         if parts.scheme not in ("grpc", "grpcs"):
             raise ConfigError(f"{safe_url(url)} is not a gRPC URL; use grpc(s)://host:port.")
@@ -101,17 +101,10 @@ class OipGrpcTransport(Transport):
             self._call_headers = tuple((k.lower(), v) for k, v in (headers or {}).items())
             self.channel = grpc.insecure_channel(target, options)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
-        self.input_name, self.output_name, self.input_datatype = None, None, "FP32"
-        self.output_field = "outputs[0]"
         self._where = safe_url(url)
 
     def describe(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "url": self._where, "model": self.model, "version": self.version or None}
-
-    def configure(self, input_name: str | None, input_datatype: str, output_name: str | None) -> None:
-        super().configure(input_name or "input", input_datatype, output_name)
-        if output_name:
-            self.output_field = f"outputs[{output_name!r}]"
 
     def _call(self, method: str, request: Any) -> Any:
         try:

@@ -159,17 +159,10 @@ class OipRestTransport(HttpTransport):
         self.base = f"{self.url}/v2/models/{model}" + (f"/versions/{version}" if version else "")
         self._binary_setting = binary
         self._binary: bool | None = {"always": True, "never": False}.get(binary)
-        self.input_name, self.output_name, self.input_datatype = None, None, "FP32"
-        self.output_field = "outputs[0]"
 
     def describe(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "url": safe_url(self.url), "model": self.model,
                 "version": self.version, "binary": self._binary_setting}
-
-    def configure(self, input_name: str | None, input_datatype: str, output_name: str | None) -> None:
-        super().configure(input_name or "input", input_datatype, output_name)
-        if output_name:
-            self.output_field = f"outputs[{output_name!r}]"
 
     def metadata(self) -> EndpointMeta:
         r = self._request("GET", self.base)
@@ -307,7 +300,6 @@ class TFServingTransport(HttpTransport):
     def __init__(self, url: str, *, instance_key: str | None = None, **kw: Any) -> None:
         super().__init__(url, **kw)
         self.instance_key = instance_key
-        self.input_name, self.output_name, self.input_datatype = None, None, "FP32"
 
     def describe(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "url": safe_url(self.url)}

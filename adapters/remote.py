@@ -157,12 +157,18 @@ class Transport(ABC):
     with ``retryable`` set right, and never retries by itself."""
 
     protocol: str = ""
-    #: names of the response field that holds the probabilities, for error messages
-    output_field: str = "output"
+    input_name: str = "input"
+    input_datatype: str = "FP32"
+    output_name: str | None = None
+
+    @property
+    def output_field(self) -> str:
+        """The response field that holds the probabilities, for error messages (OIP naming)."""
+        return f"outputs[{self.output_name!r}]" if self.output_name else "outputs[0]"
 
     def configure(self, input_name: str | None, input_datatype: str, output_name: str | None) -> None:
         """Called once by the adapter with the tensor names and datatype it settled on."""
-        self.input_name, self.input_datatype, self.output_name = input_name, input_datatype, output_name
+        self.input_name, self.input_datatype, self.output_name = input_name or "input", input_datatype, output_name
 
     def metadata(self) -> EndpointMeta | None:
         """The endpoint's tensor metadata, or None where the protocol has none."""
@@ -331,7 +337,7 @@ class RemoteAdapter(ClassifierAdapter):
                     self.policy.max_attempts - 1, state.next_action.sleep if state.next_action else 0.0)
 
     def _predict_batch(self, images: np.ndarray) -> np.ndarray:
-        """One attempt, without the policy (retries, budget, counters are in ``_run_one``)."""
+        """One attempt, without the policy (retries, budget and counters are in ``_send``)."""
         return self.spec.decode(self.transport.infer(self.spec.encode(images)), images.shape[0], self._output_where())
 
     def _retrying(self) -> tenacity.Retrying:
@@ -341,9 +347,7 @@ class RemoteAdapter(ClassifierAdapter):
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, AdapterError) and e.retryable),
             sleep=self._sleep, before_sleep=self._before_sleep, reraise=True)
 
-    def _run_one(self, batch: np.ndarray) -> np.ndarray:
-        tensor = self.spec.encode(batch)  # (n, C, H, W) or (n, H, W, C), once for every attempt
-        n = batch.shape[0]
+    def _send(self, batch: np.ndarray) -> np.ndarray:
         attempts = 0
 
         def attempt() -> np.ndarray:
@@ -352,20 +356,18 @@ class RemoteAdapter(ClassifierAdapter):
             if attempts > 1:
                 with self._count_lock:
                     self.retries += 1
-            self._count(n)  # the budget is checked before every send, retries included
+            self._count(batch.shape[0])  # the budget is checked before every send, retries included
             if self._limiter is not None:
                 self._limiter.acquire()
-            return self.transport.infer(tensor)
+            return self._predict_batch(batch)
 
         try:
-            raw = self._guard(lambda: self._retrying()(attempt))
+            return self._guard(lambda: self._retrying()(attempt))
         except AdapterError as exc:
             if exc.retryable and attempts >= self.policy.max_attempts:
                 exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts; the endpoint may be down or "
                             "overloaded: try again later or raise max_attempts)",) + exc.args[1:]
             raise
-        probs = self.spec.decode(raw, n, self._output_where())
-        return self._check_probs(probs, n)
 
     def _output_where(self) -> str:
         return f"The endpoint (response field {self.transport.output_field})"

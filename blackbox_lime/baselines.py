@@ -157,8 +157,7 @@ def kernel_shap_values(image: np.ndarray, adapter: ClassifierAdapter, target: in
     return np.r_[phi_head, total - phi_head.sum()]
 
 
-def occlusion(image: np.ndarray, adapter: ClassifierAdapter, target: int, rng: np.random.Generator | None = None,
-              patch: int = 16) -> np.ndarray:
+def occlusion(image: np.ndarray, adapter: ClassifierAdapter, target: int, patch: int = 16) -> np.ndarray:
     """One query per patch (mean fill) plus the image: P(image) - P(patch occluded)."""
     d = occlusion_deltas(image, adapter, target, patch)
     return PatchGrid(image.shape[0], image.shape[1], patch).upsample(d, image.shape[:2])

@@ -40,7 +40,7 @@ class FakeEndpoint:
     faults: Callable[[int], Any] | None = None  # request index -> None (answer) or a fault
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
-    answer: Callable[[np.ndarray], Any] | None = None  # override the JSON "outputs" payload
+    answer: Callable[[np.ndarray], Any] | None = None  # override the answer: a JSON-able doc, or a raw str body
     calls: int = 0
 
     def install(self) -> FakeEndpoint:
@@ -68,7 +68,8 @@ class FakeEndpoint:
         inp = doc["inputs"][0]
         x = np.asarray(inp["data"], np.float32).reshape(inp["shape"])
         if self.answer is not None:
-            return 200, {}, json.dumps(self.answer(x))
+            doc = self.answer(x)
+            return 200, {}, doc if isinstance(doc, str) else json.dumps(doc)  # a str is sent as the raw body
         probs = linear_probs(x).astype(np.float32)
         out = {"name": "probs", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()}
         return 200, {}, json.dumps({"model_name": MODEL, "outputs": [out]})
