@@ -64,32 +64,32 @@ class PatchGrid:
         each sample (None: fill 0 for all); out: an optional float32 (N, H, W, C) buffer to reuse
         (fresh 100 MB allocations per batch cost page faults). -> float32 (N, H, W, C).
         """
-        n, c = visible.shape[0], canvas.shape[2]
+        n = visible.shape[0]
         which = np.zeros(n, np.int64) if which is None else which
-        if self.height % self.patch == 0 and self.width % self.patch == 0:
-            # Broadcast patch flags over (rows, p, cols, p, C) views: no per-pixel mask is built.
-            shape6 = (self.rows, self.patch, self.cols, self.patch, c)
-            out = (np.empty((n,) + shape6, np.float32) if out is None else out).reshape((n,) + shape6)
-            out[:] = canvas.reshape(shape6)
-            hidden = ~visible.reshape(n, self.rows, 1, self.cols, 1, 1)
-            f6 = fills.reshape((-1,) + shape6)
+        out = np.empty((n,) + canvas.shape, np.float32) if out is None else out
+        # One uint8 pixel mask per sample and OpenCV's masked copy (SIMD, releases the GIL): about twice
+        # as fast as numpy's copyto(where=) over broadcast patch flags, whose inner loop is only C long.
+        hidden = np.ascontiguousarray(self.hidden_pixels(visible)).view(np.uint8)
+        canvas = np.ascontiguousarray(canvas, np.float32)
+        fills = np.ascontiguousarray(fills, np.float32)
 
-            def copy_rows(lo: int, hi: int) -> None:
-                for i in range(lo, hi):
-                    np.copyto(out[i], f6[which[i]], where=hidden[i])
+        def copy_rows(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                dst = out[i]
+                np.copyto(dst, canvas)
+                res = cv2.copyTo(fills[which[i]], hidden[i], dst)
+                if res is not dst:  # OpenCV could not write into this view in place
+                    dst[...] = res.reshape(dst.shape)
 
-            # numpy releases the GIL in copyto: split the rows over two threads.
-            half = n // 2
-            if n >= 16:
-                worker = threading.Thread(target=copy_rows, args=(half, n))
-                worker.start()
-                copy_rows(0, half)
-                worker.join()
-            else:
-                copy_rows(0, n)
-            return out.reshape(n, self.height, self.width, c)
-        hidden_px = self.hidden_pixels(visible)[..., None]
-        return np.where(hidden_px, fills[which], canvas[None]).astype(np.float32)
+        half = n // 2
+        if n >= 16:  # two threads: the copies are memory-bound and a second core still adds bandwidth
+            worker = threading.Thread(target=copy_rows, args=(half, n))
+            worker.start()
+            copy_rows(0, half)
+            worker.join()
+        else:
+            copy_rows(0, n)
+        return out
 
     def upsample(self, weights: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         """Patch weights (P,) -> a smooth float32 map (out_h, out_w) without block edges.

@@ -163,3 +163,21 @@ def test_mae_fill_for_a_grayscale_model_reports_the_channel_mapping(tmp_path: Pa
     assert "colour image converted to grayscale (luma) for a 1-channel model" in exp.notes
     assert "grayscale image replicated to the MAE's 3 channels" in exp.notes
     assert exp.config["fill_model"]["path"] == "mae_recon.onnx"
+
+
+@pytest.mark.parametrize("height, width, patch, channels", [(224, 224, 16, 3), (50, 37, 8, 1), (64, 64, 16, 3)])
+def test_composite_equals_a_per_pixel_where(height: int, width: int, patch: int, channels: int) -> None:
+    from blackbox_lime.patches import PatchGrid
+
+    rng = np.random.default_rng(3)
+    grid = PatchGrid(height, width, patch)
+    n = 20  # >= 16: the two-thread path
+    visible = rng.random((n, grid.n_patches)) < 0.5
+    canvas = rng.random((height, width, channels), dtype=np.float32)
+    fills = rng.random((4, height, width, channels), dtype=np.float32)
+    which = rng.integers(0, 4, n)
+    expected = np.where(grid.hidden_pixels(visible)[..., None], fills[which], canvas[None])
+    got = grid.composite(visible, canvas, fills, which, out=np.full((n, height, width, channels), -1, np.float32))
+    np.testing.assert_array_equal(got, expected)
+    one_fill = np.where(grid.hidden_pixels(visible[:3])[..., None], fills[0], canvas[None])  # which=None, one thread
+    np.testing.assert_array_equal(grid.composite(visible[:3], canvas, fills[:1], None), one_fill)
