@@ -11,8 +11,9 @@ comparison isolates the attribution method, not the rendering.
 - :func:`lime_package`: the ``lime`` package's ``LimeImageExplainer`` with its defaults (quickshift).
 - :func:`rise`: RISE (Petsiuk et al. 2018): random low-resolution binary masks, bilinearly upsampled
   with random shifts, multiplied into the image; saliency = E[P(target) * mask] / p.
-- :func:`kernel_shap`: KernelSHAP on the patch grid (mean fill), with the Shapley kernel, the empty
-  and full coalitions, and the efficiency constraint.
+- :func:`kernel_shap`: KernelSHAP on the patch grid, with the Shapley kernel, the empty and full
+  coalitions, and the efficiency constraint; hidden patches are filled with the mean, or inpainted
+  with OpenCV's Telea method per coalition (``fill="telea"``, as shap's default image masker).
 - :func:`occlusion`: one query per patch filled with the mean; saliency = P(image) - P(occluded).
 - :func:`random_map`: the floor.
 - :func:`gradcam_torch`: white-box Grad-CAM on the shipped torch weights (CNN: last conv block; ViT:
@@ -38,11 +39,31 @@ def _compose(image: np.ndarray, grid: PatchGrid, visible: np.ndarray, fill: np.n
     return np.where(hidden, fill[None], image[None]).astype(np.float32)
 
 
+def _telea(image: np.ndarray, grid: PatchGrid, visible: np.ndarray) -> np.ndarray:
+    """visible: bool (n, P) -> images (n, H, W, C) with hidden patches inpainted (Telea, radius 3)."""
+    import cv2
+
+    same = image.shape[2] == 1 or all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, image.shape[2]))
+    planes = [np.ascontiguousarray(image[..., c]) for c in range(1 if same else image.shape[2])]
+    hidden = grid.hidden_pixels(visible).astype(np.uint8)
+    out = np.empty((len(visible),) + image.shape, np.float32)
+    for i, m in enumerate(hidden):
+        if m.all():  # nothing left to inpaint from (OpenCV would return the image itself): the mean
+            out[i] = image.mean(axis=(0, 1))
+            continue
+        filled = [cv2.inpaint(p, m, 3, cv2.INPAINT_TELEA) for p in planes]
+        out[i] = np.stack(filled * image.shape[2] if same else filled, axis=-1)
+    return out
+
+
 def _query_masks(adapter: ClassifierAdapter, image: np.ndarray, grid: PatchGrid, visible: np.ndarray,
-                 fill: np.ndarray, target: int, chunk: int = 64) -> np.ndarray:
+                 fill: np.ndarray | str, target: int, chunk: int = 64) -> np.ndarray:
+    """P(target) for each row of ``visible``; ``fill`` is an image (H, W, C) or "telea"."""
     out = np.empty(visible.shape[0])
     for i in range(0, visible.shape[0], chunk):
-        out[i:i + chunk] = adapter.predict(_compose(image, grid, visible[i:i + chunk], fill))[:, target]
+        v = visible[i:i + chunk]
+        batch = _telea(image, grid, v) if isinstance(fill, str) else _compose(image, grid, v, fill)
+        out[i:i + chunk] = adapter.predict(batch)[:, target]
     return out
 
 
@@ -126,27 +147,29 @@ def _shapley_sizes(p: int) -> np.ndarray:
 
 
 def kernel_shap(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int, rng: np.random.Generator,
-                patch: int = 16) -> np.ndarray:
-    """KernelSHAP on the patch grid with mean fill; ``budget`` includes the empty and full coalitions."""
-    phi = kernel_shap_values(image, adapter, target, budget, rng, patch)
+                patch: int = 16, fill: str = "mean") -> np.ndarray:
+    """KernelSHAP on the patch grid (fill "mean" or "telea"); ``budget`` includes the empty and full coalitions."""
+    phi = kernel_shap_values(image, adapter, target, budget, rng, patch, fill)
     return PatchGrid(image.shape[0], image.shape[1], patch).upsample(phi, image.shape[:2])
 
 
 def kernel_shap_values(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int,
-                       rng: np.random.Generator, patch: int = 16) -> np.ndarray:
+                       rng: np.random.Generator, patch: int = 16, fill: str = "mean") -> np.ndarray:
     """The Shapley value estimates (P,) of :func:`kernel_shap`; they sum to f(image) - f(all filled)."""
+    if fill not in ("mean", "telea"):
+        raise ValueError(f"The 'fill' parameter must be 'mean' or 'telea'. Got {fill!r} instead.")
     h, w, _ = image.shape
     grid = PatchGrid(h, w, patch)
     p = grid.n_patches
-    fill = _mean_fill(image)
-    base = _query_masks(adapter, image, grid, np.array([np.zeros(p, bool), np.ones(p, bool)]), fill, target)
+    fill_with: np.ndarray | str = _mean_fill(image) if fill == "mean" else "telea"
+    base = _query_masks(adapter, image, grid, np.array([np.zeros(p, bool), np.ones(p, bool)]), fill_with, target)
     f0, f1 = base[0], base[1]
     n = max(budget - 2, 1)
     sizes = rng.choice(np.arange(1, p), size=n, p=_shapley_sizes(p))
     z = np.zeros((n, p), bool)
     for i, s in enumerate(sizes):
         z[i, rng.choice(p, s, replace=False)] = True
-    y = _query_masks(adapter, image, grid, z, fill, target) - f0
+    y = _query_masks(adapter, image, grid, z, fill_with, target) - f0
     # Sampling by the kernel's size distribution makes the regression unweighted; the efficiency
     # constraint sum(phi) = f1 - f0 eliminates the last coefficient.
     x = z.astype(np.float64)

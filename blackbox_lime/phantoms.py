@@ -109,8 +109,13 @@ def _rng_for(modality: str, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
-def make_phantom(modality: str, split: str, index: int) -> Phantom:
+def make_phantom(modality: str, split: str, index: int, *, noise_seed: int | None = None) -> Phantom:
     """Draw the phantom for ``(modality, split, index)``; deterministic.
+
+    ``noise_seed`` re-draws only the acquisition noise (radiograph quantum noise, ultrasound
+    speckle) from another stream and keeps everything else, anatomy and lesions included. Averaging
+    many such realisations gives the noise-free expectation of a case, which bounds how well any
+    inpainting can predict hidden pixels (``onnx/evaluate_models.py`` uses it).
 
     Raises
     ------
@@ -119,12 +124,13 @@ def make_phantom(modality: str, split: str, index: int) -> Phantom:
     """
     _check_key(modality, split, index)
     rng = _rng_for(modality, split, index)
+    noise = _Noise(rng, None if noise_seed is None else np.random.default_rng([_SEED_SALT, 1, int(noise_seed)]))
     abnormal = bool(rng.random() < 0.5)
     shifted = split == "shifted"
     if modality == "chest_xray":
-        gray, mask, lesions = _chest_xray(rng, abnormal, shifted)
+        gray, mask, lesions = _chest_xray(rng, abnormal, shifted, noise)
     else:
-        gray, mask, lesions = _breast_us(rng, abnormal, shifted)
+        gray, mask, lesions = _breast_us(rng, abnormal, shifted, noise)
     if abnormal != bool(mask.any()):  # pragma: no cover - guarded by the samplers' retries
         raise RuntimeError("internal error: phantom label and mask disagree")
     image = np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[..., None], 3, axis=2)
@@ -132,6 +138,18 @@ def make_phantom(modality: str, split: str, index: int) -> Phantom:
 
 
 # ----------------------------------------------------------------------------- shared helpers
+
+
+class _Noise:
+    """Acquisition-noise draws. They always advance the case's own stream, so the rest of the case
+    is unchanged; with a second generator, its values are used instead."""
+
+    def __init__(self, rng: np.random.Generator, other: np.random.Generator | None) -> None:
+        self.rng, self.other = rng, other
+
+    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        z = self.rng.standard_normal(shape)
+        return z if self.other is None else self.other.standard_normal(shape)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -182,7 +200,7 @@ def _lesion_mask(alpha: np.ndarray) -> np.ndarray:
 
 
 def _chest_xray(
-    rng: np.random.Generator, abnormal: bool, shifted: bool
+    rng: np.random.Generator, abnormal: bool, shifted: bool, noise_draw: _Noise
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     mid = SIZE / 2 + rng.uniform(-5, 5)
     img = np.full((SIZE, SIZE), 0.03, np.float32)
@@ -307,7 +325,7 @@ def _chest_xray(
     img = img * exposure + rng.uniform(-0.03, 0.03)
     img = np.clip(img, 0, 1) ** gamma
     img = cv2.GaussianBlur(img, (0, 0), blur)
-    img = img + rng.standard_normal(img.shape).astype(np.float32) * noise
+    img = img + noise_draw.standard_normal(img.shape).astype(np.float32) * noise
     return np.clip(img, 0, 1), mask, lesions
 
 
@@ -315,7 +333,7 @@ def _chest_xray(
 
 
 def _breast_us(
-    rng: np.random.Generator, abnormal: bool, shifted: bool
+    rng: np.random.Generator, abnormal: bool, shifted: bool, noise_draw: _Noise
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     apex_x, apex_y = SIZE / 2 + rng.uniform(-4, 4), -rng.uniform(55, 70)
     r = np.sqrt((_XX - apex_x) ** 2 + (_YY - apex_y) ** 2)
@@ -406,8 +424,8 @@ def _breast_us(
     # Speckle: complex Gaussian field, laterally elongated PSF, Rayleigh amplitude with mean 1.
     coarse = 1.5 if shifted else 1.0
     sx, sy = rng.uniform(1.0, 1.4) * coarse, rng.uniform(0.5, 0.7) * coarse
-    re = cv2.GaussianBlur(rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=sx, sigmaY=sy)
-    im = cv2.GaussianBlur(rng.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=sx, sigmaY=sy)
+    re = cv2.GaussianBlur(noise_draw.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=sx, sigmaY=sy)
+    im = cv2.GaussianBlur(noise_draw.standard_normal((SIZE, SIZE)).astype(np.float32), (0, 0), sigmaX=sx, sigmaY=sy)
     speckle = np.sqrt(re * re + im * im)
     speckle /= speckle.mean()
 

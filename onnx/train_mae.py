@@ -1,6 +1,6 @@
 """Train the local MAE on raw pixels of the train phantoms and export the two ONNX graphs.
 
-    python onnx/train_mae.py       # -> onnx/mae_recon.onnx, onnx/mae_embed.onnx, onnx/mae.pt
+    python onnx/train_mae.py [--minutes 52] [--out-dir onnx]   # -> mae_recon.onnx, mae_embed.onnx, mae.pt
 
 Masking ratios are drawn uniformly from [0.1, 0.9] per batch (the drop-token recipe needs one count
 per batch; the exported graph takes any count per row). The loss is the MSE on hidden patches of the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +28,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-dir", default=str(HERE), help="where mae.pt and the two ONNX graphs go")
     a = ap.parse_args()
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(a.seed)
@@ -77,8 +81,8 @@ def main() -> None:
             print(f"step {step}/{total} loss {np.mean(losses[-200:]):.4f} {elapsed:.0f}s", flush=True)
         if total is not None and step >= total:
             break
-    torch.save({"model": mae.state_dict(), "mean": mean, "std": std, "steps": step}, HERE / "mae.pt")
-    export_mae(mae, mean, std, HERE, extra={"training": {"seed": a.seed, "steps": step, "batch": a.batch,
+    torch.save({"model": mae.state_dict(), "mean": mean, "std": std, "steps": step}, out_dir / "mae.pt")
+    export_mae(mae, mean, std, out_dir, extra={"training": {"seed": a.seed, "steps": step, "batch": a.batch,
                                                         "train_cases": n, "train_seconds": round(time.time() - t0),
                                                         "final_loss": round(float(np.mean(losses[-200:])), 4)}})
     print(f"done in {time.time() - t0:.0f}s")

@@ -116,3 +116,33 @@ def test_bench_smoke_run_writes_every_output(tmp_path: Path) -> None:
     assert [r for r in recs if r["method"] == "Occlusion (16 px)"][0]["queries"] == 197
     assert "| MedLIME | 24 |" in (tmp_path / "table.md").read_text()
     assert result["config"]["split"] == "test" and "commit" in result
+
+
+def test_telea_fill_keeps_visible_patches_and_never_returns_a_hidden_patch(image: np.ndarray) -> None:
+    from blackbox_lime.patches import PatchGrid
+
+    grid = PatchGrid(64, 64, 16)
+    visible = np.ones((3, 16), bool)
+    visible[0, [1, 5, 6]] = False
+    visible[1, :] = False  # all hidden: nothing to inpaint from
+    gray = np.repeat(image[..., :1], 3, axis=2)
+    for img in (image, gray):
+        out = baselines._telea(img, grid, visible)
+        hidden = grid.hidden_pixels(visible)
+        np.testing.assert_array_equal(out[0][~hidden[0]], img[~hidden[0]])
+        assert np.abs(out[0][hidden[0]] - img[hidden[0]]).mean() > 0.05
+        np.testing.assert_allclose(out[1], np.broadcast_to(img.mean(axis=(0, 1)), img.shape), rtol=1e-6)
+        np.testing.assert_array_equal(out[2], img)
+    out = baselines._telea(gray, grid, visible[:1])
+    np.testing.assert_array_equal(out[0, ..., 0], out[0, ..., 2])
+
+
+def test_kernel_shap_with_telea_fill_is_efficient(model: OnnxAdapter, image: np.ndarray) -> None:
+    q0 = model.queries
+    phi = baselines.kernel_shap_values(image, model, 1, 150, np.random.default_rng(0), fill="telea")
+    assert model.queries - q0 == 150
+    f_image = model.predict(image[None])[0, 1]
+    f_empty = model.predict(np.broadcast_to(image.mean(axis=(0, 1)), image.shape)[None].astype(np.float32))[0, 1]
+    assert phi.sum() == pytest.approx(f_image - f_empty, abs=1e-6)
+    with pytest.raises(ValueError, match="The 'fill' parameter must be 'mean' or 'telea'. Got 'blur' instead."):
+        baselines.kernel_shap_values(image, model, 1, 150, np.random.default_rng(0), fill="blur")
