@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--patch-size", type=int, default=None, help="patch side in model-input pixels (default 16)")
         sp.add_argument("--fill", choices=["mae", "mean", "blur", "zero"], default=None, help="how hidden patches are filled (default mae)")
         sp.add_argument("--lambda1", type=float, default=None,
-                        help="surrogate L1 weight (default 0.01, tuned on the val split; lower keeps weaker evidence)")
+                        help="surrogate L1 weight (default: tuned on the val split; lower keeps weaker evidence)")
+        sp.add_argument("--lambda1-scale", choices=["response", "absolute"], default=None,
+                        help="response (default): --lambda1 is relative to how much the answer moves; absolute: as is")
         sp.add_argument("--kernel-width", type=float, default=None, help="proximity kernel width (default 1.0)")
         sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
         sp.add_argument("--target", default=None, help="class to explain, by index or name (default: the predicted class)")
@@ -106,6 +108,8 @@ def _config(a: argparse.Namespace) -> Any:
         kw["fill"] = a.fill
     if a.lambda1 is not None:
         kw["lambda1"] = a.lambda1
+    if a.lambda1_scale is not None:
+        kw["lambda1_scale"] = a.lambda1_scale
     if a.kernel_width is not None:
         kw["kernel_width"] = a.kernel_width
     return ExplainConfig(**kw)
@@ -216,7 +220,10 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
                 print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
                                                          "queries", "requests", "retries", "timings_s", "seed",
                                                          "outputs")}))
-            elif not a.quiet:
+            if not a.quiet:
+                for warning in exp.warnings:
+                    print(f"blackbox-lime: warning: {path.name}: {warning}", file=sys.stderr)
+            if not a.json and not a.quiet:
                 print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} R2={exp.r2:.3f} "
                       f"{exp.queries} queries {exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}",
                       file=sys.stderr)

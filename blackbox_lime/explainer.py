@@ -182,12 +182,18 @@ class Explainer:
         ref, neighbours = (np.zeros(grid.n_patches), []) if self.reference is None else self.reference(image)
         hidden_frac = 1.0 - visible.mean(axis=1)
         weights = np.exp(-(hidden_frac ** 2) / cfg.kernel_width ** 2)
-        model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref).fit(visible.astype(np.float64),
-                                                                             probs[:, target], weights)
+        y = probs[:, target]
+        wn = weights / weights.sum()
+        response_sd = float(np.sqrt(wn @ (y - wn @ y) ** 2))
+        lambda1 = cfg.lambda1 * response_sd if cfg.lambda1_scale == "response" else cfg.lambda1
+        model = SparseSurrogate(lambda1, cfg.lambda2, reference=ref).fit(visible.astype(np.float64), y, weights)
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         notes += [n for n in getattr(self.filler, "notes", []) if n not in notes]
+        warnings = _weak_map_warnings(y, response_sd, model.coef_, lambda1, info.class_names[target])
+        for w in warnings:
+            log.info("weak map: %s", w)
         return Explanation(
             saliency=saliency,
             patch_weights=model.coef_.reshape(grid.rows, grid.cols),
@@ -209,12 +215,31 @@ class Explainer:
             model={"name": info.name, "input_size": list(info.input_size), "channels": info.channels,
                    "class_names": list(info.class_names), "abnormal_index": info.abnormal_index, **info.extra},
             samples={"visible": visible, "probs": probs, "kernel": weights} if keep_samples else None,
+            warnings=warnings,
+            response_sd=response_sd,
+            lambda1_effective=float(lambda1),
         )
 
     def _query(self, batch: np.ndarray) -> np.ndarray:
         if self.input_transform is not None:
             batch = self.input_transform(batch)
         return self.adapter.predict(batch)
+
+
+# Below this spread of P(target) over the samples, the map ranks effects too small to act on.
+WEAK_RESPONSE_SD = 0.01
+
+
+def _weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float, name: str) -> list[str]:
+    out = []
+    if sd < WEAK_RESPONSE_SD:
+        out.append(f"P({name}) hardly moved under masking (kernel-weighted sd {sd:.4f}, range {y.min():.3f} to "
+                   f"{y.max():.3f}): the map ranks small effects. Check that the image is in the model's domain, "
+                   "or try more --samples.")
+    if not np.any(coef):
+        out.append(f"No patch's evidence survived the L1 penalty (effective lambda1 {lambda1:.3g}), so the map is "
+                   "empty. Lower --lambda1.")
+    return out
 
 
 class _NoBar:

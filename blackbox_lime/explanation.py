@@ -27,6 +27,9 @@ class Explanation:
     config : the full configuration.
     neighbours : the evidence cases used (empty without an evidence bank).
     notes : what was done to fit the image to the models (resizing, channel mapping, ...).
+    warnings : what makes this map weak (the answer hardly moved under masking, every weight zero).
+    response_sd : kernel-weighted standard deviation of P(target) over the queried samples.
+    lambda1_effective : the L1 weight the surrogate used (``lambda1`` times ``response_sd`` by default).
     model : the classifier's metadata.
     samples : with ``explain(..., keep_samples=True)``: the queried design, for audits and for refitting
         the surrogate: ``visible`` bool (n, P), ``probs`` float64 (n, K), ``kernel`` float64 (n,).
@@ -50,6 +53,9 @@ class Explanation:
     notes: list[str] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, np.ndarray] | None = None
+    warnings: list[str] = field(default_factory=list)
+    response_sd: float = float("nan")
+    lambda1_effective: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -59,6 +65,8 @@ class Explanation:
             "target_prob": round(float(self.target_prob), 6),
             "probs": [round(float(p), 6) for p in self.probs],
             "r2": round(float(self.r2), 6),
+            "response_sd": round(float(self.response_sd), 6),
+            "lambda1_effective": float(f"{self.lambda1_effective:.6g}"),
             "intercept": round(float(self.intercept), 6),
             "queries": self.queries,
             "requests": self.requests,
@@ -67,6 +75,7 @@ class Explanation:
             "config": self.config,
             "neighbours": self.neighbours,
             "notes": self.notes,
+            "warnings": self.warnings,
             "model": self.model,
             "patch_grid": list(self.patch_weights.shape),
             "patch_weights": np.round(self.patch_weights, 6).tolist(),

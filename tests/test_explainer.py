@@ -181,3 +181,46 @@ def test_composite_equals_a_per_pixel_where(height: int, width: int, patch: int,
     np.testing.assert_array_equal(got, expected)
     one_fill = np.where(grid.hidden_pixels(visible[:3])[..., None], fills[0], canvas[None])  # which=None, one thread
     np.testing.assert_array_equal(grid.composite(visible[:3], canvas, fills[:1], None), one_fill)
+
+
+def test_response_scaled_lambda1_makes_the_map_invariant_to_how_far_the_answer_moves(
+        tmp_path: Path, linear_weights: np.ndarray, phantom_image: np.ndarray) -> None:
+    from graphs import linear_patch_model
+
+    # probs * 0.1 + 0.45: the same model, but its answer moves ten times less (still sums to 1).
+    small = linear_patch_model(tmp_path / "small.onnx", linear_weights, 0.3, scale=0.1, offset=0.45)
+    full = linear_patch_model(tmp_path / "full.onnx", linear_weights, 0.3)
+    maps = {}
+    for scale in ("response", "absolute"):
+        cfg = ExplainConfig(fill="zero", n_samples=300, lambda1=0.05 if scale == "response" else 3e-3,
+                            lambda1_scale=scale)
+        for name, path in (("full", full), ("small", small)):
+            with OnnxAdapter(path) as m:
+                maps[scale, name] = Explainer(m, cfg).explain(phantom_image, target=1, rng=0)
+    big, little = maps["response", "full"], maps["response", "small"]
+    assert little.response_sd == pytest.approx(0.1 * big.response_sd, rel=1e-4)
+    assert little.lambda1_effective == pytest.approx(0.1 * big.lambda1_effective, rel=1e-4)
+    np.testing.assert_array_equal(little.patch_weights != 0, big.patch_weights != 0)
+    np.testing.assert_allclose(little.patch_weights, 0.1 * big.patch_weights, atol=1e-6 * np.abs(big.patch_weights).max())
+    assert 3 <= np.count_nonzero(big.patch_weights) < 100
+    # An absolute lambda1 keeps fewer patches when the answer moves less.
+    assert np.count_nonzero(maps["absolute", "small"].patch_weights) < np.count_nonzero(maps["absolute", "full"].patch_weights)
+
+
+def test_weak_maps_carry_warnings(tmp_path: Path, linear_weights: np.ndarray, phantom_image: np.ndarray) -> None:
+    from graphs import linear_patch_model
+
+    flat = linear_patch_model(tmp_path / "flat.onnx", linear_weights * 1e-3, 0.3)
+    with OnnxAdapter(flat) as m:
+        exp = Explainer(m, ExplainConfig(fill="zero", n_samples=100)).explain(phantom_image, target=1, rng=0)
+        assert exp.response_sd < 1e-3
+        assert exp.warnings[0].startswith("P(abnormal) hardly moved under masking (kernel-weighted sd 0.000")
+        assert exp.summary()["warnings"] == exp.warnings
+        exp = Explainer(m, ExplainConfig(fill="zero", n_samples=100, lambda1=1.0, lambda1_scale="absolute")).explain(
+            phantom_image, target=1, rng=0)
+        assert not exp.patch_weights.any()
+        assert exp.warnings[-1] == ("No patch's evidence survived the L1 penalty (effective lambda1 1), so the map is "
+                                    "empty. Lower --lambda1.")
+    with pytest.raises(ValueError, match=r"The 'lambda1_scale' parameter must be one of response, absolute\. "
+                                         r"Got 'relative' instead\."):
+        ExplainConfig(lambda1_scale="relative")
