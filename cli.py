@@ -99,19 +99,10 @@ def _parser() -> argparse.ArgumentParser:
 def _config(a: argparse.Namespace) -> Any:
     from blackbox_lime.config import ExplainConfig
 
-    kw: dict[str, Any] = {}
-    if a.samples is not None:
-        kw["n_samples"] = a.samples
-    if a.patch_size is not None:
-        kw["patch_size"] = a.patch_size
-    if a.fill is not None:
-        kw["fill"] = a.fill
-    if a.lambda1 is not None:
-        kw["lambda1"] = a.lambda1
-    if a.lambda1_scale is not None:
-        kw["lambda1_scale"] = a.lambda1_scale
-    if a.kernel_width is not None:
-        kw["kernel_width"] = a.kernel_width
+    # command-line option -> ExplainConfig field; options left unset keep the config's defaults
+    fields = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
+              "lambda1_scale": "lambda1_scale", "kernel_width": "kernel_width"}
+    kw = {field: getattr(a, option) for option, field in fields.items() if getattr(a, option) is not None}
     return ExplainConfig(**kw)
 
 

@@ -23,7 +23,7 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explanation import Explanation
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
-from blackbox_lime.surrogate import SparseSurrogate
+from blackbox_lime.surrogate import SparseSurrogate, weighted_sd
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,7 @@ class Explainer:
         hidden_frac = 1.0 - visible.mean(axis=1)
         weights = np.exp(-(hidden_frac ** 2) / cfg.kernel_width ** 2)
         y = probs[:, target]
-        wn = weights / weights.sum()
-        response_sd = float(np.sqrt(wn @ (y - wn @ y) ** 2))
+        response_sd = weighted_sd(y, weights)
         lambda1 = cfg.lambda1 * response_sd if cfg.lambda1_scale == "response" else cfg.lambda1
         model = SparseSurrogate(lambda1, cfg.lambda2, reference=ref).fit(visible.astype(np.float64), y, weights)
         saliency = grid.upsample(model.coef_, image.shape[:2])

@@ -36,6 +36,13 @@ def _blas_threads_for(p: int) -> contextlib.AbstractContextManager:
     return _controller().limit(limits=1, user_api="blas")
 
 
+def weighted_sd(y: np.ndarray, weights: np.ndarray) -> float:
+    """The weighted standard deviation of ``y`` (the scale of a response-relative lambda1)."""
+    wn = np.asarray(weights, np.float64) / np.sum(weights)
+    y = np.asarray(y, np.float64)
+    return float(np.sqrt(wn @ (y - wn @ y) ** 2))
+
+
 class ConvergenceWarning(UserWarning):
     """The surrogate solver stopped before meeting its tolerance."""
 
