@@ -1,6 +1,6 @@
 """Train the local MAE on raw pixels of the train phantoms and export the two ONNX graphs.
 
-    python onnx/train_mae.py [--minutes 52] [--out-dir onnx]   # -> mae_recon.onnx, mae_embed.onnx, mae.pt
+    python onnx/train_mae.py [--minutes 50] [--out-dir onnx]   # -> mae_recon.onnx, mae_embed.onnx, mae.pt
 
 Masking ratios are drawn uniformly from [0.1, 0.9] per batch (the drop-token recipe needs one count
 per batch; the exported graph takes any count per row). The loss is the MSE on hidden patches of the
@@ -23,7 +23,7 @@ from export_mae import export_mae
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-per-modality", type=int, default=2500)
-    ap.add_argument("--minutes", type=float, default=25.0, help="training time budget (wall clock)")
+    ap.add_argument("--minutes", type=float, default=50.0, help="training time budget (wall clock)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--seed", type=int, default=0)
