@@ -55,7 +55,7 @@ METHODS: dict[str, tuple[str, bool]] = {
     "Random": ("random", False),
     "Grad-CAM (white-box)": ("gradcam", False),
 }
-KERNEL_SHAPS = ("KernelSHAP (patch grid)", "KernelSHAP (patch grid, Telea fill)")
+KERNEL_SHAPS = tuple(m for m, (kind, _) in METHODS.items() if kind.startswith("kernel_shap"))
 NOT_BUILT = ("MedLIME w/o STTA", "MedLIME w/o EBR")  # STTA and EBR come in their own issues
 BLACK_BOX = [m for m in METHODS if m not in ("Random", "Grad-CAM (white-box)")]
 

@@ -23,7 +23,7 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explanation import Explanation
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
-from blackbox_lime.surrogate import SparseSurrogate, weighted_sd
+from blackbox_lime.surrogate import SparseSurrogate
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,14 @@ class Explainer:
         hidden_frac = 1.0 - visible.mean(axis=1)
         weights = np.exp(-(hidden_frac ** 2) / cfg.kernel_width ** 2)
         y = probs[:, target]
-        response_sd = weighted_sd(y, weights)
-        lambda1 = cfg.lambda1 * response_sd if cfg.lambda1_scale == "response" else cfg.lambda1
-        model = SparseSurrogate(lambda1, cfg.lambda2, reference=ref).fit(visible.astype(np.float64), y, weights)
+        model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale).fit(
+            visible.astype(np.float64), y, weights)
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         notes += [n for n in getattr(self.filler, "notes", []) if n not in notes]
-        warnings = _weak_map_warnings(y, response_sd, model.coef_, lambda1, info.class_names[target])
+        warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
+                                      info.class_names[target])
         for w in warnings:
             log.info("weak map: %s", w)
         return Explanation(
@@ -215,8 +215,8 @@ class Explainer:
                    "class_names": list(info.class_names), "abnormal_index": info.abnormal_index, **info.extra},
             samples={"visible": visible, "probs": probs, "kernel": weights} if keep_samples else None,
             warnings=warnings,
-            response_sd=response_sd,
-            lambda1_effective=float(lambda1),
+            response_sd=model.response_sd_,
+            lambda1_effective=model.lambda1_effective_,
         )
 
     def _query(self, batch: np.ndarray) -> np.ndarray:

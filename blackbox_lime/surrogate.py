@@ -36,13 +36,6 @@ def _blas_threads_for(p: int) -> contextlib.AbstractContextManager:
     return _controller().limit(limits=1, user_api="blas")
 
 
-def weighted_sd(y: np.ndarray, weights: np.ndarray) -> float:
-    """The weighted standard deviation of ``y`` (the scale of a response-relative lambda1)."""
-    wn = np.asarray(weights, np.float64) / np.sum(weights)
-    y = np.asarray(y, np.float64)
-    return float(np.sqrt(wn @ (y - wn @ y) ** 2))
-
-
 class ConvergenceWarning(UserWarning):
     """The surrogate solver stopped before meeting its tolerance."""
 
@@ -53,6 +46,8 @@ class SparseSurrogate:
     Parameters
     ----------
     lambda1 : float, L1 weight (>= 0).
+    lambda1_scale : "absolute" (``lambda1`` as is) or "response" (``lambda1`` times the weighted
+        standard deviation of ``y``, so the kept patches do not depend on the scale of the response).
     lambda2 : float, weight of ||w - reference||^2 (>= 0).
     reference : (P,) array or None (zeros).
     max_iter : L-BFGS-B iteration limit.
@@ -61,13 +56,15 @@ class SparseSurrogate:
     Attributes (after ``fit``)
     --------------------------
     coef_ : (P,) float64, intercept_ : float, n_iter_ : int, r2_ : weighted R^2 (local fidelity),
+    response_sd_ : weighted standard deviation of ``y``, lambda1_effective_ : the L1 weight used,
     stderr_ : (P,) heteroscedasticity-robust (HC0 sandwich) standard errors of ``coef_``,
     converged_ : bool.
     """
 
     def __init__(self, lambda1: float = 1e-4, lambda2: float = 0.0, reference: np.ndarray | None = None,
-                 max_iter: int = 5000, tol: float = 1e-9) -> None:
+                 max_iter: int = 5000, tol: float = 1e-9, lambda1_scale: str = "absolute") -> None:
         self.lambda1 = lambda1
+        self.lambda1_scale = lambda1_scale
         self.lambda2 = lambda2
         self.reference = reference
         self.max_iter = max_iter
@@ -90,6 +87,8 @@ class SparseSurrogate:
             raise ValueError("sample_weight must be n finite, non-negative values with a positive sum.")
         if self.lambda1 < 0 or self.lambda2 < 0:
             raise ValueError(f"lambda1 and lambda2 must be >= 0. Got {self.lambda1!r} and {self.lambda2!r} instead.")
+        if self.lambda1_scale not in ("absolute", "response"):
+            raise ValueError(f"lambda1_scale must be 'absolute' or 'response'. Got {self.lambda1_scale!r} instead.")
         ref = np.zeros(p) if self.reference is None else np.asarray(self.reference, np.float64).reshape(-1)
         if ref.shape != (p,):
             raise ValueError(f"reference must have {p} entries, one per patch. Got {ref.shape} instead.")
@@ -99,7 +98,10 @@ class SparseSurrogate:
         Xc, yc = X - xm, y - ym
         G = Xc.T @ (wn[:, None] * Xc)  # (P, P)
         c = Xc.T @ (wn * yc)  # (P,)
-        l1, l2 = float(self.lambda1), float(self.lambda2)
+        self.response_sd_ = float(np.sqrt(wn @ yc ** 2))
+        l1 = float(self.lambda1) * (self.response_sd_ if self.lambda1_scale == "response" else 1.0)
+        l2 = float(self.lambda2)
+        self.lambda1_effective_ = l1
         A = G + l2 * np.eye(p)
         rhs = c + l2 * ref
 

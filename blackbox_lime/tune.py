@@ -32,7 +32,7 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import consistency, pixel_auprc
 from blackbox_lime.models import bundled_model
-from blackbox_lime.surrogate import SparseSurrogate, weighted_sd
+from blackbox_lime.surrogate import SparseSurrogate
 
 LAMBDA1 = {"absolute": (1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2),
            "response": (0.003, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}
@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in d["runs"]:
                 hidden = 1.0 - s["visible"].mean(axis=1)
                 kern = np.exp(-(hidden ** 2) / width ** 2)
-                y = s["probs"][:, target]
-                l1 = lam * weighted_sd(y, kern) if scale == "response" else lam
-                coef = SparseSurrogate(l1, 0.0).fit(s["visible"].astype(np.float64), y, kern).coef_
+                coef = SparseSurrogate(lam, 0.0, lambda1_scale=scale).fit(s["visible"].astype(np.float64),
+                                                                          s["probs"][:, target], kern).coef_
                 maps.append(grid.upsample(coef, d["mask"].shape))
             aucs.append(pixel_auprc(maps[0], d["mask"]))
             cons.append(consistency(maps))

@@ -97,3 +97,17 @@ def test_reference_pulls_coefficients() -> None:
         warnings.simplefilter("error")
         w = SparseSurrogate(0.0, 10.0, reference=ref).fit(X, y).coef_
     assert np.allclose(w, ref, atol=0.05)
+
+
+def test_response_scale_multiplies_lambda1_by_the_weighted_sd_of_y() -> None:
+    rng = np.random.default_rng(5)
+    X = (rng.random((300, 12)) < 0.5).astype(float)
+    y = X @ rng.normal(0, 0.1, 12) + rng.normal(0, 0.01, 300)
+    sw = rng.uniform(0.2, 1.0, 300)
+    rel = SparseSurrogate(0.05, 0.0, lambda1_scale="response").fit(X, y, sw)
+    wn = sw / sw.sum()
+    sd = float(np.sqrt(wn @ (y - wn @ y) ** 2))
+    assert rel.response_sd_ == pytest.approx(sd, rel=1e-12) and rel.lambda1_effective_ == pytest.approx(0.05 * sd)
+    np.testing.assert_allclose(rel.coef_, SparseSurrogate(0.05 * sd, 0.0).fit(X, y, sw).coef_, atol=1e-9)
+    with pytest.raises(ValueError, match="lambda1_scale must be 'absolute' or 'response'. Got 'x' instead."):
+        SparseSurrogate(0.05, lambda1_scale="x").fit(X, y)
