@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="surrogate L1 weight (default: tuned on the val split; lower keeps weaker evidence)")
         sp.add_argument("--lambda1-scale", choices=["response", "absolute"], default=None,
                         help="response (default): --lambda1 is relative to how much the answer moves; absolute: as is")
+        sp.add_argument("--lambda1-cap", type=float, default=None,
+                        help="use at most this fraction (0, 1] of the L1 weight that would empty the map (default 0.5; 1: no cap)")
         sp.add_argument("--kernel-width", type=float, default=None, help="proximity kernel width (default 1.0)")
         sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
         sp.add_argument("--target", default=None, help="class to explain, by index or name (default: the predicted class)")
@@ -101,7 +103,7 @@ def _config(a: argparse.Namespace) -> Any:
 
     # command-line option -> ExplainConfig field; options left unset keep the config's defaults
     fields = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
-              "lambda1_scale": "lambda1_scale", "kernel_width": "kernel_width"}
+              "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width"}
     kw = {field: getattr(a, option) for option, field in fields.items() if getattr(a, option) is not None}
     return ExplainConfig(**kw)
 

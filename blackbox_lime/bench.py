@@ -382,6 +382,8 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
     p.add_argument("--methods", default=None, help="comma list of method names (default: all)")
     p.add_argument("--consistency-methods", default=None,
                    help="comma list of methods run with 3 seeds, or 'all' (default: all; --quick: MedLIME and lime)")
+    p.add_argument("--consistency-images", type=int, default=None,
+                   help="cases per (model, modality) explained with 3 seeds (default 5; --quick: 1)")
     p.add_argument("--out", default="bench_out/bench")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only re-render the table and goals from a saved results.json")
@@ -394,6 +396,8 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
         kw["modalities"] = tuple(a.modalities.split(","))
     if a.images:
         kw["images"] = a.images
+    if a.consistency_images is not None:
+        kw["consistency_images"] = a.consistency_images
     if a.budgets:
         kw["budgets"] = tuple(int(x) for x in a.budgets.split(","))
     if a.methods:

@@ -49,18 +49,23 @@ class ExplainConfig:
     kernel_width : float, default 1.0
         sigma of the proximity kernel pi(m) = exp(-D(m, 1)^2 / sigma^2), where D is the fraction of
         hidden patches.
-    lambda1 : float, default 0.03
+    lambda1 : float, default 0.07
         L1 weight. The data term is the kernel-weighted *mean* squared error of the probabilities,
-        so lambda1 does not scale with n_samples. See ``lambda1_scale`` for its unit. lambda1 and
-        kernel_width are chosen on the val split (``python -m blackbox_lime.tune``: the highest AUPRC
-        among settings whose consistency across seeds is >= 0.9, else the highest AUPRC; no setting
-        reached 0.9 with the current MAE, see ``docs/bench_quick/tune_val.md``).
+        so lambda1 does not scale with n_samples. See ``lambda1_scale`` for its unit. lambda1, its
+        cap and kernel_width are chosen on the val split (``python -m blackbox_lime.tune``: the
+        highest AUPRC among settings whose consistency across 3 seeds is >= 0.9, else the highest
+        AUPRC; see ``docs/bench_quick/tune_val.md``).
     lambda1_scale : {"response", "absolute"}, default "response"
         "response": the penalty is ``lambda1`` times the kernel-weighted standard deviation of the
         explained probability over the queried samples. Which patches survive then does not depend
         on how far the model's answer moves under masking (a confident model, a shifted input, a
         recalibrated endpoint): with an absolute weight, an answer that moves little had every
         weight zeroed and the map came out empty. "absolute": ``lambda1`` as is.
+    lambda1_cap : float in (0, 1], default 0.5
+        The L1 weight used is at most this fraction of the smallest L1 weight that would zero every
+        patch. At least the strongest patch then survives: without a cap, a model whose answer hinges
+        on no single patch got an empty map. 1.0 turns the cap off. The explanation reports whether
+        the cap acted (``lambda1_capped``).
     lambda2 : float, default 1e-4
         Weight of ||w - w_ref||^2 (w_ref is the evidence prior, zero without one).
     batch_size : int, default 64
@@ -73,8 +78,9 @@ class ExplainConfig:
     fill: str = "mae"
     nested_samples: int = 3
     kernel_width: float = 1.0
-    lambda1: float = 0.03
+    lambda1: float = 0.07
     lambda1_scale: str = "response"
+    lambda1_cap: float = 0.5
     lambda2: float = 1e-4
     batch_size: int = 64
 
@@ -92,6 +98,8 @@ class ExplainConfig:
         _check(_is_real(self.lambda1) and self.lambda1 >= 0, "lambda1", "a float in the range [0, inf)", self.lambda1)
         _check(self.lambda1_scale in LAMBDA1_SCALES, "lambda1_scale", f"one of {', '.join(LAMBDA1_SCALES)}",
                self.lambda1_scale)
+        _check(_is_real(self.lambda1_cap) and 0 < self.lambda1_cap <= 1, "lambda1_cap", "a float in the range (0, 1]",
+               self.lambda1_cap)
         _check(_is_real(self.lambda2) and self.lambda2 >= 0, "lambda2", "a float in the range [0, inf)", self.lambda2)
         _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
 

@@ -183,7 +183,8 @@ class Explainer:
         hidden_frac = 1.0 - visible.mean(axis=1)
         weights = np.exp(-(hidden_frac ** 2) / cfg.kernel_width ** 2)
         y = probs[:, target]
-        model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale).fit(
+        model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
+                                lambda1_cap=cfg.lambda1_cap).fit(
             visible.astype(np.float64), y, weights)
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
@@ -217,6 +218,7 @@ class Explainer:
             warnings=warnings,
             response_sd=model.response_sd_,
             lambda1_effective=model.lambda1_effective_,
+            lambda1_capped=model.lambda1_capped_,
         )
 
     def _query(self, batch: np.ndarray) -> np.ndarray:
@@ -237,7 +239,7 @@ def _weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: floa
                    "or try more --samples.")
     if not np.any(coef):
         out.append(f"No patch's evidence survived the L1 penalty (effective lambda1 {lambda1:.3g}), so the map is "
-                   "empty. Lower --lambda1.")
+                   "empty. Lower --lambda1, or --lambda1-cap below 1.")
     return out
 
 

@@ -30,6 +30,8 @@ class Explanation:
     warnings : what makes this map weak (the answer hardly moved under masking, every weight zero).
     response_sd : kernel-weighted standard deviation of P(target) over the queried samples.
     lambda1_effective : the L1 weight the surrogate used (``lambda1`` times ``response_sd`` by default).
+    lambda1_capped : whether ``lambda1_cap`` lowered that weight (the configured one would have kept
+        almost no patch).
     model : the classifier's metadata.
     samples : with ``explain(..., keep_samples=True)``: the queried design, for audits and for refitting
         the surrogate: ``visible`` bool (n, P), ``probs`` float64 (n, K), ``kernel`` float64 (n,).
@@ -56,6 +58,7 @@ class Explanation:
     warnings: list[str] = field(default_factory=list)
     response_sd: float = float("nan")
     lambda1_effective: float = float("nan")
+    lambda1_capped: bool = False
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -67,6 +70,7 @@ class Explanation:
             "r2": round(float(self.r2), 6),
             "response_sd": round(float(self.response_sd), 6),
             "lambda1_effective": float(f"{self.lambda1_effective:.6g}"),
+            "lambda1_capped": bool(self.lambda1_capped),
             "intercept": round(float(self.intercept), 6),
             "queries": self.queries,
             "requests": self.requests,

@@ -48,6 +48,9 @@ class SparseSurrogate:
     lambda1 : float, L1 weight (>= 0).
     lambda1_scale : "absolute" (``lambda1`` as is) or "response" (``lambda1`` times the weighted
         standard deviation of ``y``, so the kept patches do not depend on the scale of the response).
+    lambda1_cap : float in (0, 1] or None. The L1 weight used is at most this fraction of
+        ``lambda1_max_``, the smallest L1 weight at which every coefficient is zero, so at least the
+        strongest patch survives and the map is never empty by accident. None (or 1.0): no cap.
     lambda2 : float, weight of ||w - reference||^2 (>= 0).
     reference : (P,) array or None (zeros).
     max_iter : L-BFGS-B iteration limit.
@@ -57,14 +60,18 @@ class SparseSurrogate:
     --------------------------
     coef_ : (P,) float64, intercept_ : float, n_iter_ : int, r2_ : weighted R^2 (local fidelity),
     response_sd_ : weighted standard deviation of ``y``, lambda1_effective_ : the L1 weight used,
+    lambda1_max_ : the smallest L1 weight that zeroes every coefficient, lambda1_capped_ : whether
+    ``lambda1_cap`` lowered the L1 weight,
     stderr_ : (P,) heteroscedasticity-robust (HC0 sandwich) standard errors of ``coef_``,
     converged_ : bool.
     """
 
     def __init__(self, lambda1: float = 1e-4, lambda2: float = 0.0, reference: np.ndarray | None = None,
-                 max_iter: int = 5000, tol: float = 1e-9, lambda1_scale: str = "absolute") -> None:
+                 max_iter: int = 5000, tol: float = 1e-9, lambda1_scale: str = "absolute",
+                 lambda1_cap: float | None = None) -> None:
         self.lambda1 = lambda1
         self.lambda1_scale = lambda1_scale
+        self.lambda1_cap = lambda1_cap
         self.lambda2 = lambda2
         self.reference = reference
         self.max_iter = max_iter
@@ -89,6 +96,8 @@ class SparseSurrogate:
             raise ValueError(f"lambda1 and lambda2 must be >= 0. Got {self.lambda1!r} and {self.lambda2!r} instead.")
         if self.lambda1_scale not in ("absolute", "response"):
             raise ValueError(f"lambda1_scale must be 'absolute' or 'response'. Got {self.lambda1_scale!r} instead.")
+        if self.lambda1_cap is not None and not 0.0 < self.lambda1_cap <= 1.0:
+            raise ValueError(f"lambda1_cap must be in the range (0, 1] or None. Got {self.lambda1_cap!r} instead.")
         ref = np.zeros(p) if self.reference is None else np.asarray(self.reference, np.float64).reshape(-1)
         if ref.shape != (p,):
             raise ValueError(f"reference must have {p} entries, one per patch. Got {ref.shape} instead.")
@@ -101,9 +110,14 @@ class SparseSurrogate:
         self.response_sd_ = float(np.sqrt(wn @ yc ** 2))
         l1 = float(self.lambda1) * (self.response_sd_ if self.lambda1_scale == "response" else 1.0)
         l2 = float(self.lambda2)
-        self.lambda1_effective_ = l1
         A = G + l2 * np.eye(p)
         rhs = c + l2 * ref
+        # The objective is w'Aw - 2 rhs'w + l1 |w|_1: w = 0 is optimal iff l1 >= 2 max|rhs|.
+        self.lambda1_max_ = 2.0 * float(np.abs(rhs).max())
+        cap = np.inf if self.lambda1_cap is None or self.lambda1_cap >= 1.0 else self.lambda1_cap * self.lambda1_max_
+        self.lambda1_capped_ = bool(l1 > cap)
+        l1 = min(l1, cap)
+        self.lambda1_effective_ = l1
 
         if l1 == 0.0:
             w = linalg.lstsq(A, rhs)[0] if l2 == 0.0 else linalg.solve(A, rhs, assume_a="sym")

@@ -146,3 +146,11 @@ def test_kernel_shap_with_telea_fill_is_efficient(model: OnnxAdapter, image: np.
     assert phi.sum() == pytest.approx(f_image - f_empty, abs=1e-6)
     with pytest.raises(ValueError, match="The 'fill' parameter must be 'mean' or 'telea'. Got 'blur' instead."):
         baselines.kernel_shap_values(image, model, 1, 150, np.random.default_rng(0), fill="blur")
+
+
+def test_bench_options_override_the_quick_configuration() -> None:
+    from blackbox_lime.bench import parse
+
+    cfg, out = parse(["--quick", "--consistency-images", "3", "--budgets", "250,500", "--out", "x"])
+    assert (cfg.consistency_images, cfg.budgets, cfg.images, str(out)) == (3, (250, 500), 3, "x")
+    assert parse(["--quick"])[0].consistency_images == 1 and parse([])[0].consistency_images == 5

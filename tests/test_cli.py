@@ -144,13 +144,13 @@ def test_weak_map_warning_goes_to_stderr_and_the_report(png: Path, tmp_path: Pat
     flat = linear_patch_model(tmp_path / "flat.onnx", linear_weights * 1e-3, 0.3)
     out = tmp_path / "out"
     args = ["explain", str(png), "--model", str(flat), "--out", str(out), "--samples", "60", "--fill", "mean",
-            "--target", "1", "--lambda1", "1", "--lambda1-scale", "absolute"]
+            "--target", "1", "--lambda1", "1", "--lambda1-scale", "absolute", "--lambda1-cap", "1"]
     assert cli.main(args) == 0
     err = capsys.readouterr().err
     assert "blackbox-lime: warning: case.png: P(abnormal) hardly moved under masking" in err
     assert ("blackbox-lime: warning: case.png: No patch's evidence survived the L1 penalty (effective lambda1 1), "
-            "so the map is empty. Lower --lambda1.") in err
+            "so the map is empty. Lower --lambda1, or --lambda1-cap below 1.") in err
     report = json.loads((out / "case.json").read_text())
     assert len(report["warnings"]) == 2 and report["config"]["lambda1_scale"] == "absolute"
-    assert report["lambda1_effective"] == 1.0
+    assert report["lambda1_effective"] == 1.0 and report["lambda1_capped"] is False
     assert cli.main([*args, "--quiet"]) == 0 and capsys.readouterr().err == ""

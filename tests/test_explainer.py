@@ -216,11 +216,19 @@ def test_weak_maps_carry_warnings(tmp_path: Path, linear_weights: np.ndarray, ph
         assert exp.response_sd < 1e-3
         assert exp.warnings[0].startswith("P(abnormal) hardly moved under masking (kernel-weighted sd 0.000")
         assert exp.summary()["warnings"] == exp.warnings
-        exp = Explainer(m, ExplainConfig(fill="zero", n_samples=100, lambda1=1.0, lambda1_scale="absolute")).explain(
-            phantom_image, target=1, rng=0)
-        assert not exp.patch_weights.any()
+        heavy = dict(fill="zero", n_samples=100, lambda1=1.0, lambda1_scale="absolute")
+        exp = Explainer(m, ExplainConfig(**heavy, lambda1_cap=1.0)).explain(phantom_image, target=1, rng=0)
+        assert not exp.patch_weights.any() and not exp.lambda1_capped
         assert exp.warnings[-1] == ("No patch's evidence survived the L1 penalty (effective lambda1 1), so the map is "
-                                    "empty. Lower --lambda1.")
+                                    "empty. Lower --lambda1, or --lambda1-cap below 1.")
+        # The default cap keeps the strongest patches instead of returning an empty map.
+        exp = Explainer(m, ExplainConfig(**heavy)).explain(phantom_image, target=1, rng=0)
+        assert exp.lambda1_capped and exp.summary()["lambda1_capped"] is True and exp.lambda1_effective < 1e-3
+        assert exp.patch_weights.any() and not any(w.startswith("No patch") for w in exp.warnings)
     with pytest.raises(ValueError, match=r"The 'lambda1_scale' parameter must be one of response, absolute\. "
                                          r"Got 'relative' instead\."):
         ExplainConfig(lambda1_scale="relative")
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match=rf"The 'lambda1_cap' parameter must be a float in the range \(0, 1\]\. "
+                                             rf"Got {bad} instead\."):
+            ExplainConfig(lambda1_cap=bad)

@@ -111,3 +111,23 @@ def test_response_scale_multiplies_lambda1_by_the_weighted_sd_of_y() -> None:
     np.testing.assert_allclose(rel.coef_, SparseSurrogate(0.05 * sd, 0.0).fit(X, y, sw).coef_, atol=1e-9)
     with pytest.raises(ValueError, match="lambda1_scale must be 'absolute' or 'response'. Got 'x' instead."):
         SparseSurrogate(0.05, lambda1_scale="x").fit(X, y)
+
+
+def test_lambda1_max_is_the_smallest_weight_that_zeroes_every_patch_and_the_cap_keeps_a_patch() -> None:
+    rng = np.random.default_rng(6)
+    X = (rng.random((400, 20)) < 0.5).astype(float)
+    y = X @ rng.normal(0, 0.05, 20) + rng.normal(0, 0.01, 400)
+    sw = rng.uniform(0.2, 1.0, 400)
+    lam_max = SparseSurrogate(0.0, 0.0).fit(X, y, sw).lambda1_max_
+    assert not SparseSurrogate(lam_max * (1 + 1e-6), 0.0).fit(X, y, sw).coef_.any()
+    assert np.count_nonzero(SparseSurrogate(lam_max * (1 - 1e-3), 0.0).fit(X, y, sw).coef_) == 1
+    capped = SparseSurrogate(10 * lam_max, 0.0, lambda1_cap=0.5).fit(X, y, sw)
+    assert capped.lambda1_capped_ and capped.lambda1_effective_ == pytest.approx(0.5 * lam_max, rel=1e-12)
+    np.testing.assert_allclose(capped.coef_, SparseSurrogate(0.5 * lam_max, 0.0).fit(X, y, sw).coef_, atol=1e-12)
+    assert capped.coef_.any()
+    # Below the cap the weight is used as is; a cap of 1 is no cap.
+    small = SparseSurrogate(0.1 * lam_max, 0.0, lambda1_cap=0.5).fit(X, y, sw)
+    assert not small.lambda1_capped_ and small.lambda1_effective_ == pytest.approx(0.1 * lam_max, rel=1e-12)
+    assert not SparseSurrogate(10 * lam_max, 0.0, lambda1_cap=1.0).fit(X, y, sw).coef_.any()
+    with pytest.raises(ValueError, match=r"lambda1_cap must be in the range \(0, 1\] or None. Got 0 instead."):
+        SparseSurrogate(0.1, lambda1_cap=0).fit(X, y)
