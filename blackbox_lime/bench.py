@@ -372,6 +372,10 @@ def _save_fig(fig: Any, path: Path) -> None:
 
 
 def parse(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
+    return _config(_parser().parse_args(argv))
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"the <= 15-minute configuration: {QUICK}")
     p.add_argument("--split", choices=["test", "val", "shifted"], default="test")
@@ -387,7 +391,13 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
     p.add_argument("--out", default="bench_out/bench")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only re-render the table and goals from a saved results.json")
-    a = p.parse_args(argv)
+    p.add_argument("--merge", metavar="RESULTS_JSON", nargs="+", default=None,
+                   help="join runs that differ only in --models/--modalities (the full protocol run in pieces) "
+                        "into one table in --out; no explanations are run")
+    return p
+
+
+def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
     kw: dict[str, Any] = dict(QUICK) if a.quick else {}
     kw["split"] = a.split
     if a.models:
@@ -404,7 +414,7 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
         names = tuple(x.strip() for x in a.methods.split(","))
         unknown = [n for n in names if n not in METHODS]
         if unknown:
-            p.error(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
+            _parser().error(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
         kw["methods"] = names
     if a.consistency_methods:
         if a.consistency_methods == "all":
@@ -423,13 +433,60 @@ def render(results_json: Path) -> str:
     return markdown(result)
 
 
+def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
+    """Join benchmark runs that differ only in their models or modalities into one result.
+
+    The full protocol takes hours on a small machine; it can be run in pieces (``--models cnn
+    --modalities chest_xray`` and so on) and joined here. Every per-image record is kept, the
+    summary and goals are recomputed over all of them, and the overlay grids stay in the pieces.
+    """
+    parts = [json.loads(Path(p).read_text()) for p in results_paths]
+    base = parts[0]["config"]
+    seen: set[tuple[Any, ...]] = set()
+    records: list[dict[str, Any]] = []
+    models: list[str] = []
+    modalities: list[str] = []
+    for path, part in zip(results_paths, parts, strict=True):
+        for key in base:
+            if key not in ("models", "modalities") and part["config"].get(key) != base[key]:
+                raise ValueError(f"{path} was run with {key}={part['config'].get(key)!r}, the first run with "
+                                 f"{base[key]!r}; only --models and --modalities may differ between joined runs.")
+        for r in part["records"]:
+            key = (r["model"], r["modality"], r["case"], r["method"], r["budget"])
+            if key in seen:
+                raise ValueError(f"{path} repeats {r['method']} at budget {r['budget']} on {r['model']}/{r['modality']} "
+                                 f"case {r['case']}; join runs over different models or modalities only.")
+            seen.add(key)
+            records.append(r)
+        models += [m for m in part["config"]["models"] if m not in models]
+        modalities += [m for m in part["config"]["modalities"] if m not in modalities]
+    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+    cfg.models, cfg.modalities = tuple(models), tuple(modalities)
+    summary = summarize(records, cfg)
+    result = {"commit": ", ".join(dict.fromkeys(p["commit"] for p in parts)), "machine": parts[0]["machine"],
+              "merged_from": [str(p) for p in results_paths], "config": asdict(cfg),
+              "wall_s": sum(p["wall_s"] for p in parts), "summary": summary, "goals": goals(summary, cfg),
+              "records": records}
+    write_outputs(result, {}, out_dir)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--render"]:
         print(render(Path(argv[1])))
         return 0
-    cfg, out = parse(argv)
+    a = _parser().parse_args(argv)
+    if a.merge:
+        try:
+            result = merge([Path(x) for x in a.merge], Path(a.out))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
+            return 2
+        print(markdown(result))
+        return 0
+    cfg, out = _config(a)
     os.environ.setdefault("TQDM_DISABLE", "1")  # lime draws a progress bar per explanation
     result = run(cfg, out, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(markdown(result))

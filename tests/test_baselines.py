@@ -154,3 +154,28 @@ def test_bench_options_override_the_quick_configuration() -> None:
     cfg, out = parse(["--quick", "--consistency-images", "3", "--budgets", "250,500", "--out", "x"])
     assert (cfg.consistency_images, cfg.budgets, cfg.images, str(out)) == (3, (250, 500), 3, "x")
     assert parse(["--quick"])[0].consistency_images == 1 and parse([])[0].consistency_images == 5
+
+
+def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: Path) -> None:
+    from blackbox_lime import bench
+
+    common = dict(models=("cnn",), images=2, budgets=(24,), consistency_images=0, consistency_budget=24,
+                  curve_steps=4, n_boot=50, methods=("Random",))
+    for modality in ("chest_xray", "breast_us"):
+        bench.run(bench.BenchConfig(modalities=(modality,), **common), tmp_path / modality, log=lambda s: None)
+    parts = [tmp_path / m / "results.json" for m in ("chest_xray", "breast_us")]
+    assert bench.main(["--merge", *map(str, parts), "--out", str(tmp_path / "all")]) == 0
+    joined = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert joined["config"]["modalities"] == ["chest_xray", "breast_us"] and len(joined["records"]) == 4
+    rows = {r["group"]: r["n"] for r in joined["summary"]}
+    assert rows == {"all": 4, "cnn/chest_xray": 2, "cnn/breast_us": 2}
+    assert "AUPRC cnn/breast_us" in (tmp_path / "all" / "table.md").read_text()
+    with pytest.raises(ValueError, match="repeats Random at budget None on cnn/chest_xray case "):
+        bench.merge([parts[0], parts[0]], tmp_path / "bad")
+    other = json.loads(parts[1].read_text())
+    other["config"]["split"] = "val"
+    (tmp_path / "val.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"val\.json was run with split='val', the first run with 'test'; only "
+                                         r"--models and --modalities may differ between joined runs\."):
+        bench.merge([parts[0], tmp_path / "val.json"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
