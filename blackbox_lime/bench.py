@@ -123,18 +123,23 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, budget: int |
 
 
 def git_commit() -> str:
+    """The commit of the code that runs, with "-dirty" when tracked files differ from it ("" outside git)."""
+    here = Path(__file__).resolve().parent
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
-                           cwd=Path(__file__).resolve().parent)
-        return r.stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=False, cwd=here)
     except OSError:
         return ""
+    commit = head.stdout.strip()
+    return commit + ("-dirty" if commit and dirty.stdout.strip() else "")
 
 
 def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     overlays: dict[str, Any] = {}
     t_start = time.perf_counter()
+    commit = git_commit()  # taken before the run: the code that produced the numbers
     has_torch = True
     try:
         import torch  # noqa: F401
@@ -190,7 +195,7 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print) -> 
         adapter.close()
         scorer.close()
     summary = summarize(records, cfg)
-    result = {"commit": git_commit(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    result = {"commit": commit, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "config": asdict(cfg), "wall_s": time.perf_counter() - t_start, "summary": summary,
               "goals": goals(summary, cfg), "records": records}
     write_outputs(result, overlays, out_dir)
