@@ -30,8 +30,8 @@ class Explanation:
     warnings : what makes this map weak (the answer hardly moved under masking, every weight zero).
     response_sd : kernel-weighted standard deviation of P(target) over the queried samples.
     lambda1_effective : the L1 weight the surrogate used (``lambda1`` times ``response_sd`` by default).
-    lambda1_capped : whether ``lambda1_cap`` lowered that weight (the configured one would have kept
-        almost no patch).
+    lambda1_capped : whether ``lambda1_cap`` lowered that weight (the configured weight would have
+        kept few or no patches).
     model : the classifier's metadata.
     samples : with ``explain(..., keep_samples=True)``: the queried design, for audits and for refitting
         the surrogate: ``visible`` bool (n, P), ``probs`` float64 (n, K), ``kernel`` float64 (n,).
