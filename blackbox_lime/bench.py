@@ -433,10 +433,15 @@ def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
     return BenchConfig(**kw), Path(a.out)
 
 
+def _saved_config(config: dict[str, Any]) -> BenchConfig:
+    """The BenchConfig of a results.json (JSON stores its tuples as lists)."""
+    return BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
 def render(results_json: Path) -> str:
     """Re-derive the goals and the markdown table from a saved results.json (no explanations are run)."""
     result = json.loads(results_json.read_text())
-    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in result["config"].items()})
+    cfg = _saved_config(result["config"])
     result["goals"] = goals(result["summary"], cfg)
     return markdown(result)
 
@@ -468,7 +473,7 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
             records.append(r)
         models += [m for m in part["config"]["models"] if m not in models]
         modalities += [m for m in part["config"]["modalities"] if m not in modalities]
-    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in base.items()})
+    cfg = _saved_config(base)
     cfg.models, cfg.modalities = tuple(models), tuple(modalities)
     summary = summarize(records, cfg)
     result = {"commit": ", ".join(dict.fromkeys(p["commit"] for p in parts)), "machine": parts[0]["machine"],
@@ -480,12 +485,10 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--render"]:
-        print(render(Path(argv[1])))
-        return 0
     a = _parser().parse_args(argv)
+    if a.render:
+        print(render(Path(a.render)))
+        return 0
     if a.merge:
         try:
             result = merge([Path(x) for x in a.merge], Path(a.out))

@@ -23,7 +23,7 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explanation import Explanation
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
-from blackbox_lime.surrogate import SparseSurrogate
+from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,7 @@ class Explainer:
             target = int(np.argmax(probs[0]))
         t = time.perf_counter()
         ref, neighbours = (np.zeros(grid.n_patches), []) if self.reference is None else self.reference(image)
-        hidden_frac = 1.0 - visible.mean(axis=1)
-        weights = np.exp(-(hidden_frac ** 2) / cfg.kernel_width ** 2)
+        weights = proximity_kernel(visible, cfg.kernel_width)
         y = probs[:, target]
         model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
                                 lambda1_cap=cfg.lambda1_cap).fit(

@@ -36,6 +36,12 @@ def _blas_threads_for(p: int) -> contextlib.AbstractContextManager:
     return _controller().limit(limits=1, user_api="blas")
 
 
+def proximity_kernel(visible: np.ndarray, kernel_width: float) -> np.ndarray:
+    """pi(m) = exp(-D(m, 1)^2 / sigma^2) per sample, D = the fraction of hidden patches; visible: (n, P)."""
+    hidden_frac = 1.0 - np.asarray(visible).mean(axis=1)
+    return np.exp(-(hidden_frac ** 2) / kernel_width ** 2)
+
+
 class ConvergenceWarning(UserWarning):
     """The surrogate solver stopped before meeting its tolerance."""
 

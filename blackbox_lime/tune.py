@@ -34,7 +34,7 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import consistency, pixel_auprc
 from blackbox_lime.models import bundled_model
-from blackbox_lime.surrogate import SparseSurrogate
+from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
 
 LAMBDA1 = {"absolute": (1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2),
            "response": (0.003, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)}
@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         for d in designs:
             maps = []
             for s in d["runs"]:
-                hidden = 1.0 - s["visible"].mean(axis=1)
-                kern = np.exp(-(hidden ** 2) / width ** 2)
-                coef = SparseSurrogate(lam, 0.0, lambda1_scale=scale, lambda1_cap=cap).fit(s["visible"].astype(np.float64),
-                                                                          s["probs"][:, target], kern).coef_
+                surrogate = SparseSurrogate(lam, 0.0, lambda1_scale=scale, lambda1_cap=cap)
+                coef = surrogate.fit(s["visible"].astype(np.float64), s["probs"][:, target],
+                                     proximity_kernel(s["visible"], width)).coef_
                 maps.append(grid.upsample(coef, d["mask"].shape))
             aucs.append(pixel_auprc(maps[0], d["mask"]))
             cons.append(consistency(maps))
