@@ -17,6 +17,10 @@ split once. The JSON records the git commit, the configuration and every per-ima
 
 Outputs in ``--out`` (default ``bench_out/bench``): ``table.md``, ``results.json``,
 ``auprc_vs_queries.png`` and ``overlays.png`` (every method on the same cases).
+
+Long runs: every finished case is checkpointed in ``--out`` (``checkpoint.jsonl``); a run that
+stops goes on where it stopped with the same command plus ``--resume``. Runs over different
+models or modalities join with ``--merge``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 
 from adapters.onnx import OnnxAdapter
 from blackbox_lime import baselines
+from blackbox_lime.bench_checkpoint import Checkpoint, CheckpointError
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
@@ -134,17 +139,25 @@ def git_commit() -> str:
     return commit + ("-dirty" if commit and dirty.stdout.strip() else "")
 
 
-def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:
+    """Run the benchmark; every finished case is checkpointed in ``out_dir`` (see bench_checkpoint).
+
+    With ``resume`` a run that stopped goes on from its checkpoint (same configuration only);
+    without it, an unfinished run in ``out_dir`` is refused rather than overwritten.
+    """
     records: list[dict[str, Any]] = []
     overlays: dict[str, Any] = {}
     t_start = time.perf_counter()
     commit = git_commit()  # taken before the run: the code that produced the numbers
+    checkpoint = Checkpoint(out_dir, asdict(cfg), commit, resume, log)
     has_torch = True
     try:
         import torch  # noqa: F401
     except ImportError:
         has_torch = False
         log("torch is not installed: Grad-CAM (white-box) is skipped; install the train extra for it.")
+    n_total = len(cfg.models) * len(cfg.modalities) * cfg.images
+    n_done = n_new = 0
     for arch in cfg.models:
         adapter = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))
         scorer = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))  # the metrics' queries are not the method's cost
@@ -152,53 +165,76 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print) -> 
         for modality in cfg.modalities:
             cases = abnormal_cases(modality, cfg.split, cfg.images)
             for ci, ph in enumerate(cases):
-                image, mask = ph.image, ph.mask
-                for name in cfg.methods:
-                    kind, budgeted = METHODS[name]
-                    if kind == "gradcam" and not has_torch:
-                        continue
-                    budgets: tuple[int | None, ...] = (None,)
-                    if budgeted:
-                        budgets = cfg.budgets if cfg.all_budget_methods is None or name in cfg.all_budget_methods \
-                            else (cfg.consistency_budget,)
-                    for budget in budgets:
-                        seeds = [0]
-                        if ci < cfg.consistency_images and name in cfg.consistency_methods and \
-                                (budget == cfg.consistency_budget or not budgeted):
-                            seeds = list(range(cfg.seeds))
-                        maps = []
-                        for seed in seeds:
-                            q0, r0 = adapter.queries, adapter.requests
-                            t0 = time.perf_counter()
-                            sal = run_method(name, image, adapter, budget, seed, torch_model, arch)
-                            wall = time.perf_counter() - t0
-                            maps.append(sal)
-                            if seed == 0:
-                                rec = {"model": arch, "modality": modality, "split": cfg.split, "case": ph.index,
-                                       "method": name, "budget": budget, "queries": adapter.queries - q0,
-                                       "requests": adapter.requests - r0, "wall_s": wall,
-                                       "auprc": pixel_auprc(sal, mask), "lesion_fraction": float(mask.mean())}
-                                curves = perturbation_curves(image, sal, scorer.predict, adapter.info.abnormal_index,
-                                                             steps=cfg.curve_steps)
-                                rec.update(morf=curves["morf_auc"], lerf=curves["lerf_auc"])
-                        if len(maps) > 1:
-                            rec["consistency"] = consistency(maps)
-                        records.append(rec)
-                        if ci < cfg.overlay_cases and (budget in (None, cfg.consistency_budget)):
-                            overlays.setdefault(f"{arch}/{modality}/{ph.index}", {"image": image, "mask": mask, "maps": {}})
-                            overlays[f"{arch}/{modality}/{ph.index}"]["maps"][name] = maps[0]
-                log(f"[{time.perf_counter() - t_start:6.0f}s] {arch} {modality} case {ph.index}: "
-                    + ", ".join(f"{r['method'].split(' ')[0]}@{r['budget']}={r['auprc']:.3f}"
-                                for r in records if r["case"] == ph.index and r["model"] == arch
-                                and r["modality"] == modality and r["budget"] in (None, cfg.consistency_budget)))
+                key = f"{arch}/{modality}/{ph.index}"
+                if checkpoint.done(arch, modality, ph.index):
+                    case_records = checkpoint.records(arch, modality, ph.index)
+                    overlay = checkpoint.overlay(arch, modality, ph.index)
+                else:
+                    t_case = time.perf_counter()
+                    case_records, overlay = _run_case(cfg, ci, ph, arch, modality, adapter, scorer, torch_model,
+                                                      has_torch)
+                    checkpoint.add(arch, modality, ph.index, case_records, time.perf_counter() - t_case, overlay)
+                    n_new += 1
+                records += case_records
+                if overlay is not None:
+                    overlays[key] = overlay
+                n_done += 1
+                elapsed = time.perf_counter() - t_start
+                eta = elapsed / max(n_new, 1) * (n_total - n_done) / 60
+                log(f"[{elapsed:6.0f}s] {n_done}/{n_total} (about {eta:.0f} min left) {arch} {modality} case "
+                    f"{ph.index}: " + ", ".join(f"{r['method'].split(' ')[0]}@{r['budget']}={r['auprc']:.3f}"
+                                              for r in case_records if r["budget"] in (None, cfg.consistency_budget)))
         adapter.close()
         scorer.close()
     summary = summarize(records, cfg)
-    result = {"commit": commit, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "config": asdict(cfg), "wall_s": time.perf_counter() - t_start, "summary": summary,
-              "goals": goals(summary, cfg), "records": records}
+    result = {"commit": checkpoint.commit(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "config": asdict(cfg), "wall_s": checkpoint.wall_s(),  # the cases' times, over every resumed part
+              "summary": summary, "goals": goals(summary, cfg), "records": records}
     write_outputs(result, overlays, out_dir)
+    checkpoint.remove()
     return result
+
+
+def _run_case(cfg: BenchConfig, ci: int, ph: Any, arch: str, modality: str, adapter: OnnxAdapter,
+              scorer: OnnxAdapter, torch_model: Any, has_torch: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every method at every budget on one case: its records, and its overlay maps if it is drawn."""
+    image, mask = ph.image, ph.mask
+    records: list[dict[str, Any]] = []
+    overlay: dict[str, Any] | None = {"image": image, "mask": mask, "maps": {}} if ci < cfg.overlay_cases else None
+    for name in cfg.methods:
+        kind, budgeted = METHODS[name]
+        if kind == "gradcam" and not has_torch:
+            continue
+        budgets: tuple[int | None, ...] = (None,)
+        if budgeted:
+            budgets = cfg.budgets if cfg.all_budget_methods is None or name in cfg.all_budget_methods \
+                else (cfg.consistency_budget,)
+        for budget in budgets:
+            seeds = [0]
+            if ci < cfg.consistency_images and name in cfg.consistency_methods and \
+                    (budget == cfg.consistency_budget or not budgeted):
+                seeds = list(range(cfg.seeds))
+            maps = []
+            for seed in seeds:
+                q0, r0 = adapter.queries, adapter.requests
+                t0 = time.perf_counter()
+                sal = run_method(name, image, adapter, budget, seed, torch_model, arch)
+                wall = time.perf_counter() - t0
+                maps.append(sal)
+                if seed == 0:
+                    rec = {"model": arch, "modality": modality, "split": cfg.split, "case": ph.index,
+                           "method": name, "budget": budget, "queries": adapter.queries - q0,
+                           "requests": adapter.requests - r0, "wall_s": wall,
+                           "auprc": pixel_auprc(sal, mask), "lesion_fraction": float(mask.mean())}
+                    curves = perturbation_curves(image, sal, scorer.predict, adapter.info.abnormal_index,
+                                                 steps=cfg.curve_steps)
+                    rec.update(morf=curves["morf_auc"], lerf=curves["lerf_auc"])
+            if len(maps) > 1:
+                rec["consistency"] = consistency(maps)
+            records.append(rec)
+            if overlay is not None and budget in (None, cfg.consistency_budget):
+                overlay["maps"][name] = maps[0]
+    return records, overlay if overlay and overlay["maps"] else None
 
 
 def _group(records: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
@@ -402,6 +438,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", metavar="RESULTS_JSON", nargs="+", default=None,
                    help="join runs that differ only in --models/--modalities (the full protocol run in pieces) "
                         "into one table in --out; no explanations are run")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with the unfinished run in --out (every finished case is checkpointed there)")
     return p
 
 
@@ -499,7 +537,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg, out = _config(a)
     os.environ.setdefault("TQDM_DISABLE", "1")  # lime draws a progress bar per explanation
-    result = run(cfg, out, log=lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        result = run(cfg, out, log=lambda s: print(s, file=sys.stderr, flush=True), resume=a.resume)
+    except CheckpointError as e:  # an unfinished run in --out, or a checkpoint of another configuration
+        print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
+        return 2
     print(markdown(result))
     print(f"\nwrote {out / 'table.md'}, {out / 'results.json'}, {out / 'auprc_vs_queries.png'}, {out / 'overlays.png'} "
           f"in {result['wall_s'] / 60:.1f} min", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,3 +180,55 @@ def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: P
                                          r"--models and --modalities may differ between joined runs\."):
         bench.merge([parts[0], tmp_path / "val.json"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    from blackbox_lime import bench
+
+    cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), images=2, budgets=(24,), seeds=2,
+                            consistency_images=1, consistency_budget=24, curve_steps=4, n_boot=50,
+                            methods=("MedLIME", "Random"))
+    once = bench.run(cfg, tmp_path / "once", log=lambda s: None)
+
+    class Stopped(Exception):
+        pass
+
+    def stop_after_the_first_case(line: str) -> None:
+        if " 1/2 " in line:
+            raise Stopped
+
+    out = tmp_path / "parts"
+    with pytest.raises(Stopped):
+        bench.run(cfg, out, log=stop_after_the_first_case)
+    assert not (out / "results.json").exists() and (out / "checkpoint.jsonl").exists()
+    assert bench.main(["--models", "cnn", "--modalities", "chest_xray", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"blackbox-lime bench: error: {out} holds an unfinished benchmark run; "
+                                       "add --resume to go on with it, or choose another --out.\n")
+    with pytest.raises(bench.CheckpointError, match=r"checkpoint\.jsonl was started with budgets=\[24\], this run "
+                                                    r"has \[48\]; resume with the same options, or choose another "
+                                                    r"--out\."):
+        bench.run(bench.BenchConfig(**{**cfg.__dict__, "budgets": (48,)}), out, log=lambda s: None, resume=True)
+    with open(out / "checkpoint.jsonl", "a") as f:
+        f.write('{"model": "cnn", "modality": "chest_x')  # killed while writing the second case's line
+
+    calls: list[tuple[str, int | None, int]] = []
+    run_method = bench.run_method
+
+    def counting(name: str, image: np.ndarray, adapter: Any, budget: int | None, seed: int, *rest: Any) -> np.ndarray:
+        calls.append((name, budget, seed))
+        return run_method(name, image, adapter, budget, seed, *rest)
+
+    monkeypatch.setattr(bench, "run_method", counting)
+    log: list[str] = []
+    resumed = bench.run(cfg, out, log=log.append, resume=True)
+    assert calls == [("MedLIME", 24, 0), ("Random", None, 0)]  # only the second case, with one seed
+    assert any("dropping a half-written last line" in line for line in log)
+
+    def without_wall(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+    assert without_wall(resumed["records"]) == without_wall(once["records"])
+    assert [r["auprc"] for r in resumed["summary"]] == [r["auprc"] for r in once["summary"]]
+    assert sorted(p.name for p in out.iterdir()) == ["auprc_vs_queries.png", "overlays.png", "results.json", "table.md"]
