@@ -40,7 +40,7 @@ import numpy as np
 
 from adapters.onnx import OnnxAdapter
 from blackbox_lime import baselines
-from blackbox_lime.bench_checkpoint import Checkpoint, CheckpointError
+from blackbox_lime.bench_checkpoint import Checkpoint, CheckpointError, config_difference
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
@@ -498,10 +498,10 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
     models: list[str] = []
     modalities: list[str] = []
     for path, part in zip(results_paths, parts, strict=True):
-        for key in base:
-            if key not in ("models", "modalities") and part["config"].get(key) != base[key]:
-                raise ValueError(f"{path} was run with {key}={part['config'].get(key)!r}, the first run with "
-                                 f"{base[key]!r}; only --models and --modalities may differ between joined runs.")
+        differs = config_difference(base, part["config"], ignore=("models", "modalities"))
+        if differs is not None:
+            raise ValueError(f"{path} was run with {differs}={part['config'].get(differs)!r}, the first run with "
+                             f"{base.get(differs)!r}; only --models and --modalities may differ between joined runs.")
         for r in part["records"]:
             key = (r["model"], r["modality"], r["case"], r["method"], r["budget"])
             if key in seen:

@@ -28,6 +28,12 @@ class CheckpointError(ValueError):
     """An unfinished run is in the way, or a checkpoint cannot be resumed; the message says what to do."""
 
 
+def config_difference(first: dict[str, Any], other: dict[str, Any], ignore: tuple[str, ...] = ()) -> str | None:
+    """The first option (outside ``ignore``) on which two run configurations differ, compared as saved in JSON."""
+    a, b = json.loads(json.dumps(first, default=float)), json.loads(json.dumps(other, default=float))
+    return next((k for k in dict.fromkeys([*a, *b]) if k not in ignore and a.get(k) != b.get(k)), None)
+
+
 def case_key(model: str, modality: str, case: int) -> tuple[str, str, int]:
     return (model, modality, int(case))
 
@@ -66,12 +72,11 @@ class Checkpoint:
                 log(f"{self.path}: dropping a half-written last line (that case runs again)")
         if not parsed or "config" not in parsed[0]:
             raise CheckpointError(f"{self.path} has no header line; remove it to start the run afresh.")
-        saved = json.loads(json.dumps(parsed[0]["config"], default=float))
-        current = json.loads(json.dumps(config, default=float))
-        for key in sorted(set(saved) | set(current)):
-            if saved.get(key) != current.get(key):
-                raise CheckpointError(f"{self.path} was started with {key}={saved.get(key)!r}, this run has "
-                                 f"{current.get(key)!r}; resume with the same options, or choose another --out.")
+        saved, current = parsed[0]["config"], json.loads(json.dumps(config, default=float))
+        key = config_difference(saved, current)
+        if key is not None:
+            raise CheckpointError(f"{self.path} was started with {key}={saved.get(key)!r}, this run has "
+                                  f"{current.get(key)!r}; resume with the same options, or choose another --out.")
         self.commits = [parsed[0]["commit"]]
         for c in parsed[1:]:
             self.cases[case_key(c["model"], c["modality"], c["case"])] = c
