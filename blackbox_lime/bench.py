@@ -186,10 +186,9 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
                                               for r in case_records if r["budget"] in (None, cfg.consistency_budget)))
         adapter.close()
         scorer.close()
-    summary = summarize(records, cfg)
     result = {"commit": checkpoint.commit(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "config": asdict(cfg), "wall_s": checkpoint.wall_s(),  # the cases' times, over every resumed part
-              "summary": summary, "goals": goals(summary, cfg), "records": records}
+              **derive(records, cfg), "records": records}
     write_outputs(result, overlays, out_dir)
     checkpoint.remove()
     return result
@@ -261,6 +260,46 @@ def summarize(records: list[dict[str, Any]], cfg: BenchConfig) -> list[dict[str,
     return rows
 
 
+def paired_differences(records: list[dict[str, Any]], cfg: BenchConfig, reference: str = "MedLIME") -> list[dict[str, Any]]:
+    """``reference`` minus every other method on the same cases, at the consistency budget.
+
+    Per-method CIs overlap whenever the cases differ more from each other than the methods do (a
+    small lesion is hard for everyone), which hides a consistent gap. The difference on each case,
+    bootstrapped over cases, is the fair test of "better": for AUPRC and LeRF a difference > 0
+    favours the reference, for MoRF one < 0 does. Budget-free methods (occlusion, Grad-CAM, random)
+    are paired at their natural cost.
+    """
+    b = cfg.consistency_budget
+    by: dict[tuple[str, int | None], dict[tuple[Any, ...], dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault((r["method"], r["budget"]), {})[(r["model"], r["modality"], r["case"])] = r
+    ref = by.get((reference, b), {})
+    rows = []
+    for method in METHODS:
+        other = by.get((method, b if METHODS[method][1] else None))
+        if method == reference or other is None:
+            continue
+        cases = [k for k in ref if k in other]
+        if not cases:
+            continue
+        row: dict[str, Any] = {"method": method, "budget": b if METHODS[method][1] else None, "n": len(cases)}
+        for metric in ("auprc", "morf", "lerf"):
+            row[metric] = bootstrap_ci([ref[k][metric] - other[k][metric] for k in cases], cfg.n_boot)
+        rows.append(row)
+    return rows
+
+
+def _verdict(ci: tuple[float, float, float], better: int) -> str:
+    """Whether a paired CI (reference minus other) is better, worse or not distinguishable."""
+    if not np.isfinite(ci[0]):
+        return "not measured"
+    if better * ci[1] > 0 and better * ci[2] > 0:
+        return "better"
+    if better * ci[1] < 0 and better * ci[2] < 0:
+        return "worse"
+    return "not distinguishable"
+
+
 def _mean(summary: list[dict[str, Any]], method: str, budget: int | None, group: str = "all",
           metric: str = "auprc") -> float:
     for r in summary:
@@ -269,7 +308,8 @@ def _mean(summary: list[dict[str, Any]], method: str, budget: int | None, group:
     return float("nan")
 
 
-def goals(summary: list[dict[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
+def goals(summary: list[dict[str, Any]], cfg: BenchConfig,
+          paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     b = cfg.consistency_budget
     med, lime = _mean(summary, "MedLIME", b), _mean(summary, "LIME (lime package)", b)
     out: dict[str, Any] = {
@@ -291,6 +331,14 @@ def goals(summary: list[dict[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
         lo, hi = min(x[1] for x in bb), max(x[2] for x in bb)
         out["lowest_morf_black_box"] = ", ".join(x[0] for x in bb if x[1] <= lo + 0.005) + f" ({lo:.3f})"
         out["highest_lerf_black_box"] = ", ".join(x[0] for x in bb if x[2] >= hi - 0.005) + f" ({hi:.3f})"
+        rivals = {p["method"]: p for p in paired or [] if p["method"] in BLACK_BOX}
+        for metric, better, pick in (("morf", -1, min), ("lerf", 1, max)):
+            others = [x for x in bb if x[0] != "MedLIME" and x[0] in rivals]
+            if others:  # MedLIME against the best of the others, on the same cases
+                best = pick(others, key=lambda x: x[1] if metric == "morf" else x[2])[0]
+                ci = rivals[best][metric]
+                out[f"medlime_{metric}_vs_best_other"] = (f"{best}: Δ {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}], "
+                                                         f"{_verdict(ci, better)}")
     cons = [r for r in summary if r["method"] == "MedLIME" and r["budget"] == b and r["group"] == "all"]
     out["medlime_consistency"] = cons[0]["consistency"][0] if cons and cons[0]["consistency"] else float("nan")
     target = lime
@@ -334,6 +382,9 @@ def markdown(result: dict[str, Any]) -> str:
               f"- removing GM lowers AUPRC: {g['gm_removal_lowers_auprc']}; STTA, EBR: not built yet",
               f"- lowest MoRF among black-box methods: {g.get('lowest_morf_black_box')}; "
               f"highest LeRF: {g.get('highest_lerf_black_box')}",
+              f"- paired on the same cases, MedLIME minus the best other black-box method: MoRF "
+              f"{g.get('medlime_morf_vs_best_other', 'not measured')}; "
+              f"LeRF {g.get('medlime_lerf_vs_best_other', 'not measured')}",
               f"- MedLIME consistency: {g['medlime_consistency']:.3f} (goal ≥ 0.9)",
               f"- queries MedLIME needs to reach lime's {cfg['consistency_budget']}-query AUPRC: "
               f"{g['medlime_queries_to_reach_lime_1000']} "
@@ -342,6 +393,15 @@ def markdown(result: dict[str, Any]) -> str:
         v = g[f"medlime_vs_gradcam_{arch}"]
         pairs = ", ".join(f"{m}: {v[2 * i]:.3f} vs {v[2 * i + 1]:.3f}" for i, m in enumerate(cfg["modalities"]))
         lines.append(f"- MedLIME vs Grad-CAM AUPRC on the {arch.upper()}: {pairs}")
+    paired = result.get("paired") or []
+    if paired:
+        lines += ["", f"MedLIME minus each method on the same cases, at {cfg['consistency_budget']} queries "
+                      "(occlusion, Grad-CAM and random at their natural cost); mean [95 % paired bootstrap CI]. "
+                      "AUPRC and LeRF: > 0 favours MedLIME; MoRF: < 0 does.", "",
+                  "| method | cases | Δ AUPRC | Δ MoRF | Δ LeRF |", "|---|---|---|---|---|"]
+        for p in paired:
+            lines.append(f"| {p['method']} | {p['n']} | " + " | ".join(
+                f"{_fmt(p[m], 3)} ({_verdict(p[m], -1 if m == 'morf' else 1)})" for m in ("auprc", "morf", "lerf")) + " |")
     return "\n".join(lines)
 
 
@@ -471,16 +531,22 @@ def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
     return BenchConfig(**kw), Path(a.out)
 
 
+def derive(records: list[dict[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
+    """Every number computed from the per-case records: the summary, the paired differences, the goals."""
+    summary = summarize(records, cfg)
+    paired = paired_differences(records, cfg)
+    return {"summary": summary, "paired": paired, "goals": goals(summary, cfg, paired)}
+
+
 def _saved_config(config: dict[str, Any]) -> BenchConfig:
     """The BenchConfig of a results.json (JSON stores its tuples as lists)."""
     return BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
 def render(results_json: Path) -> str:
-    """Re-derive the goals and the markdown table from a saved results.json (no explanations are run)."""
+    """Re-derive the numbers and the markdown table from a saved results.json (no explanations are run)."""
     result = json.loads(results_json.read_text())
-    cfg = _saved_config(result["config"])
-    result["goals"] = goals(result["summary"], cfg)
+    result.update(derive(result["records"], _saved_config(result["config"])))
     return markdown(result)
 
 
@@ -513,11 +579,9 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
         modalities += [m for m in part["config"]["modalities"] if m not in modalities]
     cfg = _saved_config(base)
     cfg.models, cfg.modalities = tuple(models), tuple(modalities)
-    summary = summarize(records, cfg)
     result = {"commit": ", ".join(dict.fromkeys(p["commit"] for p in parts)), "machine": parts[0]["machine"],
               "merged_from": [str(p) for p in results_paths], "config": asdict(cfg),
-              "wall_s": sum(p["wall_s"] for p in parts), "summary": summary, "goals": goals(summary, cfg),
-              "records": records}
+              "wall_s": sum(p["wall_s"] for p in parts), **derive(records, cfg), "records": records}
     write_outputs(result, {}, out_dir)
     return result
 

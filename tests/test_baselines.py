@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,38 @@ def test_kernel_shap_with_telea_fill_is_efficient(model: OnnxAdapter, image: np.
     assert phi.sum() == pytest.approx(f_image - f_empty, abs=1e-6)
     with pytest.raises(ValueError, match="The 'fill' parameter must be 'mean' or 'telea'. Got 'blur' instead."):
         baselines.kernel_shap_values(image, model, 1, 150, np.random.default_rng(0), fill="blur")
+
+
+def test_paired_differences_find_a_consistent_gap_that_overlapping_cis_hide() -> None:
+    from blackbox_lime import bench
+
+    cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), budgets=(100,), consistency_budget=100,
+                            n_boot=500)
+    rng = np.random.default_rng(0)
+    hardness = rng.uniform(0.1, 0.9, 20)  # cases differ far more than the methods do
+    records = []
+    for case, h in enumerate(hardness):
+        for method, budget, shift in (("MedLIME", 100, 0.02), ("LIME (lime package)", 100, 0.0),
+                                      ("LIME (lime package)", 500, 0.5), ("Random", None, -0.3)):
+            records.append({"model": "cnn", "modality": "chest_xray", "case": case, "method": method, "budget": budget,
+                            "auprc": h + shift, "morf": h - shift, "lerf": h + shift * (case % 2),
+                            "queries": budget or 197, "requests": 1, "wall_s": 1.0})
+    out = bench.derive(records, cfg)
+    rows = {r["method"]: r for r in out["paired"]}
+    assert set(rows) == {"LIME (lime package)", "Random"}  # the reference is not paired with itself
+    lime = rows["LIME (lime package)"]
+    assert lime["n"] == 20 and lime["budget"] == 100  # paired at the reference's budget, not 500
+    assert lime["auprc"] == pytest.approx((0.02, 0.02, 0.02)) and lime["morf"] == pytest.approx((-0.02, -0.02, -0.02))
+    assert rows["Random"]["budget"] is None and rows["Random"]["auprc"][0] == pytest.approx(0.32)
+    by = {(r["method"], r["budget"]): r["auprc"] for r in out["summary"] if r["group"] == "all"}
+    assert by[("MedLIME", 100)][1] < by[("LIME (lime package)", 100)][2]  # the per-method CIs overlap
+    assert out["goals"]["medlime_morf_vs_best_other"] == "LIME (lime package): Δ -0.020 [-0.020, -0.020], better"
+    lerf = out["goals"]["medlime_lerf_vs_best_other"]  # +0.02 on half the cases, 0 on the others
+    assert lerf.startswith("LIME (lime package): Δ +0.010 [+0.00") and lerf.endswith("], better")
+    assert bench._verdict((0.01, -0.005, 0.02), 1) == "not distinguishable"
+    assert bench._verdict((-0.03, -0.05, -0.01), -1) == "better" and bench._verdict((0.03, 0.01, 0.05), -1) == "worse"
+    md = bench.markdown({"config": asdict(cfg), "records": records, **out})
+    assert "| LIME (lime package) | 20 | 0.020 [0.020, 0.020] (better) | -0.020 [-0.020, -0.020] (better) |" in md
 
 
 def test_bench_options_override_the_quick_configuration() -> None:
