@@ -260,6 +260,11 @@ def summarize(records: list[dict[str, Any]], cfg: BenchConfig) -> list[dict[str,
     return rows
 
 
+def _budget(method: str, budget: int) -> int | None:
+    """The budget a method's records carry: ``budget`` for the query-budgeted ones, None for natural cost."""
+    return budget if METHODS[method][1] else None
+
+
 def paired_differences(records: list[dict[str, Any]], cfg: BenchConfig, reference: str = "MedLIME") -> list[dict[str, Any]]:
     """``reference`` minus every other method on the same cases, at the consistency budget.
 
@@ -276,13 +281,13 @@ def paired_differences(records: list[dict[str, Any]], cfg: BenchConfig, referenc
     ref = by.get((reference, b), {})
     rows = []
     for method in METHODS:
-        other = by.get((method, b if METHODS[method][1] else None))
+        other = by.get((method, _budget(method, b)))
         if method == reference or other is None:
             continue
         cases = [k for k in ref if k in other]
         if not cases:
             continue
-        row: dict[str, Any] = {"method": method, "budget": b if METHODS[method][1] else None, "n": len(cases)}
+        row: dict[str, Any] = {"method": method, "budget": _budget(method, b), "n": len(cases)}
         for metric in ("auprc", "morf", "lerf"):
             row[metric] = bootstrap_ci([ref[k][metric] - other[k][metric] for k in cases], cfg.n_boot)
         rows.append(row)
@@ -324,8 +329,8 @@ def goals(summary: list[dict[str, Any]], cfg: BenchConfig,
         per = [(_mean(summary, "MedLIME", b, f"{arch}/{m}"), _mean(summary, "Grad-CAM (white-box)", None, f"{arch}/{m}"))
                for m in cfg.modalities]
         out[f"medlime_vs_gradcam_{arch}"] = [round(x, 4) for pair in per for x in pair]
-    bb = [(m, _mean(summary, m, b if METHODS[m][1] else None, metric="morf"),
-           _mean(summary, m, b if METHODS[m][1] else None, metric="lerf")) for m in BLACK_BOX]
+    bb = [(m, _mean(summary, m, _budget(m, b), metric="morf"), _mean(summary, m, _budget(m, b), metric="lerf"))
+          for m in BLACK_BOX]
     bb = [x for x in bb if np.isfinite(x[1])]
     if bb:  # report ties (within 0.005) rather than an arbitrary winner: LeRF saturates on these models
         lo, hi = min(x[1] for x in bb), max(x[2] for x in bb)
