@@ -182,7 +182,7 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
                 elapsed = time.perf_counter() - t_start
                 eta = elapsed / max(n_new, 1) * (n_total - n_done) / 60
                 log(f"[{elapsed:6.0f}s] {n_done}/{n_total} (about {eta:.0f} min left) {arch} {modality} case "
-                    f"{ph.index}: " + ", ".join(f"{r['method'].split(' ')[0]}@{r['budget']}={r['auprc']:.3f}"
+                    f"{ph.index}: " + "; ".join(f"{r['method']}@{r['budget']}={r['auprc']:.3f}"
                                               for r in case_records if r["budget"] in (None, cfg.consistency_budget)))
         adapter.close()
         scorer.close()
