@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -265,14 +265,15 @@ def _budget(method: str, budget: int) -> int | None:
     return budget if METHODS[method][1] else None
 
 
-def paired_differences(records: list[dict[str, Any]], cfg: BenchConfig, reference: str = "MedLIME") -> list[dict[str, Any]]:
+def paired_differences(records: list[dict[str, Any]], cfg: BenchConfig, reference: str = "MedLIME",
+                       methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``reference`` minus every other method on the same cases, at the consistency budget.
 
     Per-method CIs overlap whenever the cases differ more from each other than the methods do (a
     small lesion is hard for everyone), which hides a consistent gap. The difference on each case,
     bootstrapped over cases, is the fair test of "better": for AUPRC and LeRF a difference > 0
     favours the reference, for MoRF one < 0 does. Budget-free methods (occlusion, Grad-CAM, random)
-    are paired at their natural cost.
+    are paired at their natural cost. ``methods`` limits the comparison to those methods.
     """
     b = cfg.consistency_budget
     by: dict[tuple[str, int | None], dict[tuple[Any, ...], dict[str, Any]]] = {}
@@ -282,7 +283,7 @@ def paired_differences(records: list[dict[str, Any]], cfg: BenchConfig, referenc
     rows = []
     for method in METHODS:
         other = by.get((method, _budget(method, b)))
-        if method == reference or other is None:
+        if method == reference or other is None or (methods is not None and method not in methods):
             continue
         cases = [k for k in ref if k in other]
         if not cases:
@@ -313,8 +314,10 @@ def _mean(summary: list[dict[str, Any]], method: str, budget: int | None, group:
     return float("nan")
 
 
-def goals(summary: list[dict[str, Any]], cfg: BenchConfig,
-          paired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def goals(summary: list[dict[str, Any]], cfg: BenchConfig, paired: list[dict[str, Any]] | None = None,
+          gradcam_paired: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The issue's goals, judged on the summary; ``paired`` are MedLIME's paired differences over every
+    case, ``gradcam_paired`` those against Grad-CAM on each classifier's cases (the goal is per classifier)."""
     b = cfg.consistency_budget
     med, lime = _mean(summary, "MedLIME", b), _mean(summary, "LIME (lime package)", b)
     out: dict[str, Any] = {
@@ -329,6 +332,10 @@ def goals(summary: list[dict[str, Any]], cfg: BenchConfig,
         per = [(_mean(summary, "MedLIME", b, f"{arch}/{m}"), _mean(summary, "Grad-CAM (white-box)", None, f"{arch}/{m}"))
                for m in cfg.modalities]
         out[f"medlime_vs_gradcam_{arch}"] = [round(x, 4) for pair in per for x in pair]
+        for p in (gradcam_paired or {}).get(arch, []):
+            ci = p["auprc"]
+            out[f"medlime_vs_gradcam_{arch}_paired"] = (f"Δ {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] on {p['n']} cases, "
+                                                        f"{_verdict(ci, 1)}")
     bb = [(m, _mean(summary, m, _budget(m, b), metric="morf"), _mean(summary, m, _budget(m, b), metric="lerf"))
           for m in BLACK_BOX]
     bb = [x for x in bb if np.isfinite(x[1])]
@@ -397,7 +404,8 @@ def markdown(result: dict[str, Any]) -> str:
     for arch in cfg["models"]:
         v = g[f"medlime_vs_gradcam_{arch}"]
         pairs = ", ".join(f"{m}: {v[2 * i]:.3f} vs {v[2 * i + 1]:.3f}" for i, m in enumerate(cfg["modalities"]))
-        lines.append(f"- MedLIME vs Grad-CAM AUPRC on the {arch.upper()}: {pairs}")
+        both = g.get(f"medlime_vs_gradcam_{arch}_paired")
+        lines.append(f"- MedLIME vs Grad-CAM AUPRC on the {arch.upper()}: {pairs}" + (f"; paired {both}" if both else ""))
     paired = result.get("paired") or []
     if paired:
         lines += ["", f"MedLIME minus each method on the same cases, at {cfg['consistency_budget']} queries "
@@ -540,7 +548,9 @@ def derive(records: list[dict[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
     """Every number computed from the per-case records: the summary, the paired differences, the goals."""
     summary = summarize(records, cfg)
     paired = paired_differences(records, cfg)
-    return {"summary": summary, "paired": paired, "goals": goals(summary, cfg, paired)}
+    gradcam = {arch: paired_differences([r for r in records if r["model"] == arch], cfg,
+                                        methods=("Grad-CAM (white-box)",)) for arch in cfg.models}
+    return {"summary": summary, "paired": paired, "goals": goals(summary, cfg, paired, gradcam)}
 
 
 def _saved_config(config: dict[str, Any]) -> BenchConfig:

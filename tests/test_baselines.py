@@ -265,3 +265,25 @@ def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Pa
     assert without_wall(resumed["records"]) == without_wall(once["records"])
     assert [r["auprc"] for r in resumed["summary"]] == [r["auprc"] for r in once["summary"]]
     assert sorted(p.name for p in out.iterdir()) == ["auprc_vs_queries.png", "overlays.png", "results.json", "table.md"]
+
+
+def test_grad_cam_goal_is_judged_paired_on_each_classifier_s_own_cases() -> None:
+    from blackbox_lime import bench
+
+    cfg = bench.BenchConfig(models=("cnn", "vit"), modalities=("chest_xray",), budgets=(100,), consistency_budget=100,
+                            n_boot=500)
+    rng = np.random.default_rng(1)
+    records = []
+    for model, gap in (("cnn", 0.05), ("vit", -0.03)):  # MedLIME ahead of Grad-CAM on the CNN, behind on the ViT
+        for case, h in enumerate(rng.uniform(0.1, 0.9, 12)):
+            for method, budget, shift in (("MedLIME", 100, gap), ("Grad-CAM (white-box)", None, 0.0)):
+                records.append({"model": model, "modality": "chest_xray", "case": case, "method": method,
+                                "budget": budget, "auprc": h + shift, "morf": h, "lerf": h, "queries": budget or 0,
+                                "requests": 1, "wall_s": 1.0})
+    out = bench.derive(records, cfg)
+    g = out["goals"]
+    assert g["medlime_vs_gradcam_cnn_paired"] == "Δ +0.050 [+0.050, +0.050] on 12 cases, better"
+    assert g["medlime_vs_gradcam_vit_paired"] == "Δ -0.030 [-0.030, -0.030] on 12 cases, worse"
+    assert [p["n"] for p in out["paired"]] == [24]  # pooled over both classifiers, the gaps would blur to +0.010
+    md = bench.markdown({"config": asdict(cfg), "records": records, **out})
+    assert "on the VIT: chest_xray: " in md and "; paired Δ -0.030 [-0.030, -0.030] on 12 cases, worse" in md
