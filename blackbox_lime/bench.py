@@ -306,6 +306,11 @@ def _verdict(ci: tuple[float, float, float], better: int) -> str:
     return "not distinguishable"
 
 
+def _paired_text(ci: tuple[float, float, float], better: int, where: str = "") -> str:
+    """A paired difference as the goals state it: "Δ +0.020 [+0.010, +0.030]{where}, better"."""
+    return f"Δ {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]{where}, {_verdict(ci, better)}"
+
+
 def _mean(summary: list[dict[str, Any]], method: str, budget: int | None, group: str = "all",
           metric: str = "auprc") -> float:
     for r in summary:
@@ -332,10 +337,8 @@ def goals(summary: list[dict[str, Any]], cfg: BenchConfig, paired: list[dict[str
         per = [(_mean(summary, "MedLIME", b, f"{arch}/{m}"), _mean(summary, "Grad-CAM (white-box)", None, f"{arch}/{m}"))
                for m in cfg.modalities]
         out[f"medlime_vs_gradcam_{arch}"] = [round(x, 4) for pair in per for x in pair]
-        for p in (gradcam_paired or {}).get(arch, []):
-            ci = p["auprc"]
-            out[f"medlime_vs_gradcam_{arch}_paired"] = (f"Δ {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] on {p['n']} cases, "
-                                                        f"{_verdict(ci, 1)}")
+        for p in (gradcam_paired or {}).get(arch, []):  # at most one row: Grad-CAM on this classifier's cases
+            out[f"medlime_vs_gradcam_{arch}_paired"] = _paired_text(p["auprc"], 1, f" on {p['n']} cases")
     bb = [(m, _mean(summary, m, _budget(m, b), metric="morf"), _mean(summary, m, _budget(m, b), metric="lerf"))
           for m in BLACK_BOX]
     bb = [x for x in bb if np.isfinite(x[1])]
@@ -348,9 +351,7 @@ def goals(summary: list[dict[str, Any]], cfg: BenchConfig, paired: list[dict[str
             others = [x for x in bb if x[0] != "MedLIME" and x[0] in rivals]
             if others:  # MedLIME against the best of the others, on the same cases
                 best = pick(others, key=lambda x: x[1] if metric == "morf" else x[2])[0]
-                ci = rivals[best][metric]
-                out[f"medlime_{metric}_vs_best_other"] = (f"{best}: Δ {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}], "
-                                                         f"{_verdict(ci, better)}")
+                out[f"medlime_{metric}_vs_best_other"] = f"{best}: " + _paired_text(rivals[best][metric], better)
     cons = [r for r in summary if r["method"] == "MedLIME" and r["budget"] == b and r["group"] == "all"]
     out["medlime_consistency"] = cons[0]["consistency"][0] if cons and cons[0]["consistency"] else float("nan")
     target = lime
