@@ -506,6 +506,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list of methods run with 3 seeds, or 'all' (default: all; --quick: MedLIME)")
     p.add_argument("--consistency-images", type=int, default=None,
                    help="cases per (model, modality) explained with 3 seeds (default 5; --quick: 1)")
+    p.add_argument("--consistency-budget", type=int, default=None,
+                   help="the budget at which consistency is measured and the goals are judged; one of --budgets "
+                        "(default 1000)")
     p.add_argument("--out", default="bench_out/bench")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only re-render the table and goals from a saved results.json")
@@ -530,6 +533,12 @@ def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
         kw["consistency_images"] = a.consistency_images
     if a.budgets:
         kw["budgets"] = tuple(int(x) for x in a.budgets.split(","))
+    if a.consistency_budget is not None:
+        kw["consistency_budget"] = a.consistency_budget
+    budgets = kw.get("budgets", BenchConfig.budgets)
+    if kw.get("consistency_budget", BenchConfig.consistency_budget) not in budgets:
+        _parser().error(f"--consistency-budget {kw.get('consistency_budget', BenchConfig.consistency_budget)} "
+                        f"is not one of the budgets run ({','.join(map(str, budgets))}); add it to --budgets")
     if a.methods:
         names = tuple(x.strip() for x in a.methods.split(","))
         unknown = [n for n in names if n not in METHODS]

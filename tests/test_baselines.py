@@ -185,9 +185,24 @@ def test_paired_differences_find_a_consistent_gap_that_overlapping_cis_hide() ->
 def test_bench_options_override_the_quick_configuration() -> None:
     from blackbox_lime.bench import parse
 
-    cfg, out = parse(["--quick", "--consistency-images", "3", "--budgets", "250,500", "--out", "x"])
-    assert (cfg.consistency_images, cfg.budgets, cfg.images, str(out)) == (3, (250, 500), 3, "x")
+    cfg, out = parse(["--quick", "--consistency-images", "3", "--budgets", "250,500,1000", "--out", "x"])
+    assert (cfg.consistency_images, cfg.budgets, cfg.images, str(out)) == (3, (250, 500, 1000), 3, "x")
     assert parse(["--quick"])[0].consistency_images == 1 and parse([])[0].consistency_images == 5
+    assert parse(["--budgets", "1000,2000", "--consistency-budget", "2000"])[0].consistency_budget == 2000
+
+
+@pytest.mark.parametrize("argv", [["--budgets", "250,500"], ["--consistency-budget", "1500"]])
+def test_bench_refuses_a_consistency_budget_it_does_not_run(argv: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime.bench import parse
+
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    budgets = "250,500" if "250,500" in argv else "250,500,1000,2000"
+    wanted = "1000" if "250,500" in argv else "1500"
+    assert (f"error: --consistency-budget {wanted} is not one of the budgets run ({budgets}); add it to --budgets"
+            in capsys.readouterr().err)
 
 
 def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: Path) -> None:
