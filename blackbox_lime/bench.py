@@ -536,9 +536,10 @@ def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
     if a.consistency_budget is not None:
         kw["consistency_budget"] = a.consistency_budget
     budgets = kw.get("budgets", BenchConfig.budgets)
-    if kw.get("consistency_budget", BenchConfig.consistency_budget) not in budgets:
-        _parser().error(f"--consistency-budget {kw.get('consistency_budget', BenchConfig.consistency_budget)} "
-                        f"is not one of the budgets run ({','.join(map(str, budgets))}); add it to --budgets")
+    at = kw.get("consistency_budget", BenchConfig.consistency_budget)
+    if at not in budgets:
+        _parser().error(f"--consistency-budget {at} is not one of the budgets run ({','.join(map(str, budgets))}); "
+                        "add it to --budgets")
     if a.methods:
         names = tuple(x.strip() for x in a.methods.split(","))
         unknown = [n for n in names if n not in METHODS]

@@ -191,18 +191,17 @@ def test_bench_options_override_the_quick_configuration() -> None:
     assert parse(["--budgets", "1000,2000", "--consistency-budget", "2000"])[0].consistency_budget == 2000
 
 
-@pytest.mark.parametrize("argv", [["--budgets", "250,500"], ["--consistency-budget", "1500"]])
-def test_bench_refuses_a_consistency_budget_it_does_not_run(argv: list[str],
+@pytest.mark.parametrize("argv, message", [
+    (["--budgets", "250,500"], "--consistency-budget 1000 is not one of the budgets run (250,500)"),
+    (["--consistency-budget", "1500"], "--consistency-budget 1500 is not one of the budgets run (250,500,1000,2000)")])
+def test_bench_refuses_a_consistency_budget_it_does_not_run(argv: list[str], message: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from blackbox_lime.bench import parse
 
     with pytest.raises(SystemExit) as e:
         parse(argv)
     assert e.value.code == 2
-    budgets = "250,500" if "250,500" in argv else "250,500,1000,2000"
-    wanted = "1000" if "250,500" in argv else "1500"
-    assert (f"error: --consistency-budget {wanted} is not one of the budgets run ({budgets}); add it to --budgets"
-            in capsys.readouterr().err)
+    assert f"error: {message}; add it to --budgets" in capsys.readouterr().err
 
 
 def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: Path) -> None:
