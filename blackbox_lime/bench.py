@@ -157,7 +157,7 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
         has_torch = False
         log("torch is not installed: Grad-CAM (white-box) is skipped; install the train extra for it.")
     n_total = len(cfg.models) * len(cfg.modalities) * cfg.images
-    n_done = n_new = 0
+    n_done = 0
     for arch in cfg.models:
         adapter = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))
         scorer = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))  # the metrics' queries are not the method's cost
@@ -174,13 +174,12 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
                     case_records, overlay = _run_case(cfg, ci, ph, arch, modality, adapter, scorer, torch_model,
                                                       has_torch)
                     checkpoint.add(arch, modality, ph.index, case_records, time.perf_counter() - t_case, overlay)
-                    n_new += 1
                 records += case_records
                 if overlay is not None:
                     overlays[key] = overlay
                 n_done += 1
                 elapsed = time.perf_counter() - t_start
-                eta = elapsed / max(n_new, 1) * (n_total - n_done) / 60
+                eta = checkpoint.mean_case_s() * (n_total - n_done) / 60  # resumed cases count at what they took
                 log(f"[{elapsed:6.0f}s] {n_done}/{n_total} (about {eta:.0f} min left) {arch} {modality} case "
                     f"{ph.index}: " + "; ".join(f"{r['method']}@{r['budget']}={r['auprc']:.3f}"
                                               for r in case_records if r["budget"] in (None, cfg.consistency_budget)))

@@ -123,6 +123,10 @@ class Checkpoint:
     def wall_s(self) -> float:
         return float(sum(c["wall_s"] for c in self.cases.values()))
 
+    def mean_case_s(self) -> float:
+        """The mean time a finished case took, over every part of the run (0 before the first case)."""
+        return self.wall_s() / len(self.cases) if self.cases else 0.0
+
     def commit(self) -> str:
         return ", ".join(self.commits)
 

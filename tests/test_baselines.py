@@ -281,6 +281,19 @@ def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Pa
     assert sorted(p.name for p in out.iterdir()) == ["auprc_vs_queries.png", "overlays.png", "results.json", "table.md"]
 
 
+def test_resumed_run_estimates_time_left_from_the_cases_of_every_part(tmp_path: Path) -> None:
+    from blackbox_lime.bench_checkpoint import Checkpoint
+
+    first = Checkpoint(tmp_path, {"images": 4}, "abc", resume=False, log=lambda s: None)
+    assert first.mean_case_s() == 0.0
+    first.add("cnn", "chest_xray", 3, [], 10.0, None)
+    first.add("cnn", "chest_xray", 5, [], 30.0, None)
+    resumed = Checkpoint(tmp_path, {"images": 4}, "abc", resume=True, log=lambda s: None)
+    assert resumed.mean_case_s() == pytest.approx(20.0)  # not the near-zero time it takes to read them back
+    resumed.add("cnn", "chest_xray", 8, [], 50.0, None)
+    assert resumed.mean_case_s() == pytest.approx(30.0)
+
+
 def test_grad_cam_goal_is_judged_paired_on_each_classifier_s_own_cases() -> None:
     from blackbox_lime import bench
 
