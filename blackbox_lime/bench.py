@@ -59,10 +59,16 @@ METHODS: dict[str, tuple[str, bool]] = {
     "Occlusion (16 px)": ("occlusion", False),
     "Random": ("random", False),
     "Grad-CAM (white-box)": ("gradcam", False),
+    "MedLIME, blur fill (diagnostic)": ("medlime_blur", True),
 }
+# Run only when named in --methods: a diagnostic, not a rival. Its fill is a Gaussian blur of the
+# image (sigma 8 px), the same removal MoRF and LeRF use, so it shows how much of a MoRF/LeRF lead
+# comes from perturbing like the metric does.
+DIAGNOSTIC = ("MedLIME, blur fill (diagnostic)",)
+PROTOCOL = tuple(m for m in METHODS if m not in DIAGNOSTIC)
 KERNEL_SHAPS = tuple(m for m, (kind, _) in METHODS.items() if kind.startswith("kernel_shap"))
 NOT_BUILT = ("MedLIME w/o STTA", "MedLIME w/o EBR")  # STTA and EBR come in their own issues
-BLACK_BOX = [m for m in METHODS if m not in ("Random", "Grad-CAM (white-box)")]
+BLACK_BOX = [m for m in PROTOCOL if m not in ("Random", "Grad-CAM (white-box)")]
 
 
 @dataclass
@@ -71,12 +77,14 @@ class BenchConfig:
     models: tuple[str, ...] = ("cnn", "vit")
     modalities: tuple[str, ...] = ("chest_xray", "breast_us")
     images: int = 25  # abnormal cases per (model, modality)
+    first_case: int = 0  # skip this many abnormal cases first (held-out cases for a diagnostic run)
     budgets: tuple[int, ...] = (250, 500, 1000, 2000)
     seeds: int = 3
     consistency_images: int = 5  # per (model, modality), at the consistency budget
     consistency_budget: int = 1000
-    consistency_methods: tuple[str, ...] = tuple(m for m in METHODS if m not in ("Occlusion (16 px)", "Grad-CAM (white-box)"))
-    methods: tuple[str, ...] = tuple(METHODS)
+    consistency_methods: tuple[str, ...] = tuple(m for m in PROTOCOL if m not in ("Occlusion (16 px)",
+                                                                                  "Grad-CAM (white-box)"))
+    methods: tuple[str, ...] = PROTOCOL
     all_budget_methods: tuple[str, ...] | None = None  # None: every method at every budget; else the others
     # run only at consistency_budget
     curve_steps: int = 14
@@ -89,12 +97,15 @@ QUICK = dict(images=3, budgets=(250, 1000), consistency_images=1, consistency_me
              all_budget_methods=("MedLIME", "LIME (lime package)"))
 
 
-def abnormal_cases(modality: str, split: str, n: int) -> list[Any]:
-    out, i = [], 0
+def abnormal_cases(modality: str, split: str, n: int, first: int = 0) -> list[Any]:
+    """The split's abnormal phantoms (with a lesion in the mask) number ``first`` .. ``first + n - 1``, in index order."""
+    out, i, seen = [], 0, 0
     while len(out) < n:
         ph = make_phantom(modality, split, i)
         if ph.label == 1 and ph.mask.any():
-            out.append(ph)
+            if seen >= first:
+                out.append(ph)
+            seen += 1
         i += 1
     return out
 
@@ -104,8 +115,9 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, budget: int |
     kind = METHODS[name][0]
     rng = np.random.default_rng(seed)
     target = adapter.info.abnormal_index
-    if kind in ("medlime", "medlime_mean"):
-        cfg = ExplainConfig(n_samples=int(budget or 500), fill="mae" if kind == "medlime" else "mean")
+    if kind in ("medlime", "medlime_mean", "medlime_blur"):
+        fill = {"medlime": "mae", "medlime_mean": "mean", "medlime_blur": "blur"}[kind]
+        cfg = ExplainConfig(n_samples=int(budget or 500), fill=fill)
         return Explainer(adapter, cfg).explain(image, target=target, rng=rng).saliency
     if kind == "lime":
         return baselines.lime_package(image, adapter, target, int(budget or 1000), rng)
@@ -149,7 +161,7 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
     overlays: dict[str, Any] = {}
     t_start = time.perf_counter()
     commit = git_commit()  # taken before the run: the code that produced the numbers
-    checkpoint = Checkpoint(out_dir, asdict(cfg), commit, resume, log)
+    checkpoint = Checkpoint(out_dir, asdict(cfg), commit, resume, log, defaults=asdict(BenchConfig()))
     has_torch = True
     try:
         import torch  # noqa: F401
@@ -163,7 +175,7 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
         scorer = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))  # the metrics' queries are not the method's cost
         torch_model = baselines.load_torch_classifier(arch) if has_torch else None
         for modality in cfg.modalities:
-            cases = abnormal_cases(modality, cfg.split, cfg.images)
+            cases = abnormal_cases(modality, cfg.split, cfg.images, cfg.first_case)
             for ci, ph in enumerate(cases):
                 key = f"{arch}/{modality}/{ph.index}"
                 if checkpoint.done(arch, modality, ph.index):
@@ -368,7 +380,9 @@ def _fmt(ci: tuple[float, float, float] | None, digits: int = 3) -> str:
 def markdown(result: dict[str, Any]) -> str:
     cfg, summary = result["config"], result["summary"]
     groups = ["all"] + [f"{a}/{m}" for a in cfg["models"] for m in cfg["modalities"]]
-    lines = [f"Split `{cfg['split']}`, {cfg['images']} abnormal cases per (model, modality); mean [95 % bootstrap CI].", "",
+    first = cfg.get("first_case", 0)
+    which = f"abnormal cases {first + 1}–{first + cfg['images']}" if first else f"{cfg['images']} abnormal cases"
+    lines = [f"Split `{cfg['split']}`, {which} per (model, modality); mean [95 % bootstrap CI].", "",
              "| method | queries | AUPRC (all) | " + " | ".join(f"AUPRC {g}" for g in groups[1:])
              + " | MoRF ↓ | LeRF ↑ | consistency | requests | wall s (median) |",
              "|---|---|---|" + "---|" * (len(groups) - 1) + "---|---|---|---|---|"]
@@ -492,6 +506,21 @@ def parse(argv: list[str] | None = None) -> tuple[BenchConfig, Path]:
     return _config(_parser().parse_args(argv))
 
 
+def method_list(text: str) -> tuple[str, ...]:
+    """Method names from a comma list. Names hold commas themselves ("LIME, patch grid, mean fill"),
+    so at each point the longest run of comma-separated pieces that is a method's name is taken."""
+    pieces = [x.strip() for x in text.split(",")]
+    names, i = [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i, -1) if ", ".join(pieces[i:j]) in METHODS), None)
+        if j is None:
+            raise ValueError(f"unknown method {pieces[i]!r}; choose from: {'; '.join(METHODS)} "
+                             "(separated by commas)")
+        names.append(", ".join(pieces[i:j]))
+        i = j
+    return tuple(names)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"the <= 15-minute configuration: {QUICK}")
@@ -499,8 +528,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="comma list of cnn,vit")
     p.add_argument("--modalities", default=None, help="comma list of chest_xray,breast_us")
     p.add_argument("--images", type=int, default=None, help="abnormal cases per (model, modality)")
+    p.add_argument("--first-case", type=int, default=None, metavar="N",
+                   help="skip the split's first N abnormal cases (default 0): a diagnostic on cases that a "
+                        "reported table did not use")
     p.add_argument("--budgets", default=None, help="comma list of query budgets")
-    p.add_argument("--methods", default=None, help="comma list of method names (default: all)")
+    p.add_argument("--methods", default=None,
+                   help="comma list of method names (default: all but the diagnostic " + repr(DIAGNOSTIC[0]) + ")")
     p.add_argument("--consistency-methods", default=None,
                    help="comma list of methods run with 3 seeds, or 'all' (default: all; --quick: MedLIME)")
     p.add_argument("--consistency-images", type=int, default=None,
@@ -528,6 +561,10 @@ def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
         kw["modalities"] = tuple(a.modalities.split(","))
     if a.images:
         kw["images"] = a.images
+    if a.first_case is not None:
+        if a.first_case < 0:
+            _parser().error(f"--first-case must be 0 or more, got {a.first_case}")
+        kw["first_case"] = a.first_case
     if a.consistency_images is not None:
         kw["consistency_images"] = a.consistency_images
     if a.budgets:
@@ -539,17 +576,16 @@ def _config(a: argparse.Namespace) -> tuple[BenchConfig, Path]:
     if at not in budgets:
         _parser().error(f"--consistency-budget {at} is not one of the budgets run ({','.join(map(str, budgets))}); "
                         "add it to --budgets")
-    if a.methods:
-        names = tuple(x.strip() for x in a.methods.split(","))
-        unknown = [n for n in names if n not in METHODS]
-        if unknown:
-            _parser().error(f"unknown method {unknown[0]!r}; choose from: {', '.join(METHODS)}")
-        kw["methods"] = names
-    if a.consistency_methods:
-        if a.consistency_methods == "all":
-            kw["consistency_methods"] = BenchConfig.consistency_methods
-        else:
-            kw["consistency_methods"] = tuple(x.strip() for x in a.consistency_methods.split(","))
+    try:
+        if a.methods:
+            kw["methods"] = method_list(a.methods)
+        if a.consistency_methods:
+            if a.consistency_methods == "all":
+                kw["consistency_methods"] = BenchConfig.consistency_methods
+            else:
+                kw["consistency_methods"] = method_list(a.consistency_methods)
+    except ValueError as e:
+        _parser().error(str(e))
     kw["extra"] = {"quick": a.quick}
     return BenchConfig(**kw), Path(a.out)
 
@@ -589,10 +625,12 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
     models: list[str] = []
     modalities: list[str] = []
     for path, part in zip(results_paths, parts, strict=True):
-        differs = config_difference(base, part["config"], ignore=("models", "modalities"))
+        defaults = json.loads(json.dumps(asdict(BenchConfig()), default=float))
+        differs = config_difference(base, part["config"], ignore=("models", "modalities"), defaults=defaults)
         if differs is not None:
-            raise ValueError(f"{path} was run with {differs}={part['config'].get(differs)!r}, the first run with "
-                             f"{base.get(differs)!r}; only --models and --modalities may differ between joined runs.")
+            raise ValueError(f"{path} was run with {differs}={part['config'].get(differs, defaults.get(differs))!r}, "
+                             f"the first run with {base.get(differs, defaults.get(differs))!r}; only --models and "
+                             "--modalities may differ between joined runs.")
         for r in part["records"]:
             key = (r["model"], r["modality"], r["case"], r["method"], r["budget"])
             if key in seen:

@@ -28,9 +28,14 @@ class CheckpointError(ValueError):
     """An unfinished run is in the way, or a checkpoint cannot be resumed; the message says what to do."""
 
 
-def config_difference(first: dict[str, Any], other: dict[str, Any], ignore: tuple[str, ...] = ()) -> str | None:
-    """The first option (outside ``ignore``) on which two run configurations differ, compared as saved in JSON."""
-    a, b = json.loads(json.dumps(first, default=float)), json.loads(json.dumps(other, default=float))
+def config_difference(first: dict[str, Any], other: dict[str, Any], ignore: tuple[str, ...] = (),
+                      defaults: dict[str, Any] | None = None) -> str | None:
+    """The first option (outside ``ignore``) on which two run configurations differ, compared as saved in JSON.
+
+    An option missing from a configuration takes its value in ``defaults``: a run saved before the
+    option existed ran with its default.
+    """
+    a, b = ({**(defaults or {}), **json.loads(json.dumps(c, default=float))} for c in (first, other))
     return next((k for k in dict.fromkeys([*a, *b]) if k not in ignore and a.get(k) != b.get(k)), None)
 
 
@@ -42,7 +47,8 @@ class Checkpoint:
     """The finished cases of one benchmark run, kept on disk in ``out_dir``."""
 
     def __init__(self, out_dir: Path, config: dict[str, Any], commit: str, resume: bool,
-                 log: Any = print) -> None:
+                 log: Any = print, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = json.loads(json.dumps(defaults or {}, default=float))
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / CHECKPOINT
         self.cases: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -73,9 +79,9 @@ class Checkpoint:
         if not parsed or "config" not in parsed[0]:
             raise CheckpointError(f"{self.path} has no header line; remove it to start the run afresh.")
         saved, current = parsed[0]["config"], json.loads(json.dumps(config, default=float))
-        key = config_difference(saved, current)
+        key = config_difference(saved, current, defaults=self.defaults)
         if key is not None:
-            raise CheckpointError(f"{self.path} was started with {key}={saved.get(key)!r}, this run has "
+            raise CheckpointError(f"{self.path} was started with {key}={saved.get(key, self.defaults.get(key))!r}, this run has "
                                   f"{current.get(key)!r}; resume with the same options, or choose another --out.")
         self.commits = [parsed[0]["commit"]]
         for c in parsed[1:]:

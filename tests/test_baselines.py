@@ -294,6 +294,55 @@ def test_resumed_run_estimates_time_left_from_the_cases_of_every_part(tmp_path: 
     assert resumed.mean_case_s() == pytest.approx(30.0)
 
 
+def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime.bench import DIAGNOSTIC, METHODS, method_list, parse
+
+    assert method_list("MedLIME,LIME, patch grid, mean fill, RISE") == ("MedLIME", "LIME, patch grid, mean fill", "RISE")
+    assert method_list("MedLIME, blur fill (diagnostic),MedLIME") == ("MedLIME, blur fill (diagnostic)", "MedLIME")
+    cfg, _ = parse(["--consistency-methods", "KernelSHAP (patch grid, Telea fill),Random"])
+    assert cfg.consistency_methods == ("KernelSHAP (patch grid, Telea fill)", "Random")
+    assert DIAGNOSTIC[0] in METHODS and DIAGNOSTIC[0] not in parse([])[0].methods  # run only when asked for
+    with pytest.raises(SystemExit) as e:
+        parse(["--methods", "MedLIME,LIME, patch grid"])
+    assert e.value.code == 2
+    assert ("error: unknown method 'LIME'; choose from: MedLIME; MedLIME w/o GM (mean fill); LIME (lime package); "
+            "LIME, patch grid, mean fill; RISE; KernelSHAP (patch grid); KernelSHAP (patch grid, Telea fill); "
+            "Occlusion (16 px); Random; Grad-CAM (white-box); MedLIME, blur fill (diagnostic) (separated by commas)\n"
+            ) in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["--first-case", "-1"])
+    assert "error: --first-case must be 0 or more, got -1\n" in capsys.readouterr().err
+
+
+def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_existed(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from blackbox_lime import bench
+
+    every = bench.abnormal_cases("chest_xray", "shifted", 5)
+    assert [c.index for c in bench.abnormal_cases("chest_xray", "shifted", 3, first=2)] == [c.index for c in every[2:]]
+    common = dict(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(24,), consistency_images=0,
+                  consistency_budget=24, curve_steps=4, n_boot=50, split="shifted")
+    held_out = bench.run(bench.BenchConfig(first_case=2, methods=("MedLIME", "MedLIME, blur fill (diagnostic)"),
+                                           **common), tmp_path / "held_out", log=lambda s: None)
+    assert {r["case"] for r in held_out["records"]} == {every[2].index}
+    assert {r["method"] for r in held_out["records"]} == {"MedLIME", "MedLIME, blur fill (diagnostic)"}
+    assert held_out["goals"]["lowest_morf_black_box"].startswith("MedLIME (")  # a diagnostic is no rival
+    table = (tmp_path / "held_out" / "table.md").read_text()
+    assert table.startswith("Split `shifted`, abnormal cases 3–3 per (model, modality); ")
+    assert "| MedLIME, blur fill (diagnostic) | 1 | " in table
+
+    bench.run(bench.BenchConfig(methods=("Random",), **common), tmp_path / "first", log=lambda s: None)
+    bench.run(bench.BenchConfig(methods=("Random",), **{**common, "modalities": ("breast_us",)}),
+              tmp_path / "older", log=lambda s: None)
+    older = json.loads((tmp_path / "older" / "results.json").read_text())
+    del older["config"]["first_case"]  # saved by a version without the option: it ran from case 0
+    (tmp_path / "older" / "results.json").write_text(json.dumps(older))
+    bench.merge([tmp_path / "first" / "results.json", tmp_path / "older" / "results.json"], tmp_path / "joined")
+    assert (tmp_path / "joined" / "results.json").exists()
+    with pytest.raises(ValueError, match=r"held_out/results\.json was run with first_case=2, the first run with 0; "):
+        bench.merge([tmp_path / "first" / "results.json", tmp_path / "held_out" / "results.json"], tmp_path / "bad")
+
+
 def test_grad_cam_goal_is_judged_paired_on_each_classifier_s_own_cases() -> None:
     from blackbox_lime import bench
 
