@@ -327,6 +327,17 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     assert {r["case"] for r in held_out["records"]} == {every[2].index}
     assert {r["method"] for r in held_out["records"]} == {"MedLIME", "MedLIME, blur fill (diagnostic)"}
     assert held_out["goals"]["lowest_morf_black_box"].startswith("MedLIME (")  # a diagnostic is no rival
+    from blackbox_lime.config import ExplainConfig
+    from blackbox_lime.explainer import Explainer
+
+    adapter = bench.OnnxAdapter(bench.bundled_model("demo_cnn.onnx"))
+    image, target = every[2].image, adapter.info.abnormal_index
+    diag = bench.run_method("MedLIME, blur fill (diagnostic)", image, adapter, 24, 0, None, "cnn")
+    blur = Explainer(adapter, ExplainConfig(n_samples=24, fill="blur")).explain(image, target=target,
+                                                                                 rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(diag, blur.saliency)
+    assert not np.array_equal(diag, bench.run_method("MedLIME w/o GM (mean fill)", image, adapter, 24, 0, None, "cnn"))
+    adapter.close()
     table = (tmp_path / "held_out" / "table.md").read_text()
     assert table.startswith("Split `shifted`, abnormal cases 3–3 per (model, modality); ")
     assert "| MedLIME, blur fill (diagnostic) | 1 | " in table
