@@ -422,14 +422,20 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- MedLIME vs Grad-CAM AUPRC on the {arch.upper()}: {pairs}" + (f"; paired {both}" if both else ""))
     paired = result.get("paired") or []
     if paired:
-        lines += ["", f"MedLIME minus each method on the same cases, at {cfg['consistency_budget']} queries "
-                      "(occlusion, Grad-CAM and random at their natural cost); mean [95 % paired bootstrap CI]. "
-                      "AUPRC and LeRF: > 0 favours MedLIME; MoRF: < 0 does.", "",
-                  "| method | cases | Δ AUPRC | Δ MoRF | Δ LeRF |", "|---|---|---|---|---|"]
-        for p in paired:
-            lines.append(f"| {p['method']} | {p['n']} | " + " | ".join(
-                f"{_fmt(p[m], 3)} ({_verdict(p[m], -1 if m == 'morf' else 1)})" for m in ("auprc", "morf", "lerf")) + " |")
+        lines += ["", *paired_table(paired, "MedLIME", cfg["consistency_budget"])]
     return "\n".join(lines)
+
+
+def paired_table(paired: list[dict[str, Any]], reference: str, budget: int) -> list[str]:
+    """Markdown lines: ``reference`` minus each method on the same cases (rows of paired_differences)."""
+    lines = [f"{reference} minus each method on the same cases, at {budget} queries "
+             "(occlusion, Grad-CAM and random at their natural cost); mean [95 % paired bootstrap CI]. "
+             f"AUPRC and LeRF: > 0 favours {reference}; MoRF: < 0 does.", "",
+             "| method | cases | Δ AUPRC | Δ MoRF | Δ LeRF |", "|---|---|---|---|---|"]
+    for p in paired:
+        lines.append(f"| {p['method']} | {p['n']} | " + " | ".join(
+            f"{_fmt(p[m], 3)} ({_verdict(p[m], -1 if m == 'morf' else 1)})" for m in ("auprc", "morf", "lerf")) + " |")
+    return lines
 
 
 def write_outputs(result: dict[str, Any], overlays: dict[str, Any], out_dir: Path) -> None:
@@ -544,6 +550,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench_out/bench")
     p.add_argument("--render", metavar="RESULTS_JSON", default=None,
                    help="only re-render the table and goals from a saved results.json")
+    p.add_argument("--paired-against", metavar="METHOD", default=None,
+                   help="with --render: add the paired differences of METHOD (instead of MedLIME) minus each "
+                        "other method")
     p.add_argument("--merge", metavar="RESULTS_JSON", nargs="+", default=None,
                    help="join runs that differ only in --models/--modalities (the full protocol run in pieces) "
                         "into one table in --out; no explanations are run")
@@ -604,11 +613,23 @@ def _saved_config(config: dict[str, Any]) -> BenchConfig:
     return BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
-def render(results_json: Path) -> str:
-    """Re-derive the numbers and the markdown table from a saved results.json (no explanations are run)."""
+def render(results_json: Path, reference: str | None = None) -> str:
+    """Re-derive the numbers and the markdown table from a saved results.json (no explanations are run).
+
+    With ``reference``, a second paired table follows: that method minus each other method, on the
+    same cases (for instance a diagnostic method against lime).
+    """
     result = json.loads(results_json.read_text())
-    result.update(derive(result["records"], _saved_config(result["config"])))
-    return markdown(result)
+    cfg = _saved_config(result["config"])
+    result.update(derive(result["records"], cfg))
+    text = markdown(result)
+    if reference is not None:
+        ran = list(dict.fromkeys(r["method"] for r in result["records"]))
+        if reference not in ran:
+            raise ValueError(f"{reference!r} was not run in {results_json}; it holds: {'; '.join(ran)}")
+        text += "\n\n" + "\n".join(paired_table(paired_differences(result["records"], cfg, reference=reference),
+                                               reference, cfg.consistency_budget))
+    return text
 
 
 def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
@@ -652,7 +673,14 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.render:
-        print(render(Path(a.render)))
+        try:
+            reference = method_list(a.paired_against) if a.paired_against else None
+            if reference is not None and len(reference) != 1:
+                raise ValueError(f"--paired-against takes one method, got {len(reference)}: {'; '.join(reference)}")
+            print(render(Path(a.render), reference[0] if reference else None))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
+            return 2
         return 0
     if a.merge:
         try:

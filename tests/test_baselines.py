@@ -314,7 +314,8 @@ def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFi
     assert "error: --first-case must be 0 or more, got -1\n" in capsys.readouterr().err
 
 
-def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_existed(tmp_path: Path) -> None:
+def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_existed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     from blackbox_lime import bench
 
@@ -341,6 +342,19 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     table = (tmp_path / "held_out" / "table.md").read_text()
     assert table.startswith("Split `shifted`, abnormal cases 3–3 per (model, modality); ")
     assert "| MedLIME, blur fill (diagnostic) | 1 | " in table
+    results = str(tmp_path / "held_out" / "results.json")
+    capsys.readouterr()
+    assert bench.main(["--render", results, "--paired-against", "MedLIME, blur fill (diagnostic)"]) == 0
+    printed = capsys.readouterr().out
+    assert "\n\nMedLIME, blur fill (diagnostic) minus each method on the same cases, at 24 queries " in printed
+    mine = next(p for p in held_out["paired"] if p["method"] == "MedLIME, blur fill (diagnostic)")
+    flipped = bench.paired_differences(held_out["records"], bench.BenchConfig(**common), "MedLIME, blur fill (diagnostic)")
+    assert [p["method"] for p in flipped] == ["MedLIME"]
+    assert flipped[0]["auprc"][0] == pytest.approx(-mine["auprc"][0]) and flipped[0]["morf"][0] == pytest.approx(-mine["morf"][0])
+    assert f"| MedLIME | 1 | {flipped[0]['auprc'][0]:.3f} " in printed
+    assert bench.main(["--render", results, "--paired-against", "Random"]) == 2
+    assert capsys.readouterr().err == (f"blackbox-lime bench: error: 'Random' was not run in {results}; it holds: "
+                                       "MedLIME; MedLIME, blur fill (diagnostic)\n")
 
     bench.run(bench.BenchConfig(methods=("Random",), **common), tmp_path / "first", log=lambda s: None)
     bench.run(bench.BenchConfig(methods=("Random",), **{**common, "modalities": ("breast_us",)}),
