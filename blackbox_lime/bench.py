@@ -646,11 +646,10 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
     models: list[str] = []
     modalities: list[str] = []
     for path, part in zip(results_paths, parts, strict=True):
-        defaults = json.loads(json.dumps(asdict(BenchConfig()), default=float))
-        differs = config_difference(base, part["config"], ignore=("models", "modalities"), defaults=defaults)
+        differs = config_difference(base, part["config"], ignore=("models", "modalities"), defaults=asdict(BenchConfig()))
         if differs is not None:
-            raise ValueError(f"{path} was run with {differs}={part['config'].get(differs, defaults.get(differs))!r}, "
-                             f"the first run with {base.get(differs, defaults.get(differs))!r}; only --models and "
+            key, first, this = differs
+            raise ValueError(f"{path} was run with {key}={this!r}, the first run with {first!r}; only --models and "
                              "--modalities may differ between joined runs.")
         for r in part["records"]:
             key = (r["model"], r["modality"], r["case"], r["method"], r["budget"])
@@ -672,6 +671,8 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.paired_against and not a.render:
+        _parser().error("--paired-against works with --render only")
     if a.render:
         try:
             reference = method_list(a.paired_against) if a.paired_against else None

@@ -29,14 +29,17 @@ class CheckpointError(ValueError):
 
 
 def config_difference(first: dict[str, Any], other: dict[str, Any], ignore: tuple[str, ...] = (),
-                      defaults: dict[str, Any] | None = None) -> str | None:
-    """The first option (outside ``ignore``) on which two run configurations differ, compared as saved in JSON.
+                      defaults: dict[str, Any] | None = None) -> tuple[str, Any, Any] | None:
+    """The first option (outside ``ignore``) on which two run configurations differ, compared as saved in
+    JSON, with its value in each; None when they agree.
 
     An option missing from a configuration takes its value in ``defaults``: a run saved before the
     option existed ran with its default.
     """
-    a, b = ({**(defaults or {}), **json.loads(json.dumps(c, default=float))} for c in (first, other))
-    return next((k for k in dict.fromkeys([*a, *b]) if k not in ignore and a.get(k) != b.get(k)), None)
+    base = json.loads(json.dumps(defaults or {}, default=float))
+    a, b = ({**base, **json.loads(json.dumps(c, default=float))} for c in (first, other))
+    key = next((k for k in dict.fromkeys([*a, *b]) if k not in ignore and a.get(k) != b.get(k)), None)
+    return None if key is None else (key, a.get(key), b.get(key))
 
 
 def case_key(model: str, modality: str, case: int) -> tuple[str, str, int]:
@@ -48,7 +51,7 @@ class Checkpoint:
 
     def __init__(self, out_dir: Path, config: dict[str, Any], commit: str, resume: bool,
                  log: Any = print, defaults: dict[str, Any] | None = None) -> None:
-        self.defaults = json.loads(json.dumps(defaults or {}, default=float))
+        self.defaults = defaults
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / CHECKPOINT
         self.cases: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -78,11 +81,11 @@ class Checkpoint:
                 log(f"{self.path}: dropping a half-written last line (that case runs again)")
         if not parsed or "config" not in parsed[0]:
             raise CheckpointError(f"{self.path} has no header line; remove it to start the run afresh.")
-        saved, current = parsed[0]["config"], json.loads(json.dumps(config, default=float))
-        key = config_difference(saved, current, defaults=self.defaults)
-        if key is not None:
-            raise CheckpointError(f"{self.path} was started with {key}={saved.get(key, self.defaults.get(key))!r}, this run has "
-                                  f"{current.get(key)!r}; resume with the same options, or choose another --out.")
+        differs = config_difference(parsed[0]["config"], config, defaults=self.defaults)
+        if differs is not None:
+            key, saved, current = differs
+            raise CheckpointError(f"{self.path} was started with {key}={saved!r}, this run has {current!r}; resume "
+                                  "with the same options, or choose another --out.")
         self.commits = [parsed[0]["commit"]]
         for c in parsed[1:]:
             self.cases[case_key(c["model"], c["modality"], c["case"])] = c

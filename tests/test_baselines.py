@@ -312,6 +312,11 @@ def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         parse(["--first-case", "-1"])
     assert "error: --first-case must be 0 or more, got -1\n" in capsys.readouterr().err
+    from blackbox_lime.bench import main
+
+    with pytest.raises(SystemExit):
+        main(["--paired-against", "RISE"])
+    assert "error: --paired-against works with --render only\n" in capsys.readouterr().err
 
 
 def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_existed(
