@@ -333,6 +333,7 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     assert {r["case"] for r in held_out["records"]} == {every[2].index}
     assert {r["method"] for r in held_out["records"]} == {"MedLIME", "MedLIME, blur fill (diagnostic)"}
     assert held_out["goals"]["lowest_morf_black_box"].startswith("MedLIME (")  # a diagnostic is no rival
+    assert "MedLIME, blur fill (diagnostic)" not in bench.BLACK_BOX  # whatever its MoRF on this one case
     from blackbox_lime.config import ExplainConfig
     from blackbox_lime.explainer import Explainer
 
