@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,16 +158,13 @@ def _load_raster(name: str, data: bytes, notes: list[str]) -> np.ndarray:
     return _to_unit(name, a, notes)
 
 
-def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> np.ndarray:
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-    except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
-        raise ImageError("Reading DICOM needs pydicom: pip install pydicom.") from exc
+def _decode_dicom(name: str, data: bytes, frame: int | None, invalid: type[Exception]):
+    """Parse the file and decode its pixel data: (array of every frame, dataset, number of frames)."""
+    import pydicom
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+    except (invalid, EOFError, OSError, ValueError, KeyError) as exc:
         raise ImageError(f"{name} is not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
     if "PixelData" not in ds:
         raise ImageError(f"{name} is a DICOM file without pixel data (SOP class {ds.get('SOPClassUID', '?')}).")
@@ -185,6 +183,25 @@ def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> 
                 f"{name} uses the compressed transfer syntax {ts.name}, which needs a decoder: "
                 "pip install 'blackbox-lime[dicom]' (pylibjpeg).") from exc
         raise ImageError(f"{name}: the DICOM pixel data cannot be decoded ({exc}).") from exc
+    return arr, ds, n_frames
+
+
+def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
+        raise ImageError("Reading DICOM needs pydicom: pip install pydicom.") from exc
+    # pydicom warns about tolerated deviations (VR mismatches, odd lengths). Those warnings become
+    # notes in the report instead of reaching the user's terminal as a warning with a library path.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        arr, ds, n_frames = _decode_dicom(name, data, frame, InvalidDicomError)
+    for w in caught:
+        note = f"DICOM reader: {w.message}"
+        if note not in notes:
+            notes.append(note)
     if n_frames > 1:
         arr = arr[frame]
         notes.append(f"frame {frame} of {n_frames}")

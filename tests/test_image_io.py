@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -170,6 +171,18 @@ def test_truncated_dicom(tmp_path: Path) -> None:
     p.write_bytes(src.read_bytes()[:1000])
     with pytest.raises(ImageError, match=r"cut\.dcm"):
         load_image(p)
+
+
+def test_dicom_reader_warnings_stay_off_the_terminal(tmp_path: Path) -> None:
+    """pydicom's warnings about tolerated deviations never escape the loader as Python warnings."""
+    p = tmp_path / "odd.dcm"
+    p.write_bytes(b"DICM" * 100)  # "DICM" at byte 128, then a meta group pydicom only half understands
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an escaping warning would raise here instead of ImageError
+        with pytest.raises(ImageError, match=r"^odd\.dcm is a DICOM file without pixel data \(SOP class \?\)\.$"):
+            load_image(p)
+        img = load_image(get_testdata_file("CT_small.dcm"))
+    assert not any(n.startswith("DICOM reader:") for n in img.notes)  # a clean file gets no reader note
 
 
 def test_dicom_header_never_reaches_pixels(tmp_path: Path) -> None:
