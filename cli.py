@@ -105,7 +105,13 @@ def _config(a: argparse.Namespace) -> Any:
     fields = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
               "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width"}
     kw = {field: getattr(a, option) for option, field in fields.items() if getattr(a, option) is not None}
-    return ExplainConfig(**kw)
+    try:
+        return ExplainConfig(**kw)
+    except ValueError as exc:  # name the option the user typed, not the config field behind it
+        msg = str(exc)
+        for option, field in fields.items():
+            msg = msg.replace(f"The {field!r} parameter", f"--{option.replace('_', '-')}")
+        raise UserError(msg) from None
 
 
 def _target(value: str | None, class_names: Sequence[str]) -> int | None:
