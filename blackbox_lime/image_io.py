@@ -158,13 +158,14 @@ def _load_raster(name: str, data: bytes, notes: list[str]) -> np.ndarray:
     return _to_unit(name, a, notes)
 
 
-def _decode_dicom(name: str, data: bytes, frame: int | None, invalid: type[Exception]):
+def _decode_dicom(name: str, data: bytes, frame: int | None):
     """Parse the file and decode its pixel data: (array of every frame, dataset, number of frames)."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-    except (invalid, EOFError, OSError, ValueError, KeyError) as exc:
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
         raise ImageError(f"{name} is not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
     if "PixelData" not in ds:
         raise ImageError(f"{name} is a DICOM file without pixel data (SOP class {ds.get('SOPClassUID', '?')}).")
@@ -189,7 +190,6 @@ def _decode_dicom(name: str, data: bytes, frame: int | None, invalid: type[Excep
 def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> np.ndarray:
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
         from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
     except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
         raise ImageError("Reading DICOM needs pydicom: pip install pydicom.") from exc
@@ -197,7 +197,7 @@ def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> 
     # notes in the report instead of reaching the user's terminal as a warning with a library path.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        arr, ds, n_frames = _decode_dicom(name, data, frame, InvalidDicomError)
+        arr, ds, n_frames = _decode_dicom(name, data, frame)
     for w in caught:
         note = f"DICOM reader: {w.message}"
         if note not in notes:
