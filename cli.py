@@ -98,20 +98,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# command-line option -> ExplainConfig field; options left unset keep the config's defaults
+_CONFIG_OPTIONS = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
+                   "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width"}
+
+
+def _as_typed(exc: ValueError) -> UserError:
+    """The library's "The 'n_samples' parameter ..." error, naming the option the user typed (--samples)."""
+    msg = str(exc)
+    for option, field in _CONFIG_OPTIONS.items():
+        msg = msg.replace(f"The {field!r} parameter", f"--{option.replace('_', '-')}")
+    return UserError(msg)
+
+
 def _config(a: argparse.Namespace) -> Any:
     from blackbox_lime.config import ExplainConfig
 
-    # command-line option -> ExplainConfig field; options left unset keep the config's defaults
-    fields = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
-              "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width"}
-    kw = {field: getattr(a, option) for option, field in fields.items() if getattr(a, option) is not None}
+    kw = {field: getattr(a, option) for option, field in _CONFIG_OPTIONS.items() if getattr(a, option) is not None}
     try:
         return ExplainConfig(**kw)
-    except ValueError as exc:  # name the option the user typed, not the config field behind it
-        msg = str(exc)
-        for option, field in fields.items():
-            msg = msg.replace(f"The {field!r} parameter", f"--{option.replace('_', '-')}")
-        raise UserError(msg) from None
+    except ValueError as exc:
+        raise _as_typed(exc) from None
 
 
 def _target(value: str | None, class_names: Sequence[str]) -> int | None:
@@ -185,7 +192,10 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     _redact_logs(adapter)
     with adapter:
         out = check_writable(a.out)
-        explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device)
+        try:  # checks that need the model, such as a patch size that must fit the MAE's patches
+            explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device)
+        except ValueError as exc:
+            raise _as_typed(exc) from None
         target = _target(a.target, adapter.info.class_names)
         hashes = _model_record(a, adapter)
         mae = getattr(explainer.filler, "path", None)

@@ -113,6 +113,9 @@ def test_bad_option_values_exit_2(tmp_path: Path, png: Path, linear_model: Path)
     assert r.returncode == 2 and "blackbox-lime: error: --samples must be an integer >= 10. Got 3 instead.\n" in r.stderr
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--lambda1-cap", "0", *FAST)
     assert r.returncode == 2 and "blackbox-lime: error: --lambda1-cap must be " in r.stderr and "Got 0.0 instead." in r.stderr
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--patch-size", "24",
+                "--fill", "mae", "--samples", "10", "--quiet")
+    assert r.returncode == 2 and "blackbox-lime: error: --patch-size must be a multiple of the MAE's patch (16)" in r.stderr
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--target", "tumour", *FAST)
     assert r.returncode == 2 and "--target 'tumour' is not a class of this model" in r.stderr
 

@@ -185,6 +185,20 @@ def test_dicom_reader_warnings_stay_off_the_terminal(tmp_path: Path) -> None:
     assert not any(n.startswith("DICOM reader:") for n in img.notes)  # a clean file gets no reader note
 
 
+def test_dicom_reader_warning_on_a_readable_file_becomes_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = pydicom.dcmread
+
+    def warning_dcmread(*args, **kwargs):  # what pydicom does for a tolerated deviation
+        warnings.warn("Expected implicit VR, but found explicit VR - using explicit VR for reading", UserWarning)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", warning_dcmread)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = load_image(get_testdata_file("CT_small.dcm"))
+    assert "DICOM reader: Expected implicit VR, but found explicit VR - using explicit VR for reading" in img.notes
+
+
 def test_dicom_header_never_reaches_pixels(tmp_path: Path) -> None:
     """Only the pixel array leaves the loader: the result carries no DICOM element."""
     img = load_image(get_testdata_file("CT_small.dcm"))
