@@ -417,7 +417,8 @@ def markdown(result: dict[str, Any]) -> str:
               f"(budgets tried: {', '.join(map(str, cfg['budgets']))}; goal ≤ 250)"]
     for arch in cfg["models"]:
         v = g[f"medlime_vs_gradcam_{arch}"]
-        pairs = ", ".join(f"{m}: {v[2 * i]:.3f} vs {v[2 * i + 1]:.3f}" for i, m in enumerate(cfg["modalities"]))
+        pairs = ", ".join(f"{m}: {v[2 * i]:.3f} vs {v[2 * i + 1]:.3f}" for i, m in enumerate(cfg["modalities"])
+                          if np.isfinite(v[2 * i]) or np.isfinite(v[2 * i + 1]))  # joined runs: not every group ran
         both = g.get(f"medlime_vs_gradcam_{arch}_paired")
         lines.append(f"- MedLIME vs Grad-CAM AUPRC on the {arch.upper()}: {pairs}" + (f"; paired {both}" if both else ""))
     paired = result.get("paired") or []

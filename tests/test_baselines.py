@@ -182,6 +182,25 @@ def test_paired_differences_find_a_consistent_gap_that_overlapping_cis_hide() ->
     assert "| LIME (lime package) | 20 | 0.020 [0.020, 0.020] (better) | -0.020 [-0.020, -0.020] (better) |" in md
 
 
+def test_goals_name_only_the_groups_a_joined_run_holds() -> None:
+    from blackbox_lime import bench
+
+    # as after --merge of cnn chest, cnn ultrasound and vit chest: the config lists both modalities for the
+    # ViT, but no ViT ultrasound case ran
+    cfg = bench.BenchConfig(models=("cnn", "vit"), modalities=("chest_xray", "breast_us"), budgets=(100,),
+                            consistency_budget=100, n_boot=100)
+    records = []
+    for arch, modality, base in (("cnn", "chest_xray", 0.4), ("cnn", "breast_us", 0.3), ("vit", "chest_xray", 0.5)):
+        for case in range(4):
+            for method, budget, auprc in (("MedLIME", 100, base + 0.01 * case), ("Grad-CAM (white-box)", None, 0.05)):
+                records.append({"model": arch, "modality": modality, "case": case, "method": method,
+                                "budget": budget, "auprc": auprc, "morf": 0.5, "lerf": 0.9,
+                                "queries": budget or 0, "requests": 1, "wall_s": 1.0})
+    md = bench.markdown({"config": asdict(cfg), "records": records, **bench.derive(records, cfg)})
+    assert "- MedLIME vs Grad-CAM AUPRC on the CNN: chest_xray: 0.415 vs 0.050, breast_us: 0.315 vs 0.050; " in md
+    assert "- MedLIME vs Grad-CAM AUPRC on the VIT: chest_xray: 0.515 vs 0.050; paired Δ +0.465 " in md
+
+
 def test_bench_options_override_the_quick_configuration() -> None:
     from blackbox_lime.bench import parse
 
