@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from blackbox_lime.models import bundled_example
 from blackbox_lime.phantoms import MODALITIES, SPLITS, make_phantom, write_phantoms
 
 
@@ -84,16 +84,16 @@ def test_write_phantoms_writes_pngs_masks_and_labels(tmp_path) -> None:
 
 def test_golden_pixels_pin_the_generator() -> None:
     # The demo models and the cached training data were made from exactly these pixels. The golden copies are
-    # the bundled 8-bit example PNGs; float pixels agree with them to within rounding, not bit for bit, because
-    # numpy's and OpenCV's SIMD paths differ in the last bits between CPUs (a SHA-256 of the floats did).
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    # the bundled 8-bit example PNGs; float pixels agree with them to within rounding, not bit for bit: a SHA-256
+    # of the floats changed between machines (and library builds) while every 8-bit pixel stayed the same.
     for modality in ("chest_xray", "breast_us"):
         for index in range(4):
             ph = make_phantom(modality, "test", index)
-            stem = examples / f"{modality}_test_{index:05d}"
-            golden = cv2.imread(f"{stem}.png", cv2.IMREAD_UNCHANGED).astype(np.float64) / 255.0
+            stem = f"{modality}_test_{index:05d}"
+            golden = cv2.imread(str(bundled_example(f"{stem}.png")), cv2.IMREAD_UNCHANGED) / 255.0
             assert np.abs(ph.image[..., 0] - golden).max() <= 0.5 / 255 + 1e-4, (modality, index)
-            assert np.array_equal(ph.mask, cv2.imread(f"{stem}.mask.png", cv2.IMREAD_UNCHANGED) > 0), (modality, index)
+            mask = cv2.imread(str(bundled_example(f"{stem}.mask.png")), cv2.IMREAD_UNCHANGED)
+            assert np.array_equal(ph.mask, mask > 0), (modality, index)
 
 
 @pytest.mark.parametrize("modality", ["chest_xray", "breast_us"])
