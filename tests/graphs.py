@@ -65,3 +65,29 @@ def true_attribution(image: np.ndarray, a: np.ndarray, patch: int = 16, fill_val
     rows = g.shape[0] // patch
     means = g[: rows * patch, : rows * patch].reshape(rows, patch, rows, patch).mean(axis=(1, 3)).reshape(-1)
     return a * (means - fill_value)
+
+
+def brightness_model(path: Path, centre: float = 0.5, width: float = 0.1, size: int = 224) -> Path:
+    """P(abnormal | x) = exp(-((mean(x) - centre) / width)^2): the answer peaks at one mean brightness,
+    so the photometric transform that maximises it is known (any that brings the mean to ``centre``)."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])
+    inits = [
+        numpy_helper.from_array(np.array([centre], np.float32), "centre"),
+        numpy_helper.from_array(np.array([width], np.float32), "width"),
+        numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),  # (N,)
+        helper.make_node("Unsqueeze", ["m", "axis1"], ["m1"]),  # (N, 1)
+        helper.make_node("Sub", ["m1", "centre"], ["d"]),
+        helper.make_node("Div", ["d", "width"], ["z"]),
+        helper.make_node("Mul", ["z", "z"], ["z2"]),
+        helper.make_node("Neg", ["z2"], ["nz2"]),
+        helper.make_node("Exp", ["nz2"], ["p1"]),
+        helper.make_node("Sub", ["one", "p1"], ["p0"]),
+        helper.make_node("Concat", ["p0", "p1"], ["probs"], axis=1),
+    ]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    graph = helper.make_graph(nodes, "brightness", [x], [y], inits)
+    return _save(graph, path, {"class_names": '["normal", "abnormal"]', "abnormal_index": "1"})
