@@ -109,24 +109,7 @@ class MAEFiller(Filler):
 
     def _to_mae(self, canvas: np.ndarray) -> np.ndarray:
         """canvas (H, W, C) -> (C_mae, S, S) normalised."""
-        x = canvas
-        if x.shape[:2] != (self.size, self.size):
-            x = cv2.resize(x, (self.size, self.size), interpolation=cv2.INTER_AREA if x.shape[0] > self.size
-                           else cv2.INTER_LINEAR).reshape(self.size, self.size, -1)
-        c = x.shape[2]
-        if c != self.channels:
-            if c == 1:
-                x = np.repeat(x, self.channels, axis=2)
-                note = f"grayscale image replicated to the MAE's {self.channels} channels"
-            elif self.channels == 1:
-                x = x.mean(axis=2, keepdims=True)
-                note = "colour image averaged to the MAE's single channel"
-            else:
-                raise ValueError(f"The MAE takes {self.channels} channels; the image has {c}.")
-            if note not in self.notes:
-                self.notes.append(note)
-        x = x.transpose(2, 0, 1)[None]
-        return ((x - self.mean) / self.std)[0].astype(np.float32)
+        return mae_input(canvas, self.size, self.channels, self.mean, self.std, self.notes)
 
     def _patch_mask(self, hidden_px: np.ndarray) -> np.ndarray:
         """bool (G, H, W) on the canvas -> float32 (G, L): an MAE patch is hidden if any of its pixels is."""
@@ -158,6 +141,31 @@ class MAEFiller(Filler):
         if (h, w) != (self.size, self.size):
             recon = np.stack([cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c) for r in recon])
         return recon.astype(np.float32)
+
+
+def mae_input(canvas: np.ndarray, size: int, channels: int, mean: np.ndarray, std: np.ndarray,
+              notes: list[str]) -> np.ndarray:
+    """Map a canvas (H, W, C) in [0, 1] to an MAE's input (channels, size, size), normalised by its mean/std
+    (each (1, channels, 1, 1)). A grayscale canvas is replicated, a colour one averaged for a 1-channel
+    MAE; what was done is appended to ``notes`` once."""
+    x = canvas
+    if x.shape[:2] != (size, size):
+        x = cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA if x.shape[0] > size
+                       else cv2.INTER_LINEAR).reshape(size, size, -1)
+    c = x.shape[2]
+    if c != channels:
+        if c == 1:
+            x = np.repeat(x, channels, axis=2)
+            note = f"grayscale image replicated to the MAE's {channels} channels"
+        elif channels == 1:
+            x = x.mean(axis=2, keepdims=True)
+            note = "colour image averaged to the MAE's single channel"
+        else:
+            raise ValueError(f"The MAE takes {channels} channels; the image has {c}.")
+        if note not in notes:
+            notes.append(note)
+    x = x.transpose(2, 0, 1)[None]
+    return ((x - mean) / std)[0].astype(np.float32)
 
 
 def make_filler(kind: str, patch_size: int, mae_path: str | Path | None = None, batch_size: int = 64,

@@ -59,6 +59,10 @@ class SparseSurrogate:
         strongest patch survives and the map is never empty by accident. None (or 1.0): no cap.
     lambda2 : float, weight of ||w - reference||^2 (>= 0).
     reference : (P,) array or None (zeros).
+    reference_scale : "fixed" (``reference`` as is) or "fit": the reference is first multiplied by
+        alpha = max(0, argmin_a sum_i p_i (y_i - b - a reference.m_i)^2), the least-squares scale of its
+        shape on these samples. A prior map in other units (an evidence map scaled to max 1) is then
+        pulled towards in the answer's units, and a prior the samples contradict pulls towards zero.
     max_iter : L-BFGS-B iteration limit.
     tol : KKT tolerance relative to the scale of the problem.
 
@@ -67,15 +71,16 @@ class SparseSurrogate:
     coef_ : (P,) float64, intercept_ : float, n_iter_ : int, r2_ : weighted R^2 (local fidelity),
     response_sd_ : weighted standard deviation of ``y``, lambda1_effective_ : the L1 weight used,
     lambda1_max_ : the smallest L1 weight that zeroes every coefficient, lambda1_capped_ : whether
-    ``lambda1_cap`` lowered the L1 weight,
+    ``lambda1_cap`` lowered the L1 weight, reference_scale_ : the alpha the reference was multiplied by,
     stderr_ : (P,) heteroscedasticity-robust (HC0 sandwich) standard errors of ``coef_``,
     converged_ : bool.
     """
 
     def __init__(self, lambda1: float = 1e-4, lambda2: float = 0.0, reference: np.ndarray | None = None,
                  max_iter: int = 5000, tol: float = 1e-9, lambda1_scale: str = "absolute",
-                 lambda1_cap: float | None = None) -> None:
+                 lambda1_cap: float | None = None, reference_scale: str = "fixed") -> None:
         self.lambda1 = lambda1
+        self.reference_scale = reference_scale
         self.lambda1_scale = lambda1_scale
         self.lambda1_cap = lambda1_cap
         self.lambda2 = lambda2
@@ -104,9 +109,13 @@ class SparseSurrogate:
             raise ValueError(f"lambda1_scale must be 'absolute' or 'response'. Got {self.lambda1_scale!r} instead.")
         if self.lambda1_cap is not None and not 0.0 < self.lambda1_cap <= 1.0:
             raise ValueError(f"lambda1_cap must be in the range (0, 1] or None. Got {self.lambda1_cap!r} instead.")
+        if self.reference_scale not in ("fixed", "fit"):
+            raise ValueError(f"reference_scale must be 'fixed' or 'fit'. Got {self.reference_scale!r} instead.")
         ref = np.zeros(p) if self.reference is None else np.asarray(self.reference, np.float64).reshape(-1)
         if ref.shape != (p,):
             raise ValueError(f"reference must have {p} entries, one per patch. Got {ref.shape} instead.")
+        if not np.all(np.isfinite(ref)):
+            raise ValueError("reference holds NaN or infinite values.")
 
         wn = sw / sw.sum()
         xm, ym = wn @ X, wn @ y
@@ -114,6 +123,11 @@ class SparseSurrogate:
         G = Xc.T @ (wn[:, None] * Xc)  # (P, P)
         c = Xc.T @ (wn * yc)  # (P,)
         self.response_sd_ = float(np.sqrt(wn @ yc ** 2))
+        self.reference_scale_ = 1.0
+        if self.reference_scale == "fit":
+            curvature = float(ref @ G @ ref)
+            self.reference_scale_ = max(0.0, float(ref @ c) / curvature) if curvature > 0 else 0.0
+            ref = self.reference_scale_ * ref
         l1 = float(self.lambda1) * (self.response_sd_ if self.lambda1_scale == "response" else 1.0)
         l2 = float(self.lambda2)
         A = G + l2 * np.eye(p)
