@@ -3,6 +3,7 @@
     blackbox-lime demo [--out DIR]                      explain a bundled phantom with the bundled CNN
     blackbox-lime explain IMAGE [IMAGE ...] --model MODEL --out DIR [options]
     blackbox-lime endpoint check (--endpoint PROFILE.toml | --model URL)
+    blackbox-lime bank build --cases CASES.csv --out BANK.npz [--source masks|explanations --model MODEL]
     blackbox-lime phantoms --out DIR [--modality M] [--split S] [--count N]
     blackbox-lime bench [--quick] [--split val|test|shifted] ...   the saliency benchmark
 
@@ -62,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--lambda1-cap", type=float, default=None,
                         help="use at most this fraction (0, 1] of the L1 weight that would empty the map (default 0.5; 1: no cap)")
         sp.add_argument("--kernel-width", type=float, default=None, help="proximity kernel width (default 1.0)")
+        sp.add_argument("--stta", action=argparse.BooleanOptionalAction, default=None,
+                        help="STTA: adapt the input's photometry to the model first (costs views*(2*iterations+2) "
+                             "queries; default: off)")
+        sp.add_argument("--stta-iterations", type=int, default=None, help="STTA's SPSA iterations (default 8)")
+        sp.add_argument("--stta-views", type=int, default=None, help="STTA's views of the image (default 4)")
+        sp.add_argument("--bank", default=None,
+                        help="EBR: an evidence bank of historical cases (blackbox-lime bank build) for the prior map")
+        sp.add_argument("--neighbours", type=int, default=None, help="EBR: nearest bank cases used (default 10)")
+        sp.add_argument("--lambda2", type=float, default=None, help="weight of the pull towards the evidence prior")
         sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
         sp.add_argument("--target", default=None, help="class to explain, by index or name (default: the predicted class)")
         sp.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM")
@@ -89,6 +99,28 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--verbose", action="store_true", help="log what is done")
     remote_options(ck)
 
+    bk = sub.add_parser("bank", help="build an evidence bank of historical cases for EBR")
+    bk_sub = bk.add_subparsers(dest="bank_command")
+    bb = bk_sub.add_parser("build", help="embed historical abnormal cases and store their evidence maps")
+    bb.add_argument("--cases", required=True,
+                    help="a CSV with columns image, label (1 = abnormal) and, for --source masks, mask; paths relative "
+                         "to the CSV (blackbox-lime phantoms writes one)")
+    bb.add_argument("--out", required=True, help="the bank file to write (.npz)")
+    bb.add_argument("--source", choices=["masks", "explanations"], default="masks",
+                    help="masks (default): the annotated lesion masks; explanations: MedLIME maps through --model")
+    bb.add_argument("--model", default=None,
+                    help="the classifier the bank is for: sets the patch grid (input size); needed for explanations")
+    bb.add_argument("--patch-size", type=int, default=None, help="patch side (default 16, as for explain)")
+    bb.add_argument("--input-size", type=int, default=None,
+                    help="the model's input side in px when no --model is given (default: the MAE's, 224)")
+    bb.add_argument("--samples", type=int, default=None, help="queries per explanation with --source explanations")
+    bb.add_argument("--seed", type=int, default=0)
+    bb.add_argument("--embed", default=None, help="the embedding graph (default: the bundled mae_embed.onnx)")
+    bb.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    remote_options(bb)
+    bb.add_argument("--quiet", action="store_true", help="no progress bar")
+    bb.add_argument("--verbose", action="store_true", help="log what is done")
+
     ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv)")
     ph.add_argument("--out", required=True)
     ph.add_argument("--modality", default="chest_xray")
@@ -100,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # command-line option -> ExplainConfig field; options left unset keep the config's defaults
 _CONFIG_OPTIONS = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
-                   "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width"}
+                   "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width",
+                   "stta": "stta", "stta_iterations": "stta_iterations", "stta_views": "stta_views",
+                   "neighbours": "n_neighbours", "lambda2": "lambda2"}
 
 
 def _as_typed(exc: ValueError) -> UserError:
@@ -114,7 +148,8 @@ def _as_typed(exc: ValueError) -> UserError:
 def _config(a: argparse.Namespace) -> Any:
     from blackbox_lime.config import ExplainConfig
 
-    kw = {field: getattr(a, option) for option, field in _CONFIG_OPTIONS.items() if getattr(a, option) is not None}
+    kw = {field: getattr(a, option) for option, field in _CONFIG_OPTIONS.items()
+          if getattr(a, option, None) is not None}
     try:
         return ExplainConfig(**kw)
     except ValueError as exc:
@@ -154,6 +189,8 @@ def _adapter(a: argparse.Namespace) -> Any:
 
 def _redact_logs(adapter: Any) -> None:
     """Defence in depth: scrub the adapter's secrets from every log record, whoever emits it."""
+    if adapter is None:
+        return
     redact = getattr(adapter, "redact", None)
     if redact is None or not getattr(redact, "secrets", None):
         return
@@ -178,6 +215,7 @@ def _model_record(a: argparse.Namespace, adapter: Any) -> dict[str, Any]:
 
 def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     from blackbox_lime import __version__
+    from blackbox_lime.evidence_bank import BankError
     from blackbox_lime.explainer import Explainer
     from blackbox_lime.image_io import ImageError, load_image
     from blackbox_lime.outputs import (
@@ -193,7 +231,9 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     with adapter:
         out = check_writable(a.out)
         try:  # checks that need the model, such as a patch size that must fit the MAE's patches
-            explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device)
+            explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device, bank=a.bank)
+        except BankError as exc:
+            raise UserError(f"--bank: {exc}") from None
         except ValueError as exc:
             raise _as_typed(exc) from None
         target = _target(a.target, adapter.info.class_names)
@@ -201,6 +241,8 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
         mae = getattr(explainer.filler, "path", None)
         if mae is not None:
             hashes["mae"] = {"file": Path(mae).name, "sha256": file_sha256(mae)}
+        if a.bank is not None:
+            hashes["evidence_bank"] = {"file": Path(a.bank).name, "sha256": file_sha256(a.bank)}
         failed = 0
         stems: set[str] = set()
         for path in images:
@@ -233,10 +275,105 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
                 for warning in exp.warnings:
                     print(f"blackbox-lime: warning: {path.name}: {warning}", file=sys.stderr)
             if not a.json and not a.quiet:
+                if exp.adaptation is not None and exp.adaptation["adapted"]:
+                    print(f"{path.name}: STTA adapted the input: P({exp.target_name}) "
+                          f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
+                          file=sys.stderr)
                 print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} R2={exp.r2:.3f} "
                       f"{exp.queries} queries {exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}",
                       file=sys.stderr)
     return EXIT_USER if failed else EXIT_OK
+
+
+def _read_cases(path: Path, need_mask: bool) -> list[dict[str, str]]:
+    """The abnormal rows of a cases CSV (columns image, label and, when needed, mask)."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"--cases: {path} not found. Give a CSV with columns image, label (and mask).") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"--cases: {path.name} is not a readable CSV ({exc}).") from None
+    need = ["image", "label"] + (["mask"] if need_mask else [])
+    missing = [c for c in need if not rows or c not in rows[0]]
+    if missing:
+        raise UserError(f"--cases: {path.name} lacks the column(s) {', '.join(missing)}; it needs {', '.join(need)} "
+                        "(blackbox-lime phantoms writes such a labels.csv).")
+    for i, r in enumerate(rows, start=2):
+        if str(r["label"]).strip() not in ("0", "1"):
+            raise UserError(f"--cases: {path.name} line {i}: label must be 0 or 1. Got {r['label']!r} instead.")
+    abnormal = [r for r in rows if r["label"].strip() == "1"]
+    if not abnormal:
+        raise UserError(f"--cases: {path.name} lists no abnormal case (label 1); a bank holds abnormal cases.")
+    return abnormal
+
+
+def run_bank_build(a: argparse.Namespace) -> int:
+    """Embed the abnormal cases of a CSV and store their evidence maps (masks or explanations) in a bank."""
+    from blackbox_lime.config import ExplainConfig
+    from blackbox_lime.evidence_bank import Embedder, build_bank, mask_patch_map
+    from blackbox_lime.explainer import Explainer, _progress, to_canvas
+    from blackbox_lime.image_io import ImageError, load_image
+    from blackbox_lime.outputs import check_writable
+    from blackbox_lime.patches import PatchGrid
+
+    cases = Path(a.cases)
+    rows = _read_cases(cases, need_mask=a.source == "masks")
+    if a.source == "explanations" and a.model is None and a.endpoint is None:
+        raise UserError("--source explanations needs the classifier: --model MODEL.onnx, --model URL or --endpoint.")
+    out = Path(a.out)
+    check_writable(out.parent if str(out.parent) else ".")
+    patch = a.patch_size or ExplainConfig.patch_size
+    embedder = Embedder(a.embed, device=a.device)
+    adapter = _adapter(a) if (a.model is not None or a.endpoint is not None) else None
+    _redact_logs(adapter)
+    try:
+        if adapter is not None:
+            size, channels = adapter.info.input_size, adapter.info.channels
+        else:
+            size, channels = (a.input_size or embedder.size,) * 2, embedder.channels
+        grid = PatchGrid(size[0], size[1], patch)
+        explainer = None
+        if a.source == "explanations":
+            kw = {} if a.samples is None else {"n_samples": a.samples}
+            try:
+                explainer = Explainer(adapter, ExplainConfig(patch_size=patch, **kw), device=a.device)
+            except ValueError as exc:
+                raise _as_typed(exc) from None
+        images, maps, ids = [], [], []
+        bar = _progress(len(rows), not a.quiet)
+        try:
+            for r in rows:
+                path = cases.parent / r["image"]
+                try:
+                    pixels = load_image(path).pixels
+                    if explainer is not None:
+                        exp = explainer.explain(pixels, target=adapter.info.abnormal_index, rng=a.seed)
+                        maps.append(exp.patch_weights.reshape(-1))
+                    else:
+                        maps.append(mask_patch_map(load_image(cases.parent / r["mask"]).pixels[..., 0] > 0.5, grid))
+                except ImageError as exc:
+                    raise UserError(f"{exc} (listed in {cases.name}); fix or remove that row. No bank was written.") from None
+                images.append(to_canvas(pixels, size, channels, []))
+                ids.append(r["image"])
+                bar.update(1)
+        finally:
+            bar.close()
+        meta: dict[str, Any] = {"cases_file": cases.name}
+        if adapter is not None:
+            meta["model"] = _model_record(a, adapter)
+        target = adapter.info.class_names[adapter.info.abnormal_index] if adapter is not None else "abnormal"
+        bank = build_bank(images, maps, ids, embedder, grid, target, a.source, meta)
+        bank.save(out)
+    finally:
+        if adapter is not None:
+            adapter.close()
+    left = bank.meta["left_out"]
+    print(f"{out}: {len(bank)} abnormal cases ({a.source}, {grid.rows}x{grid.cols} patches of {patch} px)"
+          + (f"; {left} left out because their map is empty" if left else ""), file=sys.stderr)
+    return EXIT_OK
 
 
 def run_endpoint_check(a: argparse.Namespace) -> int:
@@ -328,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))
             return EXIT_OK
+        if a.command == "bank":
+            if a.bank_command != "build":
+                raise UserError("Use: blackbox-lime bank build --cases CASES.csv --out BANK.npz.")
+            return run_bank_build(a)
         if a.command == "endpoint":
             if a.endpoint_command != "check":
                 raise UserError("Use: blackbox-lime endpoint check --endpoint PROFILE.toml (or --model URL).")
@@ -342,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.out is None:
             raise UserError("--out is required: the folder to write the saliency maps to.")
         return run_explain([Path(p) for p in a.images], a)
-    except (UserError, AdapterError, OutputError, ValueError, FileNotFoundError) as exc:
+    except (UserError, AdapterError, OutputError, ValueError, FileNotFoundError) as exc:  # BankError is a ValueError
         print(f"blackbox-lime: error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from blackbox_lime.test_time_adaptation import query_cost
+
 FILLS = ("mae", "mean", "blur", "zero")
 LAMBDA1_SCALES = ("response", "absolute")
 
@@ -70,6 +72,21 @@ class ExplainConfig:
         Weight of ||w - w_ref||^2 (w_ref is the evidence prior, zero without one).
     batch_size : int, default 64
         Images per MAE run and per classifier request.
+    stta : bool, default False
+        STTA: before sampling, adapt the input with a photometric transform found by SPSA so that the
+        frozen model's cross-entropy against the explained class, over ``stta_views`` views, is lowest;
+        every queried image then passes through it (``blackbox_lime/test_time_adaptation.py``).
+    stta_iterations : int, default 8
+        SPSA iterations T.
+    stta_views : int, default 4
+        Views S (the image, then rotated resized crops).
+    stta_probes : int, default 8
+        Probe images K (half the patches hidden and filled) on which the adapted answer must stay
+        sensitive to the image's content, or the adaptation is dropped; 0 skips the check. STTA
+        costs at most S (2T + 2) + 2K queries on top of ``n_samples`` (88 by default; the 2K only
+        when a transform was found); :meth:`n_samples_for_budget` splits a total budget.
+    n_neighbours : int, default 10
+        EBR: the nearest historical cases N_T whose maps form the evidence prior (with an evidence bank).
     """
 
     patch_size: int = 16
@@ -83,6 +100,11 @@ class ExplainConfig:
     lambda1_cap: float = 0.5
     lambda2: float = 1e-4
     batch_size: int = 64
+    stta: bool = False
+    stta_iterations: int = 8
+    stta_views: int = 4
+    stta_probes: int = 8
+    n_neighbours: int = 10
 
     def __post_init__(self) -> None:
         _check(_is_int(self.patch_size) and self.patch_size >= 2, "patch_size", "an integer >= 2", self.patch_size)
@@ -102,6 +124,33 @@ class ExplainConfig:
                self.lambda1_cap)
         _check(_is_real(self.lambda2) and self.lambda2 >= 0, "lambda2", "a float in the range [0, inf)", self.lambda2)
         _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        _check(isinstance(self.stta, bool), "stta", "True or False", self.stta)
+        _check(_is_int(self.stta_iterations) and self.stta_iterations >= 1, "stta_iterations", "an integer >= 1",
+               self.stta_iterations)
+        _check(_is_int(self.stta_views) and self.stta_views >= 1, "stta_views", "an integer >= 1", self.stta_views)
+        _check(_is_int(self.stta_probes) and self.stta_probes >= 0, "stta_probes", "an integer >= 0", self.stta_probes)
+        _check(_is_int(self.n_neighbours) and self.n_neighbours >= 1, "n_neighbours", "an integer >= 1",
+               self.n_neighbours)
+
+    @property
+    def stta_queries(self) -> int:
+        """The most queries STTA sends before sampling (0 when it is off): S (2T + 2) + 2K."""
+        return query_cost(self.stta_views, self.stta_iterations, self.stta_probes) if self.stta else 0
+
+    @property
+    def total_queries(self) -> int:
+        """The most images one explanation sends: the samples plus STTA's."""
+        return self.n_samples + self.stta_queries
+
+    @staticmethod
+    def n_samples_for_budget(budget: int, stta: bool, stta_iterations: int = 8, stta_views: int = 4,
+                             stta_probes: int = 8) -> int:
+        """The ``n_samples`` with which one explanation sends at most ``budget`` images, STTA included."""
+        cost = query_cost(stta_views, stta_iterations, stta_probes) if stta else 0
+        if budget - cost < 10:
+            raise ValueError(f"A budget of {budget} queries leaves {budget - cost} samples after STTA's {cost}; "
+                             "at least 10 are needed. Raise the budget or lower stta_iterations / stta_views.")
+        return budget - cost
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,10 +1,12 @@
-"""The MedLIME pipeline: patches -> masks -> fills -> queries -> surrogate -> pixel saliency.
+"""The MedLIME pipeline: masks -> STTA -> fills -> queries -> evidence prior -> surrogate -> pixel saliency.
 
-    explainer = Explainer(adapter)                     # any adapters.ClassifierAdapter
+    explainer = Explainer(adapter, ExplainConfig(stta=True), bank="bank.npz")   # any adapters.ClassifierAdapter
     explanation = explainer.explain(image, target=None, rng=0)
 
-Seams for the two other parts of MedLIME: ``input_transform`` (STTA: every perturbed image passes
-through it before it is queried) and ``reference`` (EBR: the evidence prior w_ref of the surrogate).
+The three parts of MedLIME: GM (``config.fill="mae"``, blackbox_lime/generative_masking.py), STTA
+(``config.stta``, blackbox_lime/test_time_adaptation.py: every queried image passes through the
+adapted transform) and EBR (``bank=``, blackbox_lime/evidence_bank.py: the evidence prior w_ref of the
+surrogate). ``input_transform`` and ``reference`` remain open for other transforms and priors.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -20,10 +23,12 @@ import numpy as np
 from adapters.base import ClassifierAdapter
 from blackbox_lime import __version__
 from blackbox_lime.config import ExplainConfig
+from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
 from blackbox_lime.explanation import Explanation
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
 from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
+from blackbox_lime.test_time_adaptation import Adaptation, adapt
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +81,20 @@ class Explainer:
     config : an :class:`~blackbox_lime.config.ExplainConfig`.
     mae_path : the MAE graph for ``fill="mae"`` (default: the bundled ``mae_recon.onnx``).
     filler : a ready :class:`~blackbox_lime.generative_masking.Filler` (overrides ``config.fill``).
-    input_transform : STTA seam, applied to every batch of perturbed images (N, H, W, C) before querying.
-    reference : EBR seam, a callable ``image -> (w_ref (P,), neighbours)``; None gives w_ref = 0.
-    device, threads : for the local MAE's onnxruntime session.
+    bank : EBR's evidence bank (an :class:`~blackbox_lime.evidence_bank.EvidenceBank` or the path of one);
+        its prior is used when the explained class is the model's abnormal class (the bank holds
+        abnormal cases and their evidence).
+    embed_path : the embedding graph the bank was built with (default: the bundled ``mae_embed.onnx``).
+    input_transform : a fixed transform applied to every batch of images (N, H, W, C) before querying
+        (before STTA's, when ``config.stta`` is on).
+    reference : another prior, a callable ``canvas -> (w_ref (P,), neighbours)``, instead of ``bank``;
+        None and no bank give w_ref = 0.
+    device, threads : for the local MAE's onnxruntime sessions.
     """
 
     def __init__(self, adapter: ClassifierAdapter, config: ExplainConfig | None = None, *, mae_path: str | None = None,
-                 filler: Filler | None = None, input_transform: InputTransform | None = None,
+                 filler: Filler | None = None, bank: EvidenceBank | str | Path | None = None,
+                 embed_path: str | Path | None = None, input_transform: InputTransform | None = None,
                  reference: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]] | None = None,
                  device: str = "auto", threads: int | None = None) -> None:
         self.adapter = adapter
@@ -90,7 +102,6 @@ class Explainer:
         self.filler = filler or make_filler(self.config.fill, self.config.patch_size, mae_path,
                                             batch_size=self.config.batch_size, threads=threads, device=device)
         self.input_transform = input_transform
-        self.reference = reference
         info = adapter.info
         if isinstance(self.filler, MAEFiller) and tuple(info.input_size) == (self.filler.size, self.filler.size) \
                 and self.config.patch_size % self.filler.patch:
@@ -98,6 +109,15 @@ class Explainer:
                 f"The 'patch_size' parameter must be a multiple of the MAE's patch ({self.filler.patch}) when the "
                 f"model and the MAE share their input size. Got {self.config.patch_size} instead.")
         self.grid = PatchGrid(info.input_size[0], info.input_size[1], self.config.patch_size)
+        self.bank: EvidenceBank | None = None
+        if bank is not None and reference is not None:
+            raise ValueError("Pass either bank= (the evidence bank) or reference= (another prior), not both.")
+        if bank is not None:
+            self.bank = bank if isinstance(bank, EvidenceBank) else EvidenceBank.load(bank)
+            embedder = Embedder(embed_path, threads=threads, device=device)
+            self.bank.check_fits(self.grid, embedder)
+            reference = EvidencePrior(self.bank, embedder, self.config.n_neighbours)
+        self.reference = reference
 
     def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
                 progress: bool = False, keep_samples: bool = False) -> Explanation:
@@ -133,7 +153,8 @@ class Explainer:
         notes: list[str] = []
         canvas = to_canvas(image, info.input_size, info.channels, notes)
         q0, r0 = self.adapter.queries, self.adapter.requests
-        timings = {"masks": 0.0, "fill": 0.0, "classifier": 0.0, "compose": 0.0, "surrogate": 0.0}
+        timings = {"masks": 0.0, "stta": 0.0, "fill": 0.0, "classifier": 0.0, "compose": 0.0, "evidence": 0.0,
+                   "surrogate": 0.0}
 
         t = time.perf_counter()
         visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples, cfg.mask_ratios,
@@ -141,10 +162,24 @@ class Explainer:
         timings["masks"] = time.perf_counter() - t
 
         probs = np.zeros((cfg.n_samples, n_classes))
-        bar = _progress(cfg.n_samples, progress)
+        bar = _progress(cfg.total_queries, progress)
+        adaptation: Adaptation | None = None
+        transform = self.input_transform
         try:
+            if cfg.stta:  # drawn after the masks, so the design is the same with and without STTA
+                t = time.perf_counter()
+                base = canvas if transform is None else transform(canvas[None])[0]
+                probes = self._probes(canvas, cfg.stta_probes, gen, timings)
+                if probes is not None and transform is not None:
+                    probes = transform(probes)
+                adaptation = adapt(self.adapter, base, target, gen, cfg.stta_iterations, cfg.stta_views, probes)
+                transform = adaptation.transform if transform is None else _chain(transform, adaptation.transform)
+                if target is None:
+                    target = adaptation.label
+                timings["stta"] = time.perf_counter() - t
+                bar.update(adaptation.queries)
             t = time.perf_counter()
-            probs[:1] = self._query(canvas[None])
+            probs[:1] = self._query(canvas[None], transform)
             timings["classifier"] += time.perf_counter() - t
             bar.update(1)
             n_groups = int(group.max()) + 1
@@ -170,7 +205,7 @@ class Explainer:
                     batch = grid.composite(visible[rows], canvas, static_fill[None], None, out=buffer[:len(rows)])
                 timings["compose"] += time.perf_counter() - t
                 t = time.perf_counter()
-                probs[rows] = self._query(batch)
+                probs[rows] = self._query(batch, transform)
                 timings["classifier"] += time.perf_counter() - t
                 bar.update(len(rows))
         finally:
@@ -179,12 +214,24 @@ class Explainer:
         if target is None:
             target = int(np.argmax(probs[0]))
         t = time.perf_counter()
-        ref, neighbours = (np.zeros(grid.n_patches), []) if self.reference is None else self.reference(image)
+        ref, neighbours, evidence = np.zeros(grid.n_patches), [], None
+        if self.reference is not None:
+            if self.bank is not None and target != info.abnormal_index:
+                notes.append(f"the evidence bank holds evidence for {info.class_names[info.abnormal_index]!r}, so it "
+                             f"was not used for the class {info.class_names[target]!r}")
+            else:
+                ref, neighbours = self.reference(canvas)
+                ref = np.asarray(ref, np.float64).reshape(-1)
+                evidence = {"neighbours": len(neighbours), **getattr(self.reference, "last", {})}
+        timings["evidence"] = time.perf_counter() - t
+        t = time.perf_counter()
         weights = proximity_kernel(visible, cfg.kernel_width)
         y = probs[:, target]
         model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
-                                lambda1_cap=cfg.lambda1_cap).fit(
+                                lambda1_cap=cfg.lambda1_cap, reference_scale="fit").fit(
             visible.astype(np.float64), y, weights)
+        if evidence is not None:
+            evidence["reference_scale"] = model.reference_scale_
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
@@ -208,7 +255,7 @@ class Explainer:
             timings=timings,
             seed=seed,
             config={**cfg.to_dict(), "fill_model": getattr(self.filler, "describe", lambda: {"kind": self.filler.name})(),
-                    "version": __version__},
+                    "evidence_bank": None if self.bank is None else self.bank.describe(), "version": __version__},
             neighbours=neighbours,
             notes=notes,
             model={"name": info.name, "input_size": list(info.input_size), "channels": info.channels,
@@ -218,12 +265,31 @@ class Explainer:
             response_sd=model.response_sd_,
             lambda1_effective=model.lambda1_effective_,
             lambda1_capped=model.lambda1_capped_,
+            adaptation=None if adaptation is None else adaptation.summary(),
+            evidence=evidence,
         )
 
-    def _query(self, batch: np.ndarray) -> np.ndarray:
-        if self.input_transform is not None:
-            batch = self.input_transform(batch)
+    def _probes(self, canvas: np.ndarray, k: int, gen: np.random.Generator,
+                timings: dict[str, float]) -> np.ndarray | None:
+        """K perturbations of the canvas (half the patches hidden, filled as the samples are) for STTA's check."""
+        if k == 0:
+            return None
+        t = time.perf_counter()
+        visible, _ = draw_masks(gen, self.grid.n_patches, k + 1, (0.5,), 1)
+        visible = visible[1:]  # row 0 is the unperturbed image
+        fills = self.filler.fill(canvas, self.grid.hidden_pixels(visible))
+        out = self.grid.composite(visible, canvas, fills, np.arange(k))
+        timings["fill"] += time.perf_counter() - t
+        return out
+
+    def _query(self, batch: np.ndarray, transform: InputTransform | None) -> np.ndarray:
+        if transform is not None:
+            batch = transform(batch)
         return self.adapter.predict(batch)
+
+
+def _chain(first: InputTransform, second: InputTransform) -> InputTransform:
+    return lambda batch: second(first(batch))
 
 
 # Below this spread of P(target) over the samples, the map ranks effects too small to act on.

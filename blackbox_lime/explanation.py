@@ -32,6 +32,10 @@ class Explanation:
     lambda1_effective : the L1 weight the surrogate used (``lambda1`` times ``response_sd`` by default).
     lambda1_capped : whether ``lambda1_cap`` lowered that weight (the configured weight would have
         kept few or no patches).
+    adaptation : STTA's result (the transform phi*, the loss and P(label) before and after, its queries),
+        None when STTA is off. ``target_prob`` and ``probs`` are the model's answers on the adapted image.
+    evidence : EBR's use (neighbours, kernel bandwidth, the scale the surrogate gave the prior), None
+        without an evidence prior. ``neighbours`` lists the cases with their similarity and kernel weight.
     model : the classifier's metadata.
     samples : with ``explain(..., keep_samples=True)``: the queried design, for audits and for refitting
         the surrogate: ``visible`` bool (n, P), ``probs`` float64 (n, K), ``kernel`` float64 (n,).
@@ -59,6 +63,8 @@ class Explanation:
     response_sd: float = float("nan")
     lambda1_effective: float = float("nan")
     lambda1_capped: bool = False
+    adaptation: dict[str, Any] | None = None
+    evidence: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -77,6 +83,8 @@ class Explanation:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "seed": self.seed,
             "config": self.config,
+            "adaptation": self.adaptation,
+            "evidence": self.evidence,
             "neighbours": self.neighbours,
             "notes": self.notes,
             "warnings": self.warnings,

@@ -159,3 +159,53 @@ def test_weak_map_warning_goes_to_stderr_and_the_report(png: Path, tmp_path: Pat
     assert len(report["warnings"]) == 2 and report["config"]["lambda1_scale"] == "absolute"
     assert report["lambda1_effective"] == 1.0 and report["lambda1_capped"] is False
     assert cli.main([*args, "--quiet"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_bank_build_from_masks_then_explain_with_it_and_stta(tmp_path: Path, linear_model: Path, png: Path,
+                                                              capsys) -> None:
+    assert cli.main(["phantoms", "--out", str(tmp_path / "hist"), "--split", "train", "--count", "8"]) == 0
+    cases = tmp_path / "hist" / "labels.csv"
+    abnormal = sum(line.split(",")[2] == "1" for line in cases.read_text().splitlines()[1:])
+    bank = tmp_path / "bank.npz"
+    assert cli.main(["bank", "build", "--cases", str(cases), "--out", str(bank), "--quiet"]) == 0
+    assert capsys.readouterr().err == (f"{bank}: {abnormal} abnormal cases (masks, 14x14 patches of 16 px)\n")
+    out = tmp_path / "out"
+    assert cli.main(["explain", str(png), "--model", str(linear_model), "--out", str(out), "--bank", str(bank),
+                     "--stta", "--stta-iterations", "2", "--stta-views", "2", "--neighbours", "3", "--lambda2", "0.1",
+                     "--target", "abnormal", *FAST]) == 0
+    report = json.loads((out / "case.json").read_text())
+    assert report["config"]["stta"] is True and report["config"]["n_neighbours"] == 3 and report["config"]["lambda2"] == 0.1
+    assert report["adaptation"]["queries"] in (2 * 6, 2 * 6 + 16) and report["queries"] == 60 + report["adaptation"]["queries"]
+    assert len(report["neighbours"]) == 3 and all(n["case"].startswith("chest_xray_train_") for n in report["neighbours"])
+    assert report["evidence"]["neighbours"] == 3 and report["evidence"]["reference_scale"] >= 0
+    assert report["models"]["evidence_bank"]["file"] == "bank.npz" and report["config"]["evidence_bank"]["source"] == "masks"
+
+
+def test_bank_build_refuses_bad_cases_and_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "cases.csv"
+    bad.write_text("image,label\na.png,1\n")
+    r = run_cli("bank", "build", "--cases", str(bad), "--out", str(tmp_path / "b.npz"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == ("blackbox-lime: error: --cases: cases.csv lacks the column(s) mask; it needs image, label, mask "
+                        "(blackbox-lime phantoms writes such a labels.csv).\n")
+    bad.write_text("image,label,mask\na.png,yes,a.mask.png\n")
+    r = run_cli("bank", "build", "--cases", str(bad), "--out", str(tmp_path / "b.npz"))
+    assert r.stderr == "blackbox-lime: error: --cases: cases.csv line 2: label must be 0 or 1. Got 'yes' instead.\n"
+    bad.write_text("image,label,mask\nmissing.png,1,missing.mask.png\n")
+    r = run_cli("bank", "build", "--cases", str(bad), "--out", str(tmp_path / "b.npz"), "--quiet")
+    assert r.returncode == 2 and "missing.png" in r.stderr and "No bank was written." in r.stderr
+    r = run_cli("bank", "build", "--cases", str(bad), "--out", str(tmp_path / "b.npz"), "--source", "explanations")
+    assert r.stderr == ("blackbox-lime: error: --source explanations needs the classifier: --model MODEL.onnx, "
+                        "--model URL or --endpoint.\n")
+    assert not list(tmp_path.glob("b.npz*")) and not list(tmp_path.glob(".b.npz*"))
+
+
+def test_explain_with_a_bad_bank_exits_2(tmp_path: Path, png: Path, linear_model: Path) -> None:
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"nope")
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--bank", str(junk), *FAST)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("blackbox-lime: error: --bank: junk.npz is not an evidence bank (")
+    assert r.stderr.endswith("Build one with `blackbox-lime bank build`.\n") and not (tmp_path / "o" / "case.json").exists()
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--stta-views", "0", *FAST)
+    assert r.returncode == 2 and "blackbox-lime: error: --stta-views must be an integer >= 1. Got 0 instead.\n" in r.stderr
