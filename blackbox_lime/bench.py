@@ -51,6 +51,8 @@ from blackbox_lime.phantoms import make_phantom
 METHODS: dict[str, tuple[str, bool]] = {
     "MedLIME": ("medlime", True),
     "MedLIME w/o GM (mean fill)": ("medlime_mean", True),
+    "MedLIME w/o STTA": ("medlime_no_stta", True),
+    "MedLIME w/o EBR": ("medlime_no_ebr", True),
     "LIME (lime package)": ("lime", True),
     "LIME, patch grid, mean fill": ("patch_lime", True),
     "RISE": ("rise", True),
@@ -61,13 +63,21 @@ METHODS: dict[str, tuple[str, bool]] = {
     "Grad-CAM (white-box)": ("gradcam", False),
     "MedLIME, blur fill (diagnostic)": ("medlime_blur", True),
 }
+# MedLIME's parts per kind: (fill, STTA, EBR). "MedLIME" is all three; each ablation drops one.
+MEDLIME_PARTS: dict[str, tuple[str, bool, bool]] = {
+    "medlime": ("mae", True, True),
+    "medlime_mean": ("mean", True, True),
+    "medlime_no_stta": ("mae", False, True),
+    "medlime_no_ebr": ("mae", True, False),
+    "medlime_blur": ("blur", True, True),
+}
 # Run only when named in --methods: a diagnostic, not a rival. Its fill is a Gaussian blur of the
 # image (sigma 8 px), the same removal MoRF and LeRF use, so it shows how much of a MoRF/LeRF lead
 # comes from perturbing like the metric does.
 DIAGNOSTIC = ("MedLIME, blur fill (diagnostic)",)
 PROTOCOL = tuple(m for m in METHODS if m not in DIAGNOSTIC)
 KERNEL_SHAPS = tuple(m for m, (kind, _) in METHODS.items() if kind.startswith("kernel_shap"))
-NOT_BUILT = ("MedLIME w/o STTA", "MedLIME w/o EBR")  # STTA and EBR come in their own issues
+ABLATIONS = {"gm": "MedLIME w/o GM (mean fill)", "stta": "MedLIME w/o STTA", "ebr": "MedLIME w/o EBR"}
 BLACK_BOX = [m for m in PROTOCOL if m not in ("Random", "Grad-CAM (white-box)")]
 
 
@@ -90,6 +100,7 @@ class BenchConfig:
     curve_steps: int = 14
     n_boot: int = 2000
     overlay_cases: int = 1  # per (model, modality)
+    bank_cases: int = 200  # EBR: abnormal train phantoms per modality in the evidence bank (lesion masks)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,15 +121,35 @@ def abnormal_cases(modality: str, split: str, n: int, first: int = 0) -> list[An
     return out
 
 
+def evidence_banks(modalities: Sequence[str], n_cases: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """EBR's banks for the benchmark: per modality, the first ``n_cases`` abnormal train phantoms with their
+    lesion masks (the train split only: no val, test or shifted case is ever in a bank)."""
+    from blackbox_lime.evidence_bank import Embedder, phantom_bank
+    from blackbox_lime.patches import PatchGrid
+
+    embedder = Embedder()
+    grid = PatchGrid(224, 224, ExplainConfig.patch_size)  # both shipped classifiers take 224 x 224
+    t = time.perf_counter()
+    banks = {m: phantom_bank(m, grid, embedder, n_cases) for m in modalities}
+    log(f"evidence banks: {n_cases} abnormal train phantoms per modality ({time.perf_counter() - t:.0f} s)")
+    return banks
+
+
+def medlime_config(kind: str, budget: int) -> ExplainConfig:
+    """The configuration of a MedLIME variant that sends at most ``budget`` queries, STTA's included."""
+    fill, stta, _ = MEDLIME_PARTS[kind]
+    return ExplainConfig(n_samples=ExplainConfig.n_samples_for_budget(budget, stta), fill=fill, stta=stta)
+
+
 def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, budget: int | None, seed: int,
-               torch_model: Any, arch: str) -> np.ndarray:
+               torch_model: Any, arch: str, bank: Any = None) -> np.ndarray:
     kind = METHODS[name][0]
     rng = np.random.default_rng(seed)
     target = adapter.info.abnormal_index
-    if kind in ("medlime", "medlime_mean", "medlime_blur"):
-        fill = {"medlime": "mae", "medlime_mean": "mean", "medlime_blur": "blur"}[kind]
-        cfg = ExplainConfig(n_samples=int(budget or 500), fill=fill)
-        return Explainer(adapter, cfg).explain(image, target=target, rng=rng).saliency
+    if kind in MEDLIME_PARTS:
+        use_bank = bank if MEDLIME_PARTS[kind][2] else None
+        return Explainer(adapter, medlime_config(kind, int(budget or 500)), bank=use_bank).explain(
+            image, target=target, rng=rng).saliency
     if kind == "lime":
         return baselines.lime_package(image, adapter, target, int(budget or 1000), rng)
     if kind == "patch_lime":
@@ -170,6 +201,8 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
         log("torch is not installed: Grad-CAM (white-box) is skipped; install the train extra for it.")
     n_total = len(cfg.models) * len(cfg.modalities) * cfg.images
     n_done = 0
+    banks = {} if not any(METHODS[m][0] in MEDLIME_PARTS for m in cfg.methods) else \
+        evidence_banks(cfg.modalities, cfg.bank_cases, log)
     for arch in cfg.models:
         adapter = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))
         scorer = OnnxAdapter(bundled_model(f"demo_{arch}.onnx"))  # the metrics' queries are not the method's cost
@@ -184,7 +217,7 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
                 else:
                     t_case = time.perf_counter()
                     case_records, overlay = _run_case(cfg, ci, ph, arch, modality, adapter, scorer, torch_model,
-                                                      has_torch)
+                                                      has_torch, banks.get(modality))
                     checkpoint.add(arch, modality, ph.index, case_records, time.perf_counter() - t_case, overlay)
                 records += case_records
                 if overlay is not None:
@@ -206,7 +239,8 @@ def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, res
 
 
 def _run_case(cfg: BenchConfig, ci: int, ph: Any, arch: str, modality: str, adapter: OnnxAdapter,
-              scorer: OnnxAdapter, torch_model: Any, has_torch: bool) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+              scorer: OnnxAdapter, torch_model: Any, has_torch: bool,
+              bank: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every method at every budget on one case: its records, and its overlay maps if it is drawn."""
     image, mask = ph.image, ph.mask
     records: list[dict[str, Any]] = []
@@ -228,7 +262,7 @@ def _run_case(cfg: BenchConfig, ci: int, ph: Any, arch: str, modality: str, adap
             for seed in seeds:
                 q0, r0 = adapter.queries, adapter.requests
                 t0 = time.perf_counter()
-                sal = run_method(name, image, adapter, budget, seed, torch_model, arch)
+                sal = run_method(name, image, adapter, budget, seed, torch_model, arch, bank)
                 wall = time.perf_counter() - t0
                 maps.append(sal)
                 if seed == 0:
@@ -340,10 +374,13 @@ def goals(summary: list[dict[str, Any]], cfg: BenchConfig, paired: list[dict[str
         "medlime_over_lime_auprc": med / lime if lime else float("nan"),
         "medlime_ge_rise": med >= _mean(summary, "RISE", b),
         "medlime_ge_kernelshap": bool(med >= np.nanmax([_mean(summary, k, b) for k in KERNEL_SHAPS] + [-np.inf])),
-        "gm_removal_lowers_auprc": _mean(summary, "MedLIME w/o GM (mean fill)", b) < med,
-        "stta_removal_lowers_auprc": "not measured: STTA is not built yet",
-        "ebr_removal_lowers_auprc": "not measured: EBR is not built yet",
     }
+    for part, ablation in ABLATIONS.items():
+        without = _mean(summary, ablation, b)
+        out[f"{part}_removal_lowers_auprc"] = bool(without < med) if np.isfinite(without) else "not measured"
+        for p in paired or []:
+            if p["method"] == ablation:
+                out[f"{part}_removal_paired"] = _paired_text(p["auprc"], 1)
     for arch in cfg.models:
         per = [(_mean(summary, "MedLIME", b, f"{arch}/{m}"), _mean(summary, "Grad-CAM (white-box)", None, f"{arch}/{m}"))
                for m in cfg.modalities]
@@ -399,13 +436,14 @@ def markdown(result: dict[str, Any]) -> str:
         q = f"{a['queries'][0]:.0f}"
         lines.append(f"| {method} | {q} | {_fmt(a['auprc'])} | " + " | ".join(cells) + f" | {_fmt(a['morf'])} | "
                      f"{_fmt(a['lerf'])} | {_fmt(a['consistency'])} | {a['requests'][0]:.0f} | {median_wall:.2f} |")
-    for name in NOT_BUILT:
-        lines.append(f"| {name} | – | not built yet (own issue) |" + " |" * (len(groups) + 4))
     g = result["goals"]
+    removal = "; ".join(f"{part.upper()}: {g.get(f'{part}_removal_lowers_auprc', 'not measured')}"
+                        + (f" (paired {g[f'{part}_removal_paired']})" if f"{part}_removal_paired" in g else "")
+                        for part in ABLATIONS)
     lines += ["", "Goals:", "",
               f"- MedLIME / lime AUPRC at {cfg['consistency_budget']} queries: {g['medlime_over_lime_auprc']:.2f}× (goal ≥ 1.5×)",
               f"- MedLIME ≥ RISE: {g['medlime_ge_rise']}; ≥ KernelSHAP (both fills): {g['medlime_ge_kernelshap']}",
-              f"- removing GM lowers AUPRC: {g['gm_removal_lowers_auprc']}; STTA, EBR: not built yet",
+              f"- removing each part lowers AUPRC: {removal}",
               f"- lowest MoRF among black-box methods: {g.get('lowest_morf_black_box')}; "
               f"highest LeRF: {g.get('highest_lerf_black_box')}",
               f"- paired on the same cases, MedLIME minus the best other black-box method: MoRF "

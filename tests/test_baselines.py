@@ -105,18 +105,23 @@ def test_bench_smoke_run_writes_every_output(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from blackbox_lime.bench import BenchConfig, run
 
-    cfg = BenchConfig(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(24,), seeds=2,
-                      consistency_images=1, consistency_budget=24, curve_steps=4, n_boot=50,
-                      methods=("MedLIME", "LIME, patch grid, mean fill", "Occlusion (16 px)", "Random"))
+    cfg = BenchConfig(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(120,), seeds=2,
+                      consistency_images=1, consistency_budget=120, curve_steps=4, n_boot=50, bank_cases=6,
+                      methods=("MedLIME", "MedLIME w/o STTA", "LIME, patch grid, mean fill", "Occlusion (16 px)",
+                               "Random"))
     result = run(cfg, tmp_path, log=lambda s: None)
     for name in ("table.md", "results.json", "auprc_vs_queries.png", "overlays.png"):
         assert (tmp_path / name).stat().st_size > 0
     recs = json.loads((tmp_path / "results.json").read_text())["records"]
     assert {r["method"] for r in recs} == set(cfg.methods)
     med = [r for r in recs if r["method"] == "MedLIME"][0]
-    assert med["queries"] == 24 and 0 <= med["auprc"] <= 1 and "consistency" in med
+    assert med["queries"] <= 120 and 0 <= med["auprc"] <= 1 and "consistency" in med  # STTA's check only when adapted
+    assert [r for r in recs if r["method"] == "MedLIME w/o STTA"][0]["queries"] == 120
     assert [r for r in recs if r["method"] == "Occlusion (16 px)"][0]["queries"] == 197
-    assert "| MedLIME | 24 |" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| MedLIME | 1" in table and "| MedLIME w/o STTA | 120 |" in table
+    assert "- removing each part lowers AUPRC: GM: not measured; STTA: " in table
+    assert "EBR: not measured" in table
     assert result["config"]["split"] == "test" and "commit" in result
 
 
@@ -227,7 +232,7 @@ def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: P
     from blackbox_lime import bench
 
     common = dict(models=("cnn",), images=2, budgets=(24,), consistency_images=0, consistency_budget=24,
-                  curve_steps=4, n_boot=50, methods=("Random",))
+                  curve_steps=4, n_boot=50, methods=("Random",))  # no MedLIME: no bank is built
     for modality in ("chest_xray", "breast_us"):
         bench.run(bench.BenchConfig(modalities=(modality,), **common), tmp_path / modality, log=lambda s: None)
     parts = [tmp_path / m / "results.json" for m in ("chest_xray", "breast_us")]
@@ -253,8 +258,8 @@ def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Pa
     pytest.importorskip("matplotlib")
     from blackbox_lime import bench
 
-    cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), images=2, budgets=(24,), seeds=2,
-                            consistency_images=1, consistency_budget=24, curve_steps=4, n_boot=50,
+    cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), images=2, budgets=(120,), seeds=2,
+                            consistency_images=1, consistency_budget=120, curve_steps=4, n_boot=50, bank_cases=6,
                             methods=("MedLIME", "Random"))
     once = bench.run(cfg, tmp_path / "once", log=lambda s: None)
 
@@ -272,10 +277,10 @@ def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Pa
     assert bench.main(["--models", "cnn", "--modalities", "chest_xray", "--out", str(out)]) == 2
     assert capsys.readouterr().err == (f"blackbox-lime bench: error: {out} holds an unfinished benchmark run; "
                                        "add --resume to go on with it, or choose another --out.\n")
-    with pytest.raises(bench.CheckpointError, match=r"checkpoint\.jsonl was started with budgets=\[24\], this run "
-                                                    r"has \[48\]; resume with the same options, or choose another "
+    with pytest.raises(bench.CheckpointError, match=r"checkpoint\.jsonl was started with budgets=\[120\], this run "
+                                                    r"has \[144\]; resume with the same options, or choose another "
                                                     r"--out\."):
-        bench.run(bench.BenchConfig(**{**cfg.__dict__, "budgets": (48,)}), out, log=lambda s: None, resume=True)
+        bench.run(bench.BenchConfig(**{**cfg.__dict__, "budgets": (144,)}), out, log=lambda s: None, resume=True)
     with open(out / "checkpoint.jsonl", "a") as f:
         f.write('{"model": "cnn", "modality": "chest_x')  # killed while writing the second case's line
 
@@ -289,7 +294,7 @@ def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Pa
     monkeypatch.setattr(bench, "run_method", counting)
     log: list[str] = []
     resumed = bench.run(cfg, out, log=log.append, resume=True)
-    assert calls == [("MedLIME", 24, 0), ("Random", None, 0)]  # only the second case, with one seed
+    assert calls == [("MedLIME", 120, 0), ("Random", None, 0)]  # only the second case, with one seed
     assert any("dropping a half-written last line" in line for line in log)
 
     def without_wall(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -324,8 +329,8 @@ def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as e:
         parse(["--methods", "MedLIME,LIME, patch grid"])
     assert e.value.code == 2
-    assert ("error: unknown method 'LIME'; choose from: MedLIME; MedLIME w/o GM (mean fill); LIME (lime package); "
-            "LIME, patch grid, mean fill; RISE; KernelSHAP (patch grid); KernelSHAP (patch grid, Telea fill); "
+    assert ("error: unknown method 'LIME'; choose from: MedLIME; MedLIME w/o GM (mean fill); MedLIME w/o STTA; "
+            "MedLIME w/o EBR; LIME (lime package); LIME, patch grid, mean fill; RISE; KernelSHAP (patch grid); KernelSHAP (patch grid, Telea fill); "
             "Occlusion (16 px); Random; Grad-CAM (white-box); MedLIME, blur fill (diagnostic) (separated by commas)\n"
             ) in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -345,8 +350,8 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
 
     every = bench.abnormal_cases("chest_xray", "shifted", 5)
     assert [c.index for c in bench.abnormal_cases("chest_xray", "shifted", 3, first=2)] == [c.index for c in every[2:]]
-    common = dict(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(24,), consistency_images=0,
-                  consistency_budget=24, curve_steps=4, n_boot=50, split="shifted")
+    common = dict(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(120,), consistency_images=0,
+                  consistency_budget=120, curve_steps=4, n_boot=50, split="shifted", bank_cases=6)
     held_out = bench.run(bench.BenchConfig(first_case=2, methods=("MedLIME", "MedLIME, blur fill (diagnostic)"),
                                            **common), tmp_path / "held_out", log=lambda s: None)
     assert {r["case"] for r in held_out["records"]} == {every[2].index}
@@ -358,11 +363,15 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
 
     adapter = bench.OnnxAdapter(bench.bundled_model("demo_cnn.onnx"))
     image, target = every[2].image, adapter.info.abnormal_index
-    diag = bench.run_method("MedLIME, blur fill (diagnostic)", image, adapter, 24, 0, None, "cnn")
-    blur = Explainer(adapter, ExplainConfig(n_samples=24, fill="blur")).explain(image, target=target,
-                                                                                 rng=np.random.default_rng(0))
+    bank = bench.evidence_banks(("chest_xray",), 6, log=lambda s: None)["chest_xray"]
+    diag = bench.run_method("MedLIME, blur fill (diagnostic)", image, adapter, 120, 0, None, "cnn", bank)
+    config = bench.medlime_config("medlime_blur", 120)  # the whole method, only the fill differs
+    assert (config.fill, config.stta, config.total_queries) == ("blur", True, 120) and config == ExplainConfig(
+        n_samples=32, fill="blur", stta=True)
+    blur = Explainer(adapter, config, bank=bank).explain(image, target=target, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(diag, blur.saliency)
-    assert not np.array_equal(diag, bench.run_method("MedLIME w/o GM (mean fill)", image, adapter, 24, 0, None, "cnn"))
+    assert not np.array_equal(diag, bench.run_method("MedLIME w/o GM (mean fill)", image, adapter, 120, 0, None, "cnn",
+                                                     bank))
     adapter.close()
     table = (tmp_path / "held_out" / "table.md").read_text()
     assert table.startswith("Split `shifted`, abnormal cases 3–3 per (model, modality); ")
@@ -371,7 +380,7 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     capsys.readouterr()
     assert bench.main(["--render", results, "--paired-against", "MedLIME, blur fill (diagnostic)"]) == 0
     printed = capsys.readouterr().out
-    assert "\n\nMedLIME, blur fill (diagnostic) minus each method on the same cases, at 24 queries " in printed
+    assert "\n\nMedLIME, blur fill (diagnostic) minus each method on the same cases, at 120 queries " in printed
     mine = next(p for p in held_out["paired"] if p["method"] == "MedLIME, blur fill (diagnostic)")
     flipped = bench.paired_differences(held_out["records"], bench.BenchConfig(**common), "MedLIME, blur fill (diagnostic)")
     assert [p["method"] for p in flipped] == ["MedLIME"]
