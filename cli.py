@@ -1,6 +1,6 @@
 """The ``blackbox-lime`` command.
 
-    blackbox-lime demo [--out DIR]                      explain a bundled phantom with the bundled CNN
+    blackbox-lime demo [--out DIR]                      explain a bundled phantom with the bundled CNN and bank
     blackbox-lime explain IMAGE [IMAGE ...] --model MODEL --out DIR [options]
     blackbox-lime endpoint check (--endpoint PROFILE.toml | --model URL)
     blackbox-lime bank build --cases CASES.csv --out BANK.npz [--source masks|explanations --model MODEL]
@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
     explain_options(e)
 
-    d = sub.add_parser("demo", help="explain a bundled phantom with the bundled demo CNN")
+    d = sub.add_parser("demo", help="explain a bundled phantom with the bundled demo CNN (GM, STTA and EBR with the "
+                                    "bundled evidence bank)")
     d.add_argument("--model", default=None, help="default: the bundled demo_cnn.onnx")
     explain_options(d)
 
@@ -102,9 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     bk = sub.add_parser("bank", help="build an evidence bank of historical cases for EBR")
     bk_sub = bk.add_subparsers(dest="bank_command")
     bb = bk_sub.add_parser("build", help="embed historical abnormal cases and store their evidence maps")
-    bb.add_argument("--cases", required=True,
-                    help="a CSV with columns image, label (1 = abnormal) and, for --source masks, mask; paths relative "
-                         "to the CSV (blackbox-lime phantoms writes one)")
+    src = bb.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cases", default=None,
+                     help="a CSV with columns image, label (1 = abnormal) and, for --source masks, mask; paths relative "
+                          "to the CSV (blackbox-lime phantoms writes one)")
+    src.add_argument("--phantoms", choices=["chest_xray", "breast_us"], default=None,
+                     help="the first --count abnormal train phantoms of this modality with their lesion masks (the "
+                          "bank the benchmark and the demo use)")
+    bb.add_argument("--count", type=int, default=200, help="with --phantoms: abnormal cases in the bank (default 200)")
     bb.add_argument("--out", required=True, help="the bank file to write (.npz)")
     bb.add_argument("--source", choices=["masks", "explanations"], default="masks",
                     help="masks (default): the annotated lesion masks; explanations: MedLIME maps through --model")
@@ -319,6 +325,8 @@ def run_bank_build(a: argparse.Namespace) -> int:
     from blackbox_lime.outputs import check_writable
     from blackbox_lime.patches import PatchGrid
 
+    if a.phantoms is not None:
+        return _phantom_bank(a)
     cases = Path(a.cases)
     rows = _read_cases(cases, need_mask=a.source == "masks")
     if a.source == "explanations" and a.model is None and a.endpoint is None:
@@ -373,6 +381,33 @@ def run_bank_build(a: argparse.Namespace) -> int:
     left = bank.meta["left_out"]
     print(f"{out}: {len(bank)} abnormal cases ({a.source}, {grid.rows}x{grid.cols} patches of {patch} px)"
           + (f"; {left} left out because their map is empty" if left else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _phantom_bank(a: argparse.Namespace) -> int:
+    from blackbox_lime.evidence_bank import Embedder, phantom_bank
+    from blackbox_lime.explainer import _progress
+    from blackbox_lime.outputs import check_writable
+    from blackbox_lime.patches import PatchGrid
+
+    if a.source != "masks" or a.model is not None or a.endpoint is not None:
+        raise UserError("--phantoms builds a bank from the phantoms' lesion masks: drop --source explanations, "
+                        "--model and --endpoint.")
+    if a.count < 1:
+        raise UserError(f"--count must be an integer >= 1. Got {a.count} instead.")
+    out = Path(a.out)
+    check_writable(out.parent if str(out.parent) else ".")
+    embedder = Embedder(a.embed, device=a.device)
+    size = a.input_size or embedder.size
+    grid = PatchGrid(size, size, a.patch_size or 16)
+    bar = _progress(a.count, not a.quiet)
+    try:
+        bank = phantom_bank(a.phantoms, grid, embedder, a.count, progress=bar.update)
+    finally:
+        bar.close()
+    bank.save(out)
+    print(f"{out}: {len(bank)} abnormal cases (masks, {grid.rows}x{grid.cols} patches of {grid.patch} px)",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -479,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.out = a.out or "blackbox_lime_demo"
             if a.model is None and a.endpoint is None:
                 a.model = str(bundled_model("demo_cnn.onnx"))
+            # the whole method: GM (the default fill), STTA, and EBR with the bundled bank of train phantoms
+            a.stta = True if a.stta is None else a.stta
+            a.bank = a.bank or str(bundled_model("bank_chest_xray.npz"))
             return run_explain([bundled_example(DEMO_IMAGE)], a)
         if a.out is None:
             raise UserError("--out is required: the folder to write the saliency maps to.")

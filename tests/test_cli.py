@@ -135,8 +135,11 @@ def test_demo_explains_the_bundled_phantom_with_the_bundled_models(tmp_path: Pat
     r = run_cli("demo", "--out", str(tmp_path / "demo"), "--samples", "60", "--quiet", "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    assert summary["input"]["file"] == "chest_xray_test_00001.png" and summary["queries"] == 60
     report = json.loads((tmp_path / "demo" / "chest_xray_test_00001.json").read_text())
+    assert summary["input"]["file"] == "chest_xray_test_00001.png"
+    assert summary["queries"] == 60 + report["adaptation"]["queries"]  # the whole method: STTA's queries too
+    assert report["config"]["stta"] is True and report["models"]["evidence_bank"]["file"] == "bank_chest_xray.npz"
+    assert report["config"]["evidence_bank"]["cases"] == 200 and len(report["neighbours"]) == 10
     assert report["models"]["model"]["file"] == "demo_cnn.onnx" and report["models"]["mae"]["file"] == "mae_recon.onnx"
     assert report["config"]["fill"] == "mae" and report["config"]["fill_model"]["provider"] == "CPUExecutionProvider"
     assert report["target_name"] == "abnormal"  # the demo phantom holds a lesion and the CNN sees it
@@ -209,3 +212,37 @@ def test_explain_with_a_bad_bank_exits_2(tmp_path: Path, png: Path, linear_model
     assert r.stderr.endswith("Build one with `blackbox-lime bank build`.\n") and not (tmp_path / "o" / "case.json").exists()
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--stta-views", "0", *FAST)
     assert r.returncode == 2 and "blackbox-lime: error: --stta-views must be an integer >= 1. Got 0 instead.\n" in r.stderr
+
+
+def test_bundled_bank_is_the_bank_of_the_first_200_abnormal_train_phantoms(tmp_path: Path) -> None:
+    """The shipped bank is what `bank build --phantoms` (and the benchmark) builds, within float rounding."""
+    from blackbox_lime.evidence_bank import EvidenceBank
+    from blackbox_lime.models import bundled_model
+
+    out = tmp_path / "chest.npz"
+    assert cli.main(["bank", "build", "--phantoms", "chest_xray", "--out", str(out), "--quiet"]) == 0
+    built, shipped = EvidenceBank.load(out), EvidenceBank.load(bundled_model("bank_chest_xray.npz"))
+    assert built.case_ids == shipped.case_ids and len(shipped) == 200
+    assert shipped.case_ids[:2] == ["chest_xray/train/0", "chest_xray/train/1"]
+    np.testing.assert_array_equal(built.maps, shipped.maps)  # lesion masks are exact
+    np.testing.assert_allclose(built.embeddings, shipped.embeddings, atol=1e-4)
+    assert cli.main(["bank", "build", "--phantoms", "chest_xray", "--out", str(out), "--model", "x.onnx"]) == 2
+
+
+def test_bank_build_from_explanations_stores_the_explainer_s_patch_weights(tmp_path: Path, linear_model: Path) -> None:
+    from blackbox_lime import ExplainConfig, Explainer
+    from blackbox_lime.evidence_bank import EvidenceBank
+    from blackbox_lime.image_io import load_image
+
+    assert cli.main(["phantoms", "--out", str(tmp_path / "hist"), "--split", "train", "--count", "4"]) == 0
+    bank = tmp_path / "bank.npz"
+    assert cli.main(["bank", "build", "--cases", str(tmp_path / "hist" / "labels.csv"), "--out", str(bank),
+                     "--source", "explanations", "--model", str(linear_model), "--samples", "40", "--quiet"]) == 0
+    b = EvidenceBank.load(bank)
+    assert b.source == "explanations" and b.meta["model"]["model"]["file"] == "linear.onnx"
+    from adapters.onnx import OnnxAdapter
+
+    with OnnxAdapter(linear_model) as model:
+        first = load_image(tmp_path / "hist" / b.case_ids[0]).pixels
+        w = Explainer(model, ExplainConfig(n_samples=40)).explain(first, target=1, rng=0).patch_weights.reshape(-1)
+    np.testing.assert_allclose(b.maps[0], w / np.abs(w).max(), atol=1e-6)
