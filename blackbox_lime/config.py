@@ -80,11 +80,12 @@ class ExplainConfig:
         SPSA iterations T.
     stta_views : int, default 4
         Views S (the image, then rotated resized crops).
-    stta_probes : int, default 8
+    stta_probes : int, default 0
         Probe images K (half the patches hidden and filled) on which the adapted answer must stay
-        sensitive to the image's content, or the adaptation is dropped; 0 skips the check. STTA
-        costs at most S (2T + 2) + 2K queries on top of ``n_samples`` (88 by default; the 2K only
-        when a transform was found); :meth:`n_samples_for_budget` splits a total budget.
+        sensitive to the image's content, or the adaptation is dropped; 0 (the default, chosen on
+        the val split) skips the check. STTA costs at most S (2T + 2) + 2K queries on top of
+        ``n_samples`` (72 by default; the 2K only when a transform was found);
+        :meth:`n_samples_for_budget` splits a total budget.
     n_neighbours : int, default 10
         EBR: the nearest historical cases N_T whose maps form the evidence prior (with an evidence bank).
     """
@@ -103,7 +104,7 @@ class ExplainConfig:
     stta: bool = False
     stta_iterations: int = 8
     stta_views: int = 4
-    stta_probes: int = 8
+    stta_probes: int = 0
     n_neighbours: int = 10
 
     def __post_init__(self) -> None:
@@ -144,7 +145,7 @@ class ExplainConfig:
 
     @staticmethod
     def n_samples_for_budget(budget: int, stta: bool, stta_iterations: int = 8, stta_views: int = 4,
-                             stta_probes: int = 8) -> int:
+                             stta_probes: int = 0) -> int:
         """The ``n_samples`` with which one explanation sends at most ``budget`` images, STTA included."""
         cost = query_cost(stta_views, stta_iterations, stta_probes) if stta else 0
         if budget - cost < 10:

@@ -212,6 +212,9 @@ def test_bench_options_override_the_quick_configuration() -> None:
     cfg, out = parse(["--quick", "--consistency-images", "3", "--budgets", "250,500,1000", "--out", "x"])
     assert (cfg.consistency_images, cfg.budgets, cfg.images, str(out)) == (3, (250, 500, 1000), 3, "x")
     assert parse(["--quick"])[0].consistency_images == 1 and parse([])[0].consistency_images == 5
+    quick, full = parse(["--quick"])[0].methods, parse([])[0].methods
+    assert set(full) - set(quick) == {"KernelSHAP (patch grid, Telea fill)"}
+    assert {"MedLIME", "MedLIME w/o GM (mean fill)", "MedLIME w/o STTA", "MedLIME w/o EBR"} <= set(quick)
     assert parse(["--budgets", "1000,2000", "--consistency-budget", "2000"])[0].consistency_budget == 2000
 
 
@@ -367,7 +370,7 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     diag = bench.run_method("MedLIME, blur fill (diagnostic)", image, adapter, 120, 0, None, "cnn", bank)
     config = bench.medlime_config("medlime_blur", 120)  # the whole method, only the fill differs
     assert (config.fill, config.stta, config.total_queries) == ("blur", True, 120) and config == ExplainConfig(
-        n_samples=32, fill="blur", stta=True)
+        n_samples=48, fill="blur", stta=True)
     blur = Explainer(adapter, config, bank=bank).explain(image, target=target, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(diag, blur.saliency)
     assert not np.array_equal(diag, bench.run_method("MedLIME w/o GM (mean fill)", image, adapter, 120, 0, None, "cnn",

@@ -168,9 +168,10 @@ def test_bad_stta_options(kwargs: dict, message: str) -> None:
 
 
 def test_a_budget_is_split_between_stta_and_the_samples() -> None:
-    assert ExplainConfig.n_samples_for_budget(1000, stta=True) == 912  # 4 (2 * 8 + 2) + 2 * 8 = 88
-    assert ExplainConfig.n_samples_for_budget(1000, stta=True, stta_probes=0) == 928
+    assert ExplainConfig.n_samples_for_budget(1000, stta=True) == 928  # 4 (2 * 8 + 2) = 72
+    assert ExplainConfig.n_samples_for_budget(1000, stta=True, stta_probes=8) == 912  # + 2 * 8 for the check
     assert ExplainConfig.n_samples_for_budget(250, stta=False) == 250
-    assert ExplainConfig(stta=True).stta_queries == 88 and ExplainConfig().stta_queries == 0
-    with pytest.raises(ValueError, match=r"^A budget of 96 queries leaves 8 samples after STTA's 88; at least 10"):
-        ExplainConfig.n_samples_for_budget(96, stta=True)
+    assert ExplainConfig(stta=True).stta_queries == 72 and ExplainConfig().stta_queries == 0
+    assert ExplainConfig(stta=True, stta_probes=8).stta_queries == 88
+    with pytest.raises(ValueError, match=r"^A budget of 80 queries leaves 8 samples after STTA's 72; at least 10"):
+        ExplainConfig.n_samples_for_budget(80, stta=True)
