@@ -80,6 +80,13 @@ class ExplainConfig:
         SPSA iterations T.
     stta_views : int, default 4
         Views S (the image, then rotated resized crops).
+    stta_seed : int, default 0
+        Seed of STTA's own generator (views and SPSA directions). The adaptation is then a function of
+        the image and the configuration alone, not of the explanation's seed: maps from different
+        seeds explain the same adapted image, and an audit sees one adaptation per image. With the
+        explanation's generator instead, the val consistency across 3 seeds was 0.71
+        (docs/tune_val/evidence_stta_unseeded.md), against 0.90 for GM alone
+        (docs/bench_quick/tune_val.md).
     stta_probes : int, default 0
         Probe images K (half the patches hidden and filled) on which the adapted answer must stay
         sensitive to the image's content, or the adaptation is dropped; 0 (the default, chosen on
@@ -104,6 +111,7 @@ class ExplainConfig:
     stta: bool = False
     stta_iterations: int = 8
     stta_views: int = 4
+    stta_seed: int = 0
     stta_probes: int = 0
     n_neighbours: int = 10
 
@@ -129,6 +137,7 @@ class ExplainConfig:
         _check(_is_int(self.stta_iterations) and self.stta_iterations >= 1, "stta_iterations", "an integer >= 1",
                self.stta_iterations)
         _check(_is_int(self.stta_views) and self.stta_views >= 1, "stta_views", "an integer >= 1", self.stta_views)
+        _check(_is_int(self.stta_seed) and self.stta_seed >= 0, "stta_seed", "an integer >= 0", self.stta_seed)
         _check(_is_int(self.stta_probes) and self.stta_probes >= 0, "stta_probes", "an integer >= 0", self.stta_probes)
         _check(_is_int(self.n_neighbours) and self.n_neighbours >= 1, "n_neighbours", "an integer >= 1",
                self.n_neighbours)

@@ -122,6 +122,16 @@ def test_explainer_adapts_every_query_and_counts_the_cost(bright_model: Path, di
     assert exp.summary()["adaptation"]["transform"]["kernel"] >= 1
 
 
+def test_the_adaptation_does_not_depend_on_the_explanation_seed(linear_model: Path, phantom_image: np.ndarray) -> None:
+    cfg = ExplainConfig(fill="zero", n_samples=40, stta=True, stta_iterations=3, stta_views=2)
+    with OnnxAdapter(linear_model) as model:
+        ex = Explainer(model, cfg)
+        a, b = (ex.explain(phantom_image, target=1, rng=s).adaptation for s in (0, 1))
+        c = Explainer(model, ExplainConfig(**{**cfg.to_dict(), "mask_ratios": cfg.mask_ratios, "stta_seed": 5})).explain(
+            phantom_image, target=1, rng=0).adaptation
+    assert a == b and a["adapted"] and c["transform"] != a["transform"]
+
+
 def test_a_transform_that_makes_the_answer_insensitive_is_dropped(bright_model: Path, dim_image: np.ndarray) -> None:
     """At the brightness model's peak, hiding patches hardly moves P any more (its slope is zero there):
     the check must see the sensitivity collapse, keep the identity and say why, at 2K more queries."""
