@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--stta-views", type=int, default=None, help="STTA's views of the image (default 4)")
         sp.add_argument("--bank", default=None,
                         help="EBR: an evidence bank of historical cases (blackbox-lime bank build) for the prior map")
-        sp.add_argument("--neighbours", type=int, default=None, help="EBR: nearest bank cases used (default 10)")
+        sp.add_argument("--neighbours", type=int, default=None, help="EBR: nearest bank cases used (default 25)")
         sp.add_argument("--lambda2", type=float, default=None, help="weight of the pull towards the evidence prior")
         sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
         sp.add_argument("--target", default=None, help="class to explain, by index or name (default: the predicted class)")

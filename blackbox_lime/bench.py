@@ -41,7 +41,7 @@ import numpy as np
 from adapters.onnx import OnnxAdapter
 from blackbox_lime import baselines
 from blackbox_lime.bench_checkpoint import Checkpoint, CheckpointError, config_difference
-from blackbox_lime.config import ExplainConfig
+from blackbox_lime.config import LAMBDA2_PRIOR, ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
 from blackbox_lime.models import bundled_model
@@ -139,9 +139,13 @@ def evidence_banks(modalities: Sequence[str], n_cases: int, log: Callable[[str],
 
 
 def medlime_config(kind: str, budget: int) -> ExplainConfig:
-    """The configuration of a MedLIME variant that sends at most ``budget`` queries, STTA's included."""
+    """The configuration of a MedLIME variant that sends at most ``budget`` queries, STTA's included.
+
+    Every variant uses EBR's lambda2, the one without EBR too: its ablation pulls towards w_ref = 0 with
+    the same weight, so it removes the evidence, not the penalty."""
     fill, stta, _ = MEDLIME_PARTS[kind]
-    return ExplainConfig(n_samples=ExplainConfig.n_samples_for_budget(budget, stta), fill=fill, stta=stta)
+    return ExplainConfig(n_samples=ExplainConfig.n_samples_for_budget(budget, stta), fill=fill, stta=stta,
+                         lambda2=LAMBDA2_PRIOR)
 
 
 def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, budget: int | None, seed: int,

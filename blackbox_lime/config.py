@@ -9,6 +9,8 @@ from typing import Any
 from blackbox_lime.test_time_adaptation import query_cost
 
 FILLS = ("mae", "mean", "blur", "zero")
+LAMBDA2_NO_PRIOR = 1e-4  # without a prior the term is only a ridge towards 0; kept negligible as before EBR
+LAMBDA2_PRIOR = 0.3  # with EBR's prior: chosen on val (docs/tune_val/evidence.md)
 LAMBDA1_SCALES = ("response", "absolute")
 
 
@@ -68,8 +70,11 @@ class ExplainConfig:
         patch. At least the strongest patch then survives: without a cap, a model whose answer hinges
         on no single patch got an empty map. 1.0 turns the cap off. The explanation reports whether
         the cap acted (``lambda1_capped``).
-    lambda2 : float, default 1e-4
-        Weight of ||w - w_ref||^2 (w_ref is the evidence prior, zero without one).
+    lambda2 : float or None, default None
+        Weight of ||w - w_ref||^2 (w_ref is the evidence prior, zero without one). None takes
+        ``LAMBDA2_PRIOR`` when an evidence prior is used (tuned on val with EBR:
+        ``python -m blackbox_lime.tune --part evidence --stta``, docs/tune_val/evidence.md) and
+        ``LAMBDA2_NO_PRIOR`` (a negligible ridge) otherwise; :meth:`lambda2_for` gives the value used.
     batch_size : int, default 64
         Images per MAE run and per classifier request.
     stta : bool, default False
@@ -93,8 +98,9 @@ class ExplainConfig:
         the val split) skips the check. STTA costs at most S (2T + 2) + 2K queries on top of
         ``n_samples`` (72 by default; the 2K only when a transform was found);
         :meth:`n_samples_for_budget` splits a total budget.
-    n_neighbours : int, default 10
-        EBR: the nearest historical cases N_T whose maps form the evidence prior (with an evidence bank).
+    n_neighbours : int, default 25
+        EBR: the nearest historical cases N_T whose maps form the evidence prior (with an evidence bank);
+        chosen on val with lambda2 (docs/tune_val/evidence.md).
     """
 
     patch_size: int = 16
@@ -106,14 +112,14 @@ class ExplainConfig:
     lambda1: float = 0.07
     lambda1_scale: str = "response"
     lambda1_cap: float = 0.5
-    lambda2: float = 1e-4
+    lambda2: float | None = None
     batch_size: int = 64
     stta: bool = False
     stta_iterations: int = 8
     stta_views: int = 4
     stta_seed: int = 0
     stta_probes: int = 0
-    n_neighbours: int = 10
+    n_neighbours: int = 25
 
     def __post_init__(self) -> None:
         _check(_is_int(self.patch_size) and self.patch_size >= 2, "patch_size", "an integer >= 2", self.patch_size)
@@ -131,7 +137,8 @@ class ExplainConfig:
                self.lambda1_scale)
         _check(_is_real(self.lambda1_cap) and 0 < self.lambda1_cap <= 1, "lambda1_cap", "a float in the range (0, 1]",
                self.lambda1_cap)
-        _check(_is_real(self.lambda2) and self.lambda2 >= 0, "lambda2", "a float in the range [0, inf)", self.lambda2)
+        _check(self.lambda2 is None or (_is_real(self.lambda2) and self.lambda2 >= 0), "lambda2",
+               "None or a float in the range [0, inf)", self.lambda2)
         _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _check(isinstance(self.stta, bool), "stta", "True or False", self.stta)
         _check(_is_int(self.stta_iterations) and self.stta_iterations >= 1, "stta_iterations", "an integer >= 1",
@@ -141,6 +148,12 @@ class ExplainConfig:
         _check(_is_int(self.stta_probes) and self.stta_probes >= 0, "stta_probes", "an integer >= 0", self.stta_probes)
         _check(_is_int(self.n_neighbours) and self.n_neighbours >= 1, "n_neighbours", "an integer >= 1",
                self.n_neighbours)
+
+    def lambda2_for(self, prior: bool) -> float:
+        """The lambda2 the surrogate uses, with (``prior``) or without an evidence prior."""
+        if self.lambda2 is not None:
+            return float(self.lambda2)
+        return LAMBDA2_PRIOR if prior else LAMBDA2_NO_PRIOR
 
     @property
     def stta_queries(self) -> int:

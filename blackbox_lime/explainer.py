@@ -228,11 +228,12 @@ class Explainer:
         t = time.perf_counter()
         weights = proximity_kernel(visible, cfg.kernel_width)
         y = probs[:, target]
-        model = SparseSurrogate(cfg.lambda1, cfg.lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
+        lambda2 = cfg.lambda2_for(prior=evidence is not None)
+        model = SparseSurrogate(cfg.lambda1, lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
                                 lambda1_cap=cfg.lambda1_cap, reference_scale="fit").fit(
             visible.astype(np.float64), y, weights)
         if evidence is not None:
-            evidence["reference_scale"] = model.reference_scale_
+            evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
@@ -255,7 +256,7 @@ class Explainer:
             requests=self.adapter.requests - r0,
             timings=timings,
             seed=seed,
-            config={**cfg.to_dict(), "fill_model": getattr(self.filler, "describe", lambda: {"kind": self.filler.name})(),
+            config={**cfg.to_dict(), "lambda2_effective": lambda2, "fill_model": getattr(self.filler, "describe", lambda: {"kind": self.filler.name})(),
                     "evidence_bank": None if self.bank is None else self.bank.describe(), "version": __version__},
             neighbours=neighbours,
             notes=notes,

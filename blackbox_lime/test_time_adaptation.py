@@ -36,8 +36,10 @@ it: on K probe images (the explainer's own perturbations, half of the patches hi
 standard deviation of P(Y) under phi* must keep at least ``MIN_SENSITIVITY`` (one half) of its
 unadapted value, or the identity is kept and the report says why. It is off by default
 (``stta_probes=0``): on 24 abnormal val cases at 1000 queries (``python -m blackbox_lime.tune --part
-stta``, docs/tune_val/stta.md) the mean AUPRC was 0.554 without STTA, 0.568 with STTA and 0.545 with
-STTA and the check, which dropped 4 of 6 adaptations, good ones among them.
+stta``, docs/tune_val/stta.md) the mean AUPRC was 0.554 without STTA, 0.554 with STTA (11 cases
+adapted) and 0.552 with STTA and the check, which dropped 7 adaptations. (With STTA drawing from the
+explanation's generator, before ``stta_seed``: 0.554, 0.568 and 0.545, docs/tune_val/stta_unseeded.md.)
+On these in-distribution val cases STTA is neutral on average; it is meant for shifted inputs.
 
 Query cost: S (identity) + 2 S T (T iterations) + S (the last iterate) + 2 K (the check, with K
 probes) = S (2 T + 2) + 2 K.

@@ -139,7 +139,7 @@ def test_demo_explains_the_bundled_phantom_with_the_bundled_models(tmp_path: Pat
     assert summary["input"]["file"] == "chest_xray_test_00001.png"
     assert summary["queries"] == 60 + report["adaptation"]["queries"]  # the whole method: STTA's queries too
     assert report["config"]["stta"] is True and report["models"]["evidence_bank"]["file"] == "bank_chest_xray.npz"
-    assert report["config"]["evidence_bank"]["cases"] == 200 and len(report["neighbours"]) == 10
+    assert report["config"]["evidence_bank"]["cases"] == 200 and len(report["neighbours"]) == 25
     assert report["models"]["model"]["file"] == "demo_cnn.onnx" and report["models"]["mae"]["file"] == "mae_recon.onnx"
     assert report["config"]["fill"] == "mae" and report["config"]["fill_model"]["provider"] == "CPUExecutionProvider"
     assert report["target_name"] == "abnormal"  # the demo phantom holds a lesion and the CNN sees it

@@ -145,6 +145,20 @@ def test_a_true_prior_helps_a_small_budget(linear_model: Path, linear_weights: n
     assert with_prior.config["evidence_bank"]["cases"] == 1
 
 
+def test_lambda2_defaults_to_the_tuned_weight_with_a_prior_only(linear_model: Path, phantom_image: np.ndarray,
+                                                               chest_bank: EvidenceBank) -> None:
+    from blackbox_lime.config import LAMBDA2_NO_PRIOR, LAMBDA2_PRIOR
+
+    cfg = ExplainConfig(fill="zero", n_samples=40)
+    assert (cfg.lambda2_for(prior=True), cfg.lambda2_for(prior=False)) == (LAMBDA2_PRIOR, LAMBDA2_NO_PRIOR)
+    assert ExplainConfig(lambda2=0.05).lambda2_for(prior=False) == 0.05
+    with OnnxAdapter(linear_model) as model:
+        with_bank = Explainer(model, cfg, bank=chest_bank).explain(phantom_image, target=1, rng=0)
+        plain = Explainer(model, cfg).explain(phantom_image, target=1, rng=0)
+    assert with_bank.evidence["lambda2"] == with_bank.config["lambda2_effective"] == LAMBDA2_PRIOR
+    assert plain.config["lambda2_effective"] == LAMBDA2_NO_PRIOR and plain.config["lambda2"] is None
+
+
 def test_bank_is_not_used_for_another_class(linear_model: Path, phantom_image: np.ndarray,
                                             chest_bank: EvidenceBank) -> None:
     with OnnxAdapter(linear_model) as model:
