@@ -78,7 +78,8 @@ DIAGNOSTIC = ("MedLIME, blur fill (diagnostic)",)
 PROTOCOL = tuple(m for m in METHODS if m not in DIAGNOSTIC)
 KERNEL_SHAPS = tuple(m for m, (kind, _) in METHODS.items() if kind.startswith("kernel_shap"))
 ABLATIONS = {"gm": "MedLIME w/o GM (mean fill)", "stta": "MedLIME w/o STTA", "ebr": "MedLIME w/o EBR"}
-BLACK_BOX = [m for m in PROTOCOL if m not in ("Random", "Grad-CAM (white-box)")]
+# MedLIME and the other black-box methods; its ablations are parts of MedLIME, not rivals in the MoRF/LeRF goals
+BLACK_BOX = [m for m in PROTOCOL if m not in ("Random", "Grad-CAM (white-box)", *ABLATIONS.values())]
 
 
 @dataclass
@@ -599,6 +600,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--paired-against", metavar="METHOD", default=None,
                    help="with --render: add the paired differences of METHOD (instead of MedLIME) minus each "
                         "other method")
+    p.add_argument("--write", action="store_true",
+                   help="with --render: rewrite that run's table.md and the derived numbers of its results.json")
     p.add_argument("--merge", metavar="RESULTS_JSON", nargs="+", default=None,
                    help="join runs that differ only in --models/--modalities (the full protocol run in pieces) "
                         "into one table in --out; no explanations are run")
@@ -659,16 +662,24 @@ def _saved_config(config: dict[str, Any]) -> BenchConfig:
     return BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
-def render(results_json: Path, reference: str | None = None) -> str:
+def render(results_json: Path, reference: str | None = None, write: bool = False) -> str:
     """Re-derive the numbers and the markdown table from a saved results.json (no explanations are run).
 
     With ``reference``, a second paired table follows: that method minus each other method, on the
-    same cases (for instance a diagnostic method against lime).
+    same cases (for instance a diagnostic method against lime). With ``write``, the run's
+    ``results.json`` (its derived numbers; records, commit and config are kept) and ``table.md`` are
+    rewritten with what this version of the code derives, and ``rederived_by`` records its commit.
     """
     result = json.loads(results_json.read_text())
     cfg = _saved_config(result["config"])
     result.update(derive(result["records"], cfg))
     text = markdown(result)
+    if write:
+        from blackbox_lime.outputs import write_all
+
+        result["rederived_by"] = git_commit()
+        write_all({results_json: json.dumps(result, indent=1, default=float).encode(),
+                   results_json.parent / "table.md": (text + "\n").encode()})
     if reference is not None:
         ran = list(dict.fromkeys(r["method"] for r in result["records"]))
         if reference not in ran:
@@ -719,12 +730,14 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.paired_against and not a.render:
         _parser().error("--paired-against works with --render only")
+    if a.write and (not a.render or a.paired_against):
+        _parser().error("--write works with --render only, without --paired-against")
     if a.render:
         try:
             reference = method_list(a.paired_against) if a.paired_against else None
             if reference is not None and len(reference) != 1:
                 raise ValueError(f"--paired-against takes one method, got {len(reference)}: {'; '.join(reference)}")
-            print(render(Path(a.render), reference[0] if reference else None))
+            print(render(Path(a.render), reference[0] if reference else None, write=a.write))
         except (OSError, ValueError, KeyError) as e:
             print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
             return 2

@@ -4,11 +4,16 @@ validation split (never on test).
     python -m blackbox_lime.tune [--images 4] [--seeds 3] [--samples 1000] [--out bench_out/tune.json]
     python -m blackbox_lime.tune --part evidence [--stta] ...    # EBR: lambda2 x n_neighbours
     python -m blackbox_lime.tune --part stta --images 6 --seeds 1  # STTA: off, on, on with the probe check
+    python -m blackbox_lime.tune --part prior --images 25           # EBR's prior alone as a map (no queries)
 
 ``--part stta`` explains every case three times at the same total budget (``--samples``, STTA's
 queries included) and seed: without STTA, with STTA and its sensitivity check (``stta_probes=8``),
 and with STTA without the check (``stta_probes=0``), and reports the mean AUPRC of each, the cases
 each adapted, and the consistency across seeds when ``--seeds`` > 1.
+
+``--part prior`` asks how much EBR's retrieval knows about where a val case's lesion is: the pixel
+AUPRC of the prior w_NW alone (upsampled like a saliency map), for each N_T, against the mean map of
+the whole bank (a prior that ignores the image) and a random map.
 
 ``--part evidence`` explains with the default surrogate (and STTA with ``--stta``, the full MedLIME
 configuration), then refits every case's design with the evidence prior of a mask-source bank of
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--models", default="cnn,vit")
-    p.add_argument("--part", choices=["surrogate", "evidence", "stta"], default="surrogate",
+    p.add_argument("--part", choices=["surrogate", "evidence", "stta", "prior"], default="surrogate",
                    help="surrogate: lambda1 scale/cap and kernel width; evidence: EBR's lambda2 and n_neighbours; "
                         "stta: STTA off / on / on without its check")
     p.add_argument("--stta", action="store_true", help="explain with STTA on (the samples are --samples minus its cost)")
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if a.part == "stta":
         return _tune_stta(a, t0)
+    if a.part == "prior":
+        return _tune_prior(a, t0)
     designs: list[dict[str, Any]] = []
     n_samples = ExplainConfig.n_samples_for_budget(a.samples, a.stta)
     for arch in a.models.split(","):
@@ -179,6 +186,39 @@ def _tune_stta(a: argparse.Namespace, t0: float) -> int:
     out.write_text(json.dumps({"split": "val", "part": "stta", "images_per_group": a.images, "seeds": a.seeds,
                                "budget": a.samples, "table": table, "chosen": best, "cases": per}, indent=1))
     print(f"\nchosen: {best['variant']} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+    return 0
+
+
+def _tune_prior(a: argparse.Namespace, t0: float) -> int:
+    """AUPRC of EBR's prior alone on val cases, against the bank's mean map and a random map."""
+    from blackbox_lime.evidence_bank import Embedder, EvidencePrior, phantom_bank
+    from blackbox_lime.patches import PatchGrid
+
+    embedder, grid = Embedder(), PatchGrid(224, 224, ExplainConfig.patch_size)
+    rng = np.random.default_rng(0)
+    table = []
+    for modality in ("chest_xray", "breast_us"):
+        bank = phantom_bank(modality, grid, embedder, BANK_CASES)
+        cases = abnormal_cases(modality, "val", a.images)
+        rows: dict[str, list[float]] = {f"prior, N_T = {k}": [] for k in NEIGHBOURS}
+        rows["bank mean map (ignores the image)"], rows["random map"] = [], []
+        for ph in cases:
+            for k in NEIGHBOURS:
+                ref, _ = EvidencePrior(bank, embedder, k)(ph.image)
+                rows[f"prior, N_T = {k}"].append(pixel_auprc(grid.upsample(ref, ph.mask.shape), ph.mask))
+            rows["bank mean map (ignores the image)"].append(
+                pixel_auprc(grid.upsample(bank.maps.mean(axis=0), ph.mask.shape), ph.mask))
+            rows["random map"].append(pixel_auprc(rng.random(ph.mask.shape), ph.mask))
+        table += [{"modality": modality, "map": name, "auprc": float(np.mean(v)), "cases": len(v)}
+                  for name, v in rows.items()]
+    print("| modality | map | mean AUPRC (val) | cases |\n|---|---|---|---|")
+    for r in table:
+        print(f"| {r['modality']} | {r['map']} | {r['auprc']:.3f} | {r['cases']} |")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"split": "val", "part": "prior", "images_per_modality": a.images,
+                               "bank_cases": BANK_CASES, "table": table}, indent=1))
+    print(f"\n({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     return 0
 
 

@@ -361,6 +361,7 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     assert {r["method"] for r in held_out["records"]} == {"MedLIME", "MedLIME, blur fill (diagnostic)"}
     assert held_out["goals"]["lowest_morf_black_box"].startswith("MedLIME (")  # a diagnostic is no rival
     assert "MedLIME, blur fill (diagnostic)" not in bench.BLACK_BOX  # whatever its MoRF on this one case
+    assert not set(bench.ABLATIONS.values()) & set(bench.BLACK_BOX)  # nor are MedLIME's own ablations
     from blackbox_lime.config import ExplainConfig
     from blackbox_lime.explainer import Explainer
 
@@ -426,3 +427,25 @@ def test_grad_cam_goal_is_judged_paired_on_each_classifier_s_own_cases() -> None
     assert [p["n"] for p in out["paired"]] == [24]  # pooled over both classifiers, the gaps would blur to +0.010
     md = bench.markdown({"config": asdict(cfg), "records": records, **out})
     assert "on the VIT: chest_xray: " in md and "; paired Δ -0.030 [-0.030, -0.030] on 12 cases, worse" in md
+
+
+def test_render_write_rederives_a_saved_run_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime import bench
+
+    cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), images=2, budgets=(24,), consistency_images=0,
+                            consistency_budget=24, curve_steps=4, n_boot=50, methods=("Random", "Occlusion (16 px)"))
+    bench.run(cfg, tmp_path, log=lambda s: None)
+    path = tmp_path / "results.json"
+    saved = json.loads(path.read_text())
+    stale = {**saved, "goals": {"medlime_over_lime_auprc": 99.0}, "summary": [], "paired": []}
+    path.write_text(json.dumps(stale))
+    (tmp_path / "table.md").write_text("stale\n")
+    assert bench.main(["--render", str(path), "--write"]) == 0
+    fresh = json.loads(path.read_text())
+    assert fresh["records"] == saved["records"] and fresh["commit"] == saved["commit"] and "rederived_by" in fresh
+    assert fresh["summary"] == saved["summary"] and fresh["goals"].keys() == saved["goals"].keys()
+    assert (tmp_path / "table.md").read_text() == capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--render", str(path), "--write", "--paired-against", "Random"])
+    assert e.value.code == 2
+    assert "error: --write works with --render only, without --paired-against" in capsys.readouterr().err
