@@ -64,6 +64,20 @@ NEIGHBOURS = (5, 10, 25)
 BANK_CASES = 200
 
 
+def emit(header: list[str], rows: list[list[str]], out: str, payload: dict[str, Any]) -> None:
+    """Print a markdown table on stdout and write the run's JSON to ``out``."""
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+
+
+def _chosen(r: dict[str, Any], best: dict[str, Any]) -> str:
+    return " **chosen**" if r is best else ""
+
+
 def pick(table: list[dict[str, Any]]) -> dict[str, Any]:
     """The rule: the highest AUPRC among rows with consistency >= 0.9, else the highest AUPRC."""
     ok = [r for r in table if r["consistency"] >= 0.9]
@@ -125,16 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                       "consistency": float(np.mean(cons)),  # NaN when any case's map is empty: fails the rule
                       "empty_maps": int(sum(not np.isfinite(c) for c in cons))})
     best = pick(table)
-    print("| lambda1 scale | lambda1 | lambda1 cap | kernel width | mean AUPRC (val) | consistency (val) "
-          "| cases with an empty map |\n|---|---|---|---|---|---|---|")
-    for r in table:
-        mark = " **chosen**" if r is best else ""
-        print(f"| {r['lambda1_scale']} | {r['lambda1']:g} | {r['lambda1_cap']:g} | {r['kernel_width']:g} | {r['auprc']:.3f} | "
-              f"{r['consistency']:.3f}{mark} | {r['empty_maps']} |")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": "val", "images_per_group": a.images, "seeds": a.seeds, "samples": a.samples,
-                               "table": table, "chosen": best, "rule": __doc__.strip().splitlines()[-2:]}, indent=1))
+    emit(["lambda1 scale", "lambda1", "lambda1 cap", "kernel width", "mean AUPRC (val)", "consistency (val)",
+          "cases with an empty map"],
+         [[r["lambda1_scale"], f"{r['lambda1']:g}", f"{r['lambda1_cap']:g}", f"{r['kernel_width']:g}",
+           f"{r['auprc']:.3f}", f"{r['consistency']:.3f}{_chosen(r, best)}", str(r["empty_maps"])] for r in table],
+         a.out, {"split": "val", "images_per_group": a.images, "seeds": a.seeds, "samples": a.samples,
+                 "table": table, "chosen": best, "rule": __doc__.strip().splitlines()[-2:]})
     print(f"\nchosen: lambda1_scale={best['lambda1_scale']}, lambda1={best['lambda1']:g}, "
           f"lambda1_cap={best['lambda1_cap']:g}, "
           f"kernel_width={best['kernel_width']:g} "
@@ -175,16 +185,11 @@ def _tune_stta(a: argparse.Namespace, t0: float) -> int:
               "adapted": sum(r["adapted"] for r in rs), "rejected": sum(r["rejected"] for r in rs), "cases": len(rs)}
              for v, rs in per.items()]
     best = pick(table)
-    print("| variant | mean AUPRC (val) | consistency (val) | cases adapted | adaptations the check dropped | cases |\n"
-          "|---|---|---|---|---|---|")
-    for r in table:
-        mark = " **chosen**" if r is best else ""
-        print(f"| {r['variant']} | {r['auprc']:.3f}{mark} | {r['consistency']:.3f} | {r['adapted']} | {r['rejected']} "
-              f"| {r['cases']} |")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": "val", "part": "stta", "images_per_group": a.images, "seeds": a.seeds,
-                               "budget": a.samples, "table": table, "chosen": best, "cases": per}, indent=1))
+    emit(["variant", "mean AUPRC (val)", "consistency (val)", "cases adapted", "adaptations the check dropped", "cases"],
+         [[r["variant"], f"{r['auprc']:.3f}{_chosen(r, best)}", f"{r['consistency']:.3f}", str(r["adapted"]),
+           str(r["rejected"]), str(r["cases"])] for r in table],
+         a.out, {"split": "val", "part": "stta", "images_per_group": a.images, "seeds": a.seeds,
+                 "budget": a.samples, "table": table, "chosen": best, "cases": per})
     print(f"\nchosen: {best['variant']} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     return 0
 
@@ -211,13 +216,10 @@ def _tune_prior(a: argparse.Namespace, t0: float) -> int:
             rows["random map"].append(pixel_auprc(rng.random(ph.mask.shape), ph.mask))
         table += [{"modality": modality, "map": name, "auprc": float(np.mean(v)), "cases": len(v)}
                   for name, v in rows.items()]
-    print("| modality | map | mean AUPRC (val) | cases |\n|---|---|---|---|")
-    for r in table:
-        print(f"| {r['modality']} | {r['map']} | {r['auprc']:.3f} | {r['cases']} |")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": "val", "part": "prior", "images_per_modality": a.images,
-                               "bank_cases": BANK_CASES, "table": table}, indent=1))
+    emit(["modality", "map", "mean AUPRC (val)", "cases"],
+         [[r["modality"], r["map"], f"{r['auprc']:.3f}", str(r["cases"])] for r in table],
+         a.out, {"split": "val", "part": "prior", "images_per_modality": a.images, "bank_cases": BANK_CASES,
+                 "table": table})
     print(f"\n({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     return 0
 
@@ -249,17 +251,11 @@ def _tune_evidence(a: argparse.Namespace, designs: list[dict[str, Any]], grid: A
         table.append({"lambda2": lam2, "n_neighbours": k, "auprc": float(np.mean(aucs)),
                       "consistency": float(np.mean(cons)), "empty_maps": int(sum(not np.isfinite(c) for c in cons))})
     best = pick([r for r in table if r["n_neighbours"]])
-    print("| lambda2 | n_neighbours | mean AUPRC (val) | consistency (val) | cases with an empty map |\n"
-          "|---|---|---|---|---|")
-    for r in table:
-        mark = " **chosen**" if r is best else ""
-        k = r["n_neighbours"] or "none (w_ref = 0)"
-        print(f"| {r['lambda2']:g} | {k} | {r['auprc']:.3f} | {r['consistency']:.3f}{mark} | {r['empty_maps']} |")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"split": "val", "part": "evidence", "stta": a.stta, "images_per_group": a.images,
-                               "seeds": a.seeds, "samples": a.samples, "bank_cases": BANK_CASES, "table": table,
-                               "chosen": best}, indent=1))
+    emit(["lambda2", "n_neighbours", "mean AUPRC (val)", "consistency (val)", "cases with an empty map"],
+         [[f"{r['lambda2']:g}", str(r["n_neighbours"] or "none (w_ref = 0)"), f"{r['auprc']:.3f}",
+           f"{r['consistency']:.3f}{_chosen(r, best)}", str(r["empty_maps"])] for r in table],
+         a.out, {"split": "val", "part": "evidence", "stta": a.stta, "images_per_group": a.images,
+                 "seeds": a.seeds, "samples": a.samples, "bank_cases": BANK_CASES, "table": table, "chosen": best})
     print(f"\nchosen: lambda2={best['lambda2']:g}, n_neighbours={best['n_neighbours']} "
           f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     return 0
