@@ -351,7 +351,7 @@ def run_bank_build(a: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise _as_typed(exc) from None
         images, maps, ids = [], [], []
-        bar = _progress(len(rows), not a.quiet)
+        bar = _progress(len(rows), not a.quiet, unit="case")
         try:
             for r in rows:
                 path = cases.parent / r["image"]
@@ -400,7 +400,7 @@ def _phantom_bank(a: argparse.Namespace) -> int:
     embedder = Embedder(a.embed, device=a.device)
     size = a.input_size or embedder.size
     grid = PatchGrid(size, size, a.patch_size or 16)
-    bar = _progress(a.count, not a.quiet)
+    bar = _progress(a.count, not a.quiet, unit="case")
     try:
         bank = phantom_bank(a.phantoms, grid, embedder, a.count, progress=bar.update)
     finally:

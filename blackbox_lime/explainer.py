@@ -318,12 +318,12 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool) -> "_NoBar":
+def _progress(total: int, enabled: bool, unit: str = "query") -> "_NoBar":
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="query", file=sys.stderr, leave=False, dynamic_ncols=True)  # type: ignore[return-value]
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)  # type: ignore[return-value]
 
 
 def explain(image: np.ndarray, adapter: ClassifierAdapter, target: int | None = None, rng: int | np.random.Generator = 0,
