@@ -185,3 +185,14 @@ def test_a_budget_is_split_between_stta_and_the_samples() -> None:
     assert ExplainConfig(stta=True, stta_probes=8).stta_queries == 88
     with pytest.raises(ValueError, match=r"^A budget of 80 queries leaves 8 samples after STTA's 72; at least 10"):
         ExplainConfig.n_samples_for_budget(80, stta=True)
+
+
+def test_stta_queries_count_against_the_hard_budget(linear_model: Path, phantom_image: np.ndarray) -> None:
+    from adapters.errors import BudgetExhausted
+
+    cfg = ExplainConfig(fill="zero", n_samples=50, stta=True)  # 72 + 50 = 122 images; STTA, then the image, then 49
+    with OnnxAdapter(linear_model, budget=121) as model:
+        with pytest.raises(BudgetExhausted, match=r"^Query budget exhausted: 73 of 121 queries used, and the next call needs 49\."):
+            Explainer(model, cfg).explain(phantom_image, target=1, rng=0)
+    with OnnxAdapter(linear_model, budget=122) as model:
+        assert Explainer(model, cfg).explain(phantom_image, target=1, rng=0).queries == 122
