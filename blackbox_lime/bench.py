@@ -602,6 +602,9 @@ def _parser() -> argparse.ArgumentParser:
                         "other method")
     p.add_argument("--write", action="store_true",
                    help="with --render: rewrite that run's table.md and the derived numbers of its results.json")
+    p.add_argument("--compare", metavar="RUNS:METHOD", nargs=2, default=None,
+                   help="print one method of a saved run minus one method of other saved runs, paired on the cases "
+                        "they share (each RUNS is a comma list of results.json files); no explanations are run")
     p.add_argument("--merge", metavar="RESULTS_JSON", nargs="+", default=None,
                    help="join runs that differ only in --models/--modalities (the full protocol run in pieces) "
                         "into one table in --out; no explanations are run")
@@ -689,6 +692,39 @@ def render(results_json: Path, reference: str | None = None, write: bool = False
     return text
 
 
+def compare(a: str, b: str, budget: int = 1000, n_boot: int = 2000) -> str:
+    """One method of one run minus one method of other runs, paired on the cases both hold.
+
+    ``a`` and ``b`` are ``RESULTS_JSON[,RESULTS_JSON...]:METHOD``; for instance the MedLIME of today's
+    run against the MedLIME of an earlier version's run on the same cases. Budget-free methods are
+    compared at their natural cost."""
+    def load(spec: str) -> tuple[str, dict[tuple[Any, ...], dict[str, Any]]]:
+        paths, sep, method = spec.rpartition(":")
+        if not sep or method not in METHODS:
+            raise ValueError(f"--compare takes RESULTS_JSON[,RESULTS_JSON...]:METHOD with a method of the table; "
+                             f"got {spec!r}")
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for path in paths.split(","):
+            for r in json.loads(Path(path).read_text())["records"]:
+                if r["method"] == method and r["budget"] == _budget(method, budget):
+                    out[(r["split"], r["model"], r["modality"], r["case"])] = r
+        return method, out
+
+    (ma, ra), (mb, rb) = load(a), load(b)
+    cases = sorted(k for k in ra if k in rb)
+    if not cases:
+        raise ValueError(f"the two runs share no case for {ma!r} and {mb!r} at {budget} queries")
+    lines = [f"{ma} ({a.rpartition(':')[0]}) minus {mb} ({b.rpartition(':')[0]}), paired on {len(cases)} cases "
+             f"at {budget} queries; mean [95 % paired bootstrap CI].", "",
+             "| metric | first | second | Δ |", "|---|---|---|---|"]
+    for metric, better in (("auprc", 1), ("morf", -1), ("lerf", 1)):
+        x = [ra[k][metric] for k in cases]
+        y = [rb[k][metric] for k in cases]
+        d = bootstrap_ci([p - q for p, q in zip(x, y)], n_boot)
+        lines.append(f"| {metric} | {np.mean(x):.3f} | {np.mean(y):.3f} | {_fmt(d)} ({_verdict(d, better)}) |")
+    return "\n".join(lines)
+
+
 def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
     """Join benchmark runs that differ only in their models or modalities into one result.
 
@@ -738,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
             if reference is not None and len(reference) != 1:
                 raise ValueError(f"--paired-against takes one method, got {len(reference)}: {'; '.join(reference)}")
             print(render(Path(a.render), reference[0] if reference else None, write=a.write))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if a.compare:
+        try:
+            print(compare(*a.compare, budget=a.consistency_budget or BenchConfig.consistency_budget))
         except (OSError, ValueError, KeyError) as e:
             print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
             return 2

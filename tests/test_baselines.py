@@ -449,3 +449,22 @@ def test_render_write_rederives_a_saved_run_in_place(tmp_path: Path, capsys: pyt
         bench.main(["--render", str(path), "--write", "--paired-against", "Random"])
     assert e.value.code == 2
     assert "error: --write works with --render only, without --paired-against" in capsys.readouterr().err
+
+
+def test_compare_pairs_a_method_across_saved_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime import bench
+
+    common = dict(models=("cnn",), images=2, budgets=(24,), consistency_images=0, consistency_budget=24,
+                  curve_steps=4, n_boot=50, methods=("Random", "Occlusion (16 px)"))
+    a = bench.run(bench.BenchConfig(modalities=("chest_xray",), **common), tmp_path / "a", log=lambda s: None)
+    path = str(tmp_path / "a" / "results.json")
+    text = bench.compare(f"{path}:Occlusion (16 px)", f"{path}:Random", budget=24, n_boot=200)
+    occ = [r["auprc"] for r in a["records"] if r["method"] == "Occlusion (16 px)"]
+    rnd = [r["auprc"] for r in a["records"] if r["method"] == "Random"]
+    assert "paired on 2 cases at 24 queries" in text
+    assert f"| auprc | {np.mean(occ):.3f} | {np.mean(rnd):.3f} | {np.mean(occ) - np.mean(rnd):.3f} [" in text
+    assert bench.main(["--compare", f"{path}:Random", f"{path}:RISE"]) == 2
+    assert capsys.readouterr().err == ("blackbox-lime bench: error: the two runs share no case for 'Random' and 'RISE' "
+                                       "at 1000 queries\n")
+    assert bench.main(["--compare", path, f"{path}:Random"]) == 2
+    assert "--compare takes RESULTS_JSON[,RESULTS_JSON...]:METHOD" in capsys.readouterr().err
