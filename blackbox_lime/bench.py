@@ -501,14 +501,16 @@ def write_outputs(result: dict[str, Any], overlays: dict[str, Any], out_dir: Pat
 
     summary = [r for r in result["summary"] if r["group"] == "all"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    colours, markers = plt.get_cmap("tab20").colors, "os^Dv<>pPXh*"
+    for i, method in enumerate(METHODS):  # one colour and marker per method: there are more than 10
         rows = sorted([r for r in summary if r["method"] == method], key=lambda r: r["queries"][0])
         if not rows:
             continue
         x = [max(r["queries"][0], 1) for r in rows]
         y = [r["auprc"][0] for r in rows]
         err = [[r["auprc"][0] - r["auprc"][1] for r in rows], [r["auprc"][2] - r["auprc"][0] for r in rows]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+        ax.errorbar(x, y, yerr=err, marker=markers[i % len(markers)], color=colours[(2 * i) % 20 + (2 * i) // 20],
+                    capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("queries per explanation")
     ax.set_ylabel("pixel AUPRC (mean, 95 % CI)")
@@ -670,19 +672,17 @@ def render(results_json: Path, reference: str | None = None, write: bool = False
 
     With ``reference``, a second paired table follows: that method minus each other method, on the
     same cases (for instance a diagnostic method against lime). With ``write``, the run's
-    ``results.json`` (its derived numbers; records, commit and config are kept) and ``table.md`` are
-    rewritten with what this version of the code derives, and ``rederived_by`` records its commit.
+    ``results.json`` (its derived numbers; records, commit and config are kept), ``table.md`` and
+    ``auprc_vs_queries.png`` are rewritten with what this version of the code derives, and
+    ``rederived_by`` records its commit.
     """
     result = json.loads(results_json.read_text())
     cfg = _saved_config(result["config"])
     result.update(derive(result["records"], cfg))
     text = markdown(result)
-    if write:
-        from blackbox_lime.outputs import write_all
-
+    if write:  # table.md, results.json and the plot; overlays.png needs the maps, which are not saved
         result["rederived_by"] = git_commit()
-        write_all({results_json: json.dumps(result, indent=1, default=float).encode(),
-                   results_json.parent / "table.md": (text + "\n").encode()})
+        write_outputs(result, {}, results_json.parent)
     if reference is not None:
         ran = list(dict.fromkeys(r["method"] for r in result["records"]))
         if reference not in ran:

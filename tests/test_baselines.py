@@ -440,7 +440,9 @@ def test_render_write_rederives_a_saved_run_in_place(tmp_path: Path, capsys: pyt
     stale = {**saved, "goals": {"medlime_over_lime_auprc": 99.0}, "summary": [], "paired": []}
     path.write_text(json.dumps(stale))
     (tmp_path / "table.md").write_text("stale\n")
+    (tmp_path / "auprc_vs_queries.png").unlink()
     assert bench.main(["--render", str(path), "--write"]) == 0
+    assert (tmp_path / "auprc_vs_queries.png").stat().st_size > 0 and (tmp_path / "overlays.png").exists()
     fresh = json.loads(path.read_text())
     assert fresh["records"] == saved["records"] and fresh["commit"] == saved["commit"] and "rederived_by" in fresh
     assert fresh["summary"] == saved["summary"] and fresh["goals"].keys() == saved["goals"].keys()
