@@ -762,6 +762,17 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
     return result
 
 
+def _on_saved_runs(work: Callable[[], str]) -> int:
+    """Run a command on saved runs (render, compare, merge): print its text, or the error and exit 2."""
+    try:
+        text = work()
+    except (OSError, ValueError, KeyError) as e:
+        print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.paired_against and not a.render:
@@ -769,30 +780,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.write and (not a.render or a.paired_against):
         _parser().error("--write works with --render only, without --paired-against")
     if a.render:
-        try:
+        def rendered() -> str:
             reference = method_list(a.paired_against) if a.paired_against else None
             if reference is not None and len(reference) != 1:
                 raise ValueError(f"--paired-against takes one method, got {len(reference)}: {'; '.join(reference)}")
-            print(render(Path(a.render), reference[0] if reference else None, write=a.write))
-        except (OSError, ValueError, KeyError) as e:
-            print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
-            return 2
-        return 0
+            return render(Path(a.render), reference[0] if reference else None, write=a.write)
+        return _on_saved_runs(rendered)
     if a.compare:
-        try:
-            print(compare(*a.compare, budget=a.consistency_budget or BenchConfig.consistency_budget))
-        except (OSError, ValueError, KeyError) as e:
-            print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
-            return 2
-        return 0
+        return _on_saved_runs(lambda: compare(*a.compare, budget=a.consistency_budget or BenchConfig.consistency_budget))
     if a.merge:
-        try:
-            result = merge([Path(x) for x in a.merge], Path(a.out))
-        except (OSError, ValueError, KeyError) as e:
-            print(f"blackbox-lime bench: error: {e}", file=sys.stderr)
-            return 2
-        print(markdown(result))
-        return 0
+        return _on_saved_runs(lambda: markdown(merge([Path(x) for x in a.merge], Path(a.out))))
     cfg, out = _config(a)
     os.environ.setdefault("TQDM_DISABLE", "1")  # lime draws a progress bar per explanation
     try:

@@ -43,9 +43,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from adapters.onnx import make_session, read_metadata
-from blackbox_lime.generative_masking import mae_input
-from blackbox_lime.models import bundled_model
+from blackbox_lime.generative_masking import mae_input, open_mae
 from blackbox_lime.patches import PatchGrid
 
 log = logging.getLogger(__name__)
@@ -70,17 +68,8 @@ class Embedder:
     def __init__(self, path: str | Path | None = None, threads: int | None = None, device: str = "auto") -> None:
         from blackbox_lime.outputs import file_sha256
 
-        self.path = Path(path) if path else bundled_model("mae_embed.onnx")
-        self.session, self.provider = make_session(self.path, threads, device)
-        meta = read_metadata(self.session)
-        try:
-            self.size = int(meta["image_size"])
-            self.channels = int(meta["channels"])
-            self.mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
-            self.std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BankError(f"{self.path.name} lacks the MAE metadata (image_size, channels, mean, std). "
-                            "Export it with onnx/export_mae.py.") from exc
+        self.path, self.session, self.provider, meta = open_mae(path, "mae_embed.onnx", threads, device)
+        self.size, _, self.channels, self.mean, self.std = meta
         self.sha256 = file_sha256(self.path)
         self.notes: list[str] = []
 

@@ -86,19 +86,8 @@ class MAEFiller(Filler):
     def __init__(self, path: str | Path | None = None, batch_size: int = 64, threads: int | None = None,
                  device: str = "auto") -> None:
         self.name, self.notes = "mae", []
-        self.path = Path(path) if path else bundled_model("mae_recon.onnx")
-        self.session, self.provider = make_session(self.path, threads, device)
-        meta = read_metadata(self.session)
-        try:
-            self.size = int(meta["image_size"])
-            self.patch = int(meta["patch_size"])
-            self.channels = int(meta["channels"])
-            self.mean = np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1)
-            self.std = np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(
-                f"{self.path.name} lacks the MAE metadata (image_size, patch_size, channels, mean, std). "
-                "Export it with onnx/export_mae.py.") from exc
+        self.path, self.session, self.provider, meta = open_mae(path, "mae_recon.onnx", threads, device)
+        self.size, self.patch, self.channels, self.mean, self.std = meta
         self.grid = self.size // self.patch
         self.batch_size = batch_size
         self.runs = 0  # images reconstructed
@@ -141,6 +130,24 @@ class MAEFiller(Filler):
         if (h, w) != (self.size, self.size):
             recon = np.stack([cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, c) for r in recon])
         return recon.astype(np.float32)
+
+
+def open_mae(path: str | Path | None, default: str, threads: int | None = None, device: str = "auto"
+             ) -> tuple[Path, Any, str, tuple[int, int, int, np.ndarray, np.ndarray]]:
+    """An MAE graph's session and its metadata: (path, session, provider, (image_size, patch_size,
+    channels, mean (1, C, 1, 1), std (1, C, 1, 1))). ``default`` names the bundled graph used when
+    ``path`` is None."""
+    where = Path(path) if path else bundled_model(default)
+    session, provider = make_session(where, threads, device)
+    meta = read_metadata(session)
+    try:
+        info = (int(meta["image_size"]), int(meta["patch_size"]), int(meta["channels"]),
+                np.asarray(meta["mean"], np.float32).reshape(1, -1, 1, 1),
+                np.asarray(meta["std"], np.float32).reshape(1, -1, 1, 1))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where.name} lacks the MAE metadata (image_size, patch_size, channels, mean, std). "
+                         "Export it with onnx/export_mae.py.") from exc
+    return where, session, provider, info
 
 
 def mae_input(canvas: np.ndarray, size: int, channels: int, mean: np.ndarray, std: np.ndarray,

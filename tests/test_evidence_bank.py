@@ -172,3 +172,13 @@ def test_bank_and_reference_together_are_refused(linear_model: Path, chest_bank:
     with OnnxAdapter(linear_model) as model:
         with pytest.raises(ValueError, match=r"^Pass either bank= \(the evidence bank\) or reference= "):
             Explainer(model, ExplainConfig(fill="zero"), bank=chest_bank, reference=lambda c: (np.zeros(196), []))
+
+
+def test_an_embedder_without_mae_metadata_is_named(linear_model: Path) -> None:
+    from blackbox_lime.generative_masking import MAEFiller
+
+    msg = r"^linear\.onnx lacks the MAE metadata \(image_size, patch_size, channels, mean, std\)\. Export it with onnx/export_mae\.py\.$"
+    with pytest.raises(ValueError, match=msg):
+        Embedder(linear_model)
+    with pytest.raises(ValueError, match=msg):
+        MAEFiller(linear_model)
