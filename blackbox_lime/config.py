@@ -166,10 +166,11 @@ class ExplainConfig:
         return self.n_samples + self.stta_queries
 
     @staticmethod
-    def n_samples_for_budget(budget: int, stta: bool, stta_iterations: int = 8, stta_views: int = 4,
-                             stta_probes: int = 0) -> int:
-        """The ``n_samples`` with which one explanation sends at most ``budget`` images, STTA included."""
-        cost = query_cost(stta_views, stta_iterations, stta_probes) if stta else 0
+    def n_samples_for_budget(budget: int, stta: bool, **stta_options: int) -> int:
+        """The ``n_samples`` with which one explanation sends at most ``budget`` images, STTA included.
+
+        ``stta_options`` are ``stta_iterations``, ``stta_views`` or ``stta_probes`` when not the defaults."""
+        cost = ExplainConfig(stta=stta, **stta_options).stta_queries  # type: ignore[arg-type]
         if budget - cost < 10:
             raise ValueError(f"A budget of {budget} queries leaves {budget - cost} samples after STTA's {cost}; "
                              "at least 10 are needed. Raise the budget or lower stta_iterations / stta_views.")

@@ -166,14 +166,14 @@ class Explainer:
         adaptation: Adaptation | None = None
         transform = self.input_transform
         try:
-            if cfg.stta:  # its own seeded generator: the design is the same with and without STTA
-                t = time.perf_counter()
+            if cfg.stta:  # its own seeded generator: the design is the same with and without STTA, and the
+                t = time.perf_counter()  # adaptation (probes included) does not depend on the explanation's seed
+                stta_rng = np.random.default_rng(cfg.stta_seed)
                 base = canvas if transform is None else transform(canvas[None])[0]
-                probes = self._probes(canvas, cfg.stta_probes, gen, timings)
+                probes = self._probes(canvas, cfg.stta_probes, stta_rng, timings)
                 if probes is not None and transform is not None:
                     probes = transform(probes)
-                adaptation = adapt(self.adapter, base, target, np.random.default_rng(cfg.stta_seed),
-                                   cfg.stta_iterations, cfg.stta_views, probes)
+                adaptation = adapt(self.adapter, base, target, stta_rng, cfg.stta_iterations, cfg.stta_views, probes)
                 transform = adaptation.transform if transform is None else _chain(transform, adaptation.transform)
                 if target is None:
                     target = adaptation.label

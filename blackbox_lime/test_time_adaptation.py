@@ -237,7 +237,7 @@ def adapt(adapter: ClassifierAdapter, image: np.ndarray, label: int | None, rng:
         return adapter.predict(batch).reshape(len(points), views, -1)
 
     u = np.zeros(d)
-    probs0 = adapter.predict(stack)  # (S, K) at the identity
+    probs0 = query([u])[0]  # (S, K) at the identity
     y = int(np.argmax(probs0[0])) if label is None else int(label)
 
     def objective(p: np.ndarray, point: np.ndarray) -> float:
