@@ -45,7 +45,7 @@ from blackbox_lime.config import LAMBDA2_PRIOR, ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import make_phantom
+from blackbox_lime.phantoms import abnormal_cases  # noqa: F401 (bench.abnormal_cases: the cases a run uses)
 
 # method name -> (kind, budgeted). Kinds are dispatched in run_method.
 METHODS: dict[str, tuple[str, bool]] = {
@@ -110,19 +110,6 @@ class BenchConfig:
 QUICK = dict(images=3, budgets=(250, 1000), consistency_images=1, consistency_methods=("MedLIME",),
              all_budget_methods=("MedLIME", "LIME (lime package)"),
              methods=tuple(m for m in PROTOCOL if m != "KernelSHAP (patch grid, Telea fill)"))
-
-
-def abnormal_cases(modality: str, split: str, n: int, first: int = 0) -> list[Any]:
-    """The split's abnormal phantoms (with a lesion in the mask) number ``first`` .. ``first + n - 1``, in index order."""
-    out, i, seen = [], 0, 0
-    while len(out) < n:
-        ph = make_phantom(modality, split, i)
-        if ph.label == 1 and ph.mask.any():
-            if seen >= first:
-                out.append(ph)
-            seen += 1
-        i += 1
-    return out
 
 
 def evidence_banks(modalities: Sequence[str], n_cases: int, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -53,15 +53,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 
-__all__ = ["MODALITIES", "SPLITS", "SIZE", "Phantom", "make_phantom", "write_phantoms"]
+__all__ = ["MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases", "iter_abnormal_cases", "make_phantom", "write_phantoms"]
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "shifted")
@@ -135,6 +136,22 @@ def make_phantom(modality: str, split: str, index: int, *, noise_seed: int | Non
         raise RuntimeError("internal error: phantom label and mask disagree")
     image = np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[..., None], 3, axis=2)
     return Phantom(image, mask, int(abnormal), modality, split, int(index), lesions)
+
+
+def iter_abnormal_cases(modality: str, split: str, first: int = 0) -> Iterator[Phantom]:
+    """The split's abnormal phantoms (with a lesion in the mask) from number ``first`` on, in index order."""
+    seen = 0
+    for i in itertools.count():
+        ph = make_phantom(modality, split, i)
+        if ph.label == 1 and ph.mask.any():
+            if seen >= first:
+                yield ph
+            seen += 1
+
+
+def abnormal_cases(modality: str, split: str, n: int, first: int = 0) -> list[Phantom]:
+    """The split's abnormal phantoms number ``first`` .. ``first + n - 1``, in index order."""
+    return list(itertools.islice(iter_abnormal_cases(modality, split, first), n))
 
 
 # ----------------------------------------------------------------------------- shared helpers
