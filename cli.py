@@ -317,24 +317,53 @@ def _read_cases(path: Path, need_mask: bool) -> list[dict[str, str]]:
 
 
 def run_bank_build(a: argparse.Namespace) -> int:
-    """Embed the abnormal cases of a CSV and store their evidence maps (masks or explanations) in a bank."""
+    """Embed historical abnormal cases (a cases CSV, or --phantoms) and store their evidence maps in a bank."""
     from blackbox_lime.config import ExplainConfig
-    from blackbox_lime.evidence_bank import Embedder, build_bank, mask_patch_map
-    from blackbox_lime.explainer import Explainer, _progress, to_canvas
-    from blackbox_lime.image_io import ImageError, load_image
+    from blackbox_lime.evidence_bank import Embedder
     from blackbox_lime.outputs import check_writable
-    from blackbox_lime.patches import PatchGrid
 
-    if a.phantoms is not None:
-        return _phantom_bank(a)
-    cases = Path(a.cases)
-    rows = _read_cases(cases, need_mask=a.source == "masks")
+    if a.phantoms is not None and (a.source != "masks" or a.model is not None or a.endpoint is not None):
+        raise UserError("--phantoms builds a bank from the phantoms' lesion masks: drop --source explanations, "
+                        "--model and --endpoint.")
+    if a.phantoms is not None and a.count < 1:
+        raise UserError(f"--count must be an integer >= 1. Got {a.count} instead.")
+    rows = None if a.phantoms is not None else _read_cases(Path(a.cases), need_mask=a.source == "masks")
     if a.source == "explanations" and a.model is None and a.endpoint is None:
         raise UserError("--source explanations needs the classifier: --model MODEL.onnx, --model URL or --endpoint.")
     out = Path(a.out)
     check_writable(out.parent if str(out.parent) else ".")
     patch = a.patch_size or ExplainConfig.patch_size
     embedder = Embedder(a.embed, device=a.device)
+    bank = _phantom_bank(a, embedder, patch) if rows is None else _cases_bank(a, rows, embedder, patch)
+    bank.save(out)
+    left = bank.meta["left_out"]
+    print(f"{out}: {len(bank)} abnormal cases ({bank.source}, {bank.grid[0]}x{bank.grid[1]} patches of {patch} px)"
+          + (f"; {left} left out because their map is empty" if left else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+def _phantom_bank(a: argparse.Namespace, embedder: Any, patch: int) -> Any:
+    from blackbox_lime.evidence_bank import phantom_bank
+    from blackbox_lime.explainer import _progress
+    from blackbox_lime.patches import PatchGrid
+
+    size = a.input_size or embedder.size
+    bar = _progress(a.count, not a.quiet, unit="case")
+    try:
+        return phantom_bank(a.phantoms, PatchGrid(size, size, patch), embedder, a.count, progress=bar.update)
+    finally:
+        bar.close()
+
+
+def _cases_bank(a: argparse.Namespace, rows: list[dict[str, str]], embedder: Any, patch: int) -> Any:
+    """The bank of a cases CSV's abnormal rows: their lesion masks, or MedLIME explanations through the model."""
+    from blackbox_lime.config import ExplainConfig
+    from blackbox_lime.evidence_bank import build_bank, mask_patch_map
+    from blackbox_lime.explainer import Explainer, _progress, to_canvas
+    from blackbox_lime.image_io import ImageError, load_image
+    from blackbox_lime.patches import PatchGrid
+
+    cases = Path(a.cases)
     adapter = _adapter(a) if (a.model is not None or a.endpoint is not None) else None
     _redact_logs(adapter)
     try:
@@ -354,9 +383,8 @@ def run_bank_build(a: argparse.Namespace) -> int:
         bar = _progress(len(rows), not a.quiet, unit="case")
         try:
             for r in rows:
-                path = cases.parent / r["image"]
                 try:
-                    pixels = load_image(path).pixels
+                    pixels = load_image(cases.parent / r["image"]).pixels
                     if explainer is not None:
                         exp = explainer.explain(pixels, target=adapter.info.abnormal_index, rng=a.seed)
                         maps.append(exp.patch_weights.reshape(-1))
@@ -373,42 +401,10 @@ def run_bank_build(a: argparse.Namespace) -> int:
         if adapter is not None:
             meta["model"] = _model_record(a, adapter)
         target = adapter.info.class_names[adapter.info.abnormal_index] if adapter is not None else "abnormal"
-        bank = build_bank(images, maps, ids, embedder, grid, target, a.source, meta)
-        bank.save(out)
+        return build_bank(images, maps, ids, embedder, grid, target, a.source, meta)
     finally:
         if adapter is not None:
             adapter.close()
-    left = bank.meta["left_out"]
-    print(f"{out}: {len(bank)} abnormal cases ({a.source}, {grid.rows}x{grid.cols} patches of {patch} px)"
-          + (f"; {left} left out because their map is empty" if left else ""), file=sys.stderr)
-    return EXIT_OK
-
-
-def _phantom_bank(a: argparse.Namespace) -> int:
-    from blackbox_lime.evidence_bank import Embedder, phantom_bank
-    from blackbox_lime.explainer import _progress
-    from blackbox_lime.outputs import check_writable
-    from blackbox_lime.patches import PatchGrid
-
-    if a.source != "masks" or a.model is not None or a.endpoint is not None:
-        raise UserError("--phantoms builds a bank from the phantoms' lesion masks: drop --source explanations, "
-                        "--model and --endpoint.")
-    if a.count < 1:
-        raise UserError(f"--count must be an integer >= 1. Got {a.count} instead.")
-    out = Path(a.out)
-    check_writable(out.parent if str(out.parent) else ".")
-    embedder = Embedder(a.embed, device=a.device)
-    size = a.input_size or embedder.size
-    grid = PatchGrid(size, size, a.patch_size or 16)
-    bar = _progress(a.count, not a.quiet, unit="case")
-    try:
-        bank = phantom_bank(a.phantoms, grid, embedder, a.count, progress=bar.update)
-    finally:
-        bar.close()
-    bank.save(out)
-    print(f"{out}: {len(bank)} abnormal cases (masks, {grid.rows}x{grid.cols} patches of {grid.patch} px)",
-          file=sys.stderr)
-    return EXIT_OK
 
 
 def run_endpoint_check(a: argparse.Namespace) -> int:
