@@ -8,10 +8,12 @@ from typing import Any
 
 from blackbox_lime.test_time_adaptation import query_cost
 
-FILLS = ("mae", "mean", "blur", "zero")
+FILLS = ("auto", "mae", "mean", "blur", "zero")
+FIXED_FILLS = FILLS[1:]
 LAMBDA2_NO_PRIOR = 1e-4  # without a prior the term is only a ridge towards 0; kept negligible as before EBR
 LAMBDA2_PRIOR = 0.3  # with EBR's prior: chosen on val (docs/tune_val/evidence.md)
 LAMBDA1_SCALES = ("response", "absolute")
+MIN_PILOT = 8  # "auto": fewest pilot samples per candidate (two per fold of the held-out R^2)
 
 
 def _check(ok: bool, name: str, what: str, got: object) -> None:
@@ -43,9 +45,23 @@ class ExplainConfig:
         each patch indicator; 0.25 keeps samples close to the image (local fidelity); 0.75 hides
         whole multi-patch lesions often enough to show effects a max-like classifier only shows
         when all of a lesion is gone.
-    fill : {"mae", "mean", "blur", "zero"}, default "mae"
+    fill : {"auto", "mae", "mean", "blur", "zero"}, default "auto"
         How hidden patches are filled: the local MAE (generative masking), the image's
-        per-channel mean, a strong Gaussian blur of the image, or zeros.
+        per-channel mean, a strong Gaussian blur of the image, or zeros. "auto" chooses among
+        ``fill_candidates`` per image by the surrogate's held-out fidelity on a pilot share of the
+        budget (blackbox_lime/fill_choice.py); the total queries stay ``n_samples``.
+    fill_candidates : tuple of str, default ("mae", "mean", "blur")
+        The fills "auto" chooses among; the first is preferred (kept unless another beats its
+        held-out R^2 by more than ``fill_margin``).
+    pilot_samples : int, default 32
+        "auto": pilot samples per candidate (masks over blocks of ``pilot_block`` x ``pilot_block``
+        patches). The chosen fill's pilot samples are reused; the others' (``pilot_samples`` x
+        (candidates - 1)) are the price of the choice. Lowered for a small ``n_samples``
+        (:attr:`pilot_per_fill`). Chosen on val (docs/tune_val/fill.md).
+    pilot_block : int, default 2
+        "auto": side of the pilot's mask blocks, in patches.
+    fill_margin : float, default 0.05
+        "auto": how much higher another candidate's held-out R^2 must be to replace the preferred fill.
     nested_samples : int, default 3
         Samples that share one MAE reconstruction. A group's first mask hides the most patches;
         the others reveal a random part of its hidden patches again, so every fill is conditioned
@@ -106,7 +122,11 @@ class ExplainConfig:
     patch_size: int = 16
     n_samples: int = 500
     mask_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    fill: str = "mae"
+    fill: str = "auto"
+    fill_candidates: tuple[str, ...] = ("mae", "mean", "blur")
+    pilot_samples: int = 32
+    pilot_block: int = 2
+    fill_margin: float = 0.05
     nested_samples: int = 3
     kernel_width: float = 1.0
     lambda1: float = 0.07
@@ -128,6 +148,22 @@ class ExplainConfig:
         _check(isinstance(ratios, tuple) and len(ratios) >= 1 and all(_is_real(r) and 0 < r < 1 for r in ratios),
                "mask_ratios", "a non-empty tuple of floats in the range (0, 1)", ratios)
         _check(self.fill in FILLS, "fill", f"one of {', '.join(FILLS)}", self.fill)
+        if isinstance(self.fill_candidates, list):  # a config read back from JSON (to_dict writes a list)
+            object.__setattr__(self, "fill_candidates", tuple(self.fill_candidates))
+        cands = self.fill_candidates
+        _check(isinstance(cands, tuple) and len(cands) >= 2 and len(set(cands)) == len(cands)
+               and all(c in FIXED_FILLS for c in cands), "fill_candidates",
+               f"a tuple of two or more distinct fills from {', '.join(FIXED_FILLS)}", cands)
+        _check(_is_int(self.pilot_samples) and self.pilot_samples >= 8, "pilot_samples", "an integer >= 8",
+               self.pilot_samples)
+        _check(_is_int(self.pilot_block) and self.pilot_block >= 1, "pilot_block", "an integer >= 1", self.pilot_block)
+        _check(_is_real(self.fill_margin) and self.fill_margin >= 0, "fill_margin", "a float in the range [0, inf)",
+               self.fill_margin)
+        if self.fill == "auto":
+            need = 2 * len(cands) * MIN_PILOT + 1
+            _check(self.n_samples >= need, "n_samples",
+                   f"at least {need} with fill 'auto' ({len(cands)} candidates x {MIN_PILOT} pilot samples, as many "
+                   "again for the chosen fill, and the image), or choose a fill", self.n_samples)
         _check(_is_int(self.nested_samples) and self.nested_samples >= 1, "nested_samples", "an integer >= 1",
                self.nested_samples)
         _check(_is_real(self.kernel_width) and self.kernel_width > 0, "kernel_width", "a float in the range (0, inf)",
@@ -148,6 +184,12 @@ class ExplainConfig:
         _check(_is_int(self.stta_probes) and self.stta_probes >= 0, "stta_probes", "an integer >= 0", self.stta_probes)
         _check(_is_int(self.n_neighbours) and self.n_neighbours >= 1, "n_neighbours", "an integer >= 1",
                self.n_neighbours)
+
+    @property
+    def pilot_per_fill(self) -> int:
+        """Pilot samples per candidate that "auto" uses: ``pilot_samples``, lowered so that the chosen fill
+        gets at least as many samples again as all pilots together (a small ``n_samples``)."""
+        return min(self.pilot_samples, (self.n_samples - 1) // (2 * len(self.fill_candidates)))
 
     def lambda2_for(self, prior: bool) -> float:
         """The lambda2 the surrogate uses, with (``prior``) or without an evidence prior."""
@@ -179,4 +221,5 @@ class ExplainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mask_ratios"] = list(self.mask_ratios)
+        d["fill_candidates"] = list(self.fill_candidates)
         return d

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ from blackbox_lime import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
 from blackbox_lime.explanation import Explanation
+from blackbox_lime.fill_choice import FillChoice, coarse_design, decide, heldout_r2, score_pilot
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
 from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
@@ -99,15 +100,24 @@ class Explainer:
                  device: str = "auto", threads: int | None = None) -> None:
         self.adapter = adapter
         self.config = config or ExplainConfig()
-        self.filler = filler or make_filler(self.config.fill, self.config.patch_size, mae_path,
-                                            batch_size=self.config.batch_size, threads=threads, device=device)
+        cfg = self.config
+
+        def make(kind: str) -> Filler:
+            return make_filler(kind, cfg.patch_size, mae_path, batch_size=cfg.batch_size, threads=threads,
+                               device=device)
+
+        # fill "auto": every candidate, the preferred first; self.filler is the preferred one (STTA's probes)
+        self.fillers: dict[str, Filler] | None = None
+        if filler is None and cfg.fill == "auto":
+            self.fillers = {kind: make(kind) for kind in cfg.fill_candidates}
+        self.filler = filler or (next(iter(self.fillers.values())) if self.fillers else make(cfg.fill))
         self.input_transform = input_transform
         info = adapter.info
-        if isinstance(self.filler, MAEFiller) and tuple(info.input_size) == (self.filler.size, self.filler.size) \
-                and self.config.patch_size % self.filler.patch:
+        mae = self.mae
+        if mae is not None and tuple(info.input_size) == (mae.size, mae.size) and cfg.patch_size % mae.patch:
             raise ValueError(
-                f"The 'patch_size' parameter must be a multiple of the MAE's patch ({self.filler.patch}) when the "
-                f"model and the MAE share their input size. Got {self.config.patch_size} instead.")
+                f"The 'patch_size' parameter must be a multiple of the MAE's patch ({mae.patch}) when the "
+                f"model and the MAE share their input size. Got {cfg.patch_size} instead.")
         self.grid = PatchGrid(info.input_size[0], info.input_size[1], self.config.patch_size)
         self.bank: EvidenceBank | None = None
         if bank is not None and reference is not None:
@@ -118,6 +128,14 @@ class Explainer:
             self.bank.check_fits(self.grid, embedder)
             reference = EvidencePrior(self.bank, embedder, self.config.n_neighbours)
         self.reference = reference
+
+    @property
+    def mae(self) -> MAEFiller | None:
+        """The MAE filler in use or among the candidates of fill "auto", else None."""
+        for f in (self.fillers or {"": self.filler}).values():
+            if isinstance(f, MAEFiller):
+                return f
+        return None
 
     def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
                 progress: bool = False, keep_samples: bool = False) -> Explanation:
@@ -153,18 +171,20 @@ class Explainer:
         notes: list[str] = []
         canvas = to_canvas(image, info.input_size, info.channels, notes)
         q0, r0 = self.adapter.queries, self.adapter.requests
-        timings = {"masks": 0.0, "stta": 0.0, "fill": 0.0, "classifier": 0.0, "compose": 0.0, "evidence": 0.0,
-                   "surrogate": 0.0}
+        timings = {"masks": 0.0, "stta": 0.0, "fill_choice": 0.0, "fill": 0.0, "classifier": 0.0, "compose": 0.0,
+                   "evidence": 0.0, "surrogate": 0.0}
 
         t = time.perf_counter()
-        visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples, cfg.mask_ratios,
-                                    cfg.nested_samples if self.filler.depends_on_mask() else 1)
+        design = None
+        if self.fillers is None:  # a fixed fill: the whole design is drawn up front
+            design = draw_masks(gen, grid.n_patches, cfg.n_samples, cfg.mask_ratios,
+                                cfg.nested_samples if self.filler.depends_on_mask() else 1)
         timings["masks"] = time.perf_counter() - t
 
-        probs = np.zeros((cfg.n_samples, n_classes))
         bar = _progress(cfg.total_queries, progress)
         adaptation: Adaptation | None = None
         transform = self.input_transform
+        choice: FillChoice | None = None
         try:
             if cfg.stta:  # its own seeded generator: the design is the same with and without STTA, and the
                 t = time.perf_counter()  # adaptation (probes included) does not depend on the explanation's seed
@@ -180,40 +200,29 @@ class Explainer:
                 timings["stta"] = time.perf_counter() - t
                 bar.update(adaptation.queries)
             t = time.perf_counter()
-            probs[:1] = self._query(canvas[None], transform)
+            probs0 = self._query(canvas[None], transform)
             timings["classifier"] += time.perf_counter() - t
             bar.update(1)
-            n_groups = int(group.max()) + 1
-            first_row = np.searchsorted(group, np.arange(n_groups))  # groups occupy consecutive rows
-            static_fill = None
-            if not self.filler.depends_on_mask():
+            if target is None:
+                target = int(np.argmax(probs0[0]))
+            if design is None:  # fill "auto": a pilot per candidate, then the rest of the budget on the chosen one
+                choice, pilot_visible, pilot_probs = self._choose_fill(canvas, transform, target, probs0[0], gen, bar,
+                                                                       timings)
+                filler = self.fillers[choice.chosen]
                 t = time.perf_counter()
-                static_fill = self.filler.fill(canvas, np.zeros((1,) + canvas.shape[:2], bool))[0]
-                timings["fill"] += time.perf_counter() - t
-            step = cfg.batch_size  # groups per chunk: one MAE batch, or one request batch for static fills
-            per_group = cfg.nested_samples if static_fill is None else 1
-            buffer = np.empty((min(cfg.n_samples, step * per_group),) + canvas.shape, np.float32)
-            for g0 in range(0, n_groups, step):
-                g1 = min(n_groups, g0 + step)
-                rows = np.arange(first_row[g0], first_row[g1] if g1 < n_groups else cfg.n_samples)
-                t = time.perf_counter()
-                if static_fill is None:
-                    fills = self.filler.fill(canvas, grid.hidden_pixels(visible[first_row[g0:g1]]))
-                    timings["fill"] += time.perf_counter() - t
-                    t = time.perf_counter()
-                    batch = grid.composite(visible[rows], canvas, fills, group[rows] - g0, out=buffer[:len(rows)])
-                else:
-                    batch = grid.composite(visible[rows], canvas, static_fill[None], None, out=buffer[:len(rows)])
-                timings["compose"] += time.perf_counter() - t
-                t = time.perf_counter()
-                probs[rows] = self._query(batch, transform)
-                timings["classifier"] += time.perf_counter() - t
-                bar.update(len(rows))
+                visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples - len(pilot_visible) * len(self.fillers),
+                                            cfg.mask_ratios, cfg.nested_samples if filler.depends_on_mask() else 1)
+                timings["masks"] += time.perf_counter() - t
+                probs = self._sample(canvas, filler, visible[1:], group[1:], transform, bar, timings)
+                visible = np.concatenate([visible, pilot_visible])
+                probs = np.concatenate([probs0, probs, pilot_probs])
+            else:
+                filler, (visible, group) = self.filler, design
+                probs = np.concatenate([probs0, self._sample(canvas, filler, visible[1:], group[1:], transform, bar,
+                                                             timings)])
         finally:
             bar.close()
 
-        if target is None:
-            target = int(np.argmax(probs[0]))
         t = time.perf_counter()
         ref, neighbours, evidence = np.zeros(grid.n_patches), [], None
         if self.reference is not None:
@@ -229,19 +238,24 @@ class Explainer:
         weights = proximity_kernel(visible, cfg.kernel_width)
         y = probs[:, target]
         lambda2 = cfg.lambda2_for(prior=evidence is not None)
-        model = SparseSurrogate(cfg.lambda1, lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
-                                lambda1_cap=cfg.lambda1_cap, reference_scale="fit").fit(
-            visible.astype(np.float64), y, weights)
+        options = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
+                       lambda1_cap=cfg.lambda1_cap, reference_scale="fit")
+        X = visible.astype(np.float64)
+        model = SparseSurrogate(**options).fit(X, y, weights)
+        r2_heldout = heldout_r2(X[1:], y[1:], weights[1:], (X[0], y[0]), options) \
+            if model.response_sd_ >= WEAK_RESPONSE_SD else float("nan")
         if evidence is not None:
             evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
-        notes += [n for n in getattr(self.filler, "notes", []) if n not in notes]
+        notes += [n for n in getattr(filler, "notes", []) if n not in notes]
         warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
                                       info.class_names[target])
+        warnings += _low_fidelity_warnings(r2_heldout, filler.name, cfg)
         for w in warnings:
             log.info("weak map: %s", w)
+        fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
         return Explanation(
             saliency=saliency,
             patch_weights=model.coef_.reshape(grid.rows, grid.cols),
@@ -256,7 +270,7 @@ class Explainer:
             requests=self.adapter.requests - r0,
             timings=timings,
             seed=seed,
-            config={**cfg.to_dict(), "lambda2_effective": lambda2, "fill_model": getattr(self.filler, "describe", lambda: {"kind": self.filler.name})(),
+            config={**cfg.to_dict(), "lambda2_effective": lambda2, "fill_model": _describe(filler),
                     "evidence_bank": None if self.bank is None else self.bank.describe(), "version": __version__},
             neighbours=neighbours,
             notes=notes,
@@ -269,7 +283,88 @@ class Explainer:
             lambda1_capped=model.lambda1_capped_,
             adaptation=None if adaptation is None else adaptation.summary(),
             evidence=evidence,
+            r2_heldout=r2_heldout,
+            fill=fill_record,
         )
+
+    def choose_fill(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0
+                    ) -> FillChoice:
+        """Only the choice of fill "auto" for one image (its pilot queries, no map): what ``calibrate`` runs.
+
+        Costs 1 + candidates x ``pilot_per_fill`` queries; STTA is not applied. Raises ``ValueError``
+        unless the config's fill is "auto"."""
+        if self.fillers is None:
+            raise ValueError("choose_fill needs fill='auto' in the config (and no fixed filler).")
+        info = self.adapter.info
+        canvas = to_canvas(check_image(image), info.input_size, info.channels, [])
+        gen = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
+        probs0 = self._query(canvas[None], self.input_transform)[0]
+        target = int(np.argmax(probs0)) if target is None else target
+        timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
+        return self._choose_fill(canvas, self.input_transform, target, probs0, gen, _NoBar(), timings)[0]
+
+    def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None, target: int, probs0: np.ndarray,
+                     gen: np.random.Generator, bar: Any, timings: dict[str, float]
+                     ) -> tuple[FillChoice, np.ndarray, np.ndarray]:
+        """Fill "auto": query a coarse pilot design per candidate, score each by held-out R^2, decide.
+
+        Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse."""
+        cfg, t0 = self.config, time.perf_counter()
+        n = cfg.pilot_per_fill
+        options = dict(lambda1=cfg.lambda1, lambda2=cfg.lambda2_for(prior=False), lambda1_scale=cfg.lambda1_scale,
+                       lambda1_cap=cfg.lambda1_cap)
+        scores: dict[str, float | None] = {}
+        spread: dict[str, float] = {}
+        pilots = {}
+        for name, filler in self.fillers.items():  # designs drawn in candidate order: deterministic for a seed
+            coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
+            probs = self._sample(canvas, filler, fine, np.arange(n), transform, bar, timings)
+            scores[name], spread[name] = score_pilot(coarse, probs[:, target], float(probs0[target]),
+                                                     cfg.kernel_width, options)
+            pilots[name] = (fine, probs)
+        preferred = cfg.fill_candidates[0]
+        chosen, reason = decide(scores, preferred, cfg.fill_margin)
+        timings["fill_choice"] = time.perf_counter() - t0
+        choice = FillChoice(chosen, scores, spread, n, n * (len(self.fillers) - 1), timings["fill_choice"], preferred,
+                            cfg.fill_margin, reason)
+        return choice, *pilots[chosen]
+
+    def _sample(self, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
+                transform: InputTransform | None, bar: Any, timings: dict[str, float]) -> np.ndarray:
+        """Fill, composite and query a design: visible bool (n, P); group int (n,) of consecutive groups from 0
+        that share one fill (MAE). -> probs float64 (n, K). Chunks of ``batch_size`` groups."""
+        cfg, grid = self.config, self.grid
+        n = len(visible)
+        probs = np.zeros((n, len(self.adapter.info.class_names)))
+        if n == 0:
+            return probs
+        n_groups = int(group.max()) + 1
+        first_row = np.searchsorted(group, np.arange(n_groups))  # groups occupy consecutive rows
+        static_fill = None
+        if not filler.depends_on_mask():
+            t = time.perf_counter()
+            static_fill = filler.fill(canvas, np.zeros((1,) + canvas.shape[:2], bool))[0]
+            timings["fill"] += time.perf_counter() - t
+        step = cfg.batch_size  # groups per chunk: one MAE batch, or one request batch for static fills
+        per_group = int(np.bincount(group).max())
+        buffer = np.empty((min(n, step * per_group),) + canvas.shape, np.float32)
+        for g0 in range(0, n_groups, step):
+            g1 = min(n_groups, g0 + step)
+            rows = np.arange(first_row[g0], first_row[g1] if g1 < n_groups else n)
+            t = time.perf_counter()
+            if static_fill is None:
+                fills = filler.fill(canvas, grid.hidden_pixels(visible[first_row[g0:g1]]))
+                timings["fill"] += time.perf_counter() - t
+                t = time.perf_counter()
+                batch = grid.composite(visible[rows], canvas, fills, group[rows] - g0, out=buffer[:len(rows)])
+            else:
+                batch = grid.composite(visible[rows], canvas, static_fill[None], None, out=buffer[:len(rows)])
+            timings["compose"] += time.perf_counter() - t
+            t = time.perf_counter()
+            probs[rows] = self._query(batch, transform)
+            timings["classifier"] += time.perf_counter() - t
+            bar.update(len(rows))
+        return probs
 
     def _probes(self, canvas: np.ndarray, k: int, gen: np.random.Generator,
                 timings: dict[str, float]) -> np.ndarray | None:
@@ -296,6 +391,26 @@ def _chain(first: InputTransform, second: InputTransform) -> InputTransform:
 
 # Below this spread of P(target) over the samples, the map ranks effects too small to act on.
 WEAK_RESPONSE_SD = 0.01
+
+
+# Below this held-out R^2 a map is flagged as of low fidelity: chosen on val (docs/tune_val/fill.md).
+LOW_FIDELITY_R2 = 0.1
+
+
+def _low_fidelity_warnings(r2_heldout: float, fill: str, cfg: ExplainConfig) -> list[str]:
+    if not r2_heldout < LOW_FIDELITY_R2:  # NaN (the answer did not move) is warned about by _weak_map_warnings
+        return []
+    tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
+             "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (--mae)",
+             f"more --samples (used {cfg.n_samples})"]
+    return [f"Low fidelity: the surrogate predicts held-out answers with R^2 {r2_heldout:.3f} (below "
+            f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map explains little of how the answer moves. "
+            f"Try {', '.join(tries[:-1])} or {tries[-1]}."]
+
+
+def _describe(filler: Filler) -> dict[str, Any]:
+    describe = getattr(filler, "describe", None)
+    return describe() if describe is not None else {"kind": filler.name}
 
 
 def _weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float, name: str) -> list[str]:

@@ -18,7 +18,11 @@ class Explanation:
     patch_weights : float64 (rows, cols), the surrogate's coefficient per patch.
     patch_stderr : float64 (rows, cols), robust standard error per patch (how sure each weight is).
     intercept : the surrogate's intercept.
-    r2 : the surrogate's kernel-weighted R^2 on the queried samples (local fidelity).
+    r2 : the surrogate's kernel-weighted R^2 on the queried samples (in-sample local fidelity).
+    r2_heldout : the kernel-weighted R^2 of answers predicted by fits on the other samples (4 interleaved
+        folds): local fidelity that more patches cannot inflate. NaN when the answer did not move.
+    fill : how hidden patches were filled: {"mode": "fixed", "chosen": FILL}, or for fill "auto" the
+        choice, each candidate's held-out R^2 on its pilot, the queries the choice cost and its time.
     target, target_name, target_prob : the explained class and the model's probability for it.
     probs : the model's class probabilities for the unperturbed image.
     queries, requests : images sent to the classifier and requests made.
@@ -65,6 +69,8 @@ class Explanation:
     lambda1_capped: bool = False
     adaptation: dict[str, Any] | None = None
     evidence: dict[str, Any] | None = None
+    r2_heldout: float = float("nan")
+    fill: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -74,6 +80,8 @@ class Explanation:
             "target_prob": round(float(self.target_prob), 6),
             "probs": [round(float(p), 6) for p in self.probs],
             "r2": round(float(self.r2), 6),
+            "r2_heldout": None if not np.isfinite(self.r2_heldout) else round(float(self.r2_heldout), 6),
+            "fill": self.fill,
             "response_sd": round(float(self.response_sd), 6),
             "lambda1_effective": float(f"{self.lambda1_effective:.6g}"),
             "lambda1_capped": bool(self.lambda1_capped),

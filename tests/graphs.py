@@ -91,3 +91,55 @@ def brightness_model(path: Path, centre: float = 0.5, width: float = 0.1, size: 
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
     graph = helper.make_graph(nodes, "brightness", [x], [y], inits)
     return _save(graph, path, {"class_names": '["normal", "abnormal"]', "abnormal_index": "1"})
+
+
+def painter_mae(path: Path, value: float, size: int = 224, patch: int = 16) -> Path:
+    """An "MAE" under the mae_recon.onnx contract that paints every hidden patch with ``value`` (pixels in
+    [0, 1]; mean 0, std 1): a fill that recreates a bright trigger wherever it hides one."""
+    g = size // patch
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    m = helper.make_tensor_value_info("patch_mask", TensorProto.FLOAT, ["N", g * g])
+    y = helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", 3, size, size])
+    inits = [numpy_helper.from_array(np.array([0, 1, g, g], np.int64), "grid"),
+             numpy_helper.from_array(np.array([1, 1, patch, patch], np.float32), "scales"),
+             numpy_helper.from_array(np.array([value], np.float32), "value"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one")]
+    nodes = [
+        helper.make_node("Reshape", ["patch_mask", "grid"], ["m4"]),
+        helper.make_node("Resize", ["m4", "", "scales"], ["mpx"], mode="nearest"),
+        helper.make_node("Sub", ["one", "mpx"], ["keep"]),
+        helper.make_node("Mul", ["image", "keep"], ["kept"]),
+        helper.make_node("Mul", ["mpx", "value"], ["painted"]),
+        helper.make_node("Add", ["kept", "painted"], ["recon"]),
+    ]
+    graph = helper.make_graph(nodes, "painter_mae", [x, m], [y], inits)
+    return _save(graph, path, {"blackbox_lime.kind": "mae", "image_size": str(size), "patch_size": str(patch),
+                               "channels": "3", "mean": "[0.0, 0.0, 0.0]", "std": "[1.0, 1.0, 1.0]"})
+
+
+def sine_model(path: Path, a: np.ndarray, frequency: float = 50.0, size: int = 224, patch: int = 16) -> Path:
+    """P(abnormal | x) = 0.5 + 0.4 sin(frequency * sum_j a_j mean_j): the answer moves when patches are hidden,
+    but no linear model of the patches predicts it (a map of low fidelity). a: (rows*cols,)."""
+    rows = size // patch
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32).reshape(rows * rows, 1), "a"),
+             numpy_helper.from_array(np.array([0, rows * rows], np.int64), "flat"),
+             numpy_helper.from_array(np.array([frequency], np.float32), "f"),
+             numpy_helper.from_array(np.array([0.4], np.float32), "amp"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "half"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one")]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("AveragePool", ["gray"], ["pooled"], kernel_shape=[patch, patch], strides=[patch, patch]),
+        helper.make_node("Reshape", ["pooled", "flat"], ["feat"]),
+        helper.make_node("MatMul", ["feat", "a"], ["lin"]),
+        helper.make_node("Mul", ["lin", "f"], ["fm"]),
+        helper.make_node("Sin", ["fm"], ["s"]),
+        helper.make_node("Mul", ["s", "amp"], ["sa"]),
+        helper.make_node("Add", ["sa", "half"], ["p1"]),
+        helper.make_node("Sub", ["one", "p1"], ["p0"]),
+        helper.make_node("Concat", ["p0", "p1"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "sine", [x], [y], inits)
+    return _save(graph, path, {"class_names": '["normal", "abnormal"]', "abnormal_index": "1"})

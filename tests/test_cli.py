@@ -141,7 +141,11 @@ def test_demo_explains_the_bundled_phantom_with_the_bundled_models(tmp_path: Pat
     assert report["config"]["stta"] is True and report["models"]["evidence_bank"]["file"] == "bank_chest_xray.npz"
     assert report["config"]["evidence_bank"]["cases"] == 200 and len(report["neighbours"]) == 25
     assert report["models"]["model"]["file"] == "demo_cnn.onnx" and report["models"]["mae"]["file"] == "mae_recon.onnx"
-    assert report["config"]["fill"] == "mae" and report["config"]["fill_model"]["provider"] == "CPUExecutionProvider"
+    assert report["config"]["fill"] == "auto" and report["config"]["fill_model"]["provider"] == "CPUExecutionProvider"
+    # the default fill "auto": 9 pilot samples for each of 3 candidates within the 60 (the chosen one's are reused)
+    fill = report["fill"]
+    assert fill["mode"] == "auto" and fill["chosen"] in ("mae", "mean", "blur") and set(fill["scores"]) == {"mae", "mean", "blur"}
+    assert fill["pilot_samples_per_fill"] == 9 and fill["queries_spent_on_choice"] == 18
     assert report["target_name"] == "abnormal"  # the demo phantom holds a lesion and the CNN sees it
 
 
@@ -237,12 +241,12 @@ def test_bank_build_from_explanations_stores_the_explainer_s_patch_weights(tmp_p
     assert cli.main(["phantoms", "--out", str(tmp_path / "hist"), "--split", "train", "--count", "4"]) == 0
     bank = tmp_path / "bank.npz"
     assert cli.main(["bank", "build", "--cases", str(tmp_path / "hist" / "labels.csv"), "--out", str(bank),
-                     "--source", "explanations", "--model", str(linear_model), "--samples", "40", "--quiet"]) == 0
+                     "--source", "explanations", "--model", str(linear_model), "--samples", "60", "--quiet"]) == 0
     b = EvidenceBank.load(bank)
     assert b.source == "explanations" and b.meta["model"]["model"]["file"] == "linear.onnx"
     from adapters.onnx import OnnxAdapter
 
     with OnnxAdapter(linear_model) as model:
         first = load_image(tmp_path / "hist" / b.case_ids[0]).pixels
-        w = Explainer(model, ExplainConfig(n_samples=40)).explain(first, target=1, rng=0).patch_weights.reshape(-1)
+        w = Explainer(model, ExplainConfig(n_samples=60)).explain(first, target=1, rng=0).patch_weights.reshape(-1)
     np.testing.assert_allclose(b.maps[0], w / np.abs(w).max(), atol=1e-6)

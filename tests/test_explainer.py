@@ -128,7 +128,14 @@ def test_nested_fills_only_condition_on_visible_pixels(linear_model: Path, phant
     ({"patch_size": 0}, r"The 'patch_size' parameter must be an integer >= 2\. Got 0 instead\."),
     ({"n_samples": 5}, r"The 'n_samples' parameter must be an integer >= 10\. Got 5 instead\."),
     ({"mask_ratios": (0.5, 1.0)}, r"The 'mask_ratios' parameter must be a non-empty tuple of floats in the range \(0, 1\)\."),
-    ({"fill": "noise"}, r"The 'fill' parameter must be one of mae, mean, blur, zero\. Got 'noise' instead\."),
+    ({"fill": "noise"}, r"The 'fill' parameter must be one of auto, mae, mean, blur, zero\. Got 'noise' instead\."),
+    ({"fill_candidates": ("mae",)}, r"The 'fill_candidates' parameter must be a tuple of two or more distinct fills "
+                                    r"from mae, mean, blur, zero\. Got \('mae',\) instead\."),
+    ({"fill_candidates": ("mae", "auto")}, r"The 'fill_candidates' parameter must be a tuple of two or more"),
+    ({"pilot_samples": 4}, r"The 'pilot_samples' parameter must be an integer >= 8\. Got 4 instead\."),
+    ({"fill_margin": -0.1}, r"The 'fill_margin' parameter must be a float in the range \[0, inf\)\. Got -0\.1 instead\."),
+    ({"n_samples": 40}, r"The 'n_samples' parameter must be at least 49 with fill 'auto' \(3 candidates x 8 pilot "
+                        r"samples, as many again for the chosen fill, and the image\), or choose a fill\. Got 40 instead\."),
     ({"lambda1": -1}, r"The 'lambda1' parameter must be a float in the range \[0, inf\)\. Got -1 instead\."),
     ({"kernel_width": float("nan")}, r"The 'kernel_width' parameter must be a float in the range \(0, inf\)\."),
 ])
@@ -159,7 +166,7 @@ def test_mae_fill_for_a_grayscale_model_reports_the_channel_mapping(tmp_path: Pa
     gray_model = linear_patch_model(tmp_path / "gray.onnx", linear_weights, 0.3, channels=1)
     with OnnxAdapter(gray_model) as model:
         assert model.info.channels == 1
-        exp = Explainer(model, ExplainConfig(n_samples=30)).explain(phantom_image, target=1, rng=0)
+        exp = Explainer(model, ExplainConfig(fill="mae", n_samples=30)).explain(phantom_image, target=1, rng=0)
     assert "colour image converted to grayscale (luma) for a 1-channel model" in exp.notes
     assert "grayscale image replicated to the MAE's 3 channels" in exp.notes
     assert exp.config["fill_model"]["path"] == "mae_recon.onnx"

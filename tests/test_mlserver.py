@@ -31,17 +31,20 @@ def server():  # type: ignore[no-untyped-def]
 
 
 def test_remote_saliency_equals_local_saliency(server, phantom_image: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    cfg = ExplainConfig(n_samples=80)
-    maps = {}
+    maps, auto = {}, {}
     for name, model in (("local", str(bundled_model("demo_cnn.onnx"))), ("rest", server.rest_url),
                         ("grpc", server.grpc_url)):
         with load_adapter(model, max_batch=32) as a:
-            exp = Explainer(a, cfg).explain(phantom_image, rng=11)
+            exp = Explainer(a, ExplainConfig(n_samples=80, fill="mae")).explain(phantom_image, rng=11)
             maps[name] = exp
             assert exp.queries == 80 and exp.requests == 4  # 1 + 79 in chunks of <= 32
+            auto[name] = Explainer(a, ExplainConfig(n_samples=80)).explain(phantom_image, rng=11)
+            assert auto[name].queries == 80
     for name in ("rest", "grpc"):
         assert np.abs(maps[name].saliency - maps["local"].saliency).max() <= 1e-6
         assert np.abs(maps[name].probs - maps["local"].probs).max() <= 1e-6
+        assert auto[name].fill["chosen"] == auto["local"].fill["chosen"]  # the choice is the same remotely
+        assert np.abs(auto[name].saliency - auto["local"].saliency).max() <= 1e-6
     assert maps["rest"].model["protocol"] == "oip-rest" and maps["grpc"].model["protocol"] == "oip-grpc"
 
 
@@ -49,7 +52,7 @@ def test_cli_explain_against_the_server(server, tmp_path: Path, capsys) -> None:
     image = Path(__file__).resolve().parent.parent / "examples" / "chest_xray_test_00001.png"
     out = tmp_path / "out"
     rc = main(["explain", str(image), "--model", server.grpc_url, "--out", str(out), "--samples", "40",
-               "--quiet", "--json", "--concurrency", "2", "--max-batch", "8"])
+               "--fill", "mae", "--quiet", "--json", "--concurrency", "2", "--max-batch", "8"])
     assert rc == 0, capsys.readouterr().err
     line = json.loads(capsys.readouterr().out)
     assert line["queries"] == 40 and line["requests"] == 6 and line["retries"] == 0

@@ -1,0 +1,179 @@
+"""Robust fill: choose how hidden patches are filled by how well the local surrogate explains the answers.
+
+GM's MAE keeps perturbed images on the data manifold only where the MAE fits the site's images. On a
+domain it has not seen it can paint lesion-like content into the hidden patches, so hiding a lesion
+no longer removes it and the map is noise; a flat fill (the image mean) is then the better choice.
+Which fill suits an image is not known in advance, but the model's answers say it, without labels:
+the fill under which a linear model of the patches predicts the answers best on samples it was not
+fitted to (held-out R^2) is the one under which hiding a patch removes what it holds.
+
+``fill="auto"`` (the default) therefore spends a small pilot share of the query budget on each
+candidate fill, with masks drawn over a coarse grid (blocks of ``pilot_block`` x ``pilot_block``
+patches, so that a few dozen samples determine a model of few features), scores every candidate by
+its cross-validated R^2, and spends the rest of the budget on the chosen fill. The chosen fill's
+pilot samples are valid samples of the final design (a hidden block hides its patches) and are
+reused; only the other candidates' pilot queries are spent on the choice.
+
+    scores = {fill: heldout_r2(coarse_visible, y, kernel, surrogate_options) for each candidate}
+    chosen = the preferred fill (the MAE) unless another beats it by more than ``margin``
+
+A site that wants every map of a study made with the same fill fixes it once with
+``blackbox-lime calibrate`` (:func:`summarise_choices`), and ``explain --calibration`` then skips the pilot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+
+from blackbox_lime.patches import PatchGrid, draw_masks
+from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
+
+# Folds of the held-out R^2. Interleaved by row, so the score is a function of the design alone.
+CV_FOLDS = 4
+# Below this spread of the answer over a candidate's pilot samples the fill is not scored: the
+# answer did not move when patches were hidden (a fill that recreates the evidence it hides).
+FLAT_RESPONSE_SD = 0.01
+
+
+@dataclass(frozen=True)
+class FillChoice:
+    """What ``fill="auto"`` chose and why.
+
+    Attributes
+    ----------
+    chosen : the fill used for the explanation.
+    scores : held-out R^2 per candidate on its pilot samples; None where the answer did not move.
+    response_sd : kernel-weighted spread of P(target) per candidate over its pilot samples.
+    pilot_samples : pilot samples per candidate.
+    queries_spent : pilot queries not reused by the explanation (the other candidates').
+    seconds : wall time of the pilot and the scoring, the chosen fill's pilot included.
+    preferred, margin : the rule: ``preferred`` unless another candidate's score exceeds its by ``margin``.
+    """
+
+    chosen: str
+    scores: dict[str, float | None]
+    response_sd: dict[str, float]
+    pilot_samples: int
+    queries_spent: int
+    seconds: float
+    preferred: str
+    margin: float
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": "auto", "chosen": self.chosen,
+                "scores": {k: None if v is None else round(v, 4) for k, v in self.scores.items()},
+                "response_sd": {k: round(v, 5) for k, v in self.response_sd.items()},
+                "pilot_samples_per_fill": self.pilot_samples, "queries_spent_on_choice": self.queries_spent,
+                "seconds": round(self.seconds, 4), "rule": {"preferred": self.preferred, "margin": self.margin},
+                "reason": self.reason}
+
+
+def coarse_design(rng: np.random.Generator, grid: PatchGrid, n: int, ratios: tuple[float, ...],
+                  block: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pilot masks over blocks of ``block`` x ``block`` patches.
+
+    Returns (coarse visible bool (n, B), fine visible bool (n, P)): a hidden block hides all its patches.
+    """
+    rows, cols = math.ceil(grid.rows / block), math.ceil(grid.cols / block)
+    n_blocks = rows * cols
+    if n_blocks < 2:  # a grid too small to coarsen: blocks are the patches themselves
+        rows, cols, n_blocks, block = grid.rows, grid.cols, grid.n_patches, 1
+    coarse, _ = draw_masks(rng, n_blocks, n + 1, ratios, 1)
+    coarse = coarse[1:]  # row 0 of a design is the unperturbed image, queried once for all candidates
+    r = np.arange(grid.rows) // block
+    c = np.arange(grid.cols) // block
+    block_of_patch = (r[:, None] * cols + c[None, :]).reshape(-1)  # (P,)
+    return coarse, coarse[:, block_of_patch]
+
+
+def heldout_r2(visible: np.ndarray, y: np.ndarray, kernel: np.ndarray, anchor: tuple[np.ndarray, float] | None,
+               surrogate: dict[str, Any], folds: int = CV_FOLDS) -> float:
+    """Cross-validated, kernel-weighted R^2 of the sparse surrogate: how well it predicts answers it was not fitted to.
+
+    visible : bool (n, F) the design; y : (n,) the answers; kernel : (n,) proximity weights.
+    anchor : the unperturbed image's (visible row (F,), answer), in every training fold, or None.
+    surrogate : keyword arguments of :class:`~blackbox_lime.surrogate.SparseSurrogate`.
+    Rows are split into ``folds`` interleaved folds; each held-out answer is predicted by the fit on the
+    others, and 1 - SSE / SST is taken over all held-out rows, SST around each training fold's weighted mean.
+    """
+    X = np.asarray(visible, np.float64)
+    n = len(y)
+    if n < 2 * folds:
+        raise ValueError(f"heldout_r2 needs at least {2 * folds} samples for {folds} folds. Got {n} instead.")
+    fold = np.arange(n) % folds
+    sse = sst = 0.0
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        Xt, yt, wt = X[train], y[train], kernel[train]
+        if anchor is not None:
+            Xt = np.vstack([anchor[0][None].astype(np.float64), Xt])
+            yt = np.concatenate([[anchor[1]], yt])
+            wt = np.concatenate([[1.0], wt])
+        predict = _fit_evidence(Xt, yt, wt, surrogate["ridge"]) if surrogate.get("positive") else \
+            SparseSurrogate(**surrogate).fit(Xt, yt, wt).predict
+        mean = float(wt @ yt / wt.sum())
+        sse += float(kernel[test] @ (y[test] - predict(X[test])) ** 2)
+        sst += float(kernel[test] @ (y[test] - mean) ** 2)
+    return 1.0 - sse / sst if sst > 0 else 0.0
+
+
+def _fit_evidence(X: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float) -> Any:
+    """Weighted least squares with an intercept, a ridge and every patch weight >= 0 (keeping a patch visible
+    can only add evidence for the answer); returns the predictor X -> y."""
+    wn = w / w.sum()
+    xm, ym = wn @ X, wn @ y
+    sw = np.sqrt(wn)[:, None]
+    A = np.vstack([(X - xm) * sw, np.sqrt(ridge) * np.eye(X.shape[1])])
+    b = np.concatenate([(y - ym) * sw[:, 0], np.zeros(X.shape[1])])
+    coef = optimize.nnls(A, b)[0]
+    return lambda Z: (np.asarray(Z, np.float64) - xm) @ coef + ym
+
+
+def decide(scores: dict[str, float | None], preferred: str, margin: float) -> tuple[str, str]:
+    """The rule: ``preferred`` unless another candidate's score beats it by more than ``margin``.
+
+    A candidate without a score (its answer did not move) is never chosen while another has one.
+    Returns (chosen, reason)."""
+    scored = {k: v for k, v in scores.items() if v is not None}
+    if not scored:
+        return preferred, "no candidate moved the answer; kept the preferred fill"
+    best = max(scored, key=lambda k: (scored[k], k == preferred))
+    base = scored.get(preferred)
+    if base is None:
+        return best, f"the answer did not move with {preferred}; {best} scored highest"
+    if best != preferred and scored[best] > base + margin:
+        return best, f"{best} predicts held-out answers better ({scored[best]:.3f} vs {preferred} {base:.3f})"
+    return preferred, f"{preferred} is within {margin:g} of the best held-out R^2"
+
+
+def score_pilot(coarse: np.ndarray, y: np.ndarray, y0: float, kernel_width: float,
+                surrogate: dict[str, Any]) -> tuple[float | None, float]:
+    """(held-out R^2 or None when the answer did not move, weighted sd of the answer) of one candidate's pilot."""
+    kernel = proximity_kernel(coarse, kernel_width)
+    w = kernel / kernel.sum()
+    sd = float(np.sqrt(w @ (y - w @ y) ** 2))
+    if sd < FLAT_RESPONSE_SD:
+        return None, sd
+    anchor = (np.ones(coarse.shape[1], bool), y0)
+    return heldout_r2(coarse, y, kernel, anchor, surrogate), sd
+
+
+def summarise_choices(choices: list[dict[str, Any]], preferred: str, margin: float) -> tuple[str, dict[str, Any]]:
+    """One fill for a whole site from per-image ``FillChoice.summary()`` records: the rule applied to the
+    median score of each candidate over the images (an image where a candidate did not move counts as 0)."""
+    if not choices:
+        raise ValueError("No image was scored; give at least one readable image.")
+    names = list(choices[0]["scores"])
+    med = {k: float(np.median([c["scores"][k] if c["scores"][k] is not None else 0.0 for c in choices]))
+           for k in names}
+    chosen, reason = decide(med, preferred, margin)
+    votes = {k: sum(c["chosen"] == k for c in choices) for k in names}
+    return chosen, {"median_scores": {k: round(v, 4) for k, v in med.items()}, "per_image_choices": votes,
+                    "reason": reason}
