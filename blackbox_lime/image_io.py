@@ -25,6 +25,26 @@ __all__ = ["ImageError", "LoadedImage", "load_image", "SUPPORTED"]
 SUPPORTED = ".png, .jpg/.jpeg, .tif/.tiff, .npy, .dcm (DICOM)"
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm", ".dicom")
+
+
+def find_images(paths: "list[str | Path]") -> list[Path]:
+    """Files and folders (searched recursively for IMAGE_SUFFIXES) -> image paths, sorted per folder.
+
+    A named file is taken whatever its suffix; a path that does not exist raises ``ImageError``."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                            and ".mask." not in f.name)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ImageError(f"{raw}: no such file or folder.")
+    return found
+
+
 class ImageError(ValueError):
     """An input image cannot be read or is not a usable image."""
 

@@ -1,0 +1,200 @@
+"""Robust fill: fill "auto" (blackbox_lime/fill_choice.py), the low-fidelity warning and site calibration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import cli
+from adapters.onnx import OnnxAdapter
+from blackbox_lime import ExplainConfig, Explainer
+from blackbox_lime.fill_choice import decide, heldout_r2
+from graphs import linear_patch_model, painter_mae, sine_model
+
+PLANTED = [3 * 14 + 4, 3 * 14 + 5, 9 * 14 + 10, 10 * 14 + 2]  # patches holding the bright trigger
+
+
+@pytest.fixture(scope="module")
+def trigger_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, Path, Path]:
+    """A dim image with a bright trigger in four planted patches; a model whose answer moves only with the
+    content of those patches; and an "MAE" that paints the trigger into every patch it hides."""
+    d = tmp_path_factory.mktemp("trigger")
+    image = np.full((224, 224, 3), 0.3, np.float32)
+    image += np.random.default_rng(0).normal(0, 0.02, image.shape).astype(np.float32)
+    for j in PLANTED:
+        r, c = divmod(j, 14)
+        image[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = 0.9
+    a = np.zeros(196)
+    a[PLANTED] = 0.25
+    model = linear_patch_model(d / "trigger.onnx", a, 0.0)
+    return np.clip(image, 0, 1), model, painter_mae(d / "painter.onnx", 0.9)
+
+
+def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
+    image, model_path, painter = trigger_case
+    with OnnxAdapter(model_path) as model:
+        # The painter as the preferred candidate: hiding a planted patch repaints it, so the answer never moves.
+        exp = Explainer(model, ExplainConfig(n_samples=300), mae_path=painter).explain(image, target=1, rng=0)
+        forced = Explainer(model, ExplainConfig(fill="mae", n_samples=300), mae_path=painter).explain(image, target=1,
+                                                                                                      rng=0)
+    assert exp.fill["mode"] == "auto" and exp.fill["chosen"] in ("mean", "blur")
+    assert exp.fill["scores"]["mae"] is None and exp.fill["response_sd"]["mae"] < 0.01
+    assert exp.fill["scores"][exp.fill["chosen"]] > 0.9  # linear in the planted patches: held-out R^2 near 1
+    assert exp.fill["reason"] == f"the answer did not move with mae; {exp.fill['chosen']} scored highest"
+    top4 = np.argsort(-exp.patch_weights.reshape(-1))[:4]
+    assert sorted(top4.tolist()) == sorted(PLANTED)
+    assert exp.queries == 300 and exp.fill["queries_spent_on_choice"] == 2 * exp.fill["pilot_samples_per_fill"]
+    assert exp.r2_heldout > 0.9 and not exp.warnings
+    # Forced, the painter gives a flat answer and an empty-evidence map, and the report says so.
+    assert forced.fill == {"mode": "fixed", "chosen": "mae"}
+    assert any("hardly moved under masking" in w for w in forced.warnings)
+
+
+def test_auto_is_deterministic_for_a_seed_and_stays_within_the_budget(trigger_case) -> None:
+    image, model_path, painter = trigger_case
+    with OnnxAdapter(model_path) as model:
+        ex = Explainer(model, ExplainConfig(n_samples=200), mae_path=painter)
+        a, b, c = (ex.explain(image, target=1, rng=s, keep_samples=True) for s in (7, 7, 8))
+    np.testing.assert_array_equal(a.saliency, b.saliency)
+    assert a.fill["scores"] == b.fill["scores"] and a.queries == b.queries == c.queries == 200
+    # Every candidate's pilot was queried: 200 images in all, of which the chosen fill's samples are kept.
+    n_pilot = a.fill["pilot_samples_per_fill"]
+    assert n_pilot == 32 and len(a.samples["visible"]) == 200 - 2 * n_pilot
+    assert not np.array_equal(a.saliency, c.saliency)
+
+
+def test_a_small_budget_shrinks_the_pilot() -> None:
+    assert ExplainConfig(n_samples=100).pilot_per_fill == 16
+    assert ExplainConfig(n_samples=1000).pilot_per_fill == 32
+    assert ExplainConfig(n_samples=49).pilot_per_fill == 8
+
+
+def test_heldout_r2_tells_a_linear_answer_from_noise() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.random((200, 20)) < 0.5
+    w = np.zeros(20)
+    w[[2, 7]] = [0.3, -0.2]
+    signal = X @ w
+    options = dict(lambda1=0.0, lambda2=1e-4)
+    kernel = np.ones(200)
+    clean = heldout_r2(X, signal + rng.normal(0, 0.05, 200), kernel, None, options)
+    # var(signal) = 0.25 (0.09 + 0.04) = 0.0325; noise 0.0025: the best possible R^2 is 0.929
+    assert 0.85 < clean < 0.95
+    assert heldout_r2(X, rng.normal(0, 0.2, 200), kernel, None, options) < 0.05
+    with pytest.raises(ValueError, match="heldout_r2 needs at least 8 samples for 4 folds. Got 6 instead."):
+        heldout_r2(X[:6], signal[:6], kernel[:6], None, options)
+
+
+@pytest.mark.parametrize(("scores", "chosen", "reason"), [
+    ({"mae": 0.30, "mean": 0.33, "blur": 0.1}, "mae", "mae is within 0.05 of the best held-out R^2"),
+    ({"mae": 0.10, "mean": 0.60, "blur": 0.4}, "mean", "mean predicts held-out answers better (0.600 vs mae 0.100)"),
+    ({"mae": None, "mean": 0.05, "blur": 0.2}, "blur", "the answer did not move with mae; blur scored highest"),
+    ({"mae": None, "mean": None, "blur": None}, "mae", "no candidate moved the answer; kept the preferred fill"),
+])
+def test_the_decision_rule(scores: dict, chosen: str, reason: str) -> None:
+    assert decide(scores, "mae", 0.05) == (chosen, reason)
+
+
+def test_low_fidelity_warning_names_r2_and_what_to_try(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    image = rng.random((224, 224)).astype(np.float32)
+    with OnnxAdapter(sine_model(tmp_path / "sine.onnx", rng.normal(0, 1, 196))) as model:
+        exp = Explainer(model, ExplainConfig(fill="zero", n_samples=300)).explain(image, target=1, rng=0)
+    assert exp.response_sd > 0.1  # the answer moves a lot ...
+    assert exp.r2_heldout < 0.1  # ... but not as any linear function of the patches
+    low = [w for w in exp.warnings if w.startswith("Low fidelity")]
+    assert low == [f"Low fidelity: the surrogate predicts held-out answers with R^2 {exp.r2_heldout:.3f} (below 0.1) "
+                   "with the zero fill, so the map explains little of how the answer moves. Try another --fill (auto "
+                   "chooses among mae, mean and blur), an MAE fitted on your images (--mae) or more --samples "
+                   "(used 300)."]
+
+
+def _write_pngs(folder: Path, images: list[np.ndarray]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        p = folder / f"case{i}.png"
+        cv2.imwrite(str(p), np.round(im[..., 0] * 255).astype(np.uint8))
+        paths.append(p)
+    return paths
+
+
+def test_calibrate_writes_the_choice_and_explain_uses_it(trigger_case, tmp_path: Path, capsys) -> None:
+    import tomllib
+
+    image, model_path, painter = trigger_case
+    _write_pngs(tmp_path / "site" / "sub", [image, np.flipud(image).copy(), image])
+    fill_toml = tmp_path / "fill.toml"
+    assert cli.main(["calibrate", str(tmp_path / "site"), "--model", str(model_path), "--mae", str(painter),
+                     "--out", str(fill_toml), "--quiet"]) == 0
+    cal = tomllib.loads(fill_toml.read_text())
+    assert cal["fill"]["chosen"] in ("mean", "blur") and cal["fill"]["candidates"] == ["mae", "mean", "blur"]
+    assert cal["fill"]["median_scores"]["mae"] == 0.0  # the painter never moved the answer
+    assert cal["evidence"]["images"] == 3 and cal["evidence"]["pilot_samples_per_fill"] == 64
+    assert cal["evidence"]["queries"] == 3 * (1 + 3 * 64) and len(cal["evidence"]["images_sha256"]) == 64
+    assert cal["evidence"]["model"]["sha256"] and cal["evidence"]["mae"]["file"] == "painter.onnx"
+    assert capsys.readouterr().err.startswith(f"{fill_toml}: fill {cal['fill']['chosen']} for 3 images (median "
+                                              "held-out R2: mae 0.000, mean ")
+    out = tmp_path / "out"
+    png = next((tmp_path / "site" / "sub").glob("case0.png"))
+    assert cli.main(["explain", str(png), "--model", str(model_path), "--mae", str(painter), "--calibration",
+                     str(fill_toml), "--out", str(out), "--samples", "100", "--quiet"]) == 0
+    report = json.loads((out / "case0.json").read_text())
+    assert report["fill"] == {"mode": "fixed", "chosen": cal["fill"]["chosen"]} and report["queries"] == 100
+    assert report["models"]["calibration"]["file"] == "fill.toml"
+
+
+def test_calibration_errors(trigger_case, tmp_path: Path, capsys, linear_model: Path) -> None:
+    image, model_path, painter = trigger_case
+    _write_pngs(tmp_path / "site", [image])
+    fill_toml = tmp_path / "fill.toml"
+    assert cli.main(["calibrate", str(tmp_path / "site"), "--model", str(model_path), "--mae", str(painter),
+                     "--out", str(fill_toml), "--quiet"]) == 0
+    png = tmp_path / "site" / "case0.png"
+    capsys.readouterr()
+
+    def err(*args: str) -> str:
+        assert cli.main(list(args)) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1
+        return lines[0]
+
+    assert err("explain", str(png), "--model", str(linear_model), "--calibration", str(fill_toml), "--out",
+               str(tmp_path / "o")) == (
+        "blackbox-lime: error: --calibration fill.toml was made with another model (sha256 "
+        f"{json.dumps(_sha(model_path))[:-1]}', this one {json.dumps(_sha(linear_model))[:-1]}'); calibrate again "
+        "for this model, or choose --fill yourself.").replace('"', "'")
+    assert not (tmp_path / "o").exists()
+    assert err("explain", str(png), "--model", str(model_path), "--calibration", str(fill_toml), "--fill", "mae",
+               "--out", str(tmp_path / "o")) == \
+        "blackbox-lime: error: Give either --fill or --calibration (which fixes the fill), not both."
+    assert err("explain", str(png), "--model", str(model_path), "--calibration", str(tmp_path / "none.toml"),
+               "--out", str(tmp_path / "o")).startswith(
+        f"blackbox-lime: error: --calibration: {tmp_path / 'none.toml'} not found. Write one with: blackbox-lime "
+        "calibrate IMAGES --model MODEL --out none.toml")
+    (tmp_path / "bad.toml").write_text("[fill]\nchosen = 'paint'\n")
+    assert err("explain", str(png), "--model", str(model_path), "--calibration", str(tmp_path / "bad.toml"),
+               "--out", str(tmp_path / "o")) == (
+        "blackbox-lime: error: --calibration: bad.toml has no valid [fill] chosen (one of mae, mean, blur, zero); "
+        "got 'paint'. Write it again with blackbox-lime calibrate.")
+    (tmp_path / "empty").mkdir()
+    assert err("calibrate", str(tmp_path / "empty"), "--model", str(model_path), "--out", str(tmp_path / "c.toml")) \
+        == (f"blackbox-lime: error: No images found in {tmp_path / 'empty'} (looked for .png, .jpg, .jpeg, .tif, "
+            ".tiff, .npy, .dcm, .dicom).")
+    (tmp_path / "site" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    msg = err("calibrate", str(tmp_path / "site"), "--model", str(model_path), "--out", str(tmp_path / "c.toml"))
+    assert msg.startswith("blackbox-lime: error: 1 of 2 images could not be read: broken.png (")
+    assert msg.endswith("Remove or fix them; nothing was written.")
+    assert err("calibrate", str(tmp_path / "nowhere"), "--model", str(model_path), "--out",
+               str(tmp_path / "c.toml")) == f"blackbox-lime: error: {tmp_path / 'nowhere'}: no such file or folder."
+    assert not (tmp_path / "c.toml").exists()
+
+
+def _sha(path: Path) -> str:
+    from blackbox_lime.outputs import file_sha256
+
+    return file_sha256(path)
