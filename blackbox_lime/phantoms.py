@@ -39,6 +39,18 @@ Modalities
     Distractors in every case: 1-3 mildly hypoechoic fat lobules (x0.7-0.85, regular, no posterior
     features) and faint ligament shadows.
 
+``brain_mri`` -- an axial FLAIR-like brain MRI slice: the unseen family.
+    Neither the bundled MAE nor the demo classifiers ever saw it (they are trained on the two
+    families above); it has its own classifier (``onnx/brain_cnn.onnx``, trained without patch-level
+    supervision). Anatomy: scalp (bright), skull (dark), a brain ellipse with a bright cortical
+    ribbon folded by dark CSF sulci, darker white matter, dark lateral ventricles with bright
+    periventricular caps, the midline falx, a smooth bias field and Rician noise.
+    Lesions (abnormal cases; 1 in 70 %, 2-3 in 30 %), in the white matter: tumours (60 %,
+    irregular, radius 5-18 px, a brighter rim in half of them) and plaques (40 %, ovoid, radius 3-7
+    px), contrast +0.12 to +0.28 over white matter, so most lesions cover 0.1-2 % of the image.
+    Distractors in every case: the bright cortical ribbon and periventricular caps, 2-6 bright
+    vessel flow dots and, in half the cases, a bright motion ghost of the scalp.
+
 Splits
 ------
 ``train`` builds the demo models and the evidence bank, ``val`` tunes hyperparameters and
@@ -62,9 +74,11 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-__all__ = ["MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases", "iter_abnormal_cases", "make_phantom", "write_phantoms"]
+__all__ = ["ALL_MODALITIES", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases", "iter_abnormal_cases", "make_phantom", "write_phantoms"]
 
-MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")
+MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")  # the families the bundled MAE and demo models know
+UNSEEN_MODALITIES: tuple[str, ...] = ("brain_mri",)  # no bundled part was trained on it except its own classifier
+ALL_MODALITIES: tuple[str, ...] = MODALITIES + UNSEEN_MODALITIES
 SPLITS: tuple[str, ...] = ("train", "val", "test", "shifted")
 SIZE = 224
 _SEED_SALT = 0x6D65646C  # "medl": keeps these streams apart from any other use of SeedSequence
@@ -95,9 +109,9 @@ class Phantom:
 
 
 def _check_key(modality: str, split: str, index: int) -> None:
-    if modality not in MODALITIES:
+    if modality not in ALL_MODALITIES:
         raise ValueError(
-            f"Unknown modality {modality!r}. Valid modalities are: {', '.join(MODALITIES)}."
+            f"Unknown modality {modality!r}. Valid modalities are: {', '.join(ALL_MODALITIES)}."
         )
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}. Valid splits are: {', '.join(SPLITS)}.")
@@ -106,7 +120,7 @@ def _check_key(modality: str, split: str, index: int) -> None:
 
 
 def _rng_for(modality: str, split: str, index: int) -> np.random.Generator:
-    key = [_SEED_SALT, MODALITIES.index(modality), SPLITS.index(split), int(index)]
+    key = [_SEED_SALT, ALL_MODALITIES.index(modality), SPLITS.index(split), int(index)]
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
@@ -130,8 +144,10 @@ def make_phantom(modality: str, split: str, index: int, *, noise_seed: int | Non
     shifted = split == "shifted"
     if modality == "chest_xray":
         gray, mask, lesions = _chest_xray(rng, abnormal, shifted, noise)
-    else:
+    elif modality == "breast_us":
         gray, mask, lesions = _breast_us(rng, abnormal, shifted, noise)
+    else:
+        gray, mask, lesions = _brain_mri(rng, abnormal, shifted, noise)
     if abnormal != bool(mask.any()):  # pragma: no cover - guarded by the samplers' retries
         raise RuntimeError("internal error: phantom label and mask disagree")
     image = np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[..., None], 3, axis=2)
@@ -455,6 +471,110 @@ def _breast_us(
     return np.clip(img, 0, 1).astype(np.float32), mask, lesions
 
 
+# ----------------------------------------------------------------------------- brain MRI (FLAIR-like)
+
+
+def _brain_mri(
+    rng: np.random.Generator, abnormal: bool, shifted: bool, noise_draw: _Noise
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    cx, cy = SIZE / 2 + rng.uniform(-5, 5), SIZE / 2 + rng.uniform(-4, 6)
+    ax, ay = rng.uniform(72, 82), rng.uniform(90, 100)
+    tilt = rng.uniform(-0.12, 0.12)
+    head = _soft_ellipse(cx, cy, ax + 12, ay + 12, 2.0, tilt)
+    skull = _soft_ellipse(cx, cy, ax + 6, ay + 6, 1.5, tilt)
+    brain = _soft_ellipse(cx, cy, ax, ay, 1.5, tilt)
+    img = head * 0.55 - skull * 0.5  # bright scalp fat, dark bone
+    # Radial distance from the brain's edge (0 at the surface, 1 at the centre) for the cortex and sulci.
+    c, s_ = np.cos(tilt), np.sin(tilt)
+    u, v = (c * (_XX - cx) + s_ * (_YY - cy)) / ax, (-s_ * (_XX - cx) + c * (_YY - cy)) / ay
+    rho = np.sqrt(u * u + v * v)
+    phi = np.arctan2(v, u)
+    wm_level, gm_level = rng.uniform(0.36, 0.42), rng.uniform(0.50, 0.58)
+    cortex_depth = rng.uniform(0.14, 0.2)
+    gyri = np.zeros_like(rho)
+    for k, amp in ((int(rng.integers(14, 20)), 0.05), (int(rng.integers(30, 40)), 0.025)):
+        gyri += amp * np.sin(k * phi + rng.uniform(0, 2 * np.pi) + 0.6 * _smooth_noise(rng, 12.0))
+    ribbon = _sigmoid((rho - (1 - cortex_depth + gyri)) * 60.0)
+    tissue = wm_level + (gm_level - wm_level) * ribbon + 0.02 * _smooth_noise(rng, 6.0)
+    # Sulci: dark CSF clefts running inward from the surface between gyri.
+    n_sulci = int(rng.integers(16, 26))
+    sulci = np.zeros_like(rho)
+    for ang in np.sort(rng.uniform(-np.pi, np.pi, n_sulci)):
+        depth = rng.uniform(0.12, 0.3)
+        width = rng.uniform(0.03, 0.06)
+        dang = np.angle(np.exp(1j * (phi - ang - 0.15 * np.sin(rho * 9))))
+        sulci = np.maximum(sulci, _sigmoid((width - np.abs(dang) * rho * 1.3) * 80.0) * _sigmoid((rho - 1 + depth) * 40))
+    tissue = tissue * (1 - 0.8 * sulci)
+    # Lateral ventricles (dark, FLAIR suppresses CSF) with bright caps, and the falx.
+    vent = np.zeros_like(rho)
+    caps = np.zeros_like(rho)
+    vsep = rng.uniform(6, 10)
+    for side in (-1, 1):
+        vx = cx + side * vsep
+        body = _soft_ellipse(vx, cy - rng.uniform(2, 8), rng.uniform(5, 8), rng.uniform(22, 30), 1.5,
+                             side * rng.uniform(0.15, 0.3))
+        horn = _soft_ellipse(vx + side * 4, cy + rng.uniform(24, 30), rng.uniform(4, 6), rng.uniform(8, 12), 1.5,
+                             -side * 0.5)
+        v_ = np.maximum(body, horn)
+        vent = np.maximum(vent, v_)
+        for end in (-1, 1):
+            capy = cy - 4 + end * rng.uniform(26, 32)
+            caps = np.maximum(caps, _soft_ellipse(vx + side * 2, capy, rng.uniform(3, 5), rng.uniform(2, 4), 2.0))
+    tissue = tissue * (1 - 0.85 * vent) + caps * rng.uniform(0.06, 0.12) * (1 - vent)
+    falx = _sigmoid((1.2 - np.abs(c * (_XX - cx) + s_ * (_YY - cy))) * 2.0) * (np.abs(v) > 0.45)
+    tissue = tissue * (1 - 0.6 * falx)
+    wm = (ribbon < 0.3) & (vent < 0.1) & (rho < 0.78) & (sulci < 0.1) & (falx < 0.1)
+    # Distractors: vessel flow dots and a motion ghost.
+    for _ in range(int(rng.integers(2, 7))):
+        yy, xx = np.argwhere((rho > 0.6) & (rho < 0.95))[rng.integers(int(((rho > 0.6) & (rho < 0.95)).sum()))]
+        r = rng.uniform(1.5, 3.0)
+        tissue += _soft_ellipse(xx, yy, r, r, 0.8) * rng.uniform(0.12, 0.2)
+    img = img * (1 - brain) + tissue * brain
+    if rng.random() < 0.5:
+        shift = int(rng.integers(18, 40)) * (1 if rng.random() < 0.5 else -1)
+        img += np.roll(head - skull, shift, axis=0) * rng.uniform(0.03, 0.06)
+
+    mask = np.zeros((SIZE, SIZE), bool)
+    lesions: list[dict[str, Any]] = []
+    if abnormal:
+        n_lesions = 1 if rng.random() < 0.7 else int(rng.integers(2, 4))
+        candidates = np.argwhere(wm)
+        while len(lesions) < n_lesions:
+            py, px = candidates[rng.integers(len(candidates))]
+            contrast = float(rng.uniform(0.12, 0.28))
+            if rng.random() < 0.6:
+                radius = float(np.exp(rng.uniform(np.log(5.0), np.log(18.0))))
+                alpha = _irregular_blob(rng, px, py, radius, roughness=0.25, edge=max(1.2, radius * 0.2))
+                kind = "tumour"
+                profile = alpha * (0.85 + 0.3 * _smooth_noise(rng, 3.0).clip(-0.5, 0.5))
+                if rng.random() < 0.5:  # enhancing rim
+                    inner = _irregular_blob(rng, px, py, radius * 0.6, roughness=0.2, edge=1.5)
+                    profile = alpha * (1.0 - 0.5 * inner) + 0.25 * (alpha - inner).clip(0, 1)
+            else:
+                radius = float(rng.uniform(3, 7))
+                alpha = _soft_ellipse(px, py, radius * rng.uniform(1.0, 1.6), radius, 1.2, rng.uniform(0, np.pi))
+                kind = "plaque"
+                profile = alpha
+            alpha = alpha * brain * (1 - vent)
+            lesion_mask = _lesion_mask(alpha)
+            if lesion_mask.sum() < 10:
+                continue
+            img += profile * (alpha > 0.05) * contrast
+            mask |= lesion_mask
+            lesions.append({"kind": kind, "centre": [int(py), int(px)], "radius": round(radius, 2),
+                            "contrast": round(contrast, 4), "area_px": int(lesion_mask.sum())})
+
+    # Acquisition: smooth bias field, slight blur, Rician noise.
+    bias = 1.0 + rng.uniform(0.05, 0.15) * _smooth_noise(rng, 50.0)
+    img = np.clip(img, 0, None) * bias * rng.uniform(0.9, 1.1)
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), rng.uniform(0.5, 1.0) * (1.6 if shifted else 1.0))
+    sd = rng.uniform(0.015, 0.035) * (1.8 if shifted else 1.0)
+    n1 = noise_draw.standard_normal(img.shape).astype(np.float32) * sd
+    n2 = noise_draw.standard_normal(img.shape).astype(np.float32) * sd
+    img = np.sqrt((img + n1) ** 2 + n2 ** 2)
+    return np.clip(img, 0, 1), mask, lesions
+
+
 # ----------------------------------------------------------------------------- writing to disk
 
 
@@ -526,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.phantoms",
                                 description="Write synthetic phantoms (PNG + mask PNG + labels.csv).")
     p.add_argument("--out", default="phantoms")
-    p.add_argument("--modality", choices=MODALITIES, default="chest_xray")
+    p.add_argument("--modality", choices=ALL_MODALITIES, default="chest_xray")
     p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--start", type=int, default=0)
@@ -535,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.stats:
         import json
 
-        for m in MODALITIES:
+        for m in ALL_MODALITIES:
             print(m, json.dumps(phantom_stats(m, a.split, a.count), indent=1))
         return 0
     print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))

@@ -27,17 +27,20 @@ def _draw(args: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray, int]:
     return np.round(ph.image[..., 0] * 255).astype(np.uint8), np.packbits(ph.mask), ph.label
 
 
-def load_split(split: str, per_modality: int, workers: int = 2) -> dict[str, np.ndarray]:
-    """Grayscale uint8 images [N, 224, 224], masks bool [N, 224, 224], labels, modality ids.
+def load_split(split: str, per_modality: int, workers: int = 2,
+               modalities: tuple[str, ...] = MODALITIES) -> dict[str, np.ndarray]:
+    """Grayscale uint8 images [N, 224, 224], masks bool [N, 224, 224], labels, modality ids (indices into
+    ``modalities``).
 
-    Cached under ``.cache/`` so the three training scripts draw the phantoms once.
+    Cached under ``.cache/`` so the training scripts draw the phantoms once.
     """
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"phantoms_{split}_{per_modality}.npz"
+    tag = "" if modalities == MODALITIES else "_" + "_".join(modalities)
+    path = CACHE / f"phantoms_{split}_{per_modality}{tag}.npz"
     if path.exists():
         z = np.load(path)
         return {k: z[k] for k in z.files}
-    keys = [(m, split, i) for m in MODALITIES for i in range(per_modality)]
+    keys = [(m, split, i) for m in modalities for i in range(per_modality)]
     t0 = time.time()
     with ProcessPoolExecutor(workers) as ex:
         out = list(ex.map(_draw, keys, chunksize=64))
@@ -47,7 +50,7 @@ def load_split(split: str, per_modality: int, workers: int = 2) -> dict[str, np.
         "images": images,
         "masks": masks,
         "labels": np.array([o[2] for o in out], np.int64),
-        "modality": np.array([MODALITIES.index(k[0]) for k in keys], np.int64),
+        "modality": np.array([modalities.index(k[0]) for k in keys], np.int64),
     }
     np.savez(path, **data)
     print(f"drew {len(keys)} {split} phantoms in {time.time() - t0:.0f}s", flush=True)

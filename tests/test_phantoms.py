@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from blackbox_lime.models import bundled_example
-from blackbox_lime.phantoms import MODALITIES, SPLITS, make_phantom, write_phantoms
+from blackbox_lime.phantoms import ALL_MODALITIES, MODALITIES, SPLITS, make_phantom, write_phantoms
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", ALL_MODALITIES)
 def test_same_key_gives_identical_phantom(modality: str) -> None:
     a, b = make_phantom(modality, "val", 7), make_phantom(modality, "val", 7)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) and a.label == b.label
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", ALL_MODALITIES)
 def test_image_format_and_mask_label_consistency(modality: str) -> None:
     labels = []
     for i in range(12):
@@ -41,7 +41,7 @@ def test_splits_never_share_a_case() -> None:
             seen[digest] = (split, i)
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", ALL_MODALITIES)
 def test_brightest_or_darkest_pixel_does_not_find_the_lesion(modality: str) -> None:
     """Lesion contrast stays low: the image's extreme pixel is a poor abnormality detector."""
     from scipy.stats import mannwhitneyu
@@ -58,7 +58,7 @@ def test_different_indices_differ() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("mri", "test", 0), r"Unknown modality 'mri'\. Valid modalities are: chest_xray, breast_us\."),
+    (("mri", "test", 0), r"Unknown modality 'mri'\. Valid modalities are: chest_xray, breast_us, brain_mri\."),
     (("chest_xray", "holdout", 0), r"Unknown split 'holdout'\. Valid splits are: train, val, test, shifted\."),
     (("chest_xray", "test", -1), r"The phantom index must be an integer >= 0\. Got -1 instead\."),
     (("chest_xray", "test", 1.5), r"The phantom index must be an integer >= 0\. Got 1\.5 instead\."),
