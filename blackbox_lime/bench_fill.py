@@ -1,0 +1,324 @@
+"""Robust fill on every family, the unseen one included: the benchmark of ``fill="auto"`` and its tuning on val.
+
+    python -m blackbox_lime.bench_fill --split val  --images 8 --out docs/tune_val/fill      # choose the rule
+    python -m blackbox_lime.bench_fill --split test --images 8 --out docs/bench_fill/test    # report it
+
+Groups (family x classifier): the demo CNN and ViT on chest_xray and breast_us (the two families the
+bundled MAE was trained on), and the brain_mri family with its own classifier (``onnx/brain_cnn.onnx``),
+which no other bundled part has seen. Every method goes through the same onnxruntime adapter at the
+same budget (``--samples``, default 1000) on abnormal cases, and is scored by pixel AUPRC against the
+exact lesion mask.
+
+``--split val`` (tuning) explains each case with every fixed fill (mae, mean, blur) and records its
+AUPRC and held-out R^2; then it queries the pilot of ``fill="auto"`` for every (pilot samples,
+pilot block) on a grid and applies the decision for every margin, scoring each rule by the AUPRC of
+the fill it picks (the fixed-fill map at the full budget stands for the auto map). The rule fixed in
+advance: the highest mean of the per-group ratios AUPRC(rule) / AUPRC(best fixed fill), so every
+family counts alike; ties go to fewer pilot queries. It also tabulates the held-out R^2 of good and
+bad maps for the low-fidelity threshold.
+
+``--split test`` (the report; never tuned on) runs the default ``fill="auto"``, each fixed fill, the
+fill ``calibrate`` chooses from the group's first ``--calibrate-images`` val images (as a site
+calibrates once on its own images), lime and occlusion, and writes ``table.md`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters.onnx import OnnxAdapter
+from blackbox_lime import baselines
+from blackbox_lime.bench import git_commit
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
+from blackbox_lime.fill_choice import coarse_design, decide, score_pilot
+from blackbox_lime.metrics import bootstrap_ci, pixel_auprc
+from blackbox_lime.models import bundled_model
+from blackbox_lime.phantoms import abnormal_cases, make_phantom
+
+GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "chest_xray"),
+          ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"))
+FIXED = ("mae", "mean", "blur")
+PILOTS = (16, 24, 32, 48)
+BLOCKS = (1, 2, 3)
+MARGINS = (0.0, 0.05, 0.1, 0.2)
+
+
+# Scorers of a pilot compared on val: the surrogate as configured (L1, its default), and ridge fits.
+# "evidence": the same with every patch weight >= 0 (only the answer's drop when evidence is hidden counts; a
+# fill that creates evidence, such as a blur that looks like an opacity, raises the answer and is not rewarded).
+SCORERS = {"l1": None, "ridge 0.05": {"lambda1": 0.0, "lambda2": 0.05}, "ridge 0.2": {"lambda1": 0.0, "lambda2": 0.2},
+           "evidence 0.001": {"positive": True, "ridge": 1e-3}, "evidence 0.01": {"positive": True, "ridge": 1e-2},
+           "evidence 0.05": {"positive": True, "ridge": 5e-2}}
+
+
+def _tune_case(adapter: OnnxAdapter, image: np.ndarray, mask: np.ndarray, samples: int, seed: int
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The fixed fills' maps and, per pilot block and fill, one pilot of max(PILOTS) samples: a design's first
+    k rows are the design of k samples from the same generator (ratios cycle row by row), so smaller pilots
+    are its prefixes. Returns the record and the raw pilots (coarse designs and answers)."""
+    target = adapter.info.abnormal_index
+    rec: dict[str, Any] = {"fixed": {}}
+    for fill in FIXED:
+        e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=samples)).explain(image, target=target, rng=seed)
+        rec["fixed"][fill] = {"auprc": pixel_auprc(e.saliency, mask), "r2": e.r2,
+                              "r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
+                              "seconds": e.timings["total"]}
+    ex = Explainer(adapter, ExplainConfig(fill="auto", n_samples=samples))
+    canvas = image.astype(np.float32)
+    rec["p0"] = float(adapter.predict(canvas[None])[0, target])
+    timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
+    raw = {}
+    n = max(PILOTS)
+    for block in BLOCKS:
+        gen = np.random.default_rng(seed)
+        for fill, filler in ex.fillers.items():
+            coarse, fine = coarse_design(gen, ex.grid, n, ex.config.mask_ratios, block)
+            probs = ex._sample(canvas, filler, fine, np.arange(n), None, _NoBar(), timings)
+            raw[f"{block}/{fill}/design"] = coarse
+            raw[f"{block}/{fill}/y"] = probs[:, target]
+    return rec, raw
+
+
+def pilot_scores(rec: dict[str, Any], raw: dict[str, np.ndarray], scorer: str, n: int, block: int) -> dict[str, Any]:
+    cfg = ExplainConfig()
+    options = SCORERS[scorer] or dict(lambda1=cfg.lambda1, lambda2=cfg.lambda2_for(False),
+                                      lambda1_scale=cfg.lambda1_scale, lambda1_cap=cfg.lambda1_cap)
+    return {f: score_pilot(raw[f"{block}/{f}/design"][:n], raw[f"{block}/{f}/y"][:n], rec["p0"], cfg.kernel_width,
+                           options)[0] for f in FIXED}
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def tune(a: argparse.Namespace) -> dict[str, Any]:
+    records, raws = [], []
+    for model, family in GROUPS:
+        with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
+            for ph in abnormal_cases(family, "val", a.images):
+                t = time.perf_counter()
+                rec, raw = _tune_case(adapter, ph.image, ph.mask, a.samples, a.seed)
+                rec.update(model=model, family=family, index=ph.index)
+                records.append(rec)
+                raws.append(raw)
+                best = max(FIXED, key=lambda f: rec["fixed"][f]["auprc"])
+                print(f"{model}/{family} #{ph.index}: " + ", ".join(
+                    f"{f} {rec['fixed'][f]['auprc']:.3f} (R2ho {rec['fixed'][f]['r2_heldout'] or float('nan'):.3f})"
+                    for f in FIXED) + f"; best {best}; {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "pilots.npz", **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
+    return {"records": records, **choose_rule(records, raws)}
+
+
+def choose_rule(records: list[dict[str, Any]], raws: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Every (scorer, pilot samples, block, margin) applied to every case, scored per group (module docstring)."""
+    group_of = [f"{r['model']}/{r['family']}" for r in records]
+    best_fixed = {g: max(np.mean([r["fixed"][f]["auprc"] for r, gg in zip(records, group_of) if gg == g])
+                         for f in FIXED) for g in set(group_of)}
+    rules = []
+    for scorer in SCORERS:
+        for n in PILOTS:
+            for block in BLOCKS:
+                scores = [pilot_scores(r, raw, scorer, n, block) for r, raw in zip(records, raws)]
+                for margin in MARGINS:
+                    chosen = [decide(sc, FIXED[0], margin)[0] for sc in scores]
+                    per_group: dict[str, list[float]] = {}
+                    for r, g, c in zip(records, group_of, chosen):
+                        per_group.setdefault(g, []).append(r["fixed"][c]["auprc"])
+                    ratios = {g: float(np.mean(v) / best_fixed[g]) for g, v in per_group.items()}
+                    rules.append({"scorer": scorer, "pilot_samples": n, "pilot_block": block, "margin": margin,
+                                  "pilot_queries": n * len(FIXED), "mean_ratio": float(np.mean(list(ratios.values()))),
+                                  "min_ratio": float(np.min(list(ratios.values()))), "ratios": ratios,
+                                  "picks": {f: chosen.count(f) for f in FIXED}})
+    best = max(rules, key=lambda r: (round(r["mean_ratio"], 3), -r["pilot_queries"]))
+    return {"rules": rules, "chosen": best}
+
+
+def _threshold_table(records: list[dict[str, Any]]) -> list[str]:
+    """Held-out R^2 of maps that find the lesion (AUPRC >= 0.3) against maps that do not (< 0.1)."""
+    rows = []
+    for t in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3):
+        good = bad = good_flag = bad_flag = 0
+        for rec in records:
+            for f in FIXED:
+                r = rec["fixed"][f]
+                r2 = r["r2_heldout"] if r["r2_heldout"] is not None else -1.0
+                if r["auprc"] >= 0.3:
+                    good += 1
+                    good_flag += r2 < t
+                elif r["auprc"] < 0.1:
+                    bad += 1
+                    bad_flag += r2 < t
+        rows.append(f"| {t:g} | {bad_flag}/{bad} | {good_flag}/{good} |")
+    return ["| threshold on held-out R^2 | weak maps (AUPRC < 0.1) flagged | good maps (AUPRC >= 0.3) flagged |",
+            "|---|---|---|"] + rows
+
+
+def tune_markdown(result: dict[str, Any]) -> str:
+    recs = result["records"]
+    groups = sorted({f"{r['model']}/{r['family']}" for r in recs}, key=lambda g: [f"{m}/{f}" for m, f in GROUPS].index(g))
+    lines = ["## Fixed fills on val (mean AUPRC; mean held-out R^2)", "",
+             "| group | cases | " + " | ".join(FIXED) + " |", "|---|---|" + "---|" * len(FIXED)]
+    for g in groups:
+        rs = [r for r in recs if f"{r['model']}/{r['family']}" == g]
+        cells = []
+        for f in FIXED:
+            r2 = [r["fixed"][f]["r2_heldout"] for r in rs if r["fixed"][f]["r2_heldout"] is not None]
+            cells.append(f"{np.mean([r['fixed'][f]['auprc'] for r in rs]):.3f} ({np.mean(r2) if r2 else float('nan'):.3f})")
+        lines.append(f"| {g} | {len(rs)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Rules (AUPRC of the picked fill / best fixed fill per group; the 25 best)", "",
+              "| scorer | pilot samples | block | margin | pilot queries | mean ratio | min ratio | " + " | ".join(groups)
+              + " | picks (mae/mean/blur) |", "|---|---|---|---|---|---|---|" + "---|" * len(groups) + "---|"]
+    for r in sorted(result["rules"], key=lambda r: (-round(r["mean_ratio"], 3), r["pilot_queries"]))[:25]:
+        mark = " **chosen**" if r == result["chosen"] else ""
+        lines.append(f"| {r['scorer']} | {r['pilot_samples']} | {r['pilot_block']} | {r['margin']:g}{mark} | {r['pilot_queries']} | "
+                     f"{r['mean_ratio']:.3f} | {r['min_ratio']:.3f} | " + " | ".join(f"{r['ratios'][g]:.3f}" for g in groups)
+                     + f" | {r['picks']['mae']}/{r['picks']['mean']}/{r['picks']['blur']} |")
+    lines += ["", "## Low-fidelity threshold: maps flagged at each threshold", ""] + _threshold_table(recs)
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- test report
+
+METHODS = ("auto (default)", "calibrated", "mae", "mean", "blur", "zero", "lime", "occlusion")
+
+
+def calibrated_fill(adapter: OnnxAdapter, family: str, n: int, samples: int) -> dict[str, Any]:
+    """The fill ``blackbox-lime calibrate`` would choose from the family's first ``n`` val images (any label)."""
+    from blackbox_lime.calibration import calibrate
+
+    images = [make_phantom(family, "val", i).image for i in range(n)]
+    return calibrate(adapter, images, ExplainConfig(n_samples=samples), seed=0)
+
+
+def report(a: argparse.Namespace) -> dict[str, Any]:
+    records = []
+    calibrations = {}
+    for model, family in GROUPS:
+        if a.groups and f"{model}/{family}" not in a.groups:
+            continue
+        with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
+            cal = calibrated_fill(adapter, family, a.calibrate_images, a.samples)
+            calibrations[f"{model}/{family}"] = cal
+            print(f"{model}/{family}: calibrate chose {cal['fill']} ({cal['evidence']['median_scores']})",
+                  file=sys.stderr, flush=True)
+            target = adapter.info.abnormal_index
+            for ph in abnormal_cases(family, "test", a.images):
+                rec: dict[str, Any] = {"model": model, "family": family, "index": ph.index, "methods": {}}
+                for m in METHODS:
+                    t = time.perf_counter()
+                    q0 = adapter.queries
+                    extra: dict[str, Any] = {}
+                    if m == "lime":
+                        sal = baselines.lime_package(ph.image, adapter, target, a.samples, np.random.default_rng(a.seed))
+                    elif m == "occlusion":
+                        sal = baselines.occlusion(ph.image, adapter, target)
+                    else:
+                        fill = {"auto (default)": "auto", "calibrated": cal["fill"]}.get(m, m)
+                        e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=a.samples)).explain(
+                            ph.image, target=target, rng=a.seed)
+                        sal = e.saliency
+                        extra = {"r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
+                                 "low_fidelity": any(w.startswith("Low fidelity") for w in e.warnings),
+                                 "chosen": e.fill["chosen"], "fill_choice_s": e.timings["fill_choice"]}
+                    rec["methods"][m] = {"auprc": pixel_auprc(sal, ph.mask), "queries": adapter.queries - q0,
+                                         "seconds": time.perf_counter() - t, **extra}
+                records.append(rec)
+                print(f"{model}/{family} #{ph.index}: " + ", ".join(
+                    f"{m} {r['auprc']:.3f}" for m, r in rec["methods"].items()), file=sys.stderr, flush=True)
+    return {"records": records, "calibrations": calibrations}
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    recs = result["records"]
+    groups = [f"{m}/{f}" for m, f in GROUPS if any(r["model"] == m and r["family"] == f for r in recs)]
+    lines = ["| method | " + " | ".join(groups) + " | all |", "|---|" + "---|" * (len(groups) + 1)]
+    for m in METHODS:
+        cells = []
+        for g in groups + ["all"]:
+            vals = [r["methods"][m]["auprc"] for r in recs if g == "all" or f"{r['model']}/{r['family']}" == g]
+            mean, lo, hi = bootstrap_ci(vals)
+            cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| group | calibrate chose | auto's picks | auto / best fixed | auto / lime | auto / occlusion | "
+              "low-fidelity warnings (auto; mae; mean) | median wall s (auto; mae) | auto's choice, median s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        rs = [r for r in recs if f"{r['model']}/{r['family']}" == g]
+
+        def mean(m: str) -> float:
+            return float(np.mean([r["methods"][m]["auprc"] for r in rs]))
+
+        best_fixed = max(mean(f) for f in ("mae", "mean", "blur", "zero"))
+        picks: dict[str, int] = {}
+        for r in rs:
+            picks[r["methods"]["auto (default)"]["chosen"]] = picks.get(r["methods"]["auto (default)"]["chosen"], 0) + 1
+        warn = "; ".join(f"{sum(r['methods'][m]['low_fidelity'] for r in rs)}/{len(rs)}" for m in ("auto (default)", "mae", "mean"))
+        wall = "; ".join(f"{np.median([r['methods'][m]['seconds'] for r in rs]):.2f}" for m in ("auto (default)", "mae"))
+        lines.append(f"| {g} | {result['calibrations'][g]['fill']} | {', '.join(f'{k} {v}' for k, v in sorted(picks.items()))} | "
+                     f"{mean('auto (default)') / best_fixed:.2f} | {mean('auto (default)') / max(mean('lime'), 1e-9):.2f} | "
+                     f"{mean('auto (default)') / max(mean('occlusion'), 1e-9):.2f} | {warn} | {wall} | "
+                     f"{np.median([r['methods']['auto (default)']['fill_choice_s'] for r in rs]):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rescore(out: Path) -> int:
+    """Re-derive the val rules from a saved run (its records and raw pilots) with the current scorers."""
+    result = json.loads((out / "results.json").read_text())
+    z = np.load(out / "pilots.npz")
+    raws: list[dict[str, np.ndarray]] = [{} for _ in result["records"]]
+    for key in z.files:
+        i, rest = key.split("/", 1)
+        raws[int(i)][rest] = z[key]
+    result.update(choose_rule(result["records"], raws))
+    md = tune_markdown(result)
+    first = (out / "table.md").read_text().split("\n\n", 1)[0]
+    (out / "table.md").write_text(first + "\n\n" + md)
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    print(md)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_fill", description=__doc__.splitlines()[0])
+    p.add_argument("--split", choices=["val", "test"], required=True)
+    p.add_argument("--images", type=int, default=8, help="abnormal cases per group")
+    p.add_argument("--samples", type=int, default=1000, help="queries per explanation")
+    p.add_argument("--calibrate-images", type=int, default=8, help="test: val images per group for calibrate")
+    p.add_argument("--groups", default="", help="test: comma list of model/family groups (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for table.md and results.json")
+    p.add_argument("--rescore", action="store_true",
+                   help="val: re-apply the rules to the pilots saved in --out (pilots.npz), without queries")
+    a = p.parse_args(argv)
+    if a.rescore:
+        return rescore(Path(a.out))
+    a.groups = [g for g in a.groups.split(",") if g]
+    t0 = time.perf_counter()
+    result = tune(a) if a.split == "val" else report(a)
+    md = tune_markdown(result) if a.split == "val" else report_markdown(result)
+    minutes = (time.perf_counter() - t0) / 60
+    header = (f"`python -m blackbox_lime.bench_fill {' '.join(argv if argv is not None else sys.argv[1:])}` "
+              f"at commit {git_commit()}, {minutes:.1f} min, {a.samples} queries per explanation.\n\n")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(header + md)
+    result.update(commit=git_commit(), minutes=minutes, samples=a.samples, images=a.images, seed=a.seed,
+                  low_fidelity_r2=LOW_FIDELITY_R2)
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    print(header + md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
