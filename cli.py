@@ -470,7 +470,6 @@ def _phantom_bank(a: argparse.Namespace, embedder: Any, patch: int) -> Any:
 
 def _cases_bank(a: argparse.Namespace, rows: list[dict[str, str]], embedder: Any, patch: int) -> Any:
     """The bank of a cases CSV's abnormal rows: their lesion masks, or MedLIME explanations through the model."""
-    from blackbox_lime.config import ExplainConfig
     from blackbox_lime.evidence_bank import build_bank, mask_patch_map
     from blackbox_lime.explainer import Explainer, _progress, to_canvas
     from blackbox_lime.image_io import ImageError, load_image

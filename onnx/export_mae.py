@@ -19,12 +19,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from common import MAE, MAEEmbedGraph, MAEReconGraph, export_onnx
-
-MASK_CONVENTION = "patch_mask float32 [N, L]: 1 = hidden, 0 = visible; patches numbered row by row"
+from common import MAE
+from blackbox_lime.mae_torch import check_export, export_mae  # noqa: F401 (the scripts' and tests' import path)
 
 
 def infer_config(state: dict[str, torch.Tensor], num_heads: int | None = None,
@@ -68,73 +66,6 @@ def load_mae_layout(state: dict[str, torch.Tensor], **heads: int | None) -> MAE:
             raise ValueError(f"Checkpoint tensor {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}.")
     mae.load_state_dict(state)
     return mae.eval()
-
-
-def export_mae(mae: MAE, mean: float | list[float], std: float | list[float], out_dir: Path,
-               extra: dict[str, Any] | None = None, check: bool = True) -> tuple[Path, Path]:
-    """Write ``mae_recon.onnx`` and ``mae_embed.onnx`` with metadata, then check them."""
-    c = mae.in_chans
-    mean_l = [float(mean)] * c if np.isscalar(mean) else [float(m) for m in mean]  # type: ignore[arg-type]
-    std_l = [float(std)] * c if np.isscalar(std) else [float(s) for s in std]  # type: ignore[arg-type]
-    meta: dict[str, Any] = {
-        "blackbox_lime.kind": "mae", "image_size": mae.img_size, "patch_size": mae.patch_size, "channels": c,
-        "mean": mean_l, "std": std_l, "mask_convention": MASK_CONVENTION,
-        "input_normalisation": "image = (pixels in [0, 1] - mean) / std, per channel", **(extra or {}),
-    }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mae.eval()
-    s, L = mae.img_size, mae.grid ** 2
-    gen = torch.Generator().manual_seed(0)
-    img = torch.randn(3, c, s, s, generator=gen)
-    pm = (torch.rand(3, L, generator=gen) < torch.tensor([[0.1], [0.5], [0.9]])).float()
-    recon_path, embed_path = out_dir / "mae_recon.onnx", out_dir / "mae_embed.onnx"
-    export_onnx(MAEReconGraph(mae), (img, pm), recon_path, ["image", "patch_mask"], ["recon"], meta)
-    export_onnx(MAEEmbedGraph(mae), (img,), embed_path, ["image"], ["embedding"],
-                {**meta, "embedding_dim": mae.norm.normalized_shape[0],
-                 "embedding": "mean of the encoder's normed patch tokens on the unmasked image"})
-    if check:
-        check_export(mae, recon_path, embed_path)
-    return recon_path, embed_path
-
-
-def check_export(mae: MAE, recon_path: Path, embed_path: Path) -> dict[str, float]:
-    """onnxruntime vs torch, and key-masked vs drop-token; raises if a contract is broken."""
-    import onnxruntime as ort
-
-    c, s, L = mae.in_chans, mae.img_size, mae.grid ** 2
-    gen = torch.Generator().manual_seed(1)
-    img = torch.randn(4, c, s, s, generator=gen)
-    pm = torch.zeros(4, L)
-    for i, r in enumerate([0.0, 0.25, 0.6, 0.9]):
-        pm[i, torch.randperm(L, generator=gen)[: int(r * L)]] = 1.0
-    with torch.no_grad():
-        ref = MAEReconGraph(mae)(img, pm).numpy()
-        emb = MAEEmbedGraph(mae)(img).numpy()
-        # Key-masked encoder == drop-token encoder on rows with the same hidden count.
-        hid = torch.zeros(2, L, dtype=torch.bool)
-        hid[:, torch.randperm(L, generator=gen)[:98]] = True
-        drop = mae.forward_train(img[:2], hid)
-        keym = mae.forward_keymasked(img[:2], hid)
-    sess = ort.InferenceSession(str(recon_path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"image": img.numpy(), "patch_mask": pm.numpy()})[0]
-    emb_o = ort.InferenceSession(str(embed_path), providers=["CPUExecutionProvider"]).run(None, {"image": img.numpy()})[0]
-    res = {
-        "recon_ort_vs_torch": float(np.abs(out - ref).max()),
-        "embed_ort_vs_torch": float(np.abs(emb_o - emb).max()),
-        "keymasked_vs_droptoken": float((drop - keym).abs().max()),
-    }
-    visible = np.repeat(np.repeat(pm.numpy().reshape(4, 1, mae.grid, mae.grid) == 0, mae.patch_size, 2), mae.patch_size, 3)
-    visible = np.broadcast_to(visible, out.shape)
-    res["visible_max_abs_diff"] = float(np.abs(out[visible] - img.numpy()[visible]).max())
-    print("export checks:", res, flush=True)
-    if res["recon_ort_vs_torch"] > 1e-4 or res["embed_ort_vs_torch"] > 1e-4:
-        raise RuntimeError(f"onnxruntime does not match torch: {res}")
-    if res["keymasked_vs_droptoken"] > 1e-4:
-        raise RuntimeError(f"key-masked attention does not match drop-token: {res}")
-    if res["visible_max_abs_diff"] != 0.0:
-        raise RuntimeError(f"visible patches are not copied exactly: {res}")
-    return res
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blackbox_lime.models import bundled_example
-from blackbox_lime.phantoms import ALL_MODALITIES, MODALITIES, SPLITS, make_phantom, write_phantoms
+from blackbox_lime.phantoms import ALL_MODALITIES, SPLITS, make_phantom, write_phantoms
 
 
 @pytest.mark.parametrize("modality", ALL_MODALITIES)
