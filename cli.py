@@ -4,6 +4,7 @@
     blackbox-lime explain IMAGE [IMAGE ...] --model MODEL --out DIR [options]
     blackbox-lime endpoint check (--endpoint PROFILE.toml | --model URL)
     blackbox-lime calibrate IMAGES_OR_FOLDERS ... --model MODEL --out fill.toml   choose the fill once per site
+    blackbox-lime mae fit IMAGES_OR_FOLDERS ... --out site_mae.onnx [--minutes 6]   fit GM's MAE to your images
     blackbox-lime bank build --cases CASES.csv --out BANK.npz [--source masks|explanations --model MODEL]
     blackbox-lime phantoms --out DIR [--modality M] [--split S] [--count N]
     blackbox-lime bench [--quick] [--split val|test|shifted] ...   the saliency benchmark
@@ -151,6 +152,22 @@ def _parser() -> argparse.ArgumentParser:
     remote_options(ca)
     ca.add_argument("--quiet", action="store_true", help="no progress bar")
     ca.add_argument("--verbose", action="store_true", help="log what is done")
+
+    mp = sub.add_parser("mae", help="fit GM's MAE to your own images")
+    mp_sub = mp.add_subparsers(dest="mae_command")
+    mf = mp_sub.add_parser("fit", help="fine-tune the bundled MAE (or train one) on a site's unlabelled images; "
+                                       "needs the train extra (torch)")
+    mf.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    mf.add_argument("--out", required=True, help="the MAE graph to write (.onnx); .embed.onnx and .card.json beside it")
+    mf.add_argument("--minutes", type=float, default=6.0, help="training time budget in minutes (default 6)")
+    mf.add_argument("--from", dest="start", choices=["bundled", "scratch"], default="bundled",
+                    help="fine-tune the bundled MAE (default) or train from scratch")
+    mf.add_argument("--min-images", type=int, default=50, help="refuse fewer images than this (default 50)")
+    mf.add_argument("--max-images", type=int, default=None, help="use at most this many images, in sorted order")
+    mf.add_argument("--seed", type=int, default=0)
+    mf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where torch trains")
+    mf.add_argument("--quiet", action="store_true", help="no progress bar")
+    mf.add_argument("--verbose", action="store_true", help="log what is done")
 
     ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv)")
     ph.add_argument("--out", required=True)
@@ -352,26 +369,11 @@ def run_calibrate(a: argparse.Namespace) -> int:
     """Choose the fill for a site's images (pilot queries only) and write it with its evidence."""
     from blackbox_lime.calibration import calibrate, images_digest, to_toml
     from blackbox_lime.explainer import _progress
-    from blackbox_lime.image_io import IMAGE_SUFFIXES, ImageError, find_images, load_image
     from blackbox_lime.outputs import atomic_write_bytes, check_writable
 
     if a.max_images < 1:
         raise UserError(f"--max-images must be an integer >= 1. Got {a.max_images} instead.")
-    try:
-        paths = find_images(a.images)[: a.max_images]
-    except ImageError as exc:
-        raise UserError(str(exc)) from None
-    if not paths:
-        raise UserError(f"No images found in {', '.join(a.images)} (looked for {', '.join(IMAGE_SUFFIXES)}).")
-    loaded, bad = [], []
-    for p in paths:
-        try:
-            loaded.append(load_image(p))
-        except ImageError as exc:
-            bad.append(f"{p.name} ({exc})")
-    if bad:
-        raise UserError(f"{len(bad)} of {len(paths)} images could not be read: {'; '.join(bad[:5])}"
-                        + (" ..." if len(bad) > 5 else "") + ". Remove or fix them; nothing was written.")
+    loaded, _ = _load_site_images(a.images, a.max_images, "nothing was written.")
     out = Path(a.out)
     check_writable(out.parent if str(out.parent) else ".")
     adapter = _adapter(a)
@@ -392,6 +394,84 @@ def run_calibrate(a: argparse.Namespace) -> int:
     scores = ", ".join(f"{k} {v:.3f}" for k, v in ev["median_scores"].items())
     print(f"{out}: fill {result['fill']} for {ev['images']} images (median held-out R2: {scores}; "
           f"{ev['queries']} queries, {ev['seconds']:.1f}s). {ev['reason']}.", file=sys.stderr)
+    return EXIT_OK
+
+
+def _load_site_images(paths: list[str], limit: int | None, what: str) -> tuple[list[Any], list[Path]]:
+    """Every image of the given files and folders, read, or a UserError listing the unreadable ones."""
+    from blackbox_lime.image_io import IMAGE_SUFFIXES, ImageError, find_images, load_image
+
+    try:
+        found = find_images(paths)[:limit]
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    if not found:
+        raise UserError(f"No images found in {', '.join(paths)} (looked for {', '.join(IMAGE_SUFFIXES)}).")
+    loaded, bad = [], []
+    for p in found:
+        try:
+            loaded.append(load_image(p))
+        except ImageError as exc:
+            bad.append(f"{p.name} ({exc})")
+    if bad:
+        raise UserError(f"{len(bad)} of {len(found)} images could not be read: {'; '.join(bad[:5])}"
+                        + (" ..." if len(bad) > 5 else "") + f". Remove or fix them; {what}")
+    return loaded, found
+
+
+def run_mae_fit(a: argparse.Namespace) -> int:
+    """Fit the MAE on a site's images and write the ONNX graphs and the model card."""
+    import numpy as np
+
+    from blackbox_lime.calibration import images_digest
+    from blackbox_lime.explainer import to_canvas
+    from blackbox_lime.outputs import check_writable
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("mae fit needs torch: pip install 'blackbox-lime[train]' (the explain path does not).") from None
+    if a.minutes <= 0:
+        raise UserError(f"--minutes must be a number > 0. Got {a.minutes} instead.")
+    if a.max_images is not None and a.max_images < 1:
+        raise UserError(f"--max-images must be an integer >= 1. Got {a.max_images} instead.")
+    out = Path(a.out)
+    if out.suffix != ".onnx":
+        raise UserError(f"--out must name an .onnx file. Got {a.out!r} instead.")
+    loaded, _ = _load_site_images(a.images, a.max_images, "no MAE was written.")
+    if len(loaded) < max(a.min_images, 8):
+        raise UserError(f"mae fit needs at least {max(a.min_images, 8)} images to fit and hold some out; found "
+                        f"{len(loaded)} in {', '.join(a.images)}. Add images or lower --min-images.")
+    check_writable(out.parent if str(out.parent) else ".")
+    from blackbox_lime.mae_fit import MAEFitError, fit_mae
+
+    canvases = np.stack([np.round(to_canvas(x.pixels, (224, 224), 3, []) * 255).astype(np.uint8) for x in loaded])
+    bar = None
+    if not a.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(a.minutes * 60), unit="s", file=sys.stderr, leave=False, dynamic_ncols=True,
+                   desc="mae fit")
+
+    def progress(elapsed: float, step: int, loss: float) -> None:
+        if bar is not None:
+            bar.n = min(bar.total, int(elapsed))
+            bar.set_postfix(step=step, loss=f"{loss:.4f}", refresh=False)
+            bar.refresh()
+
+    try:
+        card = fit_mae(canvases, out, minutes=a.minutes, start=a.start, seed=a.seed, device=a.device,
+                       images_sha256=images_digest([x.sha256 for x in loaded]), progress=progress)
+    except MAEFitError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    t = card["training"]
+    psnr = ", ".join(f"{k} {v:.2f}" for k, v in t["held_out_psnr_db"].items())
+    print(f"{out}: MAE fitted on {t['train_images']} images ({t['steps']} steps in {t['train_seconds']:.0f}s on "
+          f"{t['device']}); held-out PSNR on hidden pixels (dB): {psnr}. Use it with explain --mae {out.name}.",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -608,6 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if a.command == "calibrate":
             return run_calibrate(a)
+        if a.command == "mae":
+            if a.mae_command != "fit":
+                raise UserError("Use: blackbox-lime mae fit IMAGES --out site_mae.onnx.")
+            return run_mae_fit(a)
         if a.command == "phantoms":
             from blackbox_lime.phantoms import write_phantoms
 

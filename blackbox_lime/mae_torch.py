@@ -10,14 +10,20 @@ checkpoint in that layout loads into :class:`MAE` and exports through the same c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+log = logging.getLogger(__name__)
 
 IMG, PATCH = 224, 16
 MASK_CONVENTION = "patch_mask float32 [N, L]: 1 = hidden, 0 = visible; patches numbered row by row"
@@ -225,8 +231,17 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
     module.eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     dyn = {name: {0: batch} for name in input_names}
-    prog = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
-                             dynamic_shapes=dyn, optimize=True)
+    # The exporter narrates its steps on stdout and warns about optional packages (torchvision): keep both
+    # out of a command's output; errors still raise.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            prog = torch.onnx.export(module, args, dynamo=True, input_names=input_names, output_names=output_names,
+                                     dynamic_shapes=dyn, optimize=True, verbose=False)
+        finally:
+            logging.getLogger("torch.onnx").setLevel(level)
     model = prog.model_proto
     strip_node_metadata(model)
     del model.metadata_props[:]
@@ -238,7 +253,7 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
     tmp = path.with_suffix(".onnx.part")
     onnx.save_model(model, str(tmp), save_as_external_data=False)
     os.replace(tmp, path)
-    print(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+    log.info("wrote %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
 
 
 def strip_node_metadata(model: "onnx.ModelProto") -> None:  # noqa: F821
