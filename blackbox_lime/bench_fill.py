@@ -4,8 +4,8 @@
     python -m blackbox_lime.bench_fill --split test --images 8 --out docs/bench_fill/test    # report it
 
 Groups (family x classifier): the demo CNN and ViT on chest_xray and breast_us (the two families the
-bundled MAE was trained on), and the brain_mri family with its own classifier (``onnx/brain_cnn.onnx``),
-which no other bundled part has seen. Every method goes through the same onnxruntime adapter at the
+bundled MAE was trained on), and the two unseen families, brain_mri and fundus (colour), each with its
+own classifier (``onnx/brain_cnn.onnx``, ``onnx/fundus_cnn.onnx``), which no other bundled part has seen. Every method goes through the same onnxruntime adapter at the
 same budget (``--samples``, default 1000) on abnormal cases, and is scored by pixel AUPRC against the
 exact lesion mask.
 
@@ -44,7 +44,7 @@ from blackbox_lime.models import bundled_model
 from blackbox_lime.phantoms import abnormal_cases, make_phantom
 
 GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "chest_xray"),
-          ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"))
+          ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"), ("fundus_cnn", "fundus"))
 FIXED = ("mae", "mean", "blur")
 PILOTS = (16, 24, 32, 48)
 BLOCKS = (1, 2, 3)
@@ -103,6 +103,8 @@ class _NoBar:
 def tune(a: argparse.Namespace) -> dict[str, Any]:
     records, raws = [], []
     for model, family in GROUPS:
+        if a.groups and f"{model}/{family}" not in a.groups:
+            continue
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
             for ph in abnormal_cases(family, "val", a.images):
                 t = time.perf_counter()
@@ -191,6 +193,7 @@ def tune_markdown(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- test report
 
 METHODS = ("auto (default)", "calibrated", "mae", "mean", "blur", "zero", "lime", "occlusion")
+SITE_METHODS = ("mae (site-fitted)", "auto (site-fitted MAE)")  # with --site-mae FAMILY=PATH
 
 
 def calibrated_fill(adapter: OnnxAdapter, family: str, n: int, samples: int) -> dict[str, Any]:
@@ -199,6 +202,15 @@ def calibrated_fill(adapter: OnnxAdapter, family: str, n: int, samples: int) -> 
 
     images = [make_phantom(family, "val", i).image for i in range(n)]
     return calibrate(adapter, images, ExplainConfig(n_samples=samples), seed=0)
+
+
+def _medlime(adapter: OnnxAdapter, image: np.ndarray, target: int, fill: str, samples: int, seed: int,
+             mae_path: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=samples), mae_path=mae_path).explain(
+        image, target=target, rng=seed)
+    return e.saliency, {"r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
+                        "low_fidelity": any(w.startswith("Low fidelity") for w in e.warnings),
+                        "chosen": e.fill["chosen"], "fill_choice_s": e.timings["fill_choice"]}
 
 
 def report(a: argparse.Namespace) -> dict[str, Any]:
@@ -215,7 +227,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             target = adapter.info.abnormal_index
             for ph in abnormal_cases(family, "test", a.images):
                 rec: dict[str, Any] = {"model": model, "family": family, "index": ph.index, "methods": {}}
-                for m in METHODS:
+                site_mae = a.site_mae.get(family)
+                for m in METHODS + (SITE_METHODS if site_mae else ()):
                     t = time.perf_counter()
                     q0 = adapter.queries
                     extra: dict[str, Any] = {}
@@ -223,14 +236,12 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                         sal = baselines.lime_package(ph.image, adapter, target, a.samples, np.random.default_rng(a.seed))
                     elif m == "occlusion":
                         sal = baselines.occlusion(ph.image, adapter, target)
+                    elif m in SITE_METHODS:
+                        sal, extra = _medlime(adapter, ph.image, target, "mae" if m == SITE_METHODS[0] else "auto",
+                                              a.samples, a.seed, site_mae)
                     else:
                         fill = {"auto (default)": "auto", "calibrated": cal["fill"]}.get(m, m)
-                        e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=a.samples)).explain(
-                            ph.image, target=target, rng=a.seed)
-                        sal = e.saliency
-                        extra = {"r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
-                                 "low_fidelity": any(w.startswith("Low fidelity") for w in e.warnings),
-                                 "chosen": e.fill["chosen"], "fill_choice_s": e.timings["fill_choice"]}
+                        sal, extra = _medlime(adapter, ph.image, target, fill, a.samples, a.seed)
                     rec["methods"][m] = {"auprc": pixel_auprc(sal, ph.mask), "queries": adapter.queries - q0,
                                          "seconds": time.perf_counter() - t, **extra}
                 records.append(rec)
@@ -243,12 +254,18 @@ def report_markdown(result: dict[str, Any]) -> str:
     recs = result["records"]
     groups = [f"{m}/{f}" for m, f in GROUPS if any(r["model"] == m and r["family"] == f for r in recs)]
     lines = ["| method | " + " | ".join(groups) + " | all |", "|---|" + "---|" * (len(groups) + 1)]
-    for m in METHODS:
+    for m in METHODS + SITE_METHODS:
         cells = []
         for g in groups + ["all"]:
-            vals = [r["methods"][m]["auprc"] for r in recs if g == "all" or f"{r['model']}/{r['family']}" == g]
+            vals = [r["methods"][m]["auprc"] for r in recs if (g == "all" or f"{r['model']}/{r['family']}" == g)
+                    and m in r["methods"]]
+            if not vals or (g == "all" and m in SITE_METHODS):
+                cells.append("–")
+                continue
             mean, lo, hi = bootstrap_ci(vals)
             cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
+        if all(c == "–" for c in cells):
+            continue
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "| group | calibrate chose | auto's picks | auto / best fixed | auto / lime | auto / occlusion | "
               "low-fidelity warnings (auto; mae; mean) | median wall s (auto; mae) | auto's choice, median s |",
@@ -272,18 +289,31 @@ def report_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rescore(out: Path) -> int:
-    """Re-derive the val rules from a saved run (its records and raw pilots) with the current scorers."""
-    result = json.loads((out / "results.json").read_text())
-    z = np.load(out / "pilots.npz")
+def _load_tuning(folder: Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+    result = json.loads((folder / "results.json").read_text())
+    z = np.load(folder / "pilots.npz")
     raws: list[dict[str, np.ndarray]] = [{} for _ in result["records"]]
     for key in z.files:
         i, rest = key.split("/", 1)
         raws[int(i)][rest] = z[key]
+    return result, raws
+
+
+def rescore(out: Path, add: list[str]) -> int:
+    """Re-derive the val rules from saved runs (records and raw pilots) with the current scorers; ``add`` joins
+    the cases of other val runs (say, a group tuned later) into ``out``."""
+    result, raws = _load_tuning(out)
+    for folder in add:
+        more, more_raws = _load_tuning(Path(folder))
+        result["records"] += more["records"]
+        raws += more_raws
+    np.savez_compressed(out / "pilots.npz", **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
     result.update(choose_rule(result["records"], raws))
     md = tune_markdown(result)
     first = (out / "table.md").read_text().split("\n\n", 1)[0]
-    (out / "table.md").write_text(first + "\n\n" + md)
+    joined = "".join(f" + `{f}`" for f in add)
+    (out / "table.md").write_text(first + joined + "; rules re-derived by `--rescore` at commit "
+                                  + git_commit() + "\n\n" + md)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
     print(md)
     return 0
@@ -295,15 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=8, help="abnormal cases per group")
     p.add_argument("--samples", type=int, default=1000, help="queries per explanation")
     p.add_argument("--calibrate-images", type=int, default=8, help="test: val images per group for calibrate")
-    p.add_argument("--groups", default="", help="test: comma list of model/family groups (default all)")
+    p.add_argument("--groups", default="", help="comma list of model/family groups (default all)")
+    p.add_argument("--site-mae", action="append", default=[], metavar="FAMILY=PATH",
+                   help="test: also run GM with this MAE (blackbox-lime mae fit on the family's train split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for table.md and results.json")
     p.add_argument("--rescore", action="store_true",
                    help="val: re-apply the rules to the pilots saved in --out (pilots.npz), without queries")
+    p.add_argument("--add", action="append", default=[], metavar="DIR",
+                   help="with --rescore: join the cases of another val run into --out first")
     a = p.parse_args(argv)
     if a.rescore:
-        return rescore(Path(a.out))
+        return rescore(Path(a.out), a.add)
     a.groups = [g for g in a.groups.split(",") if g]
+    a.site_mae = dict(item.split("=", 1) for item in a.site_mae)
     t0 = time.perf_counter()
     result = tune(a) if a.split == "val" else report(a)
     md = tune_markdown(result) if a.split == "val" else report_markdown(result)

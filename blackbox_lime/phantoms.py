@@ -51,6 +51,17 @@ Modalities
     Distractors in every case: the bright cortical ribbon and periventricular caps, 2-6 bright
     vessel flow dots and, in half the cases, a bright motion ghost of the scalp.
 
+``fundus`` -- a colour retinal fundus photograph: the second unseen family, and the only colour one.
+    The bundled MAE only ever saw grey images, so it fills a colour image with grey. It has its own
+    classifier (``onnx/fundus_cnn.onnx``, same recipe as the brain one). Anatomy: a circular field of
+    view on black, an orange-red retina with vignetting and a per-case pigmentation (hue, darkness),
+    the bright yellowish optic disc on the left or right with the cup, dark red branching vessels from
+    the disc, a darker macula with the fovea. Lesions (abnormal cases): dark red haemorrhages and
+    microaneurysms (radius 1.5-7 px, 1-6 of them) and in half the cases a cluster of 2-6 yellow hard
+    exudates (radius 1.5-3.5 px), so most cases have lesions on 0.05-1 % of the image. Distractors in
+    every case: 2-6 brownish pigment freckles (radius 4-9 px, low contrast), bright specular reflexes
+    along the vessels and the vessel crossings.
+
 Splits
 ------
 ``train`` builds the demo models and the evidence bank, ``val`` tunes hyperparameters and
@@ -77,7 +88,7 @@ import numpy as np
 __all__ = ["ALL_MODALITIES", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases", "iter_abnormal_cases", "make_phantom", "write_phantoms"]
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")  # the families the bundled MAE and demo models know
-UNSEEN_MODALITIES: tuple[str, ...] = ("brain_mri",)  # no bundled part was trained on it except its own classifier
+UNSEEN_MODALITIES: tuple[str, ...] = ("brain_mri", "fundus")  # no bundled part was trained on it except its own classifier
 ALL_MODALITIES: tuple[str, ...] = MODALITIES + UNSEEN_MODALITIES
 SPLITS: tuple[str, ...] = ("train", "val", "test", "shifted")
 SIZE = 224
@@ -146,11 +157,16 @@ def make_phantom(modality: str, split: str, index: int, *, noise_seed: int | Non
         gray, mask, lesions = _chest_xray(rng, abnormal, shifted, noise)
     elif modality == "breast_us":
         gray, mask, lesions = _breast_us(rng, abnormal, shifted, noise)
-    else:
+    elif modality == "brain_mri":
         gray, mask, lesions = _brain_mri(rng, abnormal, shifted, noise)
+    else:
+        gray, mask, lesions = _fundus(rng, abnormal, shifted, noise)
     if abnormal != bool(mask.any()):  # pragma: no cover - guarded by the samplers' retries
         raise RuntimeError("internal error: phantom label and mask disagree")
-    image = np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[..., None], 3, axis=2)
+    if gray.ndim == 3:  # a colour family
+        image = np.clip(gray, 0.0, 1.0).astype(np.float32)
+    else:
+        image = np.repeat(np.clip(gray, 0.0, 1.0).astype(np.float32)[..., None], 3, axis=2)
     return Phantom(image, mask, int(abnormal), modality, split, int(index), lesions)
 
 
@@ -572,6 +588,108 @@ def _brain_mri(
     n1 = noise_draw.standard_normal(img.shape).astype(np.float32) * sd
     n2 = noise_draw.standard_normal(img.shape).astype(np.float32) * sd
     img = np.sqrt((img + n1) ** 2 + n2 ** 2)
+    return np.clip(img, 0, 1), mask, lesions
+
+
+# ----------------------------------------------------------------------------- retinal fundus (colour)
+
+
+def _fundus(
+    rng: np.random.Generator, abnormal: bool, shifted: bool, noise_draw: _Noise
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    cx, cy = SIZE / 2 + rng.uniform(-3, 3), SIZE / 2 + rng.uniform(-3, 3)
+    radius = rng.uniform(100, 108)
+    r = np.sqrt((_XX - cx) ** 2 + (_YY - cy) ** 2)
+    fov = _sigmoid((radius - r) * 1.5)
+    side = 1 if rng.random() < 0.5 else -1
+    dx, dy = cx + side * rng.uniform(52, 62), cy + rng.uniform(-8, 8)  # optic disc
+    mx, my = cx - side * rng.uniform(8, 16), cy + rng.uniform(-4, 6)  # macula
+    # Retina: base colour with a per-case pigmentation, vignetting and smooth mottling.
+    base = np.array([rng.uniform(0.72, 0.85), rng.uniform(0.30, 0.40), rng.uniform(0.10, 0.17)], np.float32)
+    base *= rng.uniform(0.8, 1.05)
+    vignette = 1.0 - 0.35 * (r / radius) ** 2
+    mottle = 1.0 + 0.04 * _smooth_noise(rng, 10.0)
+    shade = (vignette * mottle)[..., None]
+    img = base[None, None, :] * shade
+    macula = _soft_ellipse(mx, my, 22, 20, 12.0)
+    img *= (1 - 0.25 * macula)[..., None]
+    img *= (1 - 0.25 * _soft_ellipse(mx, my, 4, 4, 2.0))[..., None]
+    # Vessels: dark red random walks from the disc, thinning outwards.
+    vessels = np.zeros((SIZE, SIZE), np.float32)
+    for _ in range(int(rng.integers(6, 10))):
+        x, y = dx, dy
+        ang = rng.uniform(-np.pi, np.pi)
+        width = rng.uniform(2.5, 3.5)
+        for _step in range(int(rng.integers(10, 16))):
+            length = rng.uniform(7, 12)
+            nx, ny = x + np.cos(ang) * length, y + np.sin(ang) * length
+            cv2.line(vessels, (int(round(x)), int(round(y))), (int(round(nx)), int(round(ny))), 1.0,
+                     thickness=max(1, int(round(width))), lineType=cv2.LINE_AA)
+            x, y = nx, ny
+            ang += rng.normal(0, 0.3)
+            width = max(1.0, width * 0.9)
+    vessels = cv2.GaussianBlur(vessels, (0, 0), 0.7) * fov
+    vessel_colour = np.array([0.45, 0.08, 0.06], np.float32) * rng.uniform(0.85, 1.1)
+    img = img * (1 - 0.7 * vessels[..., None]) + vessel_colour * 0.7 * vessels[..., None]
+    # Optic disc and cup.
+    disc = _soft_ellipse(dx, dy, rng.uniform(12, 16), rng.uniform(13, 17), 2.0)
+    img = img * (1 - disc[..., None]) + np.array([0.97, 0.82, 0.55], np.float32) * disc[..., None]
+    cup = _soft_ellipse(dx, dy, rng.uniform(4, 7), rng.uniform(5, 8), 1.5)
+    img = img + cup[..., None] * np.array([0.03, 0.1, 0.15], np.float32)
+    # Distractors: pigment freckles and specular reflexes along the vessels.
+    retina = (fov > 0.9) & (disc < 0.05) & (r < radius - 10)
+    spots = np.argwhere(retina)
+    for _ in range(int(rng.integers(2, 7))):
+        py, px = spots[rng.integers(len(spots))]
+        rr = rng.uniform(4, 9)
+        f = _soft_ellipse(px, py, rr, rr * rng.uniform(0.7, 1.0), rr * 0.6, rng.uniform(0, np.pi))
+        img *= (1 - f * rng.uniform(0.08, 0.15))[..., None]
+    along = np.argwhere((vessels > 0.6) & retina)
+    for _ in range(int(rng.integers(3, 9))):
+        if len(along) == 0:
+            break
+        py, px = along[rng.integers(len(along))]
+        f = _soft_ellipse(px, py, rng.uniform(1.0, 2.0), rng.uniform(1.0, 2.0), 0.8)
+        img = img + f[..., None] * rng.uniform(0.15, 0.3)
+
+    mask = np.zeros((SIZE, SIZE), bool)
+    lesions: list[dict[str, Any]] = []
+    if abnormal:
+        free = retina & (vessels < 0.2) & (macula < 0.5)
+        where = np.argwhere(free)
+        while not lesions:
+            for _ in range(int(rng.integers(1, 7))):
+                py, px = where[rng.integers(len(where))]
+                rr = float(np.exp(rng.uniform(np.log(1.5), np.log(7.0))))
+                alpha = _irregular_blob(rng, px, py, rr, roughness=0.2, edge=max(0.8, rr * 0.25)) * fov
+                lm = _lesion_mask(alpha)
+                if lm.sum() < 5:
+                    continue
+                colour = np.array([0.38, 0.06, 0.05], np.float32) * rng.uniform(0.8, 1.1)
+                strength = rng.uniform(0.55, 0.85)
+                img = img * (1 - strength * alpha[..., None]) + colour * strength * alpha[..., None]
+                mask |= lm
+                lesions.append({"kind": "haemorrhage", "centre": [int(py), int(px)], "radius": round(rr, 2),
+                                "contrast": round(float(strength), 4), "area_px": int(lm.sum())})
+            if rng.random() < 0.5:
+                py, px = where[rng.integers(len(where))]
+                for _ in range(int(rng.integers(2, 7))):
+                    ey, ex = py + rng.normal(0, 6), px + rng.normal(0, 6)
+                    rr = rng.uniform(1.5, 3.5)
+                    alpha = _soft_ellipse(ex, ey, rr, rr * rng.uniform(0.7, 1.0), 0.7) * fov
+                    lm = _lesion_mask(alpha)
+                    if lm.sum() < 4:
+                        continue
+                    img = img * (1 - 0.8 * alpha[..., None]) + np.array([0.95, 0.85, 0.35], np.float32) * 0.8 * alpha[..., None]
+                    mask |= lm
+                    lesions.append({"kind": "exudate", "centre": [int(ey), int(ex)], "radius": round(float(rr), 2),
+                                    "contrast": 0.8, "area_px": int(lm.sum())})
+
+    # Acquisition: blur, sensor noise per channel, the black surround.
+    img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), rng.uniform(0.5, 0.9) * (1.6 if shifted else 1.0))
+    sd = rng.uniform(0.01, 0.025) * (1.8 if shifted else 1.0)
+    img = img + noise_draw.standard_normal(img.shape).astype(np.float32) * sd
+    img = img * fov[..., None]
     return np.clip(img, 0, 1), mask, lesions
 
 

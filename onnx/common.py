@@ -31,8 +31,10 @@ from data import GRID, IMG, L, PATCH, auroc, load_split  # noqa: E402,F401
 
 
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W] -> float32 [N, 3, H, W] in [0, 1] (grayscale replicated)."""
+    """uint8 [N, H, W] (grey, replicated) or [N, H, W, 3] (colour) -> float32 [N, 3, H, W] in [0, 1]."""
     x = torch.from_numpy(images_u8).float().div_(255.0)
+    if x.ndim == 4:
+        return x.permute(0, 3, 1, 2).contiguous()
     return x[:, None].expand(-1, 3, -1, -1).contiguous()
 
 

@@ -22,14 +22,18 @@ GRID = IMG // PATCH  # 14
 L = GRID * GRID  # 196
 
 
+COLOUR = ("fundus",)  # families drawn in colour: their cache keeps RGB (N, H, W, 3), the others grey (N, H, W)
+
+
 def _draw(args: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray, int]:
     ph = make_phantom(*args)
-    return np.round(ph.image[..., 0] * 255).astype(np.uint8), np.packbits(ph.mask), ph.label
+    pixels = ph.image if args[0] in COLOUR else ph.image[..., 0]
+    return np.round(pixels * 255).astype(np.uint8), np.packbits(ph.mask), ph.label
 
 
 def load_split(split: str, per_modality: int, workers: int = 2,
                modalities: tuple[str, ...] = MODALITIES) -> dict[str, np.ndarray]:
-    """Grayscale uint8 images [N, 224, 224], masks bool [N, 224, 224], labels, modality ids (indices into
+    """uint8 images [N, 224, 224] (grey; [N, 224, 224, 3] for a colour family), masks bool [N, 224, 224], labels, modality ids (indices into
     ``modalities``).
 
     Cached under ``.cache/`` so the training scripts draw the phantoms once.

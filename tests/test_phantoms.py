@@ -24,7 +24,8 @@ def test_image_format_and_mask_label_consistency(modality: str) -> None:
         ph = make_phantom(modality, "train", i)
         assert ph.image.shape == (224, 224, 3) and ph.image.dtype == np.float32
         assert 0.0 <= ph.image.min() and ph.image.max() <= 1.0
-        assert np.array_equal(ph.image[..., 0], ph.image[..., 2])  # grayscale replicated
+        if modality != "fundus":  # the colour family
+            assert np.array_equal(ph.image[..., 0], ph.image[..., 2])  # grayscale replicated
         assert ph.mask.shape == (224, 224) and ph.mask.dtype == bool
         assert ph.label == int(ph.mask.any())  # abnormal <=> non-empty mask
         assert (ph.label == 0) == (not ph.lesions)
@@ -58,7 +59,7 @@ def test_different_indices_differ() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("mri", "test", 0), r"Unknown modality 'mri'\. Valid modalities are: chest_xray, breast_us, brain_mri\."),
+    (("mri", "test", 0), r"Unknown modality 'mri'\. Valid modalities are: chest_xray, breast_us, brain_mri, fundus\."),
     (("chest_xray", "holdout", 0), r"Unknown split 'holdout'\. Valid splits are: train, val, test, shifted\."),
     (("chest_xray", "test", -1), r"The phantom index must be an integer >= 0\. Got -1 instead\."),
     (("chest_xray", "test", 1.5), r"The phantom index must be an integer >= 0\. Got 1\.5 instead\."),

@@ -1,12 +1,13 @@
-"""Train the unseen family's own classifier (brain MRI phantoms) and export it to ONNX.
+"""Train an unseen family's own classifier and export it to ONNX.
 
-    python onnx/train_brain.py            # -> onnx/brain_cnn.onnx + onnx/brain_cnn.pt
+    python onnx/train_unseen.py --family brain_mri   # -> onnx/brain_cnn.onnx + onnx/brain_cnn.pt
+    python onnx/train_unseen.py --family fundus      # -> onnx/fundus_cnn.onnx + onnx/fundus_cnn.pt
 
 A different kind of model from the demo classifiers on purpose: a residual CNN with GroupNorm and a
 global-max head, trained with the image label alone (cross-entropy; no patch-level deep supervision,
-no fill augmentation), on brain_mri train phantoms only. The bundled MAE never sees this family, so
-it is an unseen domain for generative masking (issue: robust fill). Seeded; CPU; the best epoch by
-val AUROC is kept. Times and metrics are in MODEL_CARD.md.
+no fill augmentation), on that family's train phantoms only. The bundled MAE never sees these
+families, so they are unseen domains for generative masking. Seeded; CPU; the best epoch by val
+AUROC is kept. Times and metrics are in MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from common import HERE, Softmaxed, auroc, classifier_metadata, cosine_lr, export_onnx, load_split, to_tensor
 
-FAMILY = ("brain_mri",)
+NAMES = {"brain_mri": "brain_cnn", "fundus": "fundus_cnn"}
 
 
 class ResBlock(nn.Module):
@@ -39,7 +40,7 @@ class ResBlock(nn.Module):
         return F.gelu(self.norm2(self.conv2(h)) + self.skip(x))
 
 
-class BrainCNN(nn.Module):
+class LabelOnlyCNN(nn.Module):
     """Stem (stride 2) then four residual stages to a 14x14x96 map, global max pooling, linear head.
 
     Input: float32 (N, 3, 224, 224) in [0, 1]. Output: logits (N, 2)."""
@@ -66,6 +67,7 @@ def evaluate(model: nn.Module, data: dict[str, np.ndarray], batch: int = 128) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=sorted(NAMES), required=True)
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--val", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=12)
@@ -78,9 +80,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     gen = torch.Generator().manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
-    train = load_split("train", a.train, modalities=FAMILY)
-    val = load_split("val", a.val, modalities=FAMILY)
-    model = BrainCNN()
+    family = (a.family,)
+    train = load_split("train", a.train, modalities=family)
+    val = load_split("val", a.val, modalities=family)
+    model = LabelOnlyCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
     n = len(train["labels"])
     steps_per_epoch = n // a.batch
@@ -114,12 +117,13 @@ def main() -> None:
             best, best_state = score, {k: v.clone() for k, v in model.state_dict().items()}
     assert best_state is not None
     model.load_state_dict(best_state)
-    torch.save(best_state, HERE / "brain_cnn.pt")
-    meta = classifier_metadata("BrainCNN")
-    meta["family"] = "brain_mri"
+    name = NAMES[a.family]
+    torch.save(best_state, HERE / f"{name}.pt")
+    meta = classifier_metadata("LabelOnlyCNN")  # brain_cnn.onnx records "BrainCNN", this class's first name
+    meta["family"] = a.family
     meta["training"] = {"seed": a.seed, "epochs": a.epochs, "train_cases": n, "best_val_auroc": round(best, 4),
                         "train_seconds": round(time.time() - t0), "supervision": "image label only"}
-    export_onnx(Softmaxed(model), (torch.rand(2, 3, 224, 224),), HERE / "brain_cnn.onnx", ["image"], ["probs"], meta)
+    export_onnx(Softmaxed(model), (torch.rand(2, 3, 224, 224),), HERE / f"{name}.onnx", ["image"], ["probs"], meta)
     print(f"done in {time.time() - t0:.0f}s; best val AUROC {best:.4f}")
 
 
