@@ -330,7 +330,7 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
             write_all(explanation_files(out, stem, loaded.pixels, exp, report))
             if a.json:
                 print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
-                                                         "r2_heldout", "fill", "warnings",
+                                                         "r2_heldout", "r2_evidence", "fill", "warnings",
                                                          "queries", "requests", "retries", "timings_s", "seed",
                                                          "outputs")}))
             if not a.quiet:
@@ -342,7 +342,7 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
                           f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
                           file=sys.stderr)
                 print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} {_fill_line(exp)} "
-                      f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} {exp.queries} queries "
+                      f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries "
                       f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
     return EXIT_USER if failed else EXIT_OK
 
@@ -391,9 +391,11 @@ def run_calibrate(a: argparse.Namespace) -> int:
         model = _model_key(_model_record(a, adapter))
     atomic_write_bytes(out, to_toml(result, model, images_digest([x.sha256 for x in loaded])).encode())
     ev = result["evidence"]
+    psnr = ", ".join(f"{k} {v:.2f} dB" for k, v in ev["median_recon_psnr_db"].items())
     scores = ", ".join(f"{k} {v:.3f}" for k, v in ev["median_scores"].items())
-    print(f"{out}: fill {result['fill']} for {ev['images']} images (median held-out R2: {scores}; "
-          f"{ev['queries']} queries, {ev['seconds']:.1f}s). {ev['reason']}.", file=sys.stderr)
+    print(f"{out}: fill {result['fill']} for {ev['images']} images (median reconstruction PSNR: {psnr or 'n/a'}; "
+          f"median evidence R2: {scores or 'n/a'}; {ev['queries']} queries, {ev['seconds']:.1f}s). {ev['reason']}.",
+          file=sys.stderr)
     return EXIT_OK
 
 

@@ -2,16 +2,20 @@
 
 A per-image choice that flips between images of one study makes their maps incomparable. A site
 therefore runs the choice of ``fill="auto"`` (:meth:`Explainer.choose_fill`) over a handful of its own
-images, takes the rule over each candidate's median held-out R^2
-(:func:`~blackbox_lime.fill_choice.summarise_choices`), and writes the chosen fill with its evidence
+images
+(:func:`~blackbox_lime.fill_choice.summarise_choices`: the MAE when it passes the reconstruction check on
+most images, else the rule over the classic fills' median scores), and writes the chosen fill with its evidence
 to a small TOML file:
 
     [fill]
     chosen = "mean"
     candidates = ["mae", "mean", "blur"]
-    reason = "mean predicts held-out answers better (0.581 vs mae 0.113)"
+    reason = "the MAE failed the reconstruction check on ...; mean ..."
+    [fill.median_recon_psnr_db]
+    mae = 14.2
+    blur = 19.0
     [fill.median_scores]
-    mae = 0.113
+    mean = 0.41
     ...
     [evidence]
     images = 8
@@ -62,9 +66,9 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
 
     Returns ``{"fill": chosen, "evidence": {...}, "per_image": [FillChoice.summary(), ...]}``."""
     base = config or ExplainConfig()
-    pilot = max(base.pilot_samples, CALIBRATION_PILOT)
+    pilot = max(base.pilot_samples, CALIBRATION_PILOT) if base.pilot_samples else 0
     cfg = replace(base, fill="auto", pilot_samples=pilot,
-                  n_samples=max(base.n_samples, 2 * len(base.fill_candidates) * pilot + 1))
+                  n_samples=max(base.n_samples, 2 * base.pilot_candidates * pilot + 1))
     explainer = Explainer(adapter, cfg, mae_path=mae_path, **explainer_options)
     q0, t0 = adapter.queries, time.perf_counter()
     per_image = []
@@ -113,7 +117,9 @@ def to_toml(result: dict[str, Any], model: dict[str, Any], images_sha256: str) -
              "# explain --calibration FILE uses it for every image; made with the model and MAE below.", "",
              "[fill]", f"chosen = {_toml_value(result['fill'])}", f"candidates = {_toml_value(ev['candidates'])}",
              f"reason = {_toml_value(ev['reason'])}", f"margin = {_toml_value(float(ev['margin']))}", "",
-             "[fill.median_scores]"]
+             "[fill.median_recon_psnr_db]"]
+    lines += [f"{k} = {_toml_value(float(v))}" for k, v in ev["median_recon_psnr_db"].items()]
+    lines += ["", "[fill.median_scores]"]
     lines += [f"{k} = {_toml_value(float(v))}" for k, v in ev["median_scores"].items()]
     lines += ["", "[fill.per_image_choices]"]
     lines += [f"{k} = {int(v)}" for k, v in ev["per_image_choices"].items()]

@@ -127,6 +127,7 @@ class ExplainConfig:
     pilot_samples: int = 32
     pilot_block: int = 2
     fill_margin: float = 0.05
+    recon_margin_db: float = 0.5
     nested_samples: int = 3
     kernel_width: float = 1.0
     lambda1: float = 0.07
@@ -154,15 +155,17 @@ class ExplainConfig:
         _check(isinstance(cands, tuple) and len(cands) >= 2 and len(set(cands)) == len(cands)
                and all(c in FIXED_FILLS for c in cands), "fill_candidates",
                f"a tuple of two or more distinct fills from {', '.join(FIXED_FILLS)}", cands)
-        _check(_is_int(self.pilot_samples) and self.pilot_samples >= 8, "pilot_samples", "an integer >= 8",
-               self.pilot_samples)
+        _check(_is_int(self.pilot_samples) and (self.pilot_samples == 0 or self.pilot_samples >= MIN_PILOT),
+               "pilot_samples", f"0 or an integer >= {MIN_PILOT}", self.pilot_samples)
+        _check(_is_real(self.recon_margin_db), "recon_margin_db", "a finite float", self.recon_margin_db)
         _check(_is_int(self.pilot_block) and self.pilot_block >= 1, "pilot_block", "an integer >= 1", self.pilot_block)
         _check(_is_real(self.fill_margin) and self.fill_margin >= 0, "fill_margin", "a float in the range [0, inf)",
                self.fill_margin)
-        if self.fill == "auto":
-            need = 2 * len(cands) * MIN_PILOT + 1
+        if self.fill == "auto" and self.pilot_samples:
+            k = self.pilot_candidates
+            need = 2 * k * MIN_PILOT + 1
             _check(self.n_samples >= need, "n_samples",
-                   f"at least {need} with fill 'auto' ({len(cands)} candidates x {MIN_PILOT} pilot samples, as many "
+                   f"at least {need} with fill 'auto' ({k} piloted candidates x {MIN_PILOT} pilot samples, as many "
                    "again for the chosen fill, and the image), or choose a fill", self.n_samples)
         _check(_is_int(self.nested_samples) and self.nested_samples >= 1, "nested_samples", "an integer >= 1",
                self.nested_samples)
@@ -186,10 +189,15 @@ class ExplainConfig:
                self.n_neighbours)
 
     @property
+    def pilot_candidates(self) -> int:
+        """How many fills "auto" pilots with queries: the classic ones (the MAE is judged without queries)."""
+        return max(1, sum(c != "mae" for c in self.fill_candidates))
+
+    @property
     def pilot_per_fill(self) -> int:
         """Pilot samples per candidate that "auto" uses: ``pilot_samples``, lowered so that the chosen fill
         gets at least as many samples again as all pilots together (a small ``n_samples``)."""
-        return min(self.pilot_samples, (self.n_samples - 1) // (2 * len(self.fill_candidates)))
+        return min(self.pilot_samples, (self.n_samples - 1) // (2 * self.pilot_candidates))
 
     def lambda2_for(self, prior: bool) -> float:
         """The lambda2 the surrogate uses, with (``prior``) or without an evidence prior."""

@@ -25,7 +25,8 @@ from blackbox_lime import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
 from blackbox_lime.explanation import Explanation
-from blackbox_lime.fill_choice import FillChoice, coarse_design, decide, heldout_r2, score_pilot
+from blackbox_lime.fill_choice import (FillChoice, coarse_design, decide, evidence_r2, heldout_r2, recon_psnr,
+                                      score_pilot)
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
 from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
@@ -210,7 +211,7 @@ class Explainer:
                                                                        timings)
                 filler = self.fillers[choice.chosen]
                 t = time.perf_counter()
-                visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples - len(pilot_visible) * len(self.fillers),
+                visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples - len(pilot_visible) - choice.queries_spent,
                                             cfg.mask_ratios, cfg.nested_samples if filler.depends_on_mask() else 1)
                 timings["masks"] += time.perf_counter() - t
                 probs = self._sample(canvas, filler, visible[1:], group[1:], transform, bar, timings)
@@ -242,8 +243,9 @@ class Explainer:
                        lambda1_cap=cfg.lambda1_cap, reference_scale="fit")
         X = visible.astype(np.float64)
         model = SparseSurrogate(**options).fit(X, y, weights)
-        r2_heldout = heldout_r2(X[1:], y[1:], weights[1:], (X[0], y[0]), options) \
-            if model.response_sd_ >= WEAK_RESPONSE_SD else float("nan")
+        moved = model.response_sd_ >= WEAK_RESPONSE_SD
+        r2_heldout = heldout_r2(X[1:], y[1:], weights[1:], (X[0], y[0]), options) if moved else float("nan")
+        r2_evidence = evidence_r2(X[1:], y[1:], weights[1:], (X[0], y[0])) if moved else float("nan")
         if evidence is not None:
             evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
         saliency = grid.upsample(model.coef_, image.shape[:2])
@@ -252,7 +254,7 @@ class Explainer:
         notes += [n for n in getattr(filler, "notes", []) if n not in notes]
         warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
                                       info.class_names[target])
-        warnings += _low_fidelity_warnings(r2_heldout, filler.name, cfg)
+        warnings += _low_fidelity_warnings(r2_evidence, filler.name, cfg)
         for w in warnings:
             log.info("weak map: %s", w)
         fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
@@ -284,6 +286,7 @@ class Explainer:
             adaptation=None if adaptation is None else adaptation.summary(),
             evidence=evidence,
             r2_heldout=r2_heldout,
+            r2_evidence=r2_evidence,
             fill=fill_record,
         )
 
@@ -306,27 +309,48 @@ class Explainer:
     def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None, target: int, probs0: np.ndarray,
                      gen: np.random.Generator, bar: Any, timings: dict[str, float]
                      ) -> tuple[FillChoice, np.ndarray, np.ndarray]:
-        """Fill "auto": query a coarse pilot design per candidate, score each by held-out R^2, decide.
+        """Fill "auto" (blackbox_lime/fill_choice.py): first the MAE's reconstruction check, without queries;
+        when the MAE reconstructs the image worse than a blur by more than ``recon_margin_db``, a coarse pilot
+        per classic candidate scored by the evidence fit's held-out R^2 (or, with ``pilot_samples=0``, the
+        first classic candidate).
 
-        Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse."""
+        Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse,
+        empty when no pilot ran."""
         cfg, t0 = self.config, time.perf_counter()
-        n = cfg.pilot_per_fill
-        options = dict(lambda1=cfg.lambda1, lambda2=cfg.lambda2_for(prior=False), lambda1_scale=cfg.lambda1_scale,
-                       lambda1_cap=cfg.lambda1_cap)
+        none = (np.ones((0, self.grid.n_patches), bool), np.zeros((0, len(self.adapter.info.class_names))))
+        psnr: dict[str, float] = {}
+        classic = [k for k, f in self.fillers.items() if not isinstance(f, MAEFiller)]
+        gate = next((k for k, f in self.fillers.items() if isinstance(f, MAEFiller)), None)
+        if gate is not None:
+            reference = self.fillers.get("blur") or make_filler("blur", cfg.patch_size)
+            psnr = recon_psnr(canvas, {gate: self.fillers[gate], "blur": reference}, self.grid)
+            gap = psnr["blur"] - psnr[gate]
+            if gap <= cfg.recon_margin_db or not classic:
+                timings["fill_choice"] = time.perf_counter() - t0
+                reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
+                          f"blur ({psnr[gate]:.2f} vs {psnr['blur']:.2f} dB)")
+                return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
+                                  cfg.recon_margin_db), *none
+        lead = (f"the MAE reconstructs this image's hidden pixels {gap:.2f} dB worse than a blur; "
+                if gate is not None else "")
         scores: dict[str, float | None] = {}
         spread: dict[str, float] = {}
+        n = cfg.pilot_per_fill
+        if n == 0 or len(classic) == 1:
+            chosen = classic[0]
+            timings["fill_choice"] = time.perf_counter() - t0
+            return FillChoice(chosen, {}, {}, 0, 0, timings["fill_choice"], chosen, cfg.fill_margin,
+                              lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db), *none
         pilots = {}
-        for name, filler in self.fillers.items():  # designs drawn in candidate order: deterministic for a seed
+        for name in classic:  # designs drawn in candidate order: deterministic for a seed
             coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
-            probs = self._sample(canvas, filler, fine, np.arange(n), transform, bar, timings)
-            scores[name], spread[name] = score_pilot(coarse, probs[:, target], float(probs0[target]),
-                                                     cfg.kernel_width, options)
+            probs = self._sample(canvas, self.fillers[name], fine, np.arange(n), transform, bar, timings)
+            scores[name], spread[name] = score_pilot(coarse, probs[:, target], float(probs0[target]), cfg.kernel_width)
             pilots[name] = (fine, probs)
-        preferred = cfg.fill_candidates[0]
-        chosen, reason = decide(scores, preferred, cfg.fill_margin)
+        chosen, reason = decide(scores, classic[0], cfg.fill_margin)
         timings["fill_choice"] = time.perf_counter() - t0
-        choice = FillChoice(chosen, scores, spread, n, n * (len(self.fillers) - 1), timings["fill_choice"], preferred,
-                            cfg.fill_margin, reason)
+        choice = FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), timings["fill_choice"], classic[0],
+                            cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db)
         return choice, *pilots[chosen]
 
     def _sample(self, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
@@ -393,19 +417,20 @@ def _chain(first: InputTransform, second: InputTransform) -> InputTransform:
 WEAK_RESPONSE_SD = 0.01
 
 
-# Below this held-out R^2 a map is flagged as of low fidelity: chosen on val (docs/tune_val/fill.md).
+# Below this held-out R^2 of the evidence fit a map is flagged as of low fidelity: chosen on val
+# (docs/tune_val/fill.md).
 LOW_FIDELITY_R2 = 0.1
 
 
-def _low_fidelity_warnings(r2_heldout: float, fill: str, cfg: ExplainConfig) -> list[str]:
-    if not r2_heldout < LOW_FIDELITY_R2:  # NaN (the answer did not move) is warned about by _weak_map_warnings
+def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig) -> list[str]:
+    if not r2_evidence < LOW_FIDELITY_R2:  # NaN (the answer did not move) is warned about by _weak_map_warnings
         return []
     tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
-             "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (--mae)",
+             "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
              f"more --samples (used {cfg.n_samples})"]
-    return [f"Low fidelity: the surrogate predicts held-out answers with R^2 {r2_heldout:.3f} (below "
-            f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map explains little of how the answer moves. "
-            f"Try {', '.join(tries[:-1])} or {tries[-1]}."]
+    return [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
+            f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
+            f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}."]
 
 
 def _describe(filler: Filler) -> dict[str, Any]:

@@ -21,6 +21,10 @@ class Explanation:
     r2 : the surrogate's kernel-weighted R^2 on the queried samples (in-sample local fidelity).
     r2_heldout : the kernel-weighted R^2 of answers predicted by fits on the other samples (4 interleaved
         folds): local fidelity that more patches cannot inflate. NaN when the answer did not move.
+    r2_evidence : the same held-out R^2 for the evidence fit, whose patch weights are all >= 0: how much of
+        the answer's movement hiding evidence explains. A fill that adds evidence where it hides scores low
+        here though the signed surrogate fits it; the low-fidelity warning reads this. NaN when the answer
+        did not move.
     fill : how hidden patches were filled: {"mode": "fixed", "chosen": FILL}, or for fill "auto" the
         choice, each candidate's held-out R^2 on its pilot, the queries the choice cost and its time.
     target, target_name, target_prob : the explained class and the model's probability for it.
@@ -70,6 +74,7 @@ class Explanation:
     adaptation: dict[str, Any] | None = None
     evidence: dict[str, Any] | None = None
     r2_heldout: float = float("nan")
+    r2_evidence: float = float("nan")
     fill: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -81,6 +86,7 @@ class Explanation:
             "probs": [round(float(p), 6) for p in self.probs],
             "r2": round(float(self.r2), 6),
             "r2_heldout": None if not np.isfinite(self.r2_heldout) else round(float(self.r2_heldout), 6),
+            "r2_evidence": None if not np.isfinite(self.r2_evidence) else round(float(self.r2_evidence), 6),
             "fill": self.fill,
             "response_sd": round(float(self.response_sd), 6),
             "lambda1_effective": float(f"{self.lambda1_effective:.6g}"),

@@ -35,6 +35,8 @@ from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
 
 # Folds of the held-out R^2. Interleaved by row, so the score is a function of the design alone.
 CV_FOLDS = 4
+# Ridge of the evidence fit (non-negative patch weights): chosen on val with the pilot rule.
+EVIDENCE_RIDGE = 0.05
 # Below this spread of the answer over a candidate's pilot samples the fill is not scored: the
 # answer did not move when patches were hidden (a fill that recreates the evidence it hides).
 FLAT_RESPONSE_SD = 0.01
@@ -64,15 +66,40 @@ class FillChoice:
     preferred: str
     margin: float
     reason: str = ""
-    notes: list[str] = field(default_factory=list)
+    recon_psnr: dict[str, float] = field(default_factory=dict)
+    recon_margin_db: float = float("nan")
 
     def summary(self) -> dict[str, Any]:
         return {"mode": "auto", "chosen": self.chosen,
+                "recon_psnr_db": {k: round(v, 2) for k, v in self.recon_psnr.items()},
                 "scores": {k: None if v is None else round(v, 4) for k, v in self.scores.items()},
                 "response_sd": {k: round(v, 5) for k, v in self.response_sd.items()},
                 "pilot_samples_per_fill": self.pilot_samples, "queries_spent_on_choice": self.queries_spent,
-                "seconds": round(self.seconds, 4), "rule": {"preferred": self.preferred, "margin": self.margin},
+                "seconds": round(self.seconds, 4),
+                "rule": {"recon_margin_db": self.recon_margin_db, "preferred": self.preferred, "margin": self.margin},
                 "reason": self.reason}
+
+
+# The reconstruction check: masks over half the patches, drawn from a fixed seed so that the check (and with it
+# the fill) depends on the image alone, never on the explanation's seed.
+RECON_MASKS = 8
+RECON_SEED = 0
+
+
+def recon_psnr(canvas: np.ndarray, fillers: dict[str, Any], grid: PatchGrid, n_masks: int = RECON_MASKS
+               ) -> dict[str, float]:
+    """How well each filler predicts the image's own hidden pixels: PSNR (dB) on the hidden pixels of
+    ``n_masks`` masks hiding half of the patches (a fixed draw). No query is sent."""
+    visible, _ = draw_masks(np.random.default_rng(RECON_SEED), grid.n_patches, n_masks + 1, (0.5,), 1)
+    hidden = grid.hidden_pixels(visible[1:])
+    out = {}
+    for name, filler in fillers.items():
+        fills = filler.fill(canvas, hidden if filler.depends_on_mask() else hidden[:1])
+        err = (fills - canvas[None]) ** 2  # (G, H, W, C); a static fill broadcasts
+        err = np.broadcast_to(err, (len(hidden),) + canvas.shape)
+        mse = float(err[hidden].mean())
+        out[name] = 10.0 * math.log10(1.0 / max(mse, 1e-12))
+    return out
 
 
 def coarse_design(rng: np.random.Generator, grid: PatchGrid, n: int, ratios: tuple[float, ...],
@@ -136,6 +163,14 @@ def _fit_evidence(X: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float) -> 
     return lambda Z: (np.asarray(Z, np.float64) - xm) @ coef + ym
 
 
+def evidence_r2(visible: np.ndarray, y: np.ndarray, kernel: np.ndarray, anchor: tuple[np.ndarray, float] | None,
+                folds: int = CV_FOLDS) -> float:
+    """Held-out R^2 of the evidence fit: every patch weight >= 0, so only answers that drop when patches are
+    hidden are explained. A fill that adds evidence where it hides (grey fill on a colour image that a
+    classifier reads as a lesion) moves the answer up; the signed surrogate fits that too, this does not."""
+    return heldout_r2(visible, y, kernel, anchor, {"positive": True, "ridge": EVIDENCE_RIDGE}, folds)
+
+
 def decide(scores: dict[str, float | None], preferred: str, margin: float) -> tuple[str, str]:
     """The rule: ``preferred`` unless another candidate's score beats it by more than ``margin``.
 
@@ -154,14 +189,19 @@ def decide(scores: dict[str, float | None], preferred: str, margin: float) -> tu
 
 
 def score_pilot(coarse: np.ndarray, y: np.ndarray, y0: float, kernel_width: float,
-                surrogate: dict[str, Any]) -> tuple[float | None, float]:
-    """(held-out R^2 or None when the answer did not move, weighted sd of the answer) of one candidate's pilot."""
+                surrogate: dict[str, Any] | None = None) -> tuple[float | None, float]:
+    """(held-out R^2 or None when the answer did not move, weighted sd of the answer) of one candidate's pilot.
+
+    The score is the evidence fit's (:func:`evidence_r2`) unless ``surrogate`` names another fit (the val
+    comparison of scorers does)."""
     kernel = proximity_kernel(coarse, kernel_width)
     w = kernel / kernel.sum()
     sd = float(np.sqrt(w @ (y - w @ y) ** 2))
     if sd < FLAT_RESPONSE_SD:
         return None, sd
     anchor = (np.ones(coarse.shape[1], bool), y0)
+    if surrogate is None:
+        return evidence_r2(coarse, y, kernel, anchor), sd
     return heldout_r2(coarse, y, kernel, anchor, surrogate), sd
 
 
@@ -170,10 +210,23 @@ def summarise_choices(choices: list[dict[str, Any]], preferred: str, margin: flo
     median score of each candidate over the images (an image where a candidate did not move counts as 0)."""
     if not choices:
         raise ValueError("No image was scored; give at least one readable image.")
-    names = list(choices[0]["scores"])
-    med = {k: float(np.median([c["scores"][k] if c["scores"][k] is not None else 0.0 for c in choices]))
+    votes: dict[str, int] = {}
+    for c in choices:
+        votes[c["chosen"]] = votes.get(c["chosen"], 0) + 1
+    psnr = {k: float(np.median([c["recon_psnr_db"][k] for c in choices if k in c["recon_psnr_db"]]))
+            for k in choices[0].get("recon_psnr_db", {})}
+    if psnr and votes.get(preferred, 0) * 2 > len(choices):
+        return preferred, {"median_recon_psnr_db": psnr, "median_scores": {}, "per_image_choices": votes,
+                           "reason": f"the MAE passed the reconstruction check on {votes[preferred]} of {len(choices)} "
+                                     "images"}
+    names = sorted({k for c in choices for k in c["scores"]})
+    med = {k: float(np.median([c["scores"].get(k) if c["scores"].get(k) is not None else 0.0 for c in choices]))
            for k in names}
-    chosen, reason = decide(med, preferred, margin)
-    votes = {k: sum(c["chosen"] == k for c in choices) for k in names}
-    return chosen, {"median_scores": {k: round(v, 4) for k, v in med.items()}, "per_image_choices": votes,
-                    "reason": reason}
+    classic = [k for k in names if k != preferred]
+    if not med:  # no pilot ran: the images' own choices
+        chosen = max(votes, key=lambda k: (votes[k], k != preferred))
+        reason = f"{chosen} was chosen for {votes[chosen]} of {len(choices)} images"
+    else:
+        chosen, reason = decide({k: med[k] for k in classic} or med, classic[0] if classic else preferred, margin)
+    return chosen, {"median_recon_psnr_db": psnr, "median_scores": {k: round(v, 4) for k, v in med.items()},
+                    "per_image_choices": votes, "reason": reason}

@@ -709,7 +709,8 @@ def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, s
     for index in range(start, start + count):
         ph = make_phantom(modality, split, index)
         stem = f"{modality}_{split}_{index:05d}"
-        img8 = np.round(ph.image[..., 0] * 255).astype(np.uint8)
+        colour = not np.array_equal(ph.image[..., 0], ph.image[..., 1])
+        img8 = np.round((ph.image[..., ::-1] if colour else ph.image[..., 0]) * 255).astype(np.uint8)  # BGR
         ok1, img_png = cv2.imencode(".png", img8)
         ok2, mask_png = cv2.imencode(".png", ph.mask.astype(np.uint8) * 255)
         if not (ok1 and ok2):  # pragma: no cover

@@ -132,10 +132,11 @@ def test_nested_fills_only_condition_on_visible_pixels(linear_model: Path, phant
     ({"fill_candidates": ("mae",)}, r"The 'fill_candidates' parameter must be a tuple of two or more distinct fills "
                                     r"from mae, mean, blur, zero\. Got \('mae',\) instead\."),
     ({"fill_candidates": ("mae", "auto")}, r"The 'fill_candidates' parameter must be a tuple of two or more"),
-    ({"pilot_samples": 4}, r"The 'pilot_samples' parameter must be an integer >= 8\. Got 4 instead\."),
+    ({"pilot_samples": 4}, r"The 'pilot_samples' parameter must be 0 or an integer >= 8\. Got 4 instead\."),
     ({"fill_margin": -0.1}, r"The 'fill_margin' parameter must be a float in the range \[0, inf\)\. Got -0\.1 instead\."),
-    ({"n_samples": 40}, r"The 'n_samples' parameter must be at least 49 with fill 'auto' \(3 candidates x 8 pilot "
-                        r"samples, as many again for the chosen fill, and the image\), or choose a fill\. Got 40 instead\."),
+    ({"n_samples": 30}, r"The 'n_samples' parameter must be at least 33 with fill 'auto' \(2 piloted candidates x 8 "
+                        r"pilot samples, as many again for the chosen fill, and the image\), or choose a fill\. "
+                        r"Got 30 instead\."),
     ({"lambda1": -1}, r"The 'lambda1' parameter must be a float in the range \[0, inf\)\. Got -1 instead\."),
     ({"kernel_width": float("nan")}, r"The 'kernel_width' parameter must be a float in the range \(0, inf\)\."),
 ])

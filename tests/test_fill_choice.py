@@ -37,21 +37,35 @@ def trigger_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, 
 def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
     image, model_path, painter = trigger_case
     with OnnxAdapter(model_path) as model:
-        # The painter as the preferred candidate: hiding a planted patch repaints it, so the answer never moves.
+        # The painter as the MAE: hiding a planted patch repaints it, so the answer never moves; its
+        # reconstruction of the image's own hidden pixels is far worse than a blur's, so auto leaves it.
         exp = Explainer(model, ExplainConfig(n_samples=300), mae_path=painter).explain(image, target=1, rng=0)
         forced = Explainer(model, ExplainConfig(fill="mae", n_samples=300), mae_path=painter).explain(image, target=1,
                                                                                                       rng=0)
-    assert exp.fill["mode"] == "auto" and exp.fill["chosen"] in ("mean", "blur")
-    assert exp.fill["scores"]["mae"] is None and exp.fill["response_sd"]["mae"] < 0.01
-    assert exp.fill["scores"][exp.fill["chosen"]] > 0.9  # linear in the planted patches: held-out R^2 near 1
-    assert exp.fill["reason"] == f"the answer did not move with mae; {exp.fill['chosen']} scored highest"
+    fill = exp.fill
+    assert fill["mode"] == "auto" and fill["chosen"] in ("mean", "blur")
+    psnr = fill["recon_psnr_db"]
+    assert psnr["mae"] < psnr["blur"] - 5  # painting 0.9 into a 0.3 image
+    assert fill["reason"].startswith(f"the MAE reconstructs this image's hidden pixels {psnr['blur'] - psnr['mae']:.2f} "
+                                     "dB worse than a blur; ")
+    assert set(fill["scores"]) == {"mean", "blur"} and fill["scores"][fill["chosen"]] > 0.8  # linear in the planted
     top4 = np.argsort(-exp.patch_weights.reshape(-1))[:4]
     assert sorted(top4.tolist()) == sorted(PLANTED)
-    assert exp.queries == 300 and exp.fill["queries_spent_on_choice"] == 2 * exp.fill["pilot_samples_per_fill"]
-    assert exp.r2_heldout > 0.9 and not exp.warnings
+    n = fill["pilot_samples_per_fill"]
+    assert exp.queries == 300 and fill["queries_spent_on_choice"] == n  # the other classic fill's pilot
+    assert exp.r2_heldout > 0.9 and exp.r2_evidence > 0.9 and not exp.warnings
     # Forced, the painter gives a flat answer and an empty-evidence map, and the report says so.
     assert forced.fill == {"mode": "fixed", "chosen": "mae"}
     assert any("hardly moved under masking" in w for w in forced.warnings)
+
+
+def test_auto_keeps_the_mae_where_it_knows_the_images_and_then_costs_no_query(phantom_image, linear_model) -> None:
+    with OnnxAdapter(linear_model) as model:
+        auto = Explainer(model, ExplainConfig(n_samples=200)).explain(phantom_image, target=1, rng=3)
+        mae = Explainer(model, ExplainConfig(fill="mae", n_samples=200)).explain(phantom_image, target=1, rng=3)
+    assert auto.fill["chosen"] == "mae" and auto.fill["queries_spent_on_choice"] == 0 and auto.fill["scores"] == {}
+    assert auto.fill["recon_psnr_db"]["mae"] > auto.fill["recon_psnr_db"]["blur"]  # a chest phantom: its own domain
+    np.testing.assert_array_equal(auto.saliency, mae.saliency)  # then the map is the MAE map, bit for bit
 
 
 def test_auto_is_deterministic_for_a_seed_and_stays_within_the_budget(trigger_case) -> None:
@@ -61,16 +75,18 @@ def test_auto_is_deterministic_for_a_seed_and_stays_within_the_budget(trigger_ca
         a, b, c = (ex.explain(image, target=1, rng=s, keep_samples=True) for s in (7, 7, 8))
     np.testing.assert_array_equal(a.saliency, b.saliency)
     assert a.fill["scores"] == b.fill["scores"] and a.queries == b.queries == c.queries == 200
-    # Every candidate's pilot was queried: 200 images in all, of which the chosen fill's samples are kept.
+    # Both classic candidates' pilots were queried: 200 images in all, of which the chosen fill's are kept.
     n_pilot = a.fill["pilot_samples_per_fill"]
-    assert n_pilot == 32 and len(a.samples["visible"]) == 200 - 2 * n_pilot
+    assert n_pilot == ExplainConfig().pilot_per_fill and len(a.samples["visible"]) == 200 - n_pilot
     assert not np.array_equal(a.saliency, c.saliency)
 
 
 def test_a_small_budget_shrinks_the_pilot() -> None:
-    assert ExplainConfig(n_samples=100).pilot_per_fill == 16
-    assert ExplainConfig(n_samples=1000).pilot_per_fill == 32
-    assert ExplainConfig(n_samples=49).pilot_per_fill == 8
+    n = ExplainConfig().pilot_samples
+    assert ExplainConfig(n_samples=1000).pilot_per_fill == n
+    assert ExplainConfig(n_samples=4 * n - 3).pilot_per_fill == n - 1  # the chosen fill keeps >= 2 pilots' worth
+    assert ExplainConfig(n_samples=33).pilot_per_fill == 8
+    assert ExplainConfig(n_samples=20, pilot_samples=0).pilot_per_fill == 0  # no pilot: no minimum
 
 
 def test_heldout_r2_tells_a_linear_answer_from_noise() -> None:
@@ -107,10 +123,11 @@ def test_low_fidelity_warning_names_r2_and_what_to_try(tmp_path: Path) -> None:
     assert exp.response_sd > 0.1  # the answer moves a lot ...
     assert exp.r2_heldout < 0.1  # ... but not as any linear function of the patches
     low = [w for w in exp.warnings if w.startswith("Low fidelity")]
-    assert low == [f"Low fidelity: the surrogate predicts held-out answers with R^2 {exp.r2_heldout:.3f} (below 0.1) "
-                   "with the zero fill, so the map explains little of how the answer moves. Try another --fill (auto "
-                   "chooses among mae, mean and blur), an MAE fitted on your images (--mae) or more --samples "
-                   "(used 300)."]
+    assert exp.r2_evidence < 0.1
+    assert low == [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {exp.r2_evidence:.3f} "
+                   "(below 0.1) with the zero fill, so the map's evidence is weak or the fill adds evidence of its own. "
+                   "Try another --fill (auto chooses among mae, mean and blur), an MAE fitted on your images "
+                   "(blackbox-lime mae fit) or more --samples (used 300)."]
 
 
 def _write_pngs(folder: Path, images: list[np.ndarray]) -> list[Path]:
@@ -133,12 +150,13 @@ def test_calibrate_writes_the_choice_and_explain_uses_it(trigger_case, tmp_path:
                      "--out", str(fill_toml), "--quiet"]) == 0
     cal = tomllib.loads(fill_toml.read_text())
     assert cal["fill"]["chosen"] in ("mean", "blur") and cal["fill"]["candidates"] == ["mae", "mean", "blur"]
-    assert cal["fill"]["median_scores"]["mae"] == 0.0  # the painter never moved the answer
+    assert cal["fill"]["median_recon_psnr_db"]["mae"] < cal["fill"]["median_recon_psnr_db"]["blur"] - 5  # the painter
+    assert set(cal["fill"]["median_scores"]) == {"mean", "blur"} and cal["fill"]["per_image_choices"]
     assert cal["evidence"]["images"] == 3 and cal["evidence"]["pilot_samples_per_fill"] == 64
-    assert cal["evidence"]["queries"] == 3 * (1 + 3 * 64) and len(cal["evidence"]["images_sha256"]) == 64
+    assert cal["evidence"]["queries"] == 3 * (1 + 2 * 64) and len(cal["evidence"]["images_sha256"]) == 64
     assert cal["evidence"]["model"]["sha256"] and cal["evidence"]["mae"]["file"] == "painter.onnx"
     assert capsys.readouterr().err.startswith(f"{fill_toml}: fill {cal['fill']['chosen']} for 3 images (median "
-                                              "held-out R2: mae 0.000, mean ")
+                                              "reconstruction PSNR: mae ")
     out = tmp_path / "out"
     png = next((tmp_path / "site" / "sub").glob("case0.png"))
     assert cli.main(["explain", str(png), "--model", str(model_path), "--mae", str(painter), "--calibration",

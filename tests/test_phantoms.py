@@ -113,3 +113,12 @@ def test_noise_seed_redraws_only_the_acquisition_noise(modality: str) -> None:
 
     raw, smoothed = np.abs(a.image - b.image).mean(), np.abs(smooth(a.image) - smooth(b.image)).mean()
     assert smoothed < 0.25 * raw
+
+
+def test_write_phantoms_keeps_a_colour_family_in_colour(tmp_path) -> None:
+    from blackbox_lime.image_io import load_image
+
+    write_phantoms(tmp_path, "fundus", "val", 1)
+    pixels = load_image(tmp_path / "fundus_val_00000.png").pixels
+    assert pixels.shape == (224, 224, 3)
+    assert np.abs(pixels - make_phantom("fundus", "val", 0).image).max() <= 0.5 / 255 + 1e-6
