@@ -1,0 +1,39 @@
+"""The val rules of bench_fill: the reconstruction gate and the per-group ratios (no queries)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from blackbox_lime import bench_fill
+
+
+def _case(group: tuple[str, str], psnr_mae: float, psnr_blur: float, auprc: dict[str, float], rng) -> tuple:
+    rec = {"model": group[0], "family": group[1], "index": 0, "p0": 0.9,
+           "recon_psnr": {"mae": psnr_mae, "blur": psnr_blur},
+           "fixed": {f: {"auprc": a, "r2_heldout": 0.2, "r2_evidence": 0.2} for f, a in auprc.items()}}
+    raw = {}
+    for b in bench_fill.BLOCKS:
+        n_blocks = int(np.ceil(14 / b)) ** 2
+        for f in bench_fill.FIXED:
+            design = rng.random((max(bench_fill.PILOTS), n_blocks)) < 0.5
+            raw[f"{b}/{f}/design"] = design
+            raw[f"{b}/{f}/y"] = 0.9 - 0.3 * (~design[:, 0]) + rng.normal(0, 0.01, len(design))
+    return rec, raw
+
+
+def test_the_gate_keeps_the_mae_in_its_domain_and_leaves_it_elsewhere() -> None:
+    rng = np.random.default_rng(0)
+    known = [_case(("demo_cnn", "chest_xray"), 30.0, 25.0, {"mae": 0.8, "mean": 0.1, "blur": 0.3}, rng) for _ in range(3)]
+    unseen = [_case(("colour_cnn", "fundus"), 15.0, 26.0, {"mae": 0.01, "mean": 0.5, "blur": 0.2}, rng) for _ in range(3)]
+    records = [r for r, _ in known + unseen]
+    raws = [w for _, w in known + unseen]
+    assert bench_fill.gated_choice(records[0], raws[0], 0.5, "mean") == ("mae", 0)
+    assert bench_fill.gated_choice(records[3], raws[3], 0.5, "mean") == ("mean", 0)
+    assert bench_fill.gated_choice(records[3], raws[3], 12.0, "mean") == ("mae", 0)  # a margin wider than the gap
+    fill, queries = bench_fill.gated_choice(records[3], raws[3], 0.5, "pilot 16/2/0.1")
+    assert fill in ("mean", "blur") and queries == 32
+    result = bench_fill.choose_rule(records, raws)
+    best = result["chosen"]
+    # The gate with "mean" after it picks the best fill in both groups: ratio 1 everywhere, no pilot query.
+    assert best["min_ratio"] == 1.0 and best["pilot_queries"] == 0 and best["scorer"].startswith("gate ")
+    assert best["picks"] == {"mae": 3, "mean": 3, "blur": 0}
