@@ -181,11 +181,16 @@ def choose_rule(records: list[dict[str, Any]], raws: list[dict[str, np.ndarray]]
     return {"rules": rules, "chosen": best}
 
 
+# The warning's threshold: the one with the highest Youden's J (share of weak maps flagged minus share of good
+# maps flagged) on val.
+THRESHOLDS = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
+
+
 def _threshold_table(records: list[dict[str, Any]]) -> list[str]:
     """Evidence R^2 (held-out, the warning's measure) of maps that find the lesion (AUPRC >= 0.3) against maps
     that do not (< 0.1); a map whose answer did not move counts as flagged (it gets the weak-map warning)."""
     rows = []
-    for t in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3):
+    for t in THRESHOLDS:
         good = bad = good_flag = bad_flag = 0
         for rec in records:
             for f in FIXED:
@@ -197,9 +202,12 @@ def _threshold_table(records: list[dict[str, Any]]) -> list[str]:
                 elif r["auprc"] < 0.1:
                     bad += 1
                     bad_flag += r2 < t
-        rows.append(f"| {t:g} | {bad_flag}/{bad} | {good_flag}/{good} |")
-    return ["| threshold on evidence R^2 | weak maps (AUPRC < 0.1) flagged | good maps (AUPRC >= 0.3) flagged |",
-            "|---|---|---|"] + rows
+        rows.append((bad_flag / max(bad, 1) - good_flag / max(good, 1), t,
+                     f"| {t:g} | {bad_flag}/{bad} | {good_flag}/{good} | {bad_flag / max(bad, 1) - good_flag / max(good, 1):.3f} |"))
+    best = max(rows)[1]
+    return ["| threshold on evidence R^2 | weak maps (AUPRC < 0.1) flagged | good maps (AUPRC >= 0.3) flagged | "
+            "Youden's J |", "|---|---|---|---|"] + [line.replace(f"| {t:g} |", f"| {t:g} **chosen** |", 1)
+                                                   if t == best else line for _, t, line in rows]
 
 
 def tune_markdown(result: dict[str, Any]) -> str:

@@ -51,17 +51,22 @@ class ExplainConfig:
         ``fill_candidates`` per image by the surrogate's held-out fidelity on a pilot share of the
         budget (blackbox_lime/fill_choice.py); the total queries stay ``n_samples``.
     fill_candidates : tuple of str, default ("mae", "mean", "blur")
-        The fills "auto" chooses among; the first is preferred (kept unless another beats its
-        held-out R^2 by more than ``fill_margin``).
+        The fills "auto" chooses among. The MAE is judged by the reconstruction check, the others (the
+        first preferred) by a pilot.
+    recon_margin_db : float, default 2.0
+        "auto": the MAE is used when its PSNR on the image's own hidden pixels (8 fixed masks hiding half
+        the patches) is at most this many dB below a blur's; no query is spent then.
     pilot_samples : int, default 32
-        "auto": pilot samples per candidate (masks over blocks of ``pilot_block`` x ``pilot_block``
-        patches). The chosen fill's pilot samples are reused; the others' (``pilot_samples`` x
-        (candidates - 1)) are the price of the choice. Lowered for a small ``n_samples``
-        (:attr:`pilot_per_fill`). Chosen on val (docs/tune_val/fill.md).
+        "auto", when the MAE fails the check: pilot samples per classic candidate (masks over blocks of
+        ``pilot_block`` x ``pilot_block`` patches), scored by the evidence fit's held-out R^2. The
+        chosen fill's pilot samples are reused; the other's are the price of the choice. Lowered for
+        a small ``n_samples`` (:attr:`pilot_per_fill`); 0 takes the first classic candidate without a pilot.
     pilot_block : int, default 2
         "auto": side of the pilot's mask blocks, in patches.
-    fill_margin : float, default 0.05
-        "auto": how much higher another candidate's held-out R^2 must be to replace the preferred fill.
+    fill_margin : float, default 0.0
+        "auto": how much higher another classic candidate's score must be to replace the first.
+        recon_margin_db, pilot_samples, pilot_block and fill_margin were chosen together on val
+        (``python -m blackbox_lime.bench_fill --split val``, docs/tune_val/fill/table.md).
     nested_samples : int, default 3
         Samples that share one MAE reconstruction. A group's first mask hides the most patches;
         the others reveal a random part of its hidden patches again, so every fill is conditioned
@@ -126,8 +131,8 @@ class ExplainConfig:
     fill_candidates: tuple[str, ...] = ("mae", "mean", "blur")
     pilot_samples: int = 32
     pilot_block: int = 2
-    fill_margin: float = 0.05
-    recon_margin_db: float = 0.5
+    fill_margin: float = 0.0
+    recon_margin_db: float = 2.0
     nested_samples: int = 3
     kernel_width: float = 1.0
     lambda1: float = 0.07

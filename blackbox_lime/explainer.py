@@ -417,9 +417,9 @@ def _chain(first: InputTransform, second: InputTransform) -> InputTransform:
 WEAK_RESPONSE_SD = 0.01
 
 
-# Below this held-out R^2 of the evidence fit a map is flagged as of low fidelity: chosen on val
-# (docs/tune_val/fill.md).
-LOW_FIDELITY_R2 = 0.1
+# Below this held-out R^2 of the evidence fit a map is flagged as of low fidelity: the highest Youden's J on val
+# (docs/tune_val/fill/table.md: 37 of 44 weak maps flagged, 11 of 60 good ones).
+LOW_FIDELITY_R2 = 0.02
 
 
 def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig) -> list[str]:
