@@ -257,7 +257,7 @@ def _medlime(adapter: OnnxAdapter, image: np.ndarray, target: int, fill: str, sa
         image, target=target, rng=seed)
     return e.saliency, {"r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
                         "r2_evidence": None if not np.isfinite(e.r2_evidence) else e.r2_evidence,
-                        "low_fidelity": any(w.startswith("Low fidelity") for w in e.warnings),
+                        "low_fidelity": any(w.startswith(("Low fidelity", "Fill off")) for w in e.warnings),
                         "chosen": e.fill["chosen"], "fill_choice_s": e.timings["fill_choice"]}
 
 
@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=1000, help="queries per explanation")
     p.add_argument("--calibrate-images", type=int, default=8, help="test: val images per group for calibrate")
     p.add_argument("--groups", default="", help="comma list of model/family groups (default all)")
+    p.add_argument("--join", default=None, metavar="DIR",
+                   help="test: keep the records of the groups this run does not run from DIR's results.json")
     p.add_argument("--site-mae", action="append", default=[], metavar="FAMILY=PATH",
                    help="test: also run GM with this MAE (blackbox-lime mae fit on the family's train split)")
     p.add_argument("--seed", type=int, default=0)
@@ -389,10 +391,20 @@ def main(argv: list[str] | None = None) -> int:
     a.site_mae = dict(item.split("=", 1) for item in a.site_mae)
     t0 = time.perf_counter()
     result = tune(a) if a.split == "val" else report(a)
+    if a.join:
+        old = json.loads((Path(a.join) / "results.json").read_text())
+        ran = {f"{r['model']}/{r['family']}" for r in result["records"]}
+        result["records"] = [r for r in old["records"] if f"{r['model']}/{r['family']}" not in ran] + result["records"]
+        result["calibrations"] = {**old["calibrations"], **result["calibrations"]}
+        result["joined_from"] = {"commit": old.get("commit"), "groups": sorted({f"{r['model']}/{r['family']}"
+                                                                                for r in old["records"]} - ran)}
     md = tune_markdown(result) if a.split == "val" else report_markdown(result)
     minutes = (time.perf_counter() - t0) / 60
     header = (f"`python -m blackbox_lime.bench_fill {' '.join(argv if argv is not None else sys.argv[1:])}` "
               f"at commit {git_commit()}, {minutes:.1f} min, {a.samples} queries per explanation.\n\n")
+    if a.join:
+        header += (f"Groups {', '.join(result['joined_from']['groups'])} are kept from `{a.join}` (commit "
+                   f"{result['joined_from']['commit']}).\n\n")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(header + md)

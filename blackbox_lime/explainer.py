@@ -255,9 +255,15 @@ class Explainer:
         warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
                                       info.class_names[target])
         warnings += _low_fidelity_warnings(r2_evidence, filler.name, cfg)
+        fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
+        if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
+            t = time.perf_counter()
+            psnr = recon_psnr(canvas, {"mae": filler, "blur": make_filler("blur", cfg.patch_size)}, grid)
+            timings["fill_choice"] = time.perf_counter() - t
+            fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
+            warnings += _off_domain_warnings(psnr, cfg)
         for w in warnings:
             log.info("weak map: %s", w)
-        fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
         return Explanation(
             saliency=saliency,
             patch_weights=model.coef_.reshape(grid.rows, grid.cols),
@@ -431,6 +437,16 @@ def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig) ->
     return [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
             f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
             f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}."]
+
+
+def _off_domain_warnings(psnr: dict[str, float], cfg: ExplainConfig) -> list[str]:
+    gap = psnr["blur"] - psnr["mae"]
+    if gap <= cfg.recon_margin_db:
+        return []
+    return [f"Fill off the image's domain: the MAE reconstructs this image's hidden pixels {gap:.1f} dB worse than a "
+            f"blur ({psnr['mae']:.1f} vs {psnr['blur']:.1f} dB; the MAE is trusted within {cfg.recon_margin_db:g} dB), so "
+            "its fills may add or keep evidence of their own. Try --fill auto, a site calibration (blackbox-lime "
+            "calibrate) or an MAE fitted on your images (blackbox-lime mae fit)."]
 
 
 def _describe(filler: Filler) -> dict[str, Any]:

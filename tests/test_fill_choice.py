@@ -54,9 +54,16 @@ def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
     n = fill["pilot_samples_per_fill"]
     assert exp.queries == 300 and fill["queries_spent_on_choice"] == n  # the other classic fill's pilot
     assert exp.r2_heldout > 0.9 and exp.r2_evidence > 0.9 and not exp.warnings
-    # Forced, the painter gives a flat answer and an empty-evidence map, and the report says so.
-    assert forced.fill == {"mode": "fixed", "chosen": "mae"}
+    # Forced, the painter gives a flat answer and an empty-evidence map, and the report says so twice: the answer
+    # hardly moved, and the "MAE" fails the reconstruction check that auto applies.
+    assert forced.fill["mode"] == "fixed" and forced.fill["chosen"] == "mae"
+    assert forced.fill["recon_psnr_db"] == {k: round(v, 2) for k, v in psnr.items()}
     assert any("hardly moved under masking" in w for w in forced.warnings)
+    off = [w for w in forced.warnings if w.startswith("Fill off the image's domain: the MAE reconstructs this image's "
+                                                      "hidden pixels ")]
+    assert len(off) == 1 and off[0].endswith(
+        "dB; the MAE is trusted within 2 dB), so its fills may add or keep evidence of their own. Try --fill auto, a "
+        "site calibration (blackbox-lime calibrate) or an MAE fitted on your images (blackbox-lime mae fit).")
 
 
 def test_auto_keeps_the_mae_where_it_knows_the_images_and_then_costs_no_query(phantom_image, linear_model) -> None:
