@@ -3,7 +3,9 @@
     explainer = Explainer(adapter, ExplainConfig(stta=True), bank="bank.npz")   # any adapters.ClassifierAdapter
     explanation = explainer.explain(image, target=None, rng=0)
 
-The three parts of MedLIME: GM (``config.fill="mae"``, blackbox_lime/generative_masking.py), STTA
+The three parts of MedLIME: GM (the MAE fill, blackbox_lime/generative_masking.py; the default
+``config.fill="auto"`` keeps it where the MAE knows the image and otherwise picks a classic fill,
+blackbox_lime/fill_choice.py), STTA
 (``config.stta``, blackbox_lime/test_time_adaptation.py: every queried image passes through the
 adapted transform) and EBR (``bank=``, blackbox_lime/evidence_bank.py: the evidence prior w_ref of the
 surrogate). ``input_transform`` and ``reference`` remain open for other transforms and priors.
