@@ -45,7 +45,7 @@ def test_fit_writes_the_contract_the_facts_and_a_card(fitted) -> None:
     from blackbox_lime.generative_masking import MAEFiller
     from blackbox_lime.image_io import load_image
 
-    d, out, paths = fitted
+    _, out, paths = fitted
     assert sorted(p.name for p in out.parent.iterdir()) == ["site_mae.card.json", "site_mae.embed.onnx", "site_mae.onnx"]
     filler = MAEFiller(out)
     assert (filler.size, filler.patch, filler.channels) == (224, 16, 3)
@@ -76,7 +76,7 @@ def test_fit_writes_the_contract_the_facts_and_a_card(fitted) -> None:
 
 
 def test_explain_uses_the_fitted_mae(fitted, tmp_path: Path, linear_model: Path) -> None:
-    d, out, paths = fitted
+    _, out, paths = fitted
     assert cli.main(["explain", str(paths[0]), "--model", str(linear_model), "--mae", str(out), "--fill", "mae",
                      "--samples", "40", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     report = json.loads((tmp_path / "o" / "img00.json").read_text())
