@@ -76,7 +76,7 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
         per_image.append(explainer.choose_fill(image, target=target, rng=seed + i).summary())
         if progress is not None:
             progress(1)
-    chosen, evidence = summarise_choices(per_image, cfg.fill_candidates[0], cfg.fill_margin)
+    chosen, evidence = summarise_choices(per_image, cfg.fill_candidates, cfg.fill_margin)
     evidence.update(candidates=list(cfg.fill_candidates), pilot_samples_per_fill=cfg.pilot_per_fill,
                     margin=cfg.fill_margin, images=len(per_image), queries=adapter.queries - q0,
                     seconds=round(time.perf_counter() - t0, 2))

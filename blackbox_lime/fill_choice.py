@@ -1,24 +1,25 @@
-"""Robust fill: choose how hidden patches are filled by how well the local surrogate explains the answers.
+"""Robust fill: choose how hidden patches are filled so that the map holds up on the site's own domain.
 
 GM's MAE keeps perturbed images on the data manifold only where the MAE fits the site's images. On a
-domain it has not seen it can paint lesion-like content into the hidden patches, so hiding a lesion
-no longer removes it and the map is noise; a flat fill (the image mean) is then the better choice.
-Which fill suits an image is not known in advance, but the model's answers say it, without labels:
-the fill under which a linear model of the patches predicts the answers best on samples it was not
-fitted to (held-out R^2) is the one under which hiding a patch removes what it holds.
+domain it has not seen it can paint content the classifier reads as evidence (grey fills on a colour
+image), so hiding a lesion no longer removes it and the map is noise; a classic fill is then the
+better choice. ``fill="auto"`` (the default) decides per image, without labels (docs/robust_fill.md):
 
-``fill="auto"`` (the default) therefore spends a small pilot share of the query budget on each
-candidate fill, with masks drawn over a coarse grid (blocks of ``pilot_block`` x ``pilot_block``
-patches, so that a few dozen samples determine a model of few features), scores every candidate by
-its cross-validated R^2, and spends the rest of the budget on the chosen fill. The chosen fill's
-pilot samples are valid samples of the final design (a hidden block hides its patches) and are
-reused; only the other candidates' pilot queries are spent on the choice.
+1. **Reconstruction check, no queries** (:func:`recon_psnr`): the MAE and a blur fill the hidden
+   pixels of a fixed set of half-masks of the image itself. The MAE is used when its PSNR is within
+   ``recon_margin_db`` of the blur's.
+2. **Otherwise a pilot between the classic fills** (mean, blur): masks over coarse blocks
+   (:func:`coarse_design`), each fill scored by the held-out R^2 of the evidence fit
+   (:func:`evidence_r2`, every patch weight >= 0) and the first kept unless another beats it by
+   ``fill_margin`` (:func:`decide`). The chosen fill's pilot samples are valid samples of the final
+   design and are reused; only the other fill's pilot queries are spent on the choice.
 
-    scores = {fill: heldout_r2(coarse_visible, y, kernel, surrogate_options) for each candidate}
-    chosen = the preferred fill (the MAE) unless another beats it by more than ``margin``
+The signed surrogate's own held-out R^2 (:func:`heldout_r2`) was the first criterion; on the colour
+family it rewarded the MAE's grey fills, which move the answer linearly without removing the
+lesion, and it is kept as a reported number and for the val comparison of scorers.
 
 A site that wants every map of a study made with the same fill fixes it once with
-``blackbox-lime calibrate`` (:func:`summarise_choices`), and ``explain --calibration`` then skips the pilot.
+``blackbox-lime calibrate`` (:func:`summarise_choices`), and ``explain --calibration`` then skips the choice.
 """
 
 from __future__ import annotations
@@ -49,12 +50,16 @@ class FillChoice:
     Attributes
     ----------
     chosen : the fill used for the explanation.
-    scores : held-out R^2 per candidate on its pilot samples; None where the answer did not move.
-    response_sd : kernel-weighted spread of P(target) per candidate over its pilot samples.
-    pilot_samples : pilot samples per candidate.
+    scores : the evidence fit's held-out R^2 per piloted candidate; None where the answer did not move;
+        empty when no pilot ran (the MAE passed the reconstruction check).
+    response_sd : kernel-weighted spread of P(target) per piloted candidate.
+    pilot_samples : pilot samples per piloted candidate (0 when none ran).
     queries_spent : pilot queries not reused by the explanation (the other candidates').
-    seconds : wall time of the pilot and the scoring, the chosen fill's pilot included.
-    preferred, margin : the rule: ``preferred`` unless another candidate's score exceeds its by ``margin``.
+    seconds : wall time of the check, the pilot and the scoring; the pilot's fill and classifier time is
+        also counted in those stages of the explanation's timings.
+    preferred, margin : the pilot's rule: ``preferred`` unless another candidate's score exceeds its by ``margin``.
+    reason : the decision in words.
+    recon_psnr, recon_margin_db : the reconstruction check (PSNR in dB of the MAE and the blur) and its margin.
     """
 
     chosen: str
@@ -122,11 +127,12 @@ def coarse_design(rng: np.random.Generator, grid: PatchGrid, n: int, ratios: tup
 
 def heldout_r2(visible: np.ndarray, y: np.ndarray, kernel: np.ndarray, anchor: tuple[np.ndarray, float] | None,
                surrogate: dict[str, Any], folds: int = CV_FOLDS) -> float:
-    """Cross-validated, kernel-weighted R^2 of the sparse surrogate: how well it predicts answers it was not fitted to.
+    """Cross-validated, kernel-weighted R^2 of a surrogate fit: how well it predicts answers it was not fitted to.
 
     visible : bool (n, F) the design; y : (n,) the answers; kernel : (n,) proximity weights.
     anchor : the unperturbed image's (visible row (F,), answer), in every training fold, or None.
-    surrogate : keyword arguments of :class:`~blackbox_lime.surrogate.SparseSurrogate`.
+    surrogate : keyword arguments of :class:`~blackbox_lime.surrogate.SparseSurrogate`, or
+        ``{"positive": True, "ridge": r}`` for the evidence fit (non-negative weights, ridge ``r``).
     Rows are split into ``folds`` interleaved folds; each held-out answer is predicted by the fit on the
     others, and 1 - SSE / SST is taken over all held-out rows, SST around each training fold's weighted mean.
     """
@@ -205,9 +211,14 @@ def score_pilot(coarse: np.ndarray, y: np.ndarray, y0: float, kernel_width: floa
     return heldout_r2(coarse, y, kernel, anchor, surrogate), sd
 
 
-def summarise_choices(choices: list[dict[str, Any]], preferred: str, margin: float) -> tuple[str, dict[str, Any]]:
-    """One fill for a whole site from per-image ``FillChoice.summary()`` records: the rule applied to the
-    median score of each candidate over the images (an image where a candidate did not move counts as 0)."""
+def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...], margin: float
+                      ) -> tuple[str, dict[str, Any]]:
+    """One fill for a whole site from per-image ``FillChoice.summary()`` records.
+
+    The MAE when it passed the reconstruction check on more than half of the images;
+    otherwise :func:`decide` over the classic candidates' median pilot scores (an image where a candidate
+    did not move counts as 0), the first classic candidate preferred as in ``fill="auto"``; without pilot
+    scores, the fill most images chose."""
     if not choices:
         raise ValueError("No image was scored; give at least one readable image.")
     votes: dict[str, int] = {}
@@ -215,18 +226,16 @@ def summarise_choices(choices: list[dict[str, Any]], preferred: str, margin: flo
         votes[c["chosen"]] = votes.get(c["chosen"], 0) + 1
     psnr = {k: float(np.median([c["recon_psnr_db"][k] for c in choices if k in c["recon_psnr_db"]]))
             for k in choices[0].get("recon_psnr_db", {})}
-    if psnr and votes.get(preferred, 0) * 2 > len(choices):
-        return preferred, {"median_recon_psnr_db": psnr, "median_scores": {}, "per_image_choices": votes,
-                           "reason": f"the MAE passed the reconstruction check on {votes[preferred]} of {len(choices)} "
-                                     "images"}
-    names = sorted({k for c in choices for k in c["scores"]})
-    med = {k: float(np.median([c["scores"].get(k) if c["scores"].get(k) is not None else 0.0 for c in choices]))
-           for k in names}
-    classic = [k for k in names if k != preferred]
-    if not med:  # no pilot ran: the images' own choices
-        chosen = max(votes, key=lambda k: (votes[k], k != preferred))
+    mae = "mae"
+    if psnr and votes.get(mae, 0) * 2 > len(choices):
+        return mae, {"median_recon_psnr_db": psnr, "median_scores": {}, "per_image_choices": votes,
+                     "reason": f"the MAE passed the reconstruction check on {votes[mae]} of {len(choices)} images"}
+    classic = [k for k in candidates if k != mae and any(k in c["scores"] for c in choices)]
+    med = {k: float(np.median([c["scores"].get(k) or 0.0 for c in choices])) for k in classic}
+    if med:
+        chosen, reason = decide(med, classic[0], margin)
+    else:  # no pilot ran: the images' own choices
+        chosen = max(votes, key=lambda k: (votes[k], k != mae))
         reason = f"{chosen} was chosen for {votes[chosen]} of {len(choices)} images"
-    else:
-        chosen, reason = decide({k: med[k] for k in classic} or med, classic[0] if classic else preferred, margin)
     return chosen, {"median_recon_psnr_db": psnr, "median_scores": {k: round(v, 4) for k, v in med.items()},
                     "per_image_choices": votes, "reason": reason}
