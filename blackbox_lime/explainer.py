@@ -252,18 +252,18 @@ class Explainer:
             evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
         saliency = grid.upsample(model.coef_, image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
-        notes += [n for n in getattr(filler, "notes", []) if n not in notes]
         warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
                                       info.class_names[target])
         warnings += _low_fidelity_warnings(r2_evidence, filler.name, cfg)
         fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
         if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
             t = time.perf_counter()
-            psnr = recon_psnr(canvas, {"mae": filler, "blur": make_filler("blur", cfg.patch_size)}, grid)
+            psnr, gap = self._recon_check(canvas, filler)
             timings["fill_choice"] = time.perf_counter() - t
             fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
-            warnings += _off_domain_warnings(psnr, cfg)
+            warnings += _off_domain_warnings(psnr, gap, cfg)
+        timings["total"] = time.perf_counter() - t_start
+        notes += [n for n in getattr(filler, "notes", []) if n not in notes]
         for w in warnings:
             log.info("weak map: %s", w)
         return Explanation(
@@ -300,9 +300,10 @@ class Explainer:
 
     def choose_fill(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0
                     ) -> FillChoice:
-        """Only the choice of fill "auto" for one image (its pilot queries, no map): what ``calibrate`` runs.
+        """Only the choice of fill "auto" for one image (its check and pilot, no map): what ``calibrate`` runs.
 
-        Costs 1 + candidates x ``pilot_per_fill`` queries; STTA is not applied. Raises ``ValueError``
+        Costs 1 query when the MAE passes the reconstruction check, else 1 + classic candidates x
+        ``pilot_per_fill``; STTA is not applied. Raises ``ValueError``
         unless the config's fill is "auto"."""
         if self.fillers is None:
             raise ValueError("choose_fill needs fill='auto' in the config (and no fixed filler).")
@@ -330,13 +331,11 @@ class Explainer:
         classic = [k for k, f in self.fillers.items() if not isinstance(f, MAEFiller)]
         gate = next((k for k, f in self.fillers.items() if isinstance(f, MAEFiller)), None)
         if gate is not None:
-            reference = self.fillers.get("blur") or make_filler("blur", cfg.patch_size)
-            psnr = recon_psnr(canvas, {gate: self.fillers[gate], "blur": reference}, self.grid)
-            gap = psnr["blur"] - psnr[gate]
+            psnr, gap = self._recon_check(canvas, self.fillers[gate])
             if gap <= cfg.recon_margin_db or not classic:
                 timings["fill_choice"] = time.perf_counter() - t0
                 reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
-                          f"blur ({psnr[gate]:.2f} vs {psnr['blur']:.2f} dB)")
+                          f"blur ({psnr['mae']:.2f} vs {psnr['blur']:.2f} dB)")
                 return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
                                   cfg.recon_margin_db), *none
         lead = (f"the MAE reconstructs this image's hidden pixels {gap:.2f} dB worse than a blur; "
@@ -360,6 +359,14 @@ class Explainer:
         choice = FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), timings["fill_choice"], classic[0],
                             cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db)
         return choice, *pilots[chosen]
+
+    def _recon_check(self, canvas: np.ndarray, mae: Filler) -> tuple[dict[str, float], float]:
+        """The reconstruction check of fill "auto", also run for a forced MAE fill: PSNR (dB) of the MAE and of
+        a blur on the image's own hidden pixels (:func:`~blackbox_lime.fill_choice.recon_psnr`), and the gap
+        blur - MAE. No query is sent."""
+        blur = (self.fillers or {}).get("blur") or make_filler("blur", self.config.patch_size)
+        psnr = recon_psnr(canvas, {"mae": mae, "blur": blur}, self.grid)
+        return psnr, psnr["blur"] - psnr["mae"]
 
     def _sample(self, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
                 transform: InputTransform | None, bar: Any, timings: dict[str, float]) -> np.ndarray:
@@ -441,8 +448,7 @@ def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig) ->
             f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}."]
 
 
-def _off_domain_warnings(psnr: dict[str, float], cfg: ExplainConfig) -> list[str]:
-    gap = psnr["blur"] - psnr["mae"]
+def _off_domain_warnings(psnr: dict[str, float], gap: float, cfg: ExplainConfig) -> list[str]:
     if gap <= cfg.recon_margin_db:
         return []
     return [f"Fill off the image's domain: the MAE reconstructs this image's hidden pixels {gap:.1f} dB worse than a "
