@@ -58,9 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--samples", type=int, default=None, help="perturbed images queried per explanation (default 500)")
         sp.add_argument("--patch-size", type=int, default=None, help="patch side in model-input pixels (default 16)")
         sp.add_argument("--fill", choices=["auto", "mae", "mean", "blur", "zero"], default=None,
-                        help="how hidden patches are filled (default auto: per image, the MAE unless mean or blur fill "
-                             "makes the surrogate predict held-out answers better, judged on a pilot share of "
-                             "--samples)")
+                        help="how hidden patches are filled (default auto: per image, the MAE where it reconstructs "
+                             "the image within 2 dB of a blur, else mean or blur by a pilot share of --samples)")
         sp.add_argument("--calibration", default=None,
                         help="a site calibration (blackbox-lime calibrate): use its fill for every image, no pilot")
         sp.add_argument("--lambda1", type=float, default=None,
@@ -375,10 +374,10 @@ def run_calibrate(a: argparse.Namespace) -> int:
         raise UserError(f"--max-images must be an integer >= 1. Got {a.max_images} instead.")
     loaded, _ = _load_site_images(a.images, a.max_images, "nothing was written.")
     out = Path(a.out)
-    check_writable(out.parent if str(out.parent) else ".")
-    adapter = _adapter(a)
+    adapter = _adapter(a)  # before touching the output folder: a bad model or endpoint leaves nothing behind
     _redact_logs(adapter)
     with adapter:
+        check_writable(out.parent if str(out.parent) else ".")
         target = _target(a.target, adapter.info.class_names)
         bar = _progress(len(loaded), not a.quiet, unit="image")
         try:

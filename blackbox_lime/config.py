@@ -47,9 +47,10 @@ class ExplainConfig:
         when all of a lesion is gone.
     fill : {"auto", "mae", "mean", "blur", "zero"}, default "auto"
         How hidden patches are filled: the local MAE (generative masking), the image's
-        per-channel mean, a strong Gaussian blur of the image, or zeros. "auto" chooses among
-        ``fill_candidates`` per image by the surrogate's held-out fidelity on a pilot share of the
-        budget (blackbox_lime/fill_choice.py); the total queries stay ``n_samples``.
+        per-channel mean, a strong Gaussian blur of the image, or zeros. "auto" keeps the MAE where
+        it reconstructs the image's own hidden pixels within ``recon_margin_db`` of a blur (no query),
+        and otherwise picks a classic fill by a pilot share of the budget (blackbox_lime/fill_choice.py);
+        the total queries stay ``n_samples``.
     fill_candidates : tuple of str, default ("mae", "mean", "blur")
         The fills "auto" chooses among. The MAE is judged by the reconstruction check, the others (the
         first preferred) by a pilot.
