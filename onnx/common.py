@@ -163,6 +163,19 @@ def classifier_metadata(arch: str) -> dict[str, object]:
     }
 
 
+def optimise(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, step: int, total: int, base_lr: float,
+             warmup: int) -> float:
+    """One training step of the classifier scripts: cosine learning rate, backward, gradient norm clipped at 2,
+    update. Returns the loss as a float."""
+    for g in opt.param_groups:
+        g["lr"] = cosine_lr(step, total, base_lr, warmup=warmup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+    opt.step()
+    return float(loss.detach())
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

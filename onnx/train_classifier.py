@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (HERE, MODALITIES, PATCH, DemoCNN, DemoViT, Softmaxed, auroc, classifier_metadata, cosine_lr,
+from common import (HERE, MODALITIES, PATCH, DemoCNN, DemoViT, Softmaxed, auroc, classifier_metadata, optimise,
                     export_onnx, load_split, patch_fill_augment, to_tensor)
 
 
@@ -77,16 +77,10 @@ def main() -> None:
             m = torch.where(flip[:, None, None], m.flip(-1), m)
             if a.fill_aug > 0:
                 x = patch_fill_augment(x, m, gen, p=a.fill_aug)
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, lr, warmup=steps_per_epoch // 2)
             logits, aux = model(x, with_aux=True)
             lesion_patches = F.max_pool2d(m[:, None].float(), PATCH)[:, 0]  # (N, 14, 14)
             loss = F.cross_entropy(logits, y) + F.binary_cross_entropy_with_logits(aux, lesion_patches)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimise(model, opt, loss, step, total, lr, warmup=steps_per_epoch // 2))
             step += 1
         score = evaluate(model, val)
         print(f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} val AUROC "

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import HERE, Softmaxed, auroc, classifier_metadata, cosine_lr, export_onnx, load_split, to_tensor
+from common import HERE, Softmaxed, auroc, classifier_metadata, export_onnx, load_split, optimise, to_tensor
 
 NAMES = {"brain_mri": "brain_cnn", "fundus": "fundus_cnn"}
 
@@ -101,14 +101,8 @@ def main() -> None:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             gain = 0.9 + 0.2 * torch.rand(len(idx), 1, 1, 1, generator=gen)
             x = (x * gain).clamp(0, 1)
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, a.lr, warmup=steps_per_epoch // 2)
             loss = F.cross_entropy(model(x), y)  # the label alone: no lesion masks in training
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimise(model, opt, loss, step, total, a.lr, warmup=steps_per_epoch // 2))
             step += 1
         score = evaluate(model, val)
         print(f"epoch {epoch + 1}/{a.epochs} loss {np.mean(losses):.4f} val AUROC {score:.4f}  "
