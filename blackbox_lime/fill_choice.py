@@ -15,8 +15,8 @@ better choice. ``fill="auto"`` (the default) decides per image, without labels (
    design and are reused; only the other fill's pilot queries are spent on the choice.
 
 The signed surrogate's own held-out R^2 (:func:`heldout_r2`) was the first criterion; on the colour
-family it rewarded the MAE's grey fills, which move the answer linearly without removing the
-lesion, and it is kept as a reported number and for the val comparison of scorers.
+family it rewarded the MAE's grey fills, whose answers a linear model fits well while the maps miss
+the lesion, and it is kept as a reported number and for the val comparison of scorers.
 
 A site that wants every map of a study made with the same fill fixes it once with
 ``blackbox-lime calibrate`` (:func:`summarise_choices`), and ``explain --calibration`` then skips the choice.
