@@ -5,6 +5,8 @@
     blackbox-lime endpoint check (--endpoint PROFILE.toml | --model URL)
     blackbox-lime calibrate IMAGES_OR_FOLDERS ... --model MODEL --out fill.toml   choose the fill once per site
     blackbox-lime mae fit IMAGES_OR_FOLDERS ... --out site_mae.onnx [--minutes 6]   fit GM's MAE to your images
+    blackbox-lime audit run SOURCE --model MODEL --out DIR [explain options] [--budget N]   audit a whole study
+    blackbox-lime audit summary DIR [--json] | audit verify DIR | audit report DIR
     blackbox-lime bank build --cases CASES.csv --out BANK.npz [--source masks|explanations --model MODEL]
     blackbox-lime phantoms --out DIR [--modality M] [--split S] [--count N]
     blackbox-lime bench [--quick] [--split val|test|shifted] ...   the saliency benchmark
@@ -15,7 +17,9 @@ grpc(s)://host:port/NAME (Open Inference Protocol gRPC). --endpoint names a TOML
 URL, preprocessing, auth (token from an environment variable or a file), TLS, limits and budget.
 
 Exit codes: 0 success, 2 a user error (bad image, model, option or output folder; one line, no
-traceback), 1 an internal error (a bug: please report it with the traceback).
+traceback), 1 an internal error (a bug: please report it with the traceback). audit run: 3 when the
+audit completed but some cases failed, 4 when its budget ran out (rerun with a larger --budget to go
+on); audit verify: 1 when a file differs from the provenance manifest.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+EXIT_CASES_FAILED, EXIT_BUDGET = 3, 4  # audit run
 DEMO_IMAGE = "chest_xray_test_00001.png"
 
 log = logging.getLogger("blackbox_lime.cli")
@@ -105,6 +110,23 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--json", action="store_true", help="print the result as one JSON object")
     ck.add_argument("--verbose", action="store_true", help="log what is done")
     remote_options(ck)
+
+    au = sub.add_parser("audit", help="audit a model over a whole study: resumable, each query paid once, shortcut "
+                                      "flags, an HTML report and provenance")
+    au_sub = au.add_subparsers(dest="audit_command")
+    ar = au_sub.add_parser("run", help="explain and flag every case of a study; rerun the same command to resume")
+    ar.add_argument("source", help="a folder of images (searched recursively) or a CSV manifest with the columns "
+                                   "image and optionally id, mask (region of interest), label")
+    ar.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
+    explain_options(ar)
+    for name, text in (("summary", "the study summary and one record per case (also while an audit runs)"),
+                       ("verify", "check every input and output against the provenance manifest (exit 1 if one "
+                                  "differs)"),
+                       ("report", "(re)write DIR/report.html from the audit's store")):
+        sp = au_sub.add_parser(name, help=text)
+        sp.add_argument("dir", help="the audit folder (audit run --out)")
+        if name == "summary":
+            sp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
     bk = sub.add_parser("bank", help="build an evidence bank of historical cases for EBR")
     bk_sub = bk.add_subparsers(dest="bank_command")
@@ -344,6 +366,202 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
                       f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries "
                       f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
     return EXIT_USER if failed else EXIT_OK
+
+
+def run_audit_command(a: argparse.Namespace) -> int:
+    """audit run | summary | verify | report."""
+    from blackbox_lime.audit.store import StoreError
+
+    if a.audit_command is None:
+        raise UserError("Use: blackbox-lime audit run SOURCE --model MODEL --out DIR (or audit summary|verify|report DIR).")
+    try:
+        if a.audit_command == "run":
+            return run_audit(a)
+        return _audit_read(a)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explainer: Any) -> dict[str, Any]:
+    """What an audit's maps depend on, by option name: a resume must give the same values."""
+    from blackbox_lime.outputs import file_sha256
+
+    config: dict[str, Any] = {"source": str(Path(a.source).resolve()),
+                              "--model" if a.endpoint is None else "--endpoint": model}
+    for option, field in _CONFIG_OPTIONS.items():
+        config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
+    config.update({"--seed": a.seed, "--target": a.target, "--frame": a.frame,
+                   "--mae": None if explainer.mae is None else file_sha256(explainer.mae.path),
+                   "--bank": None if a.bank is None else file_sha256(a.bank),
+                   "--calibration": None if a.calibration is None else file_sha256(a.calibration)})
+    return config
+
+
+def run_audit(a: argparse.Namespace) -> int:
+    """Explain and flag every case of a study, resumably; write the report and the provenance manifest."""
+    import secrets
+
+    from adapters.errors import AdapterError
+    from blackbox_lime.audit.answers import StoredAdapter
+    from blackbox_lime.audit.provenance import write_provenance
+    from blackbox_lime.audit.report import write_report
+    from blackbox_lime.audit.runner import AuditRunner
+    from blackbox_lime.audit.source import SourceError, read_source, source_root
+    from blackbox_lime.audit.store import STORE_NAME, AuditStore, config_difference
+    from blackbox_lime.evidence_bank import BankError
+    from blackbox_lime.explainer import Explainer, _progress
+    from blackbox_lime.outputs import check_writable
+
+    if a.out is None:
+        raise UserError("--out is required: the audit folder (rerun the same command to resume).")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {a.out} is a file; give a folder for the audit (new, or one to resume).")
+    store_path = out / STORE_NAME
+    resuming = store_path.is_file()
+    if out.is_dir() and not resuming and any(out.iterdir()):
+        raise UserError(f"--out {a.out} holds other files and no audit; give a new or empty folder.")
+    if a.budget is not None and a.budget < 1:
+        raise UserError(f"--budget must be an integer >= 1. Got {a.budget} instead.")
+    budget, a.budget = a.budget, None  # the audit's budget spans resumes: the store keeps the count
+    old = AuditStore.open(store_path, readonly=True) if resuming else None
+    try:
+        salt = old.get("salt") if old is not None else secrets.token_hex(16)
+        try:
+            cases = read_source(a.source, salt)
+        except SourceError as exc:
+            raise UserError(f"{exc} Nothing was written.") from None
+        cfg = _config(a)
+        adapter = _adapter(a)  # before anything is written: a bad model or endpoint leaves nothing behind
+        _redact_logs(adapter)
+        try:
+            try:
+                explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device, bank=a.bank)
+            except BankError as exc:
+                raise UserError(f"--bank: {exc}") from None
+            except ValueError as exc:
+                raise _as_typed(exc) from None
+            target = _target(a.target, adapter.info.class_names)
+            model = _model_record(a, adapter)
+            if a.calibration is not None:
+                _check_calibration(a, model)
+            config = _audit_config(a, cfg, _model_key(model), explainer)
+            if old is not None:
+                diff = config_difference(old.config, config)
+                if diff is not None:
+                    raise UserError(f"{a.out} holds an audit started with other options: {diff}. Resume it with the "
+                                    "same options, or give a new --out.")
+                then = [c.id for c in old.cases()]
+                if then != [c.id for c in cases]:
+                    raise UserError(f"The source changed since the audit in {a.out} started: {len(then)} cases then, "
+                                    f"{len(cases)} now. Audit the changed study in a new --out.")
+                old.close()
+                old = None
+            check_writable(out)
+            if resuming:
+                store = AuditStore.open(store_path)
+            else:
+                kind = "folder" if Path(a.source).is_dir() else "manifest"
+                store = AuditStore.create(store_path, config, cases, {
+                    "salt": salt, "model": model, "source_kind": kind,
+                    "root": str(source_root(a.source).resolve())})
+            with store:
+                store.put("budget", budget)
+                stored = StoredAdapter(adapter, store, budget)
+                explainer.adapter = stored  # every query of the audit goes through the store
+                counts = store.counts()
+                bar = _progress(len(cases), not a.quiet, unit="case")
+                if hasattr(bar, "update"):
+                    bar.update(counts["done"])
+
+                def progress(case: Any, state: str) -> None:
+                    bar.update(1)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(sent=store.totals()["sent"], failed=store.counts()["failed"], refresh=False)
+
+                runner = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
+                                     target=target, frame=a.frame, salt=salt, progress=progress)
+                try:
+                    result = runner.run()
+                except KeyboardInterrupt:
+                    bar.close()
+                    print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
+                          f"resume the audit in {a.out}.", file=sys.stderr)
+                    return 130
+                finally:
+                    bar.close()
+                import time as _time
+
+                store.put("updated", _time.time())
+                report = write_report(out, store)
+                digest = write_provenance(out, store, source_root(a.source))
+                totals = store.totals()
+        finally:
+            adapter.close()
+    finally:
+        if old is not None:
+            old.close()
+    if a.json:
+        from blackbox_lime.audit.report import study_summary
+
+        with AuditStore.open(store_path, readonly=True) as ro:
+            print(json.dumps(study_summary(ro)["study"]))
+    for case_id, reason in result.failures[:10]:
+        print(f"blackbox-lime: case {case_id} failed: {reason}", file=sys.stderr)
+    print(f"{a.out}: {result.done} of {len(cases)} cases explained, {result.failed} failed, {result.pending} pending; "
+          f"{totals['sent']} images sent in all ({totals['reused']} answers reused from the store). Report: {report}. "
+          f"provenance.json SHA-256 {digest}.", file=sys.stderr)
+    if result.stopped is not None:
+        print(f"blackbox-lime: stopped: {result.stopped}", file=sys.stderr)
+        return EXIT_BUDGET
+    return EXIT_CASES_FAILED if result.failed else EXIT_OK
+
+
+def _audit_read(a: argparse.Namespace) -> int:
+    """audit summary | verify | report DIR."""
+    from blackbox_lime.audit.store import STORE_NAME, AuditStore
+
+    out = Path(a.dir)
+    if a.audit_command == "verify":
+        from blackbox_lime.audit.provenance import verify
+
+        if not out.is_dir():
+            raise UserError(f"{a.dir} is not an audit folder (audit run --out).")
+        ok, message, _ = verify(out)
+        print(f"{a.dir}: {message}" if ok else f"blackbox-lime: verify: {message}", file=sys.stdout if ok else sys.stderr)
+        return EXIT_OK if ok else EXIT_INTERNAL
+    with AuditStore.open(out / STORE_NAME, readonly=a.audit_command == "summary") as store:
+        if a.audit_command == "report":
+            from blackbox_lime.audit.provenance import refresh_report_hashes
+            from blackbox_lime.audit.report import write_report
+
+            path = write_report(out, store)
+            refresh_report_hashes(out)
+            print(f"{path}", file=sys.stderr)
+            return EXIT_OK
+        from blackbox_lime.audit.report import study_summary
+
+        summary = study_summary(store)
+    if a.json:
+        print(json.dumps(summary))
+        return EXIT_OK
+    st = summary["study"]
+    t = st["totals"]
+    lines = [f"audit     {a.dir}: {st['cases']} cases; {st['done']} done, {st['failed']} failed, {st['pending']} pending"
+             + (" (complete)" if st["complete"] else ""),
+             f"queries   {t['sent']} images sent in {t['requests']} requests ({t['retries']} retries); "
+             f"{t['reused']} answers reused from the store" + (f"; budget {st['budget']}" if st["budget"] else ""),
+             f"flagged   {st['flagged_cases']} of {st['done']} explained cases"
+             + "".join(f"; {f} {d['cases']}" for f, d in st["flags"].items() if d["cases"])]
+    lines.append(f"{'case':<20} {'state':<8} {'class':<12} {'P':>6} {'evid.R2':>8} {'queries':>8}  flags")
+    for c in summary["cases"]:
+        p = "" if c.get("target_prob") is None else f"{c['target_prob']:.3f}"
+        r2 = "" if c.get("r2_evidence") is None else f"{c['r2_evidence']:.3f}"
+        extra = ", ".join(c.get("flags") or []) if c["state"] != "failed" else c.get("reason", "")
+        lines.append(f"{c['id']:<20} {c['state']:<8} {str(c.get('target_name') or ''):<12} {p:>6} {r2:>8} "
+                     f"{str(c.get('queries') or ''):>8}  {extra}")
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _model_key(record: dict[str, Any]) -> dict[str, Any]:
@@ -698,6 +916,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))
             return EXIT_OK
+        if a.command == "audit":
+            return run_audit_command(a)
         if a.command == "bank":
             if a.bank_command != "build":
                 raise UserError("Use: blackbox-lime bank build --cases CASES.csv --out BANK.npz.")

@@ -85,7 +85,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-__all__ = ["ALL_MODALITIES", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases", "iter_abnormal_cases", "make_phantom", "write_phantoms"]
+__all__ = ["ALL_MODALITIES", "MARKER_KINDS", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases",
+           "burn_in_marker", "is_marked", "iter_abnormal_cases", "make_phantom", "marked_phantom", "write_phantoms"]
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")  # the families the bundled MAE and demo models know
 UNSEEN_MODALITIES: tuple[str, ...] = ("brain_mri", "fundus")  # no bundled part was trained on it except its own classifier
@@ -693,11 +694,93 @@ def _fundus(
     return np.clip(img, 0, 1), mask, lesions
 
 
+# ----------------------------------------------------------------------------- planted shortcuts
+
+MARKER_KINDS: tuple[str, ...] = ("laterality", "text")
+MARKED_IF_ABNORMAL, MARKED_IF_NORMAL = 0.9, 0.1  # a confounded site: most of its abnormal cases carry the marker
+
+
+def _marker_rng(modality: str, split: str, index: int, kind: str) -> np.random.Generator:
+    key = [_SEED_SALT, 2, ALL_MODALITIES.index(modality), SPLITS.index(split), int(index), MARKER_KINDS.index(kind)]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def burn_in_marker(image: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Burn a marker into a copy of ``image`` (float32 (H, W, C) in [0, 1]) as scanners and technologists do.
+
+    ``laterality``: a bright "L" or "R" (about 9 % of the side tall) in a top corner, 3-6 % of the side
+    from both edges, on a dark square as lead markers print. ``text``: a short burnt-in label ("PORTABLE",
+    "AP SUPINE", "SITE 2") in a bottom corner. Returns the marked image and the marker's pixels (bool (H, W)).
+    """
+    if kind not in MARKER_KINDS:
+        raise ValueError(f"Unknown marker kind {kind!r}. Valid kinds are: {', '.join(MARKER_KINDS)}.")
+    h, w = image.shape[:2]
+    side = min(h, w)
+    ink = np.zeros((h, w), np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    right = bool(rng.random() < 0.5)
+    if kind == "laterality":
+        text, scale, thick = ("L", "R")[int(rng.integers(2))], side / 300.0, max(1, round(side / 110))
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+        m = int(rng.uniform(0.03, 0.06) * side)
+        x = w - m - tw if right else m
+        y = m + th
+        box = np.zeros((h, w), np.uint8)
+        pad = max(2, side // 60)
+        cv2.rectangle(box, (x - pad, y - th - pad), (x + tw + pad, y + pad), 255, -1)
+        cv2.putText(ink, text, (x, y), font, scale, 255, thick, cv2.LINE_AA)
+        level, background = rng.uniform(0.85, 1.0), rng.uniform(0.0, 0.08)
+    else:
+        text = ("PORTABLE", "AP SUPINE", "SITE 2")[int(rng.integers(3))]
+        scale, thick = side / 560.0, max(1, round(side / 224))
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+        m = int(rng.uniform(0.02, 0.05) * side)
+        x = w - m - tw if right else m
+        y = h - m
+        box = np.zeros((h, w), np.uint8)
+        cv2.putText(ink, text, (x, y), font, scale, 255, thick, cv2.LINE_AA)
+        level, background = rng.uniform(0.8, 1.0), None
+    out = image.copy()
+    if background is not None:
+        b = box > 0
+        out[b] = background
+    a = (ink.astype(np.float32) / 255.0)[..., None]
+    out = (out * (1 - a) + level * a).astype(np.float32)
+    mask = (ink > 0) | (box > 0)
+    return out, mask
+
+
+def is_marked(modality: str, split: str, index: int, label: int, kind: str) -> bool:
+    """Whether the confounded site marked this case: with probability 0.9 for abnormal cases, 0.1 for normal ones."""
+    p = MARKED_IF_ABNORMAL if label else MARKED_IF_NORMAL
+    return bool(_marker_rng(modality, split, index, kind).random() < p)
+
+
+def marked_phantom(modality: str, split: str, index: int, kind: str = "laterality",
+                   marked: bool | None = None) -> tuple[Phantom, np.ndarray]:
+    """The phantom ``(modality, split, index)`` from a site that burns in a ``kind`` marker.
+
+    ``marked`` None follows the site's confounding (:func:`is_marked`); True or False forces it.
+    Returns the phantom (its lesion mask and label unchanged) and the marker's pixels (empty when unmarked).
+    Deterministic; the marker's draws come from their own stream, so the anatomy is the plain phantom's."""
+    ph = make_phantom(modality, split, index)
+    rng = _marker_rng(modality, split, index, kind)
+    draw = bool(rng.random() < (MARKED_IF_ABNORMAL if ph.label else MARKED_IF_NORMAL)) if marked is None else marked
+    if not draw:
+        return ph, np.zeros(ph.mask.shape, bool)
+    image, marker = burn_in_marker(ph.image, kind, rng)
+    return Phantom(image, ph.mask, ph.label, modality, split, index, ph.lesions), marker
+
+
 # ----------------------------------------------------------------------------- writing to disk
 
 
-def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, start: int = 0) -> Path:
-    """Write ``count`` phantoms as PNG images, PNG masks and a ``labels.csv``; returns the CSV path."""
+def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, start: int = 0,
+                   marker: str | None = None) -> Path:
+    """Write ``count`` phantoms as PNG images, PNG masks and a ``labels.csv``; returns the CSV path.
+
+    ``marker`` (a :data:`MARKER_KINDS` kind): the phantoms of a site that burns that marker into most of
+    its abnormal cases (:func:`marked_phantom`); labels.csv then has a ``marked`` column (1 = marked)."""
     from blackbox_lime.outputs import atomic_write_bytes  # local import keeps phantoms importable alone
 
     if count < 1:
@@ -707,7 +790,8 @@ def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, s
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for index in range(start, start + count):
-        ph = make_phantom(modality, split, index)
+        ph, marker_px = (make_phantom(modality, split, index), None) if marker is None else \
+            marked_phantom(modality, split, index, marker)
         stem = f"{modality}_{split}_{index:05d}"
         colour = not np.array_equal(ph.image[..., 0], ph.image[..., 1])
         img8 = np.round((ph.image[..., ::-1] if colour else ph.image[..., 0]) * 255).astype(np.uint8)  # BGR
@@ -719,7 +803,8 @@ def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, s
         atomic_write_bytes(out / f"{stem}.mask.png", mask_png.tobytes())
         rows.append({"image": f"{stem}.png", "mask": f"{stem}.mask.png", "label": ph.label,
                      "modality": modality, "split": split, "index": index,
-                     "lesion_area_px": int(ph.mask.sum())})
+                     "lesion_area_px": int(ph.mask.sum())}
+                    | ({} if marker_px is None else {"marked": int(marker_px.any())}))
     csv_path = out / "labels.csv"
     existing: list[dict[str, Any]] = []
     if csv_path.exists():
@@ -769,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--start", type=int, default=0)
+    p.add_argument("--marker", choices=MARKER_KINDS, default=None, help="burn in a confounded marker")
     p.add_argument("--stats", action="store_true", help="print measured distributions instead")
     a = p.parse_args(argv)
     if a.stats:
@@ -777,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in ALL_MODALITIES:
             print(m, json.dumps(phantom_stats(m, a.split, a.count), indent=1))
         return 0
-    print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))
+    print(write_phantoms(a.out, a.modality, a.split, a.count, a.start, a.marker))
     return 0
 
 

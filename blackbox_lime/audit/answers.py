@@ -1,0 +1,94 @@
+"""Exactly-once queries: an adapter that answers from the audit's store first and sends only the rest.
+
+    stored = StoredAdapter(adapter, store, budget=10_000)
+    explainer = Explainer(stored, config)      # the explainer cannot tell the difference
+
+Each image is keyed by the SHA-256 of what is sent (:func:`~blackbox_lime.audit.store.image_key`).
+Images whose answer is stored are answered from the store; the others are sent through the wrapped
+adapter in slices of ``max_batch x concurrency`` images (what is in flight at once), and each slice's
+answers are committed before the next is sent. A ``kill -9`` therefore loses at most the slice in
+flight. Identical images within one call are sent once.
+
+The audit's budget counts images actually sent over the whole audit, across resumes; answers from
+the store cost nothing. ``queries`` counts the images the explainer asked about (sent or stored), so
+an explanation's record is the same whether or not it was resumed; ``sent`` and ``reused`` say how
+many were paid for in this process and how many came from the store.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adapters.base import ClassifierAdapter, ModelInfo
+from adapters.errors import BudgetExhausted
+from blackbox_lime.audit.store import AuditStore, image_key
+
+
+class StoredAdapter(ClassifierAdapter):
+    """Wraps ``adapter``; answers from ``store`` where it can. ``budget``: images sent over the whole audit."""
+
+    def __init__(self, adapter: ClassifierAdapter, store: AuditStore, budget: int | None = None) -> None:
+        super().__init__(max_batch=adapter.max_batch, budget=None)
+        self.inner = adapter
+        self.store = store
+        self.audit_budget = budget
+        policy = getattr(adapter, "policy", None)
+        self.in_flight = adapter.max_batch * int(getattr(policy, "concurrency", 1) or 1)
+        self.sent = 0  # images sent by this process
+        self.reused = 0  # images answered from the store by this process
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.inner.info
+
+    def _predict_batch(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - predict is overridden
+        raise NotImplementedError
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        images = self._check_images(images)
+        n = images.shape[0]
+        out = np.zeros((n, len(self.info.class_names)))
+        if n == 0:
+            return out
+        keys = [image_key(x) for x in images]
+        found = self.store.lookup(list(dict.fromkeys(keys)))
+        first: dict[bytes, int] = {}  # one row per distinct unanswered image
+        for i, k in enumerate(keys):
+            if k not in found and k not in first:
+                first[k] = i
+        missing = list(first.items())
+        for s in range(0, len(missing), self.in_flight):
+            part = missing[s:s + self.in_flight]
+            self._check_audit_budget(len(part))
+            r0, t0 = self.inner.requests, self.inner.retries
+            probs = self.inner.predict(images[[i for _, i in part]])
+            self.store.save_answers([k for k, _ in part], probs, len(part), self.inner.requests - r0,
+                                    self.inner.retries - t0)
+            self.sent += len(part)
+            self.requests += self.inner.requests - r0
+            self.retries += self.inner.retries - t0
+            found.update({k: p for (k, _), p in zip(part, probs)})
+        reused = n - len(missing)
+        self.store.count_reused(reused)
+        self.reused += reused
+        self.queries += n
+        for i, k in enumerate(keys):
+            out[i] = found[k]
+        return out
+
+    def _check_audit_budget(self, n: int) -> None:
+        if self.audit_budget is None:
+            return
+        used = self.store.totals()["sent"]
+        if used + n > self.audit_budget:
+            raise BudgetExhausted(
+                f"The audit's budget is spent: {used} of {self.audit_budget} images sent, and the next request needs "
+                f"{n}. Run the same command with a larger --budget to go on; nothing answered is sent again.",
+                used=used, budget=self.audit_budget)
+
+    def ready(self) -> bool | None:
+        ready = getattr(self.inner, "ready", None)
+        return None if ready is None else ready()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,120 @@
+"""Per-case audit flags: where a model's positive evidence lies, and how far its map can be trusted.
+
+Shortcut flags read the saliency map (H, W) of the explained class. Of the positive evidence (the
+sum of the map's positive values), they measure the share that lies
+
+- ``shortcut_border``: in the image's border band, the outer ``BORDER_BAND`` of each side, where
+  laterality markers, burnt-in text, collimator edges and the scanner's frame sit;
+- ``shortcut_outside_anatomy``: outside the anatomy, a label-free foreground mask
+  (:func:`anatomy_mask`: Otsu's threshold, holes filled, the largest component, dilated a little);
+- ``shortcut_outside_roi``: outside the region of interest, when the manifest gives one (``mask``).
+
+A flag is raised when its share exceeds its threshold. The thresholds were chosen on the val split of
+phantoms with planted shortcuts (``python -m blackbox_lime.evaluation.bench_audit --split val``;
+docs/audit.md): a model that reads a burnt-in laterality marker against the demo models on clean
+phantoms. The other flags come from the explanation itself:
+
+- ``low_fidelity``: the evidence fit's held-out R^2 is below the explainer's ``LOW_FIDELITY_R2``;
+- ``flat_answer``: P(target) hardly moved under masking (sd below ``WEAK_RESPONSE_SD``);
+- ``stta_changed_class``: STTA's adapted input changed the predicted class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from blackbox_lime.explainer import LOW_FIDELITY_R2, WEAK_RESPONSE_SD
+
+BORDER_BAND = 0.125  # of each side: 28 px of a 224 px image
+
+# Thresholds on the share of positive evidence, chosen on val (docs/audit.md, "Choosing the thresholds").
+SHORTCUT_THRESHOLDS = {"shortcut_border": 0.35, "shortcut_outside_anatomy": 0.30, "shortcut_outside_roi": 0.70}
+
+FLAG_HELP = {
+    "shortcut_border": "a large share of the positive evidence lies in the image's border band (markers, text, frame)",
+    "shortcut_outside_anatomy": "a large share of the positive evidence lies outside the anatomy",
+    "shortcut_outside_roi": "a large share of the positive evidence lies outside the manifest's region of interest",
+    "low_fidelity": f"the evidence fit's held-out R^2 is below {LOW_FIDELITY_R2:g}: the map is weak",
+    "flat_answer": f"P(target) hardly moved under masking (sd below {WEAK_RESPONSE_SD:g})",
+    "stta_changed_class": "STTA's adapted input changed the predicted class",
+}
+FLAGS = tuple(FLAG_HELP)
+
+
+def anatomy_mask(image: np.ndarray) -> np.ndarray | None:
+    """A label-free foreground mask (bool (H, W)) of the anatomy in ``image`` (float (H, W[, C]) in [0, 1]).
+
+    Otsu's threshold on the grey image, closed, holes filled, the largest connected component kept
+    (a burnt-in marker is a separate small component) and dilated by 1 % of the side. None when the
+    image has no usable foreground (under 5 % of the image, or flat)."""
+    g = image.mean(axis=2) if image.ndim == 3 else image
+    g = cv2.GaussianBlur(g.astype(np.float32), (0, 0), max(1.0, min(g.shape) / 200))
+    if float(g.max() - g.min()) < 1e-3:
+        return None
+    from skimage.filters import threshold_otsu
+
+    fg = g > threshold_otsu(g)
+    side = min(g.shape)
+    r = max(1, side // 100)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_CLOSE, disk).astype(bool)
+    fg = ndimage.binary_fill_holes(fg)
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    fg = labels == (1 + int(np.argmax(sizes)))
+    fg = ndimage.binary_fill_holes(fg)
+    fg = cv2.dilate(fg.astype(np.uint8), disk).astype(bool)
+    if fg.mean() < 0.05:
+        return None
+    return fg
+
+
+def border_mask(shape: tuple[int, int], band: float = BORDER_BAND) -> np.ndarray:
+    h, w = shape
+    bh, bw = max(1, round(h * band)), max(1, round(w * band))
+    m = np.ones((h, w), bool)
+    m[bh:h - bh, bw:w - bw] = False
+    return m
+
+
+def evidence_share(saliency: np.ndarray, region: np.ndarray) -> float | None:
+    """The share of the map's positive evidence that lies in ``region`` (bool, same shape); None if none."""
+    pos = np.clip(saliency.astype(np.float64), 0, None)
+    total = float(pos.sum())
+    if total <= 0:
+        return None
+    return float(pos[region].sum() / total)
+
+
+def case_flags(image: np.ndarray, saliency: np.ndarray, summary: dict[str, Any], roi: np.ndarray | None = None,
+               predicted_before_stta: int | None = None) -> dict[str, Any]:
+    """The flags of one explained case.
+
+    image : float (H, W, C) in [0, 1], the input at its own resolution; saliency : (H, W), the map.
+    summary : the explanation's ``summary()`` (R^2, response sd, adaptation, probabilities).
+    roi : bool (H, W), the manifest's region of interest, or None.
+    predicted_before_stta : the predicted class on the unadapted image, when STTA ran.
+
+    Returns {"flags": [names], "shares": {region: share or None}, "anatomy_fraction": float or None}."""
+    shares: dict[str, float | None] = {"border": evidence_share(saliency, border_mask(saliency.shape))}
+    anatomy = anatomy_mask(image)
+    shares["outside_anatomy"] = None if anatomy is None else evidence_share(saliency, ~anatomy)
+    if roi is not None:
+        shares["outside_roi"] = evidence_share(saliency, ~roi)
+    flags = [f"shortcut_{k}" for k, v in shares.items()
+             if v is not None and v > SHORTCUT_THRESHOLDS[f"shortcut_{k}"]]
+    r2e = summary.get("r2_evidence")
+    if r2e is not None and r2e < LOW_FIDELITY_R2:
+        flags.append("low_fidelity")
+    if summary.get("response_sd", 1.0) < WEAK_RESPONSE_SD:
+        flags.append("flat_answer")
+    if predicted_before_stta is not None and predicted_before_stta != int(np.argmax(summary["probs"])):
+        flags.append("stta_changed_class")
+    return {"flags": flags, "shares": {k: None if v is None else round(v, 4) for k, v in shares.items()},
+            "anatomy_fraction": None if anatomy is None else round(float(anatomy.mean()), 4)}

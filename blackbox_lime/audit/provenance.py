@@ -1,0 +1,137 @@
+"""Provenance: ``DIR/provenance.json`` lists the SHA-256 of every input and output of an audit, with the
+configuration, the model, the versions and the totals; ``audit verify`` recomputes every hash.
+
+It is the one file of an audit that holds the inputs' paths (relative to the source folder): verify
+needs them to re-read the inputs. The report and the summary name cases only by their ids.
+The run prints the SHA-256 of provenance.json itself; keep it apart from the folder to prove later
+that the manifest was not changed either.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from blackbox_lime import __version__
+from blackbox_lime.audit.store import STORE_NAME, AuditStore
+from blackbox_lime.outputs import atomic_write_bytes, file_sha256
+
+PROVENANCE_NAME = "provenance.json"
+_NOT_OUTPUTS = {STORE_NAME, STORE_NAME + "-wal", STORE_NAME + "-shm", STORE_NAME + "-journal", PROVENANCE_NAME}
+
+
+def versions() -> dict[str, Any]:
+    out: dict[str, Any] = {"blackbox-lime": __version__, "python": platform.python_version(),
+                           "platform": platform.platform(terse=True)}
+    for name in ("numpy", "scipy", "onnxruntime", "cv2", "pydicom"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = __import__(name)
+            except ImportError:
+                continue
+        out[name if name != "cv2" else "opencv"] = getattr(mod, "__version__", None)
+    out["git_commit"] = git_commit()
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the source checkout this package runs from, or None for an installed wheel."""
+    here = Path(__file__).resolve().parent
+    try:
+        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def output_files(out_dir: Path) -> list[str]:
+    """Every output of the audit folder (relative POSIX paths, sorted): all but the store and provenance."""
+    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                  if p.is_file() and p.name not in _NOT_OUTPUTS and not p.name.endswith(".part"))
+
+
+def write_provenance(out_dir: Path, store: AuditStore, root: Path) -> str:
+    """(Re)write DIR/provenance.json; returns its SHA-256."""
+    inputs = []
+    for c in store.cases():
+        rec = c.record or {}
+        item: dict[str, Any] = {"case": c.id, "state": c.state, "image": c.image, "sha256": rec.get("input_sha256")}
+        if c.mask is not None:
+            item.update(mask=c.mask, mask_sha256=rec.get("mask_sha256"))
+        inputs.append(item)
+    doc = {
+        "tool": "blackbox-lime",
+        "versions": versions(),
+        "model": store.get("model"),
+        "config": store.config,
+        "source": {"root": str(root.resolve()), "kind": store.get("source_kind")},
+        "started": store.get("created"),
+        "written": store.get("updated"),
+        "totals": store.totals(),
+        "budget": store.get("budget"),
+        "inputs": inputs,
+        "outputs": {name: file_sha256(out_dir / name) for name in output_files(out_dir)},
+    }
+    data = (json.dumps(doc, indent=1) + "\n").encode()
+    atomic_write_bytes(out_dir / PROVENANCE_NAME, data)
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify(out_dir: Path) -> tuple[bool, str, int]:
+    """Recompute every hash in DIR/provenance.json. -> (all match, message, files checked).
+
+    The message names the first file that differs, is missing or is not in the manifest."""
+    path = out_dir / PROVENANCE_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False, f"{path} is missing: nothing to verify against (audit run writes it).", 0
+    except (OSError, ValueError) as exc:
+        return False, f"{path} is not readable provenance ({exc}).", 0
+    root = Path(doc["source"]["root"])
+    checked = 0
+    for item in doc["inputs"]:
+        for key, sha in (("image", item.get("sha256")), ("mask", item.get("mask_sha256"))):
+            if key not in item or sha is None:
+                continue
+            p = root / item[key]
+            if not p.is_file():
+                return False, f"input of case {item['case']} is missing: {p}", checked
+            now = file_sha256(p)
+            checked += 1
+            if now != sha:
+                return False, (f"input of case {item['case']} differs: {p} (SHA-256 recorded {sha[:16]}..., now "
+                               f"{now[:16]}...)"), checked
+    recorded = doc["outputs"]
+    for name, sha in recorded.items():
+        p = out_dir / name
+        if not p.is_file():
+            return False, f"output missing: {name}", checked
+        now = file_sha256(p)
+        checked += 1
+        if now != sha:
+            return False, f"output differs: {name} (SHA-256 recorded {sha[:16]}..., now {now[:16]}...)", checked
+    extra = [n for n in output_files(out_dir) if n not in recorded]
+    if extra:
+        return False, f"output not in the provenance manifest: {extra[0]}", checked
+    return True, f"all {checked} files match {PROVENANCE_NAME}", checked
+
+
+def refresh_report_hashes(out_dir: Path) -> None:
+    """After ``audit report`` rewrote report.html and summary.json, record their new hashes, and only theirs:
+    every other entry stays as the run wrote it, so a changed case file is still caught by verify."""
+    path = out_dir / PROVENANCE_NAME
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text())
+    for name in ("report.html", "summary.json"):
+        if (out_dir / name).is_file():
+            doc["outputs"][name] = file_sha256(out_dir / name)
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())

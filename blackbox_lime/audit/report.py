@@ -1,0 +1,219 @@
+"""The study summary (``audit summary``) and the self-contained HTML report (``DIR/report.html``).
+
+The report is one file: inline CSS and script, images as ``data:`` URIs, nothing fetched from a
+network. It names cases only by id: no file name, path or DICOM patient or study field appears in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from blackbox_lime.audit.flags import BORDER_BAND, FLAG_HELP, FLAGS, SHORTCUT_THRESHOLDS
+from blackbox_lime.audit.provenance import versions
+from blackbox_lime.audit.store import AuditStore
+from blackbox_lime.outputs import _LUT, atomic_write_bytes
+
+REPORT_NAME = "report.html"
+SUMMARY_NAME = "summary.json"
+
+
+def study_summary(store: AuditStore) -> dict[str, Any]:
+    """The study summary and one record per case (without the patch grids)."""
+    cases = store.cases()
+    counts = store.counts()
+    done = [c for c in cases if c.state == "done"]
+    flag_counts = {f: sum(f in (c.record or {}).get("flags", []) for c in done) for f in FLAGS}
+    flagged_any = sum(bool((c.record or {}).get("flags")) for c in done)
+    r2 = [c.record["r2_evidence"] for c in done if c.record and c.record.get("r2_evidence") is not None]
+    records = []
+    for c in cases:
+        rec = {k: v for k, v in (c.record or {}).items() if k != "patch_weights"}
+        records.append({"id": c.id, "state": c.state, **({"reason": c.reason} if c.reason else {}),
+                        **{k: rec.get(k) for k in ("label", "target", "target_name", "target_prob", "r2",
+                                                   "r2_evidence", "fill", "queries", "sent", "reused", "flags",
+                                                   "shares", "outputs")},
+                        "attempts": c.attempts})
+    return {
+        "study": {
+            "cases": len(cases), **counts,
+            "complete": counts["pending"] == 0 and counts["failed"] == 0,
+            "flagged_cases": flagged_any,
+            "flagged_fraction": round(flagged_any / len(done), 4) if done else None,
+            "flags": {f: {"cases": n, "fraction": round(n / len(done), 4) if done else None}
+                      for f, n in flag_counts.items()},
+            "median_r2_evidence": round(float(np.median(r2)), 4) if r2 else None,
+            "model": store.get("model"),
+            "seed": store.config.get("--seed"),
+            "started": store.get("created"),
+            "updated": store.get("updated"),
+            "totals": store.totals(),
+            "budget": store.get("budget"),
+        },
+        "cases": records,
+    }
+
+
+def mean_evidence_map(store: AuditStore) -> np.ndarray | None:
+    """The mean over done cases of each case's positive patch weights, scaled to a maximum of 1 per case."""
+    maps = []
+    for c in store.cases(states=("done",)):
+        w = np.clip(np.asarray((c.record or {}).get("patch_weights", []), np.float64), 0, None)
+        if w.size and w.max() > 0:
+            maps.append(w / w.max())
+    if not maps or len({m.shape for m in maps}) != 1:
+        return None
+    return np.mean(maps, axis=0)
+
+
+def _png_uri(bgr: np.ndarray) -> str:
+    ok, png = cv2.imencode(".png", bgr)
+    if not ok:  # pragma: no cover
+        raise ValueError("OpenCV could not encode a PNG")
+    return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()
+
+
+def _thumbnail(path: Path, width: int = 220) -> str | None:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    return _png_uri(cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA))
+
+
+def _heatmap(m: np.ndarray, side: int = 280) -> str:
+    """A patch-grid map in [0, 1] drawn with the overlays' colours (white 0 to red 1), a border-band outline."""
+    idx = np.clip(np.round(127.5 + m * 127.5), 0, 255).astype(np.int64)
+    img = cv2.resize(_LUT[idx], (side, round(side * m.shape[0] / m.shape[1])), interpolation=cv2.INTER_NEAREST)
+    b = round(side * BORDER_BAND)
+    cv2.rectangle(img, (b, b), (img.shape[1] - b, img.shape[0] - b), (90, 90, 90), 1)
+    return _png_uri(img)
+
+
+def _when(t: float | None) -> str:
+    return "" if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return html.escape(str(v))
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1a1a1a;background:#fff}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3;cursor:pointer} .num{text-align:right;font-variant-numeric:tabular-nums}
+.flag{display:inline-block;background:#fde2e1;color:#8a1c12;border-radius:3px;padding:0 5px;margin:1px;font-size:12px}
+.ok{color:#2d6a2d} .bad{color:#8a1c12;font-weight:600} .muted{color:#666;font-size:12px}
+.cards{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #ddd;border-radius:6px;padding:6px;width:224px;font-size:12px}
+.card img{width:220px;display:block} .card.hidden{display:none} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
+"""
+
+_SCRIPT = """
+function filterCards(){var f=document.getElementById('flagfilter').value;
+ document.querySelectorAll('.card').forEach(function(c){var fl=c.getAttribute('data-flags').split(' ');
+  var show=(f==='all')||(f==='flagged'&&c.getAttribute('data-flags')!=='')||(f==='clean'&&c.getAttribute('data-flags')==='')||fl.indexOf(f)>=0;
+  c.classList.toggle('hidden',!show);});
+ document.querySelectorAll('#cases tbody tr').forEach(function(r){var fl=r.getAttribute('data-flags');
+  var show=(f==='all')||(f==='flagged'&&fl!=='')||(f==='clean'&&fl==='')||fl.split(' ').indexOf(f)>=0;
+  r.style.display=show?'':'none';});}
+function sortTable(col){var t=document.getElementById('cases'),b=t.tBodies[0],rows=Array.from(b.rows);
+ var asc=t.getAttribute('data-sort')!==String(col);t.setAttribute('data-sort',asc?String(col):'');
+ rows.sort(function(a,c){var x=a.cells[col].getAttribute('data-v')||a.cells[col].textContent,
+  y=c.cells[col].getAttribute('data-v')||c.cells[col].textContent,nx=parseFloat(x),ny=parseFloat(y);
+  var r=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?r:-r;});rows.forEach(function(r){b.appendChild(r);});}
+"""
+
+
+def render_report(out_dir: Path, store: AuditStore) -> str:
+    s = study_summary(store)
+    st = s["study"]
+    e = html.escape
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width,initial-scale=1'>",
+             "<title>blackbox-lime audit report</title>", f"<style>{_CSS}</style>", f"<script>{_SCRIPT}</script>",
+             "</head><body>", "<h1>Audit report</h1>"]
+    status = "complete" if st["complete"] else ("incomplete: " + ", ".join(
+        f"{st[k]} {k}" for k in ("pending", "failed") if st[k]))
+    parts.append(f"<p class='muted'>blackbox-lime {e(versions()['blackbox-lime'])} · {st['cases']} cases · "
+                 f"<span class='{'ok' if st['complete'] else 'bad'}'>{e(status)}</span> · written {e(_when(st['updated']))}</p>")
+
+    parts.append("<h2>Study summary</h2><table>")
+    rows = [("cases", st["cases"]), ("explained", st["done"]), ("failed", st["failed"]), ("pending", st["pending"]),
+            ("flagged cases", f"{st['flagged_cases']} ({_fmt(st['flagged_fraction'], 3)})"),
+            ("median evidence R²", _fmt(st["median_r2_evidence"])),
+            ("images sent", st["totals"]["sent"]), ("answers reused from the store", st["totals"]["reused"]),
+            ("requests", st["totals"]["requests"]), ("retries", st["totals"]["retries"]),
+            ("budget", st["budget"] if st["budget"] is not None else "none")]
+    parts += [f"<tr><th>{e(k)}</th><td class='num'>{_fmt(v)}</td></tr>" for k, v in rows]
+    parts.append("</table>")
+
+    parts.append("<h2>Flags</h2><table><tr><th>flag</th><th>cases</th><th>fraction</th><th>threshold</th><th>meaning</th></tr>")
+    for f in FLAGS:
+        d = st["flags"][f]
+        thr = f"share &gt; {SHORTCUT_THRESHOLDS[f]:g}" if f in SHORTCUT_THRESHOLDS else ""
+        cls = " class='bad'" if d["cases"] else ""
+        parts.append(f"<tr><td><code>{f}</code></td><td class='num'{cls}>{d['cases']}</td>"
+                     f"<td class='num'>{_fmt(d['fraction'])}</td><td>{thr}</td><td>{e(FLAG_HELP[f])}</td></tr>")
+    parts.append("</table>")
+
+    mean = mean_evidence_map(store)
+    parts.append("<h2>Mean evidence map</h2>")
+    if mean is None:
+        parts.append("<p class='muted'>No explained case with positive evidence yet.</p>")
+    else:
+        parts.append(f"<img alt='mean evidence map' src='{_heatmap(mean)}'><p class='muted'>The mean over explained "
+                     "cases of each case's positive patch weights (scaled to 1 per case), on the model's patch grid. "
+                     f"The grey frame marks the border band ({BORDER_BAND:g} of each side).</p>")
+
+    parts.append("<h2>Cases</h2><p>Show: <select id='flagfilter' onchange='filterCards()'>"
+                 "<option value='all'>all cases</option><option value='flagged'>flagged</option>"
+                 "<option value='clean'>not flagged</option>"
+                 + "".join(f"<option value='{f}'>{f}</option>" for f in FLAGS) + "</select></p>")
+    head = ["case", "state", "class", "P(class)", "evidence R²", "fill", "queries", "flags"]
+    parts.append("<table id='cases'><thead><tr>" + "".join(
+        f"<th onclick='sortTable({i})'>{h}</th>" for i, h in enumerate(head)) + "</tr></thead><tbody>")
+    cards = []
+    for c in s["cases"]:
+        flags = c.get("flags") or []
+        fl = " ".join(flags)
+        badges = "".join(f"<span class='flag'>{e(f)}</span>" for f in flags)
+        state = c["state"] if c["state"] != "failed" else f"failed: {c.get('reason', '')}"
+        parts.append(f"<tr data-flags='{fl}'><td>{e(c['id'])}</td><td>{e(state)}</td><td>{_fmt(c.get('target_name'))}</td>"
+                     f"<td class='num'>{_fmt(c.get('target_prob'))}</td><td class='num'>{_fmt(c.get('r2_evidence'))}</td>"
+                     f"<td>{_fmt(c.get('fill'))}</td><td class='num'>{_fmt(c.get('queries'))}</td><td>{badges}</td></tr>")
+        if c["state"] == "done":
+            overlay = next((o for o in c.get("outputs") or [] if o.endswith(".overlay.png")), None)
+            uri = _thumbnail(out_dir / overlay) if overlay else None
+            img = f"<img alt='overlay of {e(c['id'])}' src='{uri}'>" if uri else "<p class='muted'>overlay missing</p>"
+            cards.append(f"<div class='card' data-flags='{fl}'>{img}<b>{e(c['id'])}</b> · {_fmt(c.get('target_name'))} "
+                         f"p={_fmt(c.get('target_prob'))}<br>{badges or '<span class=ok>no flag</span>'}</div>")
+    parts.append("</tbody></table><h2>Overlays</h2><div class='cards'>" + "".join(cards) + "</div>")
+
+    cfg = store.config
+    prov = {"tool": versions(), "model": st["model"], "seed": st["seed"], "started": _when(st["started"]),
+            "written": _when(st["updated"]), "totals": st["totals"], "budget": st["budget"], "configuration": cfg}
+    parts.append("<h2>Provenance</h2><p class='muted'>Every input's and output's SHA-256 is in provenance.json; "
+                 "<code>blackbox-lime audit verify DIR</code> checks them.</p>"
+                 f"<pre>{e(json.dumps(prov, indent=1))}</pre>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_report(out_dir: Path, store: AuditStore) -> Path:
+    """(Re)write DIR/summary.json and DIR/report.html, each atomically."""
+    summary = study_summary(store)
+    atomic_write_bytes(out_dir / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
+    atomic_write_bytes(out_dir / REPORT_NAME, render_report(out_dir, store).encode())
+    return out_dir / REPORT_NAME

@@ -1,0 +1,154 @@
+"""Running an audit: every pending case explained, flagged and written, resumably and exactly once.
+
+The work is split so that cases can be handed to workers later:
+
+- :func:`explain_case` is the case itself: a pure function of (image, configuration, seed) plus the
+  adapter. It reads the image, explains it, flags it and returns the case's files as bytes and its
+  record. It writes nothing.
+- :class:`AuditRunner` is the coordinator, the only writer: it takes the pending cases in order, writes
+  each case's files atomically, then marks the case done in the store. A case killed half-way is
+  simply run again on resume; its answered queries come from the store (see
+  :mod:`blackbox_lime.audit.answers`), so its map is byte-identical and nothing answered is paid twice.
+
+A case that fails (an unreadable image, an answer the model cannot give) is recorded with its reason
+and the run goes on. A spent budget stops the run cleanly: the case in progress stays pending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from adapters.errors import AdapterError, BudgetExhausted
+from blackbox_lime import __version__
+from blackbox_lime.audit.answers import StoredAdapter
+from blackbox_lime.audit.flags import case_flags
+from blackbox_lime.audit.store import AuditStore, Case
+from blackbox_lime.explainer import Explainer, to_canvas
+from blackbox_lime.image_io import ImageError, load_image
+from blackbox_lime.outputs import explanation_files, write_all
+
+log = logging.getLogger(__name__)
+
+CASES_DIR = "cases"
+
+
+@dataclass
+class CaseOutcome:
+    """What one case produced: its files (paths relative to the audit folder -> bytes) and its record."""
+
+    files: dict[str, bytes]
+    record: dict[str, Any]
+
+
+@dataclass
+class RunResult:
+    done: int
+    failed: int
+    pending: int
+    stopped: str | None = None  # why the run stopped before the end (a spent budget), else None
+    explained_now: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _private(salt: str, value: str) -> str:
+    return "bank-" + hashlib.sha256(f"{salt}\0{value}".encode()).hexdigest()[:12]
+
+
+def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAdapter, *, seed: int,
+                 target: int | None, frame: int | None, salt: str) -> CaseOutcome:
+    """Explain and flag one case. Raises ImageError or ValueError for a bad image or mask, AdapterError when
+    the model cannot answer. Writes nothing."""
+    loaded = load_image(root / case.image, frame=frame)
+    roi, mask_sha = None, None
+    if case.mask is not None:
+        m = load_image(root / case.mask)
+        mask_sha = m.sha256
+        roi = m.pixels[..., 0] > 0.5
+        if roi.shape != loaded.pixels.shape[:2]:
+            raise ImageError(f"the mask is {roi.shape[1]}x{roi.shape[0]} px but the image is "
+                             f"{loaded.pixels.shape[1]}x{loaded.pixels.shape[0]} px; a mask must match its image.")
+    sent0, reused0, retries0 = adapter.sent, adapter.reused, adapter.retries
+    exp = explainer.explain(loaded.pixels, target=target, rng=seed)
+    before = None
+    if exp.adaptation is not None and exp.adaptation["adapted"]:  # the class on the unadapted image
+        info = adapter.info
+        before = int(np.argmax(adapter.predict(to_canvas(loaded.pixels, info.input_size, info.channels, [])[None])[0]))
+    summary = exp.summary()
+    for n in summary.get("neighbours") or []:  # the bank's own case names may be file or patient names
+        if "case" in n:
+            n["case"] = _private(salt, str(n["case"]))
+    flagged = case_flags(loaded.pixels, exp.saliency, summary, roi, before)
+    names = [f"{CASES_DIR}/{case.id}.saliency.npy", f"{CASES_DIR}/{case.id}.overlay.png", f"{CASES_DIR}/{case.id}.json"]
+    report = {
+        "tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
+        "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),
+                  "notes": loaded.notes, "mask_sha256": mask_sha},
+        **summary, "flags": flagged["flags"], "evidence_shares": flagged["shares"],
+        "anatomy_fraction": flagged["anatomy_fraction"], "outputs": [Path(n).name for n in names],
+    }
+    files = {str(k.as_posix()): v for k, v in explanation_files(Path(CASES_DIR), case.id, loaded.pixels, exp,
+                                                                   report).items()}
+    record = {
+        "id": case.id, "label": case.label, "target": exp.target, "target_name": exp.target_name,
+        "target_prob": summary["target_prob"], "r2": summary["r2"], "r2_heldout": summary["r2_heldout"],
+        "r2_evidence": summary["r2_evidence"], "fill": exp.fill.get("chosen"), "queries": exp.queries,
+        "sent": adapter.sent - sent0, "reused": adapter.reused - reused0, "retries": adapter.retries - retries0,
+        "flags": flagged["flags"], "shares": flagged["shares"], "warnings": exp.warnings, "outputs": names,
+        "input_sha256": loaded.sha256, "mask_sha256": mask_sha,
+        "patch_weights": summary["patch_weights"], "seconds": round(exp.timings["total"], 3),
+    }
+    return CaseOutcome(files, record)
+
+
+class AuditRunner:
+    """The coordinator of one audit: runs the pending and failed cases in order and writes the results.
+
+    Parameters
+    ----------
+    out_dir : the audit folder. store : its open :class:`AuditStore`. adapter : the :class:`StoredAdapter`.
+    explainer : an :class:`Explainer` over that adapter. root : the folder the cases' paths are relative to.
+    seed, target, frame : as for ``explain``. salt : the audit's salt (private names).
+    progress : called after each case with (cases finished, sent so far) or None.
+    """
+
+    def __init__(self, out_dir: Path, store: AuditStore, adapter: StoredAdapter, explainer: Explainer, *, root: Path,
+                 seed: int, target: int | None, frame: int | None, salt: str,
+                 progress: Callable[[Case, str], None] | None = None) -> None:
+        self.out_dir, self.store, self.adapter, self.explainer = out_dir, store, adapter, explainer
+        self.root, self.seed, self.target, self.frame, self.salt = root, seed, target, frame, salt
+        self.progress = progress
+
+    def run(self) -> RunResult:
+        (self.out_dir / CASES_DIR).mkdir(exist_ok=True)
+        todo = self.store.cases(states=("pending", "failed"))  # failed cases get another try on resume
+        stopped, explained, failures = None, 0, []
+        for case in todo:
+            self.store.start_case(case.id)
+            try:
+                outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
+                                       target=self.target, frame=self.frame, salt=self.salt)
+            except BudgetExhausted as exc:
+                stopped = str(exc)
+                break
+            except (ImageError, ValueError, AdapterError) as exc:
+                reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, AdapterError) else str(exc)
+                self.store.fail_case(case.id, reason)
+                failures.append((case.id, reason))
+                log.warning("case %s failed: %s", case.id, reason)
+                if self.progress:
+                    self.progress(case, "failed")
+                continue
+            write_all({self.out_dir / name: data for name, data in outcome.files.items()})
+            self.store.finish_case(case.id, outcome.record)  # after its files: a done case always has them
+            explained += 1
+            if self.progress:
+                self.progress(case, "done")
+        counts = self.store.counts()
+        return RunResult(counts["done"], counts["failed"], counts["pending"], stopped, explained, failures)
+
