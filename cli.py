@@ -424,7 +424,7 @@ def run_audit(a: argparse.Namespace) -> int:
     if a.budget is not None and a.budget < 1:
         raise UserError(f"--budget must be an integer >= 1. Got {a.budget} instead.")
     budget, a.budget = a.budget, None  # the audit's budget spans resumes: the store keeps the count
-    old = AuditStore.open(store_path, readonly=True) if resuming else None
+    old = AuditStore.open(store_path) if resuming else None  # read-write: closing it leaves no -wal/-shm behind
     try:
         salt = old.get("salt") if old is not None else secrets.token_hex(16)
         try:

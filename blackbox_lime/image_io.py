@@ -149,6 +149,8 @@ def _load_npy(name: str, data: bytes, notes: list[str]) -> np.ndarray:
         raise ImageError(f"{name} is truncated or corrupt: {exc}. Re-save it with np.save.") from exc
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
         raise ImageError(f"{name} holds a {getattr(a, 'dtype', type(a))} array; expected numbers.")
+    if a.size == 0:
+        raise ImageError(f"{name} holds an empty array (shape {a.shape}); save the image's pixels, (H, W) or (H, W, C).")
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 2, 3, 4):
         a = np.moveaxis(a, 0, 2)
         notes.append("channels-first array moved to channels-last")

@@ -9,8 +9,9 @@ sum of the map's positive values), they measure the share that lies
   (:func:`anatomy_mask`: Otsu's threshold, holes filled, the largest component, dilated a little);
 - ``shortcut_outside_roi``: outside the region of interest, when the manifest gives one (``mask``).
 
-A flag is raised when its share exceeds its threshold. The thresholds were chosen on the val split of
-phantoms with planted shortcuts (``python -m blackbox_lime.evaluation.bench_audit --split val``;
+A flag is raised when its share exceeds its threshold, unless the answer hardly moved under masking
+(``flat_answer``): such a map places noise, not evidence. The thresholds were chosen on the val split of
+phantoms with planted shortcuts (``python -m blackbox_lime.bench_audit --split val``;
 docs/audit.md): a model that reads a burnt-in laterality marker against the demo models on clean
 phantoms. The other flags come from the explanation itself:
 
@@ -32,7 +33,7 @@ from blackbox_lime.explainer import LOW_FIDELITY_R2, WEAK_RESPONSE_SD
 BORDER_BAND = 0.125  # of each side: 28 px of a 224 px image
 
 # Thresholds on the share of positive evidence, chosen on val (docs/audit.md, "Choosing the thresholds").
-SHORTCUT_THRESHOLDS = {"shortcut_border": 0.35, "shortcut_outside_anatomy": 0.30, "shortcut_outside_roi": 0.70}
+SHORTCUT_THRESHOLDS = {"shortcut_border": 0.70, "shortcut_outside_anatomy": 0.70, "shortcut_outside_roi": 0.90}
 
 FLAG_HELP = {
     "shortcut_border": "a large share of the positive evidence lies in the image's border band (markers, text, frame)",
@@ -107,12 +108,13 @@ def case_flags(image: np.ndarray, saliency: np.ndarray, summary: dict[str, Any],
     shares["outside_anatomy"] = None if anatomy is None else evidence_share(saliency, ~anatomy)
     if roi is not None:
         shares["outside_roi"] = evidence_share(saliency, ~roi)
-    flags = [f"shortcut_{k}" for k, v in shares.items()
-             if v is not None and v > SHORTCUT_THRESHOLDS[f"shortcut_{k}"]]
+    flat = summary.get("response_sd", 1.0) < WEAK_RESPONSE_SD
+    flags = [] if flat else [f"shortcut_{k}" for k, v in shares.items()  # a flat answer's map places only noise
+                             if v is not None and v > SHORTCUT_THRESHOLDS[f"shortcut_{k}"]]
     r2e = summary.get("r2_evidence")
     if r2e is not None and r2e < LOW_FIDELITY_R2:
         flags.append("low_fidelity")
-    if summary.get("response_sd", 1.0) < WEAK_RESPONSE_SD:
+    if flat:
         flags.append("flat_answer")
     if predicted_before_stta is not None and predicted_before_stta != int(np.argmax(summary["probs"])):
         flags.append("stta_changed_class")

@@ -106,6 +106,16 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
     return CaseOutcome(files, record)
 
 
+def _without_names(text: str, case: Case, root: Path) -> str:
+    """``text`` with the case's paths and file names replaced by "the image" / "the mask"."""
+    for rel, word in ((case.image, "the image"), (case.mask, "the mask")):
+        if rel is None:
+            continue
+        for name in sorted({str(root / rel), rel, Path(rel).name}, key=len, reverse=True):
+            text = text.replace(name, word)
+    return text
+
+
 class AuditRunner:
     """The coordinator of one audit: runs the pending and failed cases in order and writes the results.
 
@@ -138,9 +148,10 @@ class AuditRunner:
                 break
             except (ImageError, ValueError, AdapterError) as exc:
                 reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, AdapterError) else str(exc)
-                self.store.fail_case(case.id, reason)
+                private = _without_names(reason, case, self.root)  # the store feeds the report: no file names
+                self.store.fail_case(case.id, private)
                 failures.append((case.id, reason))
-                log.warning("case %s failed: %s", case.id, reason)
+                log.warning("case %s failed: %s", case.id, private)
                 if self.progress:
                     self.progress(case, "failed")
                 continue
