@@ -445,6 +445,11 @@ def run_audit(a: argparse.Namespace) -> int:
             model = _model_record(a, adapter)
             if a.calibration is not None:
                 _check_calibration(a, model)
+            meta = getattr(adapter, "meta", None)
+            if "endpoint" in model and meta is not None:  # what the endpoint said it serves, for the provenance
+                model["endpoint"]["metadata"] = {
+                    "name": meta.name, "input": [meta.input_name, meta.input_datatype, list(meta.input_shape)],
+                    "output": [meta.output_name, list(meta.output_shape or [])]}
             config = _audit_config(a, cfg, _model_key(model), explainer)
             if old is not None:
                 diff = config_difference(old.config, config)
@@ -475,9 +480,9 @@ def run_audit(a: argparse.Namespace) -> int:
                     bar.update(counts["done"])
 
                 def progress(case: Any, state: str) -> None:
-                    bar.update(1)
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(sent=store.totals()["sent"], failed=store.counts()["failed"], refresh=False)
+                    bar.update(1)
 
                 runner = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
                                      target=target, frame=a.frame, salt=salt, progress=progress)

@@ -19,6 +19,12 @@ one patch (16 px). ``--split val`` picks per share the threshold (0.05 steps) wi
 Youden's J (flag rate on shortcut cases minus flag rate on clean cases); where several thresholds tie, the
 middle of their range (the widest margin on both sides). ``--rescore`` re-applies this to a saved run.
 ``--split test`` applies ``blackbox_lime.audit.flags.SHORTCUT_THRESHOLDS`` and reports flag rates.
+
+``--overhead`` measures what exactly-once costs (``python -m blackbox_lime.bench_audit --overhead --cases 8
+--out docs/bench_audit/overhead``): seconds per case of a plain ``explain`` loop (read, explain, write)
+against ``audit run`` (the same plus hashing every image, the store's commits and the flags), and a resumed
+audit whose every answer is already stored (nothing sent: what a resume costs per case). The modes take
+turns over ``--rounds`` rounds on the same cases; medians per case.
 """
 
 from __future__ import annotations
@@ -140,15 +146,91 @@ def table(records: list[dict[str, Any]], thresholds: dict[str, float], groups: l
     return lines
 
 
+def overhead(a: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from blackbox_lime.audit.answers import StoredAdapter
+    from blackbox_lime.audit.runner import AuditRunner
+    from blackbox_lime.audit.source import read_source
+    from blackbox_lime.audit.store import AuditStore
+    from blackbox_lime.image_io import load_image
+    from blackbox_lime.outputs import explanation_files, write_all
+    from blackbox_lime.phantoms import write_phantoms
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_audit_"))
+    t_start = time.perf_counter()
+    try:
+        src = tmp / "src"
+        write_phantoms(src, "chest_xray", "test", a.cases)
+        cfg = ExplainConfig(n_samples=a.samples)
+        times: dict[str, list[float]] = {"explain": [], "audit": [], "audit, every answer stored": []}
+        with OnnxAdapter(bundled_model("demo_cnn.onnx")) as adapter:
+            explainer = Explainer(adapter, cfg)
+            images = sorted(src.glob("*[0-9].png"))
+            for r in range(a.rounds):
+                out = tmp / f"explain{r}"
+                out.mkdir()
+                for path in images:
+                    t = time.perf_counter()
+                    loaded = load_image(path)
+                    exp = explainer.explain(loaded.pixels, rng=a.seed)
+                    write_all(explanation_files(out, path.stem, loaded.pixels, exp, exp.summary()))
+                    times["explain"].append(time.perf_counter() - t)
+                for mode in ("audit", "audit, every answer stored"):
+                    out = tmp / f"audit{r}"
+                    if mode == "audit":
+                        out.mkdir()
+                        cases = read_source(src, "salt")
+                        store = AuditStore.create(out / "audit.sqlite", {}, cases, {})
+                    else:  # the same audit, its cases set back to pending and their files gone: a resume
+                        shutil.rmtree(out / "cases")
+                        store = AuditStore.open(out / "audit.sqlite")
+                        store.db.execute("UPDATE cases SET state = 'pending', record = NULL")
+                    stored = StoredAdapter(adapter, store)
+                    explainer.adapter = stored
+                    stamps = [time.perf_counter()]
+                    AuditRunner(out, store, stored, explainer, root=src, seed=a.seed, target=None, frame=None,
+                                salt="salt", progress=lambda c, s: stamps.append(time.perf_counter())).run()
+                    explainer.adapter = adapter
+                    times[mode] += list(np.diff(stamps))
+                    if mode != "audit":
+                        assert stored.sent == 0, "a resumed audit sent queries"
+                    store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    lines = ["# What exactly-once costs", "",
+             f"`python -m blackbox_lime.bench_audit --overhead --cases {a.cases} --rounds {a.rounds} --samples "
+             f"{a.samples} --out {a.out}` (demo CNN, local onnxruntime, chest test phantoms, default config, commit "
+             f"{(git_commit() or 'unknown')[:10]}). Seconds per case, the modes in turns over the same cases.", "",
+             "| mode | cases timed | median s/case | ratio to explain |", "|---|---|---|---|"]
+    lines += [f"| {k} | {len(times[k])} | {med[k]:.3f} | {med[k] / med['explain']:.3f} |" for k in times]
+    lines += ["", f"Wall time {time.perf_counter() - t_start:.0f} s."]
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "results.json").write_text(json.dumps({"seconds": times, "median": med, "commit": git_commit()},
+                                                      indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_audit", description=__doc__.splitlines()[0])
-    p.add_argument("--split", choices=["val", "test"], required=True)
+    p.add_argument("--split", choices=["val", "test"], default=None)
+    p.add_argument("--overhead", action="store_true", help="measure the cost of the store instead")
+    p.add_argument("--rounds", type=int, default=3, help="--overhead: rounds of every mode")
     p.add_argument("--cases", type=int, default=24, help="cases per group")
     p.add_argument("--samples", type=int, default=500, help="queries per explanation (explain's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--rescore", action="store_true", help="re-choose and re-tabulate the records saved in --out")
     a = p.parse_args(argv)
+    if a.overhead:
+        return overhead(a)
+    if a.split is None:
+        p.error("give --split val|test or --overhead")
     t0 = time.perf_counter()
     groups = VAL_GROUPS if a.split == "val" else TEST_GROUPS
     measured = None

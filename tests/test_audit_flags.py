@@ -95,3 +95,17 @@ def test_a_model_that_reads_the_marker_is_flagged_and_the_demo_cnn_on_a_clean_ph
             if ph.label:  # the lesion's evidence: a map with signal, inside the anatomy, away from the border
                 assert "flat_answer" not in out["flags"]
                 assert out["shares"]["border"] < SHORTCUT_THRESHOLDS["shortcut_border"]
+
+
+def test_bench_audit_chooses_the_middle_of_the_thresholds_that_separate_best():
+    from blackbox_lime.bench_audit import choose
+
+    def rec(kind, border, r2=0.5):
+        return {"kind": kind, "r2_evidence": r2, "shares": {"border": border, "outside_anatomy": None, "outside_roi": None}}
+
+    records = [rec("marked", v) for v in (0.82, 0.9, 0.95)] + [rec("clean", v) for v in (0.1, 0.3, 0.41)]
+    records.append(rec("clean", 0.99, r2=None))  # a flat answer raises no shortcut flag: not counted
+    c = choose(records)["border"]
+    # every threshold from 0.45 to 0.8 separates perfectly (J = 1): the middle is 0.6 (0.625 to 0.05 steps)
+    assert c["tied_range"] == [0.45, 0.8] and c["youden_j"] == 1.0 and c["threshold"] == 0.6
+    assert choose(records)["outside_anatomy"] is None

@@ -87,3 +87,23 @@ def test_wrong_declared_dtype_is_refused_by_the_server(server, tmp_path: Path) -
     profile.write_text(f'url = "{server.rest_url}"\n[input]\ndtype = "uint8"\n')
     with load_adapter(endpoint=str(profile)) as a, pytest.raises(ServerError, match=r"answered HTTP 400"):
         a.predict(np.zeros((1, 224, 224, 3), np.float32))
+
+
+def test_audit_against_the_server_matches_the_local_audit(server, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from blackbox_lime.phantoms import write_phantoms
+
+    study = tmp_path / "study"
+    write_phantoms(study, "chest_xray", "test", 2)
+    opts = ["--samples", "40", "--fill", "mae", "--quiet", "--max-batch", "8", "--concurrency", "2"]
+    assert main(["audit", "run", str(study), "--model", server.grpc_url, "--out", str(tmp_path / "remote"), *opts]) == 0
+    assert main(["audit", "run", str(study), "--model", str(bundled_model("demo_cnn.onnx")), "--out",
+                 str(tmp_path / "local"), *opts]) == 0
+    summaries = {k: json.loads((tmp_path / k / "summary.json").read_text()) for k in ("remote", "local")}
+    for r, lo in zip(summaries["remote"]["cases"], summaries["local"]["cases"]):
+        a = np.load(tmp_path / "remote" / r["outputs"][0])
+        b = np.load(tmp_path / "local" / lo["outputs"][0])
+        assert np.abs(a - b).max() <= 1e-6 and r["queries"] == lo["queries"] == 40
+    prov = json.loads((tmp_path / "remote" / "provenance.json").read_text())
+    assert prov["model"]["endpoint"]["url"] == f"grpc://127.0.0.1:{server.grpc_port}"
+    assert prov["model"]["endpoint"]["metadata"]["name"] == "demo_cnn"
+    assert prov["totals"]["sent"] == 80 and prov["totals"]["requests"] >= 10
