@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--budget", type=int, default=None, help="hard limit on images sent to the model, retries included")
         sp.add_argument("--max-batch", type=int, default=None, help="images per request (default: the profile's, or 32)")
         sp.add_argument("--concurrency", type=int, default=None, help="requests in flight at once (remote models)")
+        sp.add_argument("--output-kind", choices=["probabilities", "logits", "multilabel", "multilabel_logits"],
+                        default=None, help="what the model's output row is: exclusive probabilities or logits (softmax), "
+                                           "or a multi-label model's per-finding probabilities or logits (sigmoid); "
+                                           "default: the model's metadata or the profile's [output] kind")
         sp.add_argument("--allow-insecure-http", action="store_true",
                         help="permit plain http:// or grpc:// to a host that is not loopback (pixels travel unencrypted)")
 
@@ -84,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--neighbours", type=int, default=None, help="EBR: nearest bank cases used (default 25)")
         sp.add_argument("--lambda2", type=float, default=None, help="weight of the pull towards the evidence prior")
         sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
-        sp.add_argument("--target", default=None, help="class to explain, by index or name (default: the predicted class)")
+        sp.add_argument("--target", default=None,
+                        help="what to explain: a class by index or name, a comma list, 'all', or 'positive' (every "
+                             "finding with P >= --threshold, else the highest); default: the predicted class, or "
+                             "'positive' for a multi-label model. Several targets share one set of queries")
+        sp.add_argument("--threshold", type=float, default=0.5, help="for --target positive (default 0.5)")
         sp.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM")
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where onnxruntime runs")
         remote_options(sp)
@@ -248,6 +256,23 @@ def _target(value: str | None, class_names: Sequence[str]) -> int | None:
                     f"or a name ({', '.join(class_names)}).")
 
 
+def _targets(value: str | None, info: Any) -> Any:
+    """--target: one class (index or name), a comma list, "all" or "positive"; the default is the predicted
+    class, or "positive" for a multi-label model."""
+    if value is None:
+        return "positive" if info.multilabel else None
+    if value in info.class_names:
+        return list(info.class_names).index(value)
+    if value in ("all", "positive"):
+        return value
+    if "," in value:
+        picked = [_target(v.strip(), info.class_names) for v in value.split(",") if v.strip()]
+        if len(set(picked)) != len(picked):
+            raise UserError(f"--target {value!r} names a class twice.")
+        return picked
+    return _target(value, info.class_names)
+
+
 def _adapter(a: argparse.Namespace) -> Any:
     """The adapter the options name: --endpoint profile, an endpoint URL, or a local .onnx file."""
     from adapters import load_adapter
@@ -262,7 +287,7 @@ def _adapter(a: argparse.Namespace) -> Any:
     if a.endpoint is None and "://" not in str(a.model):
         kw["device"] = getattr(a, "device", "auto")
     return load_adapter(None if a.endpoint else str(a.model), endpoint=a.endpoint, budget=a.budget,
-                        max_batch=a.max_batch, concurrency=a.concurrency,
+                        max_batch=a.max_batch, concurrency=a.concurrency, output_kind=getattr(a, "output_kind", None),
                         allow_insecure_http=a.allow_insecure_http, **kw)
 
 
@@ -296,6 +321,7 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     from blackbox_lime import __version__
     from blackbox_lime.evidence_bank import BankError
     from blackbox_lime.explainer import Explainer
+    from blackbox_lime.explanation import ExplanationSet
     from blackbox_lime.image_io import ImageError, load_image
     from blackbox_lime.outputs import (
         check_writable,
@@ -314,7 +340,9 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
             raise UserError(f"--bank: {exc}") from None
         except ValueError as exc:
             raise _as_typed(exc) from None
-        target = _target(a.target, adapter.info.class_names)
+        if not 0.0 <= a.threshold <= 1.0:
+            raise UserError(f"--threshold must be a probability in [0, 1]. Got {a.threshold} instead.")
+        target = _targets(a.target, adapter.info)
         hashes = _model_record(a, adapter)
         if explainer.mae is not None:
             hashes["mae"] = {"file": explainer.mae.path.name, "sha256": file_sha256(explainer.mae.path)}
@@ -333,13 +361,18 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
             try:
                 loaded = load_image(path, frame=a.frame)
                 t_io = time.perf_counter() - t0
-                exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet)
+                exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
+                                        threshold=a.threshold)
             except (ImageError, ValueError) as exc:
                 print(f"blackbox-lime: error: {exc}", file=sys.stderr)
                 failed += 1
                 continue
             stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
             stems.add(stem)
+            if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
+                _write_findings(a, out, stem, path, loaded, list(exp) if isinstance(exp, ExplanationSet) else [exp],
+                                hashes, adapter.retries - r0, t_io)
+                continue
             report = {
                 "tool": "blackbox-lime", "version": __version__,
                 "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
@@ -390,7 +423,7 @@ def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explai
                               "--model" if a.endpoint is None else "--endpoint": model}
     for option, field in _CONFIG_OPTIONS.items():
         config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
-    config.update({"--seed": a.seed, "--target": a.target, "--frame": a.frame,
+    config.update({"--seed": a.seed, "--target": a.target, "--frame": a.frame, "--output-kind": a.output_kind,
                    "--mae": None if explainer.mae is None else file_sha256(explainer.mae.path),
                    "--bank": None if a.bank is None else file_sha256(a.bank),
                    "--calibration": None if a.calibration is None else file_sha256(a.calibration)})
@@ -441,7 +474,10 @@ def run_audit(a: argparse.Namespace) -> int:
                 raise UserError(f"--bank: {exc}") from None
             except ValueError as exc:
                 raise _as_typed(exc) from None
-            target = _target(a.target, adapter.info.class_names)
+            target = _targets(a.target, adapter.info)
+            if target is not None and not isinstance(target, int):
+                raise UserError(f"audit run explains one class per case: give --target with one class (an index or one "
+                                f"of {', '.join(adapter.info.class_names)}). Nothing was written.")
             model = _model_record(a, adapter)
             if a.calibration is not None:
                 _check_calibration(a, model)
@@ -567,6 +603,41 @@ def _audit_read(a: argparse.Namespace) -> int:
                      f"{str(c.get('queries') or ''):>8}  {extra}")
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exps: list[Any],
+                    hashes: dict[str, Any], retries: int, t_io: float) -> None:
+    """Several findings of one image from one set of queries: their files, the JSON line and the summary lines."""
+    from blackbox_lime import __version__
+    from blackbox_lime.outputs import findings_files, write_all
+
+    first = exps[0].summary()
+    shared = {k: first[k] for k in ("probs", "fill", "queries", "requests", "timings_s", "seed", "config",
+                                    "adaptation", "notes", "model")}
+    report = {"tool": "blackbox-lime", "version": __version__,
+              "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
+                        "shape": list(loaded.pixels.shape), "notes": loaded.notes},
+              **shared, "queries_shared": True, "retries": retries, "models": hashes}
+    report["timings_s"]["read_image"] = round(t_io, 4)
+    files = findings_files(out, stem, loaded.pixels, exps, report)
+    report_doc = json.loads(files[out / f"{stem}.json"])
+    outputs = sorted(p.name for p in files)
+    report_doc["outputs"] = outputs
+    files[out / f"{stem}.json"] = (json.dumps(report_doc, indent=2) + "\n").encode()
+    write_all(files)
+    if a.json:
+        keep = ("name", "index", "probability", "r2", "r2_heldout", "r2_evidence", "warnings", "files")
+        print(json.dumps({**{k: report_doc[k] for k in ("input", "probs", "fill", "queries", "requests", "retries",
+                                                         "queries_shared", "seed", "outputs")},
+                          "findings": [{k: f[k] for k in keep} for f in report_doc["findings"]]}))
+    if not a.quiet:
+        for exp in exps:
+            for warning in exp.warnings:
+                print(f"blackbox-lime: warning: {path.name}: {exp.target_name}: {warning}", file=sys.stderr)
+    if not a.json and not a.quiet:
+        found = ", ".join(f"{e.target_name} p={e.target_prob:.3f} R2={e.r2:.3f}" for e in exps)
+        print(f"{path.name}: {len(exps)} finding(s) from one set of {exps[0].queries} queries: {found} -> "
+              f"{out / (stem + '.findings.png')}", file=sys.stderr)
 
 
 def _model_key(record: dict[str, Any]) -> dict[str, Any]:

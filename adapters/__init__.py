@@ -23,7 +23,7 @@ __all__ = [
 
 def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow_insecure_http: bool = False,
                  budget: int | None = None, max_batch: int | None = None, concurrency: int | None = None,
-                 **kwargs: object) -> ClassifierAdapter:
+                 output_kind: str | None = None, **kwargs: object) -> ClassifierAdapter:
     """An adapter for a classifier.
 
     Parameters
@@ -34,6 +34,8 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
     endpoint : an endpoint profile (TOML); see :mod:`adapters.profile`. Overrides ``model``.
     allow_insecure_http : permit plain http:// or grpc:// to a host that is not loopback.
     budget, max_batch, concurrency : override the profile's limits.
+    output_kind : what the output means, overriding the model's metadata or the profile's ``[output] kind``:
+        "probabilities", "logits", "multilabel" or "multilabel_logits".
     kwargs : options of the local ONNX adapter (device, threads, preprocessing).
     """
     from pathlib import Path
@@ -45,13 +47,17 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
             prof = EndpointProfile.from_toml(endpoint, allow_insecure_http)
         else:
             prof = EndpointProfile.from_url(str(model), allow_insecure_http=allow_insecure_http)
+        if output_kind is not None:
+            prof.output = {**prof.output, "kind": output_kind}
         return prof.build(budget=budget, max_batch=max_batch, concurrency=concurrency,
                           allow_insecure_http=allow_insecure_http)
     if model is None:
         raise ValueError("Name a model: a local .onnx file, an endpoint URL, or an endpoint profile.")
     from adapters.onnx import OnnxAdapter
 
-    extra = {"budget": budget} if budget is not None else {}
+    extra: dict[str, object] = {"budget": budget} if budget is not None else {}
+    if output_kind is not None:
+        extra["output"] = output_kind
     if max_batch is not None:
         extra["max_batch"] = max_batch
     return OnnxAdapter(Path(model), **extra, **kwargs)  # type: ignore[arg-type]

@@ -20,6 +20,9 @@ from adapters.errors import BudgetExhausted, ResponseError
 
 log = logging.getLogger(__name__)
 
+DECLARE = (": --output-kind on the command line, output = \"...\" in the ONNX model's metadata, or kind = \"...\" "
+           "in the endpoint profile's [output]")
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -41,6 +44,11 @@ class ModelInfo:
     abnormal_index: int
     name: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the outputs are independent per-finding probabilities (``extra["output"]`` multilabel*)."""
+        return str(self.extra.get("output", "")).startswith("multilabel")
 
     def __post_init__(self) -> None:
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -100,8 +108,9 @@ class ClassifierAdapter(ABC):
 
         Returns
         -------
-        float64 array (N, K) of class probabilities (rows sum to 1 within 1e-3). A binary model that
-        returns only P(positive) is expanded to two columns [1 - p, p].
+        float64 array (N, K) of class probabilities (rows sum to 1 within 1e-3), or for a multi-label model
+        (``info.multilabel``) K independent finding probabilities in [0, 1]. A binary model that returns
+        only P(positive) is expanded to two columns [1 - p, p].
         """
         images = self._check_images(images)
         n = images.shape[0]
@@ -167,13 +176,15 @@ class ClassifierAdapter(ABC):
         if p.min() < -1e-6 or p.max() > 1 + 1e-6:
             raise ResponseError(
                 f"{who} returned values outside [0, 1] (min {p.min():.4g}, max {p.max():.4g}); expected probabilities. "
-                "If the model outputs logits, declare output='logits' so they are passed through a softmax.")
-        if per_class:
+                f"If the model outputs logits, declare its output as logits (a softmax over exclusive classes) or "
+                f"multilabel_logits (a sigmoid per finding){DECLARE}.")
+        if per_class and not self.info.multilabel:
             sums = p.sum(axis=1)
             if np.any(np.abs(sums - 1.0) > 1e-3):
                 raise ResponseError(
-                    f"{who}: the probabilities do not sum to 1 (row sums from {sums.min():.4g} to {sums.max():.4g}). "
-                    "If the model outputs logits, declare output='logits'.")
+                    f"{who}: the probabilities do not sum to 1 (row sums from {sums.min():.4g} to {sums.max():.4g}), so "
+                    f"the classes are not exclusive. If each column is its own finding's probability (a multi-label "
+                    f"model), declare its output as multilabel{DECLARE}.")
         return np.clip(p, 0.0, 1.0)
 
     # -- life cycle --------------------------------------------------------------------------

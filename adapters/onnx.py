@@ -92,7 +92,8 @@ class OnnxAdapter(ClassifierAdapter):
     mean, std : per-channel normalisation applied to [0, 1] pixels before the model (default none).
     layout : "NCHW" or "NHWC"; default from metadata, else guessed from the input shape.
     dtype : "float32", "float16" or "uint8" (uint8 feeds round(pixels * 255)).
-    output : "probabilities" or "logits" (softmax, or a sigmoid for one output column).
+    output : "probabilities", "logits" (softmax, or a sigmoid for one output column), "multilabel" (independent
+        per-finding probabilities) or "multilabel_logits" (a sigmoid per column); default from metadata.
     class_names, abnormal_index : default from metadata, else ("normal", "abnormal") and the last class.
     max_batch, budget : see :class:`~adapters.base.ClassifierAdapter`.
     threads : onnxruntime intra-op threads (default: onnxruntime's choice).

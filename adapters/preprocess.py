@@ -19,6 +19,11 @@ from adapters.errors import ResponseError
 OIP_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
 DTYPE_TO_OIP = {v: k for k, v in OIP_DTYPES.items()}
 
+# What a classifier's output row means. Exclusive: one class per image, the row sums to 1 (after a softmax for
+# logits). Multi-label: K independent findings, each its own probability (after a sigmoid per column for logits).
+OUTPUT_KINDS = ("probabilities", "logits", "multilabel", "multilabel_logits")
+MULTILABEL_KINDS = ("multilabel", "multilabel_logits")
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
@@ -39,7 +44,9 @@ class TensorSpec:
     layout : "NCHW" or "NHWC".
     dtype : "float32", "float16", "float64" or "uint8" (uint8 sends round(pixels * 255)).
     mean, std : per-channel normalisation of [0, 1] pixels, applied before the cast (default none).
-    output : "probabilities" or "logits" (softmax over classes, or a sigmoid for one column).
+    output : one of :data:`OUTPUT_KINDS`: "probabilities" (exclusive classes, rows sum to 1), "logits"
+        (softmax over classes, or a sigmoid for one column), "multilabel" (independent per-finding
+        probabilities) or "multilabel_logits" (a sigmoid per column).
     """
 
     layout: str = "NCHW"
@@ -53,8 +60,9 @@ class TensorSpec:
             raise ValueError(f"layout must be 'NCHW' or 'NHWC'. Got {self.layout!r} instead.")
         if self.dtype not in DTYPE_TO_OIP:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_TO_OIP)}. Got {self.dtype!r} instead.")
-        if self.output not in ("probabilities", "logits"):
-            raise ValueError(f"output must be 'probabilities' or 'logits'. Got {self.output!r} instead.")
+        if self.output not in OUTPUT_KINDS:
+            raise ValueError(f"output must be one of {', '.join(repr(k) for k in OUTPUT_KINDS)}. Got {self.output!r} "
+                             "instead.")
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is not None:
@@ -88,8 +96,12 @@ class TensorSpec:
             out = out[:, 0]
         if out.ndim not in (1, 2) or out.shape[0] != n:
             raise ResponseError(f"{where} returned an output of shape {out.shape}; expected ({n}, K) or ({n},).")
-        if self.output == "logits":
+        if self.output in ("logits", "multilabel_logits"):
             if not np.all(np.isfinite(out)):
                 raise ResponseError(f"{where} returned NaN or infinite logits. Check the model and its preprocessing.")
-            out = softmax(out) if out.ndim == 2 else sigmoid(out)
+            out = softmax(out) if out.ndim == 2 and self.output == "logits" else sigmoid(out)
         return out
+
+    @property
+    def multilabel(self) -> bool:
+        return self.output in MULTILABEL_KINDS

@@ -17,7 +17,7 @@ Example (every key but ``url`` is optional; the endpoint's metadata fills in wha
     name = "image"                 # input tensor name, if the endpoint has no metadata
 
     [output]
-    kind = "probabilities"         # or "logits"
+    kind = "probabilities"         # or "logits", "multilabel" (a probability per finding), "multilabel_logits"
     class_names = ["normal", "abnormal"]
     abnormal_index = 1
     name = "probs"                 # output tensor name

@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import cv2
@@ -26,7 +27,7 @@ from adapters.base import ClassifierAdapter
 from blackbox_lime import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
-from blackbox_lime.explanation import Explanation
+from blackbox_lime.explanation import Explanation, ExplanationSet
 from blackbox_lime.fill_choice import (FillChoice, coarse_design, decide, evidence_r2, heldout_r2, recon_psnr,
                                       score_pilot)
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
@@ -140,22 +141,46 @@ class Explainer:
                 return f
         return None
 
-    def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
-                progress: bool = False, keep_samples: bool = False) -> Explanation:
-        """Explain the model's answer for one image.
+    def explain(self, image: np.ndarray, target: "int | Sequence[int] | str | None" = None,
+                rng: int | np.random.Generator = 0, progress: bool = False, keep_samples: bool = False,
+                threshold: float = 0.5) -> "Explanation | ExplanationSet":
+        """Explain the model's answer for one image: one class, or several findings from one set of queries.
 
         Parameters
         ----------
         image : float32 (H, W) or (H, W, C) in [0, 1], any size (C in {1, 3}).
-        target : the class to explain; default the model's predicted class.
+        target : the class to explain (an index; default the model's predicted class) -> an
+            :class:`~blackbox_lime.explanation.Explanation`. A list of indices, ``"all"`` (every class or
+            finding) or ``"positive"`` (every finding with P >= ``threshold``, else the highest one) ->
+            an :class:`~blackbox_lime.explanation.ExplanationSet` with one Explanation per target, all
+            fitted on the same queried samples: K maps cost one explanation's queries.
         rng : an integer seed or an ``np.random.Generator``; the only source of randomness.
         progress : draw a progress bar on stderr.
         keep_samples : keep the queried design (masks, probabilities, kernel weights) in ``samples``.
-
-        Returns
-        -------
-        :class:`~blackbox_lime.explanation.Explanation`
+        threshold : for ``target="positive"``.
         """
+        n_classes = len(self.adapter.info.class_names)
+        if isinstance(target, str):
+            if target not in ("all", "positive"):
+                raise ValueError(f"target must be a class index, a list of them, 'all' or 'positive'. Got {target!r} "
+                                 "instead.")
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold must be a probability in [0, 1]. Got {threshold!r} instead.")
+            return ExplanationSet(self._explain(image, target, rng, progress, keep_samples, threshold))
+        if isinstance(target, (list, tuple, np.ndarray)):
+            targets = [_check_target(t, self.adapter.info.class_names) for t in target]
+            if not targets or len(set(targets)) != len(targets):
+                raise ValueError(f"target must list distinct class indices in [0, {n_classes - 1}]. Got {list(target)!r} "
+                                 "instead.")
+            return ExplanationSet(self._explain(image, targets, rng, progress, keep_samples, threshold))
+        if target is not None:
+            _check_target(target, self.adapter.info.class_names)
+        return self._explain(image, None if target is None else [int(target)], rng, progress, keep_samples,
+                             threshold)[0]
+
+    def _explain(self, image: np.ndarray, targets: "list[int] | str | None", rng: int | np.random.Generator,
+                 progress: bool, keep_samples: bool, threshold: float) -> list[Explanation]:
+        """The pipeline, once for the image: masks, STTA, fill, queries; then a surrogate per target."""
         t_start = time.perf_counter()
         cfg, info, grid = self.config, self.adapter.info, self.grid
         image = check_image(image)
@@ -163,10 +188,6 @@ class Explainer:
             raise ValueError(
                 f"The image ({image.shape[1]}x{image.shape[0]} px) is smaller than one patch ({cfg.patch_size} px). "
                 "Use a larger image or a smaller --patch-size.")
-        n_classes = len(info.class_names)
-        if target is not None and not (isinstance(target, (int, np.integer)) and 0 <= target < n_classes):
-            raise ValueError(f"target must be a class index in [0, {n_classes - 1}] ({', '.join(info.class_names)}). "
-                             f"Got {target!r} instead.")
         seed = int(rng) if isinstance(rng, (int, np.integer)) else None
         gen = np.random.default_rng(rng) if seed is not None else rng
         if not isinstance(gen, np.random.Generator):
@@ -188,6 +209,7 @@ class Explainer:
         adaptation: Adaptation | None = None
         transform = self.input_transform
         choice: FillChoice | None = None
+        label = targets[0] if isinstance(targets, list) and len(targets) == 1 else None  # STTA's Y; shared
         try:
             if cfg.stta:  # its own seeded generator: the design is the same with and without STTA, and the
                 t = time.perf_counter()  # adaptation (probes included) does not depend on the explanation's seed
@@ -196,20 +218,19 @@ class Explainer:
                 probes = self._probes(canvas, cfg.stta_probes, stta_rng, timings)
                 if probes is not None and transform is not None:
                     probes = transform(probes)
-                adaptation = adapt(self.adapter, base, target, stta_rng, cfg.stta_iterations, cfg.stta_views, probes)
+                adaptation = adapt(self.adapter, base, label, stta_rng, cfg.stta_iterations, cfg.stta_views, probes)
                 transform = adaptation.transform if transform is None else _chain(transform, adaptation.transform)
-                if target is None:
-                    target = adaptation.label
+                if targets is None:
+                    targets = [adaptation.label]
                 timings["stta"] = time.perf_counter() - t
                 bar.update(adaptation.queries)
             t = time.perf_counter()
             probs0 = self._query(canvas[None], transform)
             timings["classifier"] += time.perf_counter() - t
             bar.update(1)
-            if target is None:
-                target = int(np.argmax(probs0[0]))
+            targets = _resolve_targets(targets, probs0[0], threshold)
             if design is None:  # fill "auto": a pilot per candidate, then the rest of the budget on the chosen one
-                choice, pilot_visible, pilot_probs = self._choose_fill(canvas, transform, target, probs0[0], gen, bar,
+                choice, pilot_visible, pilot_probs = self._choose_fill(canvas, transform, targets, probs0[0], gen, bar,
                                                                        timings)
                 filler = self.fillers[choice.chosen]
                 t = time.perf_counter()
@@ -226,6 +247,34 @@ class Explainer:
         finally:
             bar.close()
 
+        fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
+        shared_warnings: list[str] = []
+        if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
+            t = time.perf_counter()
+            psnr, gap = self._recon_check(canvas, filler)
+            timings["fill_choice"] = time.perf_counter() - t
+            fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
+            shared_warnings = _off_domain_warnings(psnr, gap, cfg)
+        notes += [n for n in getattr(filler, "notes", []) if n not in notes]
+        weights = proximity_kernel(visible, cfg.kernel_width)
+        queries, requests = self.adapter.queries - q0, self.adapter.requests - r0
+        shared = [info.class_names[k] for k in targets] if len(targets) > 1 else []
+        out = []
+        for target in targets:
+            t_fit = time.perf_counter()
+            exp = self._fit_one(image, canvas, target, visible, probs, weights, filler, dict(timings), list(notes),
+                                shared_warnings, fill_record, adaptation, seed, queries, requests, keep_samples)
+            exp.shared_with = shared
+            exp.timings["total"] = (t_fit - t_start) + (time.perf_counter() - t_fit)
+            out.append(exp)
+        return out
+
+    def _fit_one(self, image: np.ndarray, canvas: np.ndarray, target: int, visible: np.ndarray, probs: np.ndarray,
+                 weights: np.ndarray, filler: Filler, timings: dict[str, float], notes: list[str],
+                 shared_warnings: list[str], fill_record: dict[str, Any], adaptation: Adaptation | None,
+                 seed: int | None, queries: int, requests: int, keep_samples: bool) -> Explanation:
+        """One target's evidence prior, surrogate and map, from the shared queried samples."""
+        cfg, info, grid = self.config, self.adapter.info, self.grid
         t = time.perf_counter()
         ref, neighbours, evidence = np.zeros(grid.n_patches), [], None
         if self.reference is not None:
@@ -238,7 +287,6 @@ class Explainer:
                 evidence = {"neighbours": len(neighbours), **getattr(self.reference, "last", {})}
         timings["evidence"] = time.perf_counter() - t
         t = time.perf_counter()
-        weights = proximity_kernel(visible, cfg.kernel_width)
         y = probs[:, target]
         lambda2 = cfg.lambda2_for(prior=evidence is not None)
         options = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
@@ -255,15 +303,7 @@ class Explainer:
         warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
                                       info.class_names[target])
         warnings += _low_fidelity_warnings(r2_evidence, filler.name, cfg)
-        fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
-        if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
-            t = time.perf_counter()
-            psnr, gap = self._recon_check(canvas, filler)
-            timings["fill_choice"] = time.perf_counter() - t
-            fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
-            warnings += _off_domain_warnings(psnr, gap, cfg)
-        timings["total"] = time.perf_counter() - t_start
-        notes += [n for n in getattr(filler, "notes", []) if n not in notes]
+        warnings += shared_warnings
         for w in warnings:
             log.info("weak map: %s", w)
         return Explanation(
@@ -276,8 +316,8 @@ class Explainer:
             target_name=info.class_names[target],
             target_prob=float(probs[0, target]),
             probs=probs[0].copy(),
-            queries=self.adapter.queries - q0,
-            requests=self.adapter.requests - r0,
+            queries=queries,
+            requests=requests,
             timings=timings,
             seed=seed,
             config={**cfg.to_dict(), "lambda2_effective": lambda2, "fill_model": _describe(filler),
@@ -313,15 +353,16 @@ class Explainer:
         probs0 = self._query(canvas[None], self.input_transform)[0]
         target = int(np.argmax(probs0)) if target is None else target
         timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
-        return self._choose_fill(canvas, self.input_transform, target, probs0, gen, _NoBar(), timings)[0]
+        return self._choose_fill(canvas, self.input_transform, [target], probs0, gen, _NoBar(), timings)[0]
 
-    def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None, target: int, probs0: np.ndarray,
+    def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
                      gen: np.random.Generator, bar: Any, timings: dict[str, float]
                      ) -> tuple[FillChoice, np.ndarray, np.ndarray]:
         """Fill "auto" (blackbox_lime/fill_choice.py): first the MAE's reconstruction check, without queries;
         when the MAE reconstructs the image worse than a blur by more than ``recon_margin_db``, a coarse pilot
         per classic candidate scored by the evidence fit's held-out R^2 (or, with ``pilot_samples=0``, the
-        first classic candidate).
+        first classic candidate). With several targets the fill is shared: a candidate's score is the mean of
+        the targets' scores (those whose answer moved).
 
         Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse,
         empty when no pilot ran."""
@@ -352,7 +393,10 @@ class Explainer:
         for name in classic:  # designs drawn in candidate order: deterministic for a seed
             coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
             probs = self._sample(canvas, self.fillers[name], fine, np.arange(n), transform, bar, timings)
-            scores[name], spread[name] = score_pilot(coarse, probs[:, target], float(probs0[target]), cfg.kernel_width)
+            per = [score_pilot(coarse, probs[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
+            moved = [sc for sc, _ in per if sc is not None]
+            scores[name] = float(np.mean(moved)) if moved else None
+            spread[name] = max(sd for _, sd in per)
             pilots[name] = (fine, probs)
         chosen, reason = decide(scores, classic[0], cfg.fill_margin)
         timings["fill_choice"] = time.perf_counter() - t0
@@ -422,6 +466,26 @@ class Explainer:
         if transform is not None:
             batch = transform(batch)
         return self.adapter.predict(batch)
+
+
+def _check_target(target: object, class_names: "Sequence[str]") -> int:
+    n = len(class_names)
+    if isinstance(target, bool) or not (isinstance(target, (int, np.integer)) and 0 <= target < n):
+        raise ValueError(f"target must be a class index in [0, {n - 1}] ({', '.join(class_names)}). "
+                         f"Got {target!r} instead.")
+    return int(target)
+
+
+def _resolve_targets(targets: "list[int] | str | None", probs0: np.ndarray, threshold: float) -> list[int]:
+    """The explained classes: as given, the predicted one (None), every one ("all"), or those with
+    P >= threshold ("positive"; the highest one when none is)."""
+    if targets is None:
+        return [int(np.argmax(probs0))]
+    if targets == "all":
+        return list(range(len(probs0)))
+    if targets == "positive":
+        return [int(k) for k in np.flatnonzero(probs0 >= threshold)] or [int(np.argmax(probs0))]
+    return list(targets)  # type: ignore[arg-type]
 
 
 def _chain(first: InputTransform, second: InputTransform) -> InputTransform:

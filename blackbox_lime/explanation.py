@@ -45,6 +45,8 @@ class Explanation:
     evidence : EBR's use (neighbours, kernel bandwidth, the scale the surrogate gave the prior), None
         without an evidence prior. ``neighbours`` lists the cases with their similarity and kernel weight.
     model : the classifier's metadata.
+    shared_with : when several targets were explained from one set of queries, the names of all of them
+        (``queries`` and ``requests`` are then the whole set's, paid once); empty otherwise.
     samples : with ``explain(..., keep_samples=True)``: the queried design, for audits and for refitting
         the surrogate: ``visible`` bool (n, P), ``probs`` float64 (n, K), ``kernel`` float64 (n,).
     """
@@ -76,6 +78,7 @@ class Explanation:
     r2_heldout: float = float("nan")
     r2_evidence: float = float("nan")
     fill: dict[str, Any] = field(default_factory=dict)
+    shared_with: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -94,6 +97,7 @@ class Explanation:
             "intercept": round(float(self.intercept), 6),
             "queries": self.queries,
             "requests": self.requests,
+            "queries_shared_with": self.shared_with,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "seed": self.seed,
             "config": self.config,
@@ -107,3 +111,43 @@ class Explanation:
             "patch_weights": np.round(self.patch_weights, 6).tolist(),
             "patch_stderr": np.round(self.patch_stderr, 6).tolist(),
         }
+
+
+@dataclass
+class ExplanationSet:
+    """Several classes or findings of one image explained from one set of queries.
+
+    ``Explainer.explain(image, target=[...] | "all" | "positive")`` returns it. The perturbed samples were
+    drawn, filled and queried once; each target has its own surrogate (and evidence prior) fitted on the
+    same answers, so K maps cost one explanation's queries plus K surrogate fits.
+
+    Attributes
+    ----------
+    explanations : one :class:`Explanation` per target, in the order asked (for "positive": by class index).
+        Each has its own ``saliency`` float32 (H, W), ``patch_weights`` (rows, cols), R^2 and warnings;
+        ``queries``, ``requests``, ``probs``, ``fill`` and ``adaptation`` are the shared ones.
+    """
+
+    explanations: list[Explanation]
+
+    def __len__(self) -> int:
+        return len(self.explanations)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.explanations)
+
+    def __getitem__(self, i: int) -> Explanation:
+        return self.explanations[i]
+
+    @property
+    def targets(self) -> list[int]:
+        return [e.target for e in self.explanations]
+
+    @property
+    def queries(self) -> int:
+        """Images sent for the whole set (once, not per target)."""
+        return self.explanations[0].queries
+
+    @property
+    def requests(self) -> int:
+        return self.explanations[0].requests

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,62 @@ def explanation_files(out_dir: Path, stem: str, image: np.ndarray, exp: Explanat
         out_dir / f"{stem}.overlay.png": png.tobytes(),
         out_dir / f"{stem}.json": text.encode(),
     }
+
+
+def finding_stems(names: list[str]) -> list[str]:
+    """File-safe, distinct names for findings: letters, digits, '.', '_' and '-' kept, anything else '_'.
+
+    Two findings never share a name: a clash gets its position appended ("a_b", "a_b-2")."""
+    out: list[str] = []
+    for i, name in enumerate(names):
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or f"finding{i}"
+        stem, k = safe, 2
+        while stem.lower() in {o.lower() for o in out}:  # case-insensitive file systems too
+            stem, k = f"{safe}-{k}", k + 1
+        out.append(stem)
+    return out
+
+
+def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: list[Explanation],
+                   report: dict[str, Any]) -> dict[Path, bytes]:
+    """The files of several findings explained from one set of queries: per finding
+    ``STEM.FINDING.saliency.npy`` and ``STEM.FINDING.overlay.png``, one ``STEM.findings.png`` overview (the
+    image and every finding's overlay side by side) and one ``STEM.json`` (``report`` with a ``findings`` list)."""
+    files: dict[Path, bytes] = {}
+    names = finding_stems([e.target_name for e in explanations])
+    panels = [render_overlay(image, np.zeros(image.shape[:2], np.float32), "input")]
+    findings = []
+    for exp, name in zip(explanations, names):
+        buf = io.BytesIO()
+        np.save(buf, exp.saliency.astype(np.float32))
+        title = f"{exp.target_name}  p={exp.target_prob:.3f}  R2={exp.r2:.2f}"
+        panel = render_overlay(image, exp.saliency, title)
+        panels.append(panel)
+        ok, png = cv2.imencode(".png", panel)
+        if not ok:  # pragma: no cover
+            raise OutputError("OpenCV could not encode the overlay PNG.")
+        maps = [f"{stem}.{name}.saliency.npy", f"{stem}.{name}.overlay.png"]
+        files[out_dir / maps[0]] = buf.getvalue()
+        files[out_dir / maps[1]] = png.tobytes()
+        s = exp.summary()
+        findings.append({"name": exp.target_name, "index": exp.target, "probability": s["target_prob"],
+                         "r2": s["r2"], "r2_heldout": s["r2_heldout"], "r2_evidence": s["r2_evidence"],
+                         "warnings": exp.warnings, "files": maps,
+                         **{k: s[k] for k in ("response_sd", "lambda1_effective", "lambda1_capped", "intercept",
+                                               "evidence", "neighbours", "patch_grid", "patch_weights", "patch_stderr")}})
+    h = max(p.shape[0] for p in panels)
+    row = np.full((h, sum(p.shape[1] for p in panels), 3), 255, np.uint8)
+    x = 0
+    for p in panels:
+        row[:p.shape[0], x:x + p.shape[1]] = p
+        x += p.shape[1]
+    ok, png = cv2.imencode(".png", row)
+    if not ok:  # pragma: no cover
+        raise OutputError("OpenCV could not encode the overview PNG.")
+    files[out_dir / f"{stem}.findings.png"] = png.tobytes()
+    doc = {**report, "findings": findings}
+    files[out_dir / f"{stem}.json"] = (json.dumps(doc, indent=2, default=_json_default) + "\n").encode()
+    return files
 
 
 def _json_default(o: object) -> object:

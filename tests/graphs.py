@@ -143,3 +143,36 @@ def sine_model(path: Path, a: np.ndarray, frequency: float = 50.0, size: int = 2
     ]
     graph = helper.make_graph(nodes, "sine", [x], [y], inits)
     return _save(graph, path, {"class_names": '["normal", "abnormal"]', "abnormal_index": "1"})
+
+
+def multilabel_region_model(path: Path, regions: "dict[str, int | None]", gain: float = 12.0, bias: float = -3.0,
+                            size: int = 224, patch: int = 16, logits: bool = False) -> Path:
+    """A multi-label model: finding k's logit is gain * mean(x over patch regions[k]) + bias, and its output a
+    sigmoid of that (or the logit itself with ``logits=True``). Each finding depends on exactly one known
+    patch, so its true attribution is that patch alone (known answer); a finding whose region is None is
+    sigmoid(bias) for every image (it never moves). Rows do not sum to 1."""
+    rows = size // patch
+    names = list(regions)
+    k = len(names)
+    w = np.zeros((rows * rows, k), np.float32)
+    for j, name in enumerate(names):
+        if regions[name] is not None:
+            w[regions[name], j] = gain
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", k])
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(k, bias, np.float32), "b"),
+             numpy_helper.from_array(np.array([0, rows * rows], np.int64), "flat")]
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("AveragePool", ["gray"], ["pooled"], kernel_shape=[patch, patch], strides=[patch, patch]),
+        helper.make_node("Reshape", ["pooled", "flat"], ["feat"]),
+        helper.make_node("MatMul", ["feat", "w"], ["lin"]),
+        helper.make_node("Add", ["lin", "b"], ["logit" if not logits else "probs"]),
+    ]
+    if not logits:
+        nodes.append(helper.make_node("Sigmoid", ["logit"], ["probs"]))
+    graph = helper.make_graph(nodes, "multilabel_regions", [x], [y], inits)
+    import json
+
+    return _save(graph, path, {"class_names": json.dumps(names), "abnormal_index": "0",
+                               "output": "multilabel_logits" if logits else "multilabel"})

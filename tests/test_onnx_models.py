@@ -104,8 +104,21 @@ def test_classifier_contract(name: str) -> None:
 
 def test_shipped_models_stay_small() -> None:
     shipped = [p for p in ONNX_DIR.iterdir() if p.suffix in (".onnx", ".pt")]
-    assert len(shipped) == 11
+    assert len(shipped) == 12
     assert sum(p.stat().st_size for p in shipped) < 60e6
+
+
+def test_the_shortcut_model_reads_the_laterality_marker() -> None:
+    """onnx/train_shortcut.py: the same test phantoms with the marker forced on and off."""
+    from blackbox_lime.phantoms import marked_phantom
+
+    s = session("shortcut_marker.onnx")
+    on = np.stack([marked_phantom("chest_xray", "test", k, marked=True)[0].image.transpose(2, 0, 1) for k in range(20)])
+    off = np.stack([marked_phantom("chest_xray", "test", k, marked=False)[0].image.transpose(2, 0, 1) for k in range(20)])
+    p_on, p_off = s.run(None, {"image": on})[0][:, 1], s.run(None, {"image": off})[0][:, 1]
+    assert p_on.mean() - p_off.mean() > 0.5 and np.mean(p_on > p_off) > 0.9
+    m = meta(s)
+    assert m["training"]["marker_effect"] > 0.5 and "shortcut" in m["intended_use"]
 
 
 @pytest.mark.parametrize(("name", "family"), [("brain_cnn.onnx", "brain_mri"), ("fundus_cnn.onnx", "fundus")])
