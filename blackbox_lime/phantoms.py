@@ -86,7 +86,7 @@ import cv2
 import numpy as np
 
 __all__ = ["ALL_MODALITIES", "MARKER_KINDS", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases",
-           "burn_in_marker", "is_marked", "iter_abnormal_cases", "make_phantom", "marked_phantom", "write_phantoms"]
+           "FINDINGS", "MultiPhantom", "burn_in_marker", "is_marked", "make_multilabel_phantom", "iter_abnormal_cases", "make_phantom", "marked_phantom", "write_phantoms"]
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")  # the families the bundled MAE and demo models know
 UNSEEN_MODALITIES: tuple[str, ...] = ("brain_mri", "fundus")  # no bundled part was trained on it except its own classifier
@@ -250,7 +250,8 @@ def _lesion_mask(alpha: np.ndarray) -> np.ndarray:
 
 
 def _chest_xray(
-    rng: np.random.Generator, abnormal: bool, shifted: bool, noise_draw: _Noise
+    rng: np.random.Generator, abnormal: bool, shifted: bool, noise_draw: _Noise,
+    findings: tuple[str, ...] = (), finding_masks: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     mid = SIZE / 2 + rng.uniform(-5, 5)
     img = np.full((SIZE, SIZE), 0.03, np.float32)
@@ -260,7 +261,7 @@ def _chest_xray(
 
     # Lungs: two ellipses cut below by diaphragm domes.
     lungs = np.zeros_like(img)
-    lung_centres = []
+    lung_centres, lung_fields = [], []
     for side in (-1, 1):
         lcx = mid + side * rng.uniform(40, 47)
         lcy = 104 + rng.uniform(-5, 5)
@@ -270,6 +271,7 @@ def _chest_xray(
         lung *= _sigmoid((dome_y - _YY) / 2.0)
         lungs = np.maximum(lungs, lung)
         lung_centres.append((lcx, lcy, lax, lay))
+        lung_fields.append(lung)
     lung_density = rng.uniform(0.20, 0.26)
     img -= lungs * lung_density * body
 
@@ -364,6 +366,15 @@ def _chest_xray(
             mask |= lesion_mask
             lesions.append({"kind": kind, "centre": [int(py), int(px)], "radius": round(radius, 2),
                             "contrast": round(contrast, 4), "area_px": int(lesion_mask.sum())})
+    for kind in findings:  # the multi-label family: one lesion of each finding present, each with its own mask
+        alpha = _finding(rng, kind, lungs, lung_fields, lung_centres)
+        lesion_mask = _lesion_mask(alpha)
+        contrast = float(rng.uniform(0.16, 0.30))
+        img += alpha * contrast * (0.9 + 0.2 * _smooth_noise(rng, 4.0).clip(-0.5, 0.5))
+        mask |= lesion_mask
+        if finding_masks is not None:
+            finding_masks[kind] = lesion_mask
+        lesions.append({"kind": kind, "contrast": round(contrast, 4), "area_px": int(lesion_mask.sum())})
 
     # Acquisition.
     if shifted:
@@ -377,6 +388,69 @@ def _chest_xray(
     img = cv2.GaussianBlur(img, (0, 0), blur)
     img = img + noise_draw.standard_normal(img.shape).astype(np.float32) * noise
     return np.clip(img, 0, 1), mask, lesions
+
+
+def _finding(rng: np.random.Generator, kind: str, lungs: np.ndarray, fields: list[np.ndarray],
+             centres: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """The opacity (alpha, (H, W) in [0, 1]) of one multi-label finding, drawn again until it covers >= 12 px."""
+    while True:
+        if kind == "effusion":  # fluid at one lung's base: a level with a meniscus rising laterally
+            side = int(rng.integers(2))
+            lcx, lcy, lax, lay = centres[side]
+            level = lcy + lay * rng.uniform(0.2, 0.45)
+            lateral = (_XX - lcx) * (1 if side else -1)
+            surface = level - 0.35 * np.clip(lateral, 0, None) + rng.uniform(-2, 2)
+            alpha = _sigmoid((_YY - surface) / 2.5) * (fields[side] > 0.3) * fields[side]
+        else:
+            inside = np.argwhere(lungs > 0.97)
+            py, px = inside[rng.integers(len(inside))]
+            if kind == "nodule":
+                radius = float(np.exp(rng.uniform(np.log(4.0), np.log(14.0))))
+                alpha = _irregular_blob(rng, px, py, radius, roughness=0.08, edge=max(1.5, radius * 0.3))
+            else:  # consolidation
+                radius = float(rng.uniform(9, 20))
+                field = _soft_ellipse(px, py, radius * rng.uniform(0.8, 1.3), radius * rng.uniform(0.8, 1.3),
+                                      radius * 0.5)
+                alpha = _sigmoid((field + 0.35 * _smooth_noise(rng, 3.0) - 0.55) * 8.0) * (field > 0.02)
+            alpha = alpha * (lungs > 0.5)
+        if _lesion_mask(alpha).sum() >= 12:
+            return alpha
+
+
+# ----------------------------------------------------------------------------- multi-label chest radiographs
+
+FINDINGS: tuple[str, ...] = ("nodule", "consolidation", "effusion")
+FINDING_RATES: dict[str, float] = {"nodule": 0.4, "consolidation": 0.4, "effusion": 0.35}
+
+
+@dataclass(frozen=True)
+class MultiPhantom:
+    """A chest phantom with several independent findings (the multi-label family).
+
+    image : float32 [224, 224, 3] in [0, 1]; masks : per finding, bool [224, 224] (empty when absent);
+    labels : per finding, 1 if present; split, index : its key; lesions : one dict per finding present.
+    """
+
+    image: np.ndarray
+    masks: dict[str, np.ndarray]
+    labels: dict[str, int]
+    split: str
+    index: int
+    lesions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_multilabel_phantom(split: str, index: int) -> MultiPhantom:
+    """The multi-label chest phantom ``(split, index)``: each of :data:`FINDINGS` present independently
+    (nodule 40 %, consolidation 40 %, effusion 35 %), one lesion each, with its own exact mask. The anatomy
+    and acquisition are the chest_xray family's; the stream is the family's own. Deterministic."""
+    _check_key("chest_xray", split, index)
+    rng = np.random.default_rng(np.random.SeedSequence([_SEED_SALT, 3, SPLITS.index(split), int(index)]))
+    present = tuple(k for k in FINDINGS if rng.random() < FINDING_RATES[k])
+    masks: dict[str, np.ndarray] = {}
+    gray, _, lesions = _chest_xray(rng, False, split == "shifted", _Noise(rng, None), present, masks)
+    image = np.repeat(np.clip(gray, 0, 1).astype(np.float32)[..., None], 3, axis=2)
+    full = {k: masks.get(k, np.zeros((SIZE, SIZE), bool)) for k in FINDINGS}
+    return MultiPhantom(image, full, {k: int(full[k].any()) for k in FINDINGS}, split, int(index), lesions)
 
 
 # ----------------------------------------------------------------------------- breast ultrasound
