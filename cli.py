@@ -423,7 +423,8 @@ def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explai
                               "--model" if a.endpoint is None else "--endpoint": model}
     for option, field in _CONFIG_OPTIONS.items():
         config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
-    config.update({"--seed": a.seed, "--target": a.target, "--frame": a.frame, "--output-kind": a.output_kind,
+    config.update({"--seed": a.seed, "--target": a.target, "--threshold": a.threshold, "--frame": a.frame,
+                   "--output-kind": a.output_kind,
                    "--mae": None if explainer.mae is None else file_sha256(explainer.mae.path),
                    "--bank": None if a.bank is None else file_sha256(a.bank),
                    "--calibration": None if a.calibration is None else file_sha256(a.calibration)})
@@ -474,10 +475,9 @@ def run_audit(a: argparse.Namespace) -> int:
                 raise UserError(f"--bank: {exc}") from None
             except ValueError as exc:
                 raise _as_typed(exc) from None
+            if not 0.0 <= a.threshold <= 1.0:
+                raise UserError(f"--threshold must be a probability in [0, 1]. Got {a.threshold} instead.")
             target = _targets(a.target, adapter.info)
-            if target is not None and not isinstance(target, int):
-                raise UserError(f"audit run explains one class per case: give --target with one class (an index or one "
-                                f"of {', '.join(adapter.info.class_names)}). Nothing was written.")
             model = _model_record(a, adapter)
             if a.calibration is not None:
                 _check_calibration(a, model)
@@ -521,7 +521,8 @@ def run_audit(a: argparse.Namespace) -> int:
                     bar.update(1)
 
                 runner = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
-                                     target=target, frame=a.frame, salt=salt, progress=progress)
+                                     target=target, frame=a.frame, salt=salt, threshold=a.threshold,
+                                     progress=progress)
                 try:
                     result = runner.run()
                 except KeyboardInterrupt:
@@ -593,9 +594,10 @@ def _audit_read(a: argparse.Namespace) -> int:
              f"queries   {t['sent']} images sent in {t['requests']} requests ({t['retries']} retries); "
              f"{t['reused']} answers reused from the store" + (f"; budget {st['budget']}" if st["budget"] else ""),
              f"flagged   {st['flagged_cases']} of {st['done']} explained cases"
+             + (f" ({st['explained_findings']} findings explained)" if len(st["by_finding"]) > 1 else "")
              + "".join(f"; {f} {d['cases']}" for f, d in st["flags"].items() if d["cases"])]
     lines.append(f"{'case':<20} {'state':<8} {'class':<12} {'P':>6} {'evid.R2':>8} {'queries':>8}  flags")
-    for c in summary["cases"]:
+    for c in summary["cases"]:  # one row per (case, explained finding)
         p = "" if c.get("target_prob") is None else f"{c['target_prob']:.3f}"
         r2 = "" if c.get("r2_evidence") is None else f"{c['r2_evidence']:.3f}"
         extra = ", ".join(c.get("flags") or []) if c["state"] != "failed" else c.get("reason", "")

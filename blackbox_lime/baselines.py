@@ -65,14 +65,16 @@ def _telea(image: np.ndarray, grid: PatchGrid, visible: np.ndarray) -> np.ndarra
 
 
 def _query_masks(adapter: ClassifierAdapter, image: np.ndarray, grid: PatchGrid, visible: np.ndarray,
-                 fill: np.ndarray | str, target: int, chunk: int = 64) -> np.ndarray:
-    """P(target) for each row of ``visible``; ``fill`` is an image (H, W, C) or "telea"."""
-    out = np.empty(visible.shape[0])
+                 fill: np.ndarray | str, target: int | None, chunk: int = 64) -> np.ndarray:
+    """P(target) for each row of ``visible`` (n,), or every class's (n, K) with ``target=None``; ``fill`` is an
+    image (H, W, C) or "telea"."""
+    out = []
     for i in range(0, visible.shape[0], chunk):
         v = visible[i:i + chunk]
         batch = _telea(image, grid, v) if isinstance(fill, str) else _compose(image, grid, v, fill)
-        out[i:i + chunk] = adapter.predict(batch)[:, target]
-    return out
+        out.append(adapter.predict(batch))
+    probs = np.concatenate(out)
+    return probs if target is None else probs[:, target]
 
 
 def _mean_fill(image: np.ndarray) -> np.ndarray:
@@ -112,17 +114,27 @@ def patch_lime_weights(image: np.ndarray, adapter: ClassifierAdapter, target: in
 def lime_package(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int, rng: np.random.Generator,
                  batch_size: int = 64) -> np.ndarray:
     """The ``lime`` package (quickshift segments, its kernel and ridge), ``num_samples=budget``."""
+    return lime_package_labels(image, adapter, [target], budget, rng, batch_size)[target]
+
+
+def lime_package_labels(image: np.ndarray, adapter: ClassifierAdapter, targets: list[int], budget: int,
+                        rng: np.random.Generator, batch_size: int = 64) -> dict[int, np.ndarray]:
+    """The ``lime`` package for several labels at once: one set of ``budget`` samples, a ridge fit per label
+    (as its ``labels=``/``top_labels`` do). -> {target: saliency (H, W)}."""
     from lime import lime_image
 
     seed = int(rng.integers(0, 2**31 - 1))
     explainer = lime_image.LimeImageExplainer(random_state=seed)
     exp = explainer.explain_instance(image.astype(np.float64), lambda x: adapter.predict(x.astype(np.float32)),
-                                     labels=(target,), top_labels=None, hide_color=None, num_samples=budget,
+                                     labels=tuple(targets), top_labels=None, hide_color=None, num_samples=budget,
                                      batch_size=batch_size, random_seed=seed)
-    sal = np.zeros(exp.segments.shape, np.float32)
-    for seg, weight in exp.local_exp[target]:
-        sal[exp.segments == seg] = weight
-    return sal
+    out = {}
+    for target in targets:
+        sal = np.zeros(exp.segments.shape, np.float32)
+        for seg, weight in exp.local_exp[target]:
+            sal[exp.segments == seg] = weight
+        out[target] = sal
+    return out
 
 
 def rise(image: np.ndarray, adapter: ClassifierAdapter, target: int, budget: int, rng: np.random.Generator,
@@ -194,8 +206,8 @@ def occlusion(image: np.ndarray, adapter: ClassifierAdapter, target: int, patch:
     return PatchGrid(image.shape[0], image.shape[1], patch).upsample(d, image.shape[:2])
 
 
-def occlusion_deltas(image: np.ndarray, adapter: ClassifierAdapter, target: int, patch: int = 16) -> np.ndarray:
-    """P(image) - P(patch j filled with the mean), per patch (P,)."""
+def occlusion_deltas(image: np.ndarray, adapter: ClassifierAdapter, target: int | None, patch: int = 16) -> np.ndarray:
+    """P(image) - P(patch j filled with the mean), per patch (P,); every class's (P, K) with ``target=None``."""
     h, w, _ = image.shape
     grid = PatchGrid(h, w, patch)
     p = grid.n_patches

@@ -149,3 +149,25 @@ def test_bad_threshold_and_output_kind_exit_2(ml_model, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):
         main(["explain", str(png), "--model", str(ml_model), "--out", str(tmp_path / "o"), "--output-kind", "softmax"])
+
+
+def test_an_audit_of_a_multilabel_model_records_and_flags_every_finding(ml_model, ml_image, tmp_path, capsys):
+    src = tmp_path / "study"
+    src.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(src / f"x{i}.png"), np.round(np.roll(ml_image[..., 0], 16 * i, axis=0) * 255).astype(np.uint8))
+    out = tmp_path / "audit"
+    assert main(["audit", "run", str(src), "--model", str(ml_model), "--out", str(out), "--samples", "80",
+                 "--fill", "mean", "--quiet", "--target", "all"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "summary", str(out), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["study"]["explained_findings"] == 8 and s["study"]["totals"]["sent"] == 160  # 4 findings, 80 queries
+    assert sorted(s["study"]["by_finding"]) == sorted(REGIONS)
+    rows = [r for r in s["cases"] if r["finding"] == "rare finding"]
+    assert len(rows) == 2 and all("flat_answer" in r["flags"] for r in rows)
+    first = s["cases"][0]
+    assert first["outputs"][0].endswith(".nodule_mass.saliency.npy") and (out / first["outputs"][0]).is_file()
+    html = (out / "report.html").read_text()
+    assert "Flags by finding" in html and "finding:pleural_effusion" in html
+    assert main(["audit", "verify", str(out)]) == 0

@@ -122,3 +122,24 @@ def test_write_phantoms_keeps_a_colour_family_in_colour(tmp_path) -> None:
     pixels = load_image(tmp_path / "fundus_val_00000.png").pixels
     assert pixels.shape == (224, 224, 3)
     assert np.abs(pixels - make_phantom("fundus", "val", 0).image).max() <= 0.5 / 255 + 1e-6
+
+
+def test_multilabel_phantoms_have_a_mask_per_finding_and_independent_findings():
+    from blackbox_lime.phantoms import FINDINGS, make_multilabel_phantom
+
+    a, b = make_multilabel_phantom("test", 3), make_multilabel_phantom("test", 3)
+    np.testing.assert_array_equal(a.image, b.image)
+    seen = np.zeros(len(FINDINGS))
+    both = 0
+    for i in range(60):
+        ph = make_multilabel_phantom("val", i)
+        assert set(ph.masks) == set(FINDINGS) and ph.image.shape == (224, 224, 3)
+        for k in FINDINGS:
+            assert ph.labels[k] == int(ph.masks[k].any())
+            if ph.labels[k]:
+                assert ph.masks[k].sum() >= 12
+        seen += [ph.labels[k] for k in FINDINGS]
+        both += ph.labels["nodule"] and ph.labels["effusion"]
+    assert np.all(seen > 8) and np.all(seen < 45) and both > 0  # each finding present in some cases, together too
+    # its own stream: the plain chest family is unchanged
+    assert not np.array_equal(make_multilabel_phantom("test", 0).image, make_phantom("chest_xray", "test", 0).image)

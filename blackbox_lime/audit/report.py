@@ -25,30 +25,50 @@ REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
 
 
+def _rows(case: Any) -> list[dict[str, Any]]:
+    """One row per (case, explained finding); a failed or pending case is one row without a finding."""
+    base = {"id": case.id, "state": case.state, **({"reason": case.reason} if case.reason else {}),
+            "label": case.label, "attempts": case.attempts}
+    rec = case.record or {}
+    if case.state != "done" or not rec.get("findings"):
+        return [{**base, "finding": None}]
+    json_out = [o for o in rec.get("outputs", []) if o.endswith(".json")]
+    return [{**base, "finding": f["finding"], "target": f["target"], "target_name": f["finding"],
+             "target_prob": f["target_prob"], "r2": f["r2"], "r2_evidence": f["r2_evidence"], "fill": rec.get("fill"),
+             "queries": rec.get("queries"), "sent": rec.get("sent"), "reused": rec.get("reused"), "flags": f["flags"],
+             "shares": f["shares"], "outputs": f.get("outputs", []) + json_out} for f in rec["findings"]]
+
+
 def study_summary(store: AuditStore) -> dict[str, Any]:
-    """The study summary and one record per case (without the patch grids)."""
+    """The study summary and one record per (case, explained finding), without the patch grids.
+
+    A single-class audit has one finding per case (the explained class); a multi-label one a row per
+    finding explained, with that finding's flags; ``by_finding`` counts them per finding."""
     cases = store.cases()
     counts = store.counts()
-    done = [c for c in cases if c.state == "done"]
-    flag_counts = {f: sum(f in (c.record or {}).get("flags", []) for c in done) for f in FLAGS}
-    flagged_any = sum(bool((c.record or {}).get("flags")) for c in done)
-    r2 = [c.record["r2_evidence"] for c in done if c.record and c.record.get("r2_evidence") is not None]
-    records = []
-    for c in cases:
-        rec = {k: v for k, v in (c.record or {}).items() if k != "patch_weights"}
-        records.append({"id": c.id, "state": c.state, **({"reason": c.reason} if c.reason else {}),
-                        **{k: rec.get(k) for k in ("label", "target", "target_name", "target_prob", "r2",
-                                                   "r2_evidence", "fill", "queries", "sent", "reused", "flags",
-                                                   "shares", "outputs")},
-                        "attempts": c.attempts})
+    rows = [r for c in cases for r in _rows(c)]
+    done = [r for r in rows if r["state"] == "done"]
+    n_done_cases = counts["done"]
+    flagged_cases = len({r["id"] for r in done if r.get("flags")})
+    flag_counts = {f: sum(f in (r.get("flags") or []) for r in done) for f in FLAGS}
+    r2 = [r["r2_evidence"] for r in done if r.get("r2_evidence") is not None]
+    by_finding: dict[str, Any] = {}
+    for r in done:
+        d = by_finding.setdefault(r["finding"], {"explained": 0, "flagged": 0, "flags": {f: 0 for f in FLAGS}})
+        d["explained"] += 1
+        d["flagged"] += bool(r.get("flags"))
+        for f in r.get("flags") or []:
+            d["flags"][f] += 1
     return {
         "study": {
             "cases": len(cases), **counts,
             "complete": counts["pending"] == 0 and counts["failed"] == 0,
-            "flagged_cases": flagged_any,
-            "flagged_fraction": round(flagged_any / len(done), 4) if done else None,
+            "explained_findings": len(done),
+            "flagged_cases": flagged_cases,
+            "flagged_fraction": round(flagged_cases / n_done_cases, 4) if n_done_cases else None,
             "flags": {f: {"cases": n, "fraction": round(n / len(done), 4) if done else None}
                       for f, n in flag_counts.items()},
+            "by_finding": by_finding,
             "median_r2_evidence": round(float(np.median(r2)), 4) if r2 else None,
             "model": store.get("model"),
             "seed": store.config.get("--seed"),
@@ -57,20 +77,20 @@ def study_summary(store: AuditStore) -> dict[str, Any]:
             "totals": store.totals(),
             "budget": store.get("budget"),
         },
-        "cases": records,
+        "cases": rows,
     }
 
 
-def mean_evidence_map(store: AuditStore) -> np.ndarray | None:
-    """The mean over done cases of each case's positive patch weights, scaled to a maximum of 1 per case."""
-    maps = []
+def mean_evidence_maps(store: AuditStore) -> dict[str, np.ndarray]:
+    """Per explained finding, the mean over done cases of each case's positive patch weights, scaled to a
+    maximum of 1 per case."""
+    maps: dict[str, list[np.ndarray]] = {}
     for c in store.cases(states=("done",)):
-        w = np.clip(np.asarray((c.record or {}).get("patch_weights", []), np.float64), 0, None)
-        if w.size and w.max() > 0:
-            maps.append(w / w.max())
-    if not maps or len({m.shape for m in maps}) != 1:
-        return None
-    return np.mean(maps, axis=0)
+        for f in (c.record or {}).get("findings", []):
+            w = np.clip(np.asarray(f.get("patch_weights", []), np.float64), 0, None)
+            if w.size and w.max() > 0:
+                maps.setdefault(f["finding"], []).append(w / w.max())
+    return {k: np.mean(v, axis=0) for k, v in maps.items() if len({m.shape for m in v}) == 1}
 
 
 def _png_uri(bgr: np.ndarray) -> str:
@@ -101,6 +121,11 @@ def _when(t: float | None) -> str:
     return "" if t is None else _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _attr(name: str) -> str:
+    """A finding's name as one token of a space-separated data-flags attribute."""
+    return name.replace(" ", "_")
+
+
 def _fmt(v: Any, nd: int = 3) -> str:
     if v is None:
         return "–"
@@ -121,13 +146,13 @@ th{background:#f3f3f3;cursor:pointer} .num{text-align:right;font-variant-numeric
 """
 
 _SCRIPT = """
+function toks(el){return el.getAttribute('data-flags').split(' ').filter(function(t){return t!=='';});}
+function flagsOf(el){return toks(el).filter(function(t){return t.indexOf('finding:')!==0;});}
+function shown(el,f){return f==='all'||(f==='flagged'&&flagsOf(el).length>0)||(f==='clean'&&flagsOf(el).length===0)
+ ||toks(el).indexOf(f)>=0;}
 function filterCards(){var f=document.getElementById('flagfilter').value;
- document.querySelectorAll('.card').forEach(function(c){var fl=c.getAttribute('data-flags').split(' ');
-  var show=(f==='all')||(f==='flagged'&&c.getAttribute('data-flags')!=='')||(f==='clean'&&c.getAttribute('data-flags')==='')||fl.indexOf(f)>=0;
-  c.classList.toggle('hidden',!show);});
- document.querySelectorAll('#cases tbody tr').forEach(function(r){var fl=r.getAttribute('data-flags');
-  var show=(f==='all')||(f==='flagged'&&fl!=='')||(f==='clean'&&fl==='')||fl.split(' ').indexOf(f)>=0;
-  r.style.display=show?'':'none';});}
+ document.querySelectorAll('.card').forEach(function(c){c.classList.toggle('hidden',!shown(c,f));});
+ document.querySelectorAll('#cases tbody tr').forEach(function(r){r.style.display=shown(r,f)?'':'none';});}
 function sortTable(col){var t=document.getElementById('cases'),b=t.tBodies[0],rows=Array.from(b.rows);
  var asc=t.getAttribute('data-sort')!==String(col);t.setAttribute('data-sort',asc?String(col):'');
  rows.sort(function(a,c){var x=a.cells[col].getAttribute('data-v')||a.cells[col].textContent,
@@ -168,36 +193,50 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
                      f"<td class='num'>{_fmt(d['fraction'])}</td><td>{thr}</td><td>{e(FLAG_HELP[f])}</td></tr>")
     parts.append("</table>")
 
-    mean = mean_evidence_map(store)
-    parts.append("<h2>Mean evidence map</h2>")
-    if mean is None:
+    means = mean_evidence_maps(store)
+    several = len(st["by_finding"]) > 1
+    if several:
+        parts.append("<h2>Flags by finding</h2><table><tr><th>finding</th><th>explained</th><th>flagged</th>"
+                     + "".join(f"<th><code>{f}</code></th>" for f in FLAGS) + "</tr>")
+        for name, d in st["by_finding"].items():
+            parts.append(f"<tr><td>{e(str(name))}</td><td class='num'>{d['explained']}</td>"
+                         f"<td class='num'>{d['flagged']}</td>"
+                         + "".join(f"<td class='num'>{d['flags'][f]}</td>" for f in FLAGS) + "</tr>")
+        parts.append("</table>")
+    parts.append("<h2>Mean evidence map" + ("s by finding" if several else "") + "</h2>")
+    if not means:
         parts.append("<p class='muted'>No explained case with positive evidence yet.</p>")
     else:
-        parts.append(f"<img alt='mean evidence map' src='{_heatmap(mean)}'><p class='muted'>The mean over explained "
-                     "cases of each case's positive patch weights (scaled to 1 per case), on the model's patch grid. "
-                     f"The grey frame marks the border band ({BORDER_BAND:g} of each side).</p>")
+        parts.append("<div class='cards'>" + "".join(
+            f"<div><img alt='mean evidence map of {e(str(name))}' src='{_heatmap(m)}'>"
+            + (f"<br><b>{e(str(name))}</b>" if several else "") + "</div>" for name, m in means.items()) + "</div>")
+        parts.append("<p class='muted'>The mean over explained cases of each case's positive patch weights (scaled to "
+                     "1 per case), on the model's patch grid. The grey frame marks the border band "
+                     f"({BORDER_BAND:g} of each side).</p>")
 
     parts.append("<h2>Cases</h2><p>Show: <select id='flagfilter' onchange='filterCards()'>"
                  "<option value='all'>all cases</option><option value='flagged'>flagged</option>"
                  "<option value='clean'>not flagged</option>"
-                 + "".join(f"<option value='{f}'>{f}</option>" for f in FLAGS) + "</select></p>")
-    head = ["case", "state", "class", "P(class)", "evidence R²", "fill", "queries", "flags"]
+                 + "".join(f"<option value='{f}'>{f}</option>" for f in FLAGS)
+                 + "".join(f"<option value='finding:{e(_attr(str(n)))}'>finding {e(str(n))}</option>"
+                           for n in st["by_finding"] if several) + "</select></p>")
+    head = ["case", "state", "finding" if several else "class", "P", "evidence R²", "fill", "queries", "flags"]
     parts.append("<table id='cases'><thead><tr>" + "".join(
         f"<th onclick='sortTable({i})'>{h}</th>" for i, h in enumerate(head)) + "</tr></thead><tbody>")
     cards = []
     for c in s["cases"]:
         flags = c.get("flags") or []
-        fl = " ".join(flags)
+        fl = " ".join(flags + ([f"finding:{_attr(str(c['finding']))}"] if several and c.get("finding") else []))
         badges = "".join(f"<span class='flag'>{e(f)}</span>" for f in flags)
         state = c["state"] if c["state"] != "failed" else f"failed: {c.get('reason', '')}"
-        parts.append(f"<tr data-flags='{fl}'><td>{e(c['id'])}</td><td>{e(state)}</td><td>{_fmt(c.get('target_name'))}</td>"
+        parts.append(f"<tr data-flags='{e(fl)}'><td>{e(c['id'])}</td><td>{e(state)}</td><td>{_fmt(c.get('target_name'))}</td>"
                      f"<td class='num'>{_fmt(c.get('target_prob'))}</td><td class='num'>{_fmt(c.get('r2_evidence'))}</td>"
                      f"<td>{_fmt(c.get('fill'))}</td><td class='num'>{_fmt(c.get('queries'))}</td><td>{badges}</td></tr>")
         if c["state"] == "done":
             overlay = next((o for o in c.get("outputs") or [] if o.endswith(".overlay.png")), None)
             uri = _thumbnail(out_dir / overlay) if overlay else None
             img = f"<img alt='overlay of {e(c['id'])}' src='{uri}'>" if uri else "<p class='muted'>overlay missing</p>"
-            cards.append(f"<div class='card' data-flags='{fl}'>{img}<b>{e(c['id'])}</b> · {_fmt(c.get('target_name'))} "
+            cards.append(f"<div class='card' data-flags='{e(fl)}'>{img}<b>{e(c['id'])}</b> · {_fmt(c.get('target_name'))} "
                          f"p={_fmt(c.get('target_prob'))}<br>{badges or '<span class=ok>no flag</span>'}</div>")
     parts.append("</tbody></table><h2>Overlays</h2><div class='cards'>" + "".join(cards) + "</div>")
 

@@ -17,6 +17,7 @@ and the run goes on. A spent budget stops the run cleanly: the case in progress 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from blackbox_lime.audit.flags import case_flags
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import ImageError, load_image
-from blackbox_lime.outputs import explanation_files, write_all
+from blackbox_lime.explanation import ExplanationSet
+from blackbox_lime.outputs import explanation_files, findings_files, write_all
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,15 @@ def _private(salt: str, value: str) -> str:
 
 
 def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAdapter, *, seed: int,
-                 target: int | None, frame: int | None, salt: str) -> CaseOutcome:
+                 target: "int | list[int] | str | None", frame: int | None, salt: str,
+                 threshold: float = 0.5) -> CaseOutcome:
     """Explain and flag one case. Raises ImageError or ValueError for a bad image or mask, AdapterError when
-    the model cannot answer. Writes nothing."""
+    the model cannot answer. Writes nothing.
+
+    ``target`` as for ``Explainer.explain``: one class, or several findings (a list, "all", "positive")
+    explained from one set of queries. The record always has a ``findings`` list, one entry per explained
+    class with its own flags; a single class keeps explain's file names, several get one map and overlay per
+    finding, one JSON and an overview (as ``explain`` writes them)."""
     loaded = load_image(root / case.image, frame=frame)
     roi, mask_sha = None, None
     if case.mask is not None:
@@ -74,34 +82,57 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
             raise ImageError(f"the mask is {roi.shape[1]}x{roi.shape[0]} px but the image is "
                              f"{loaded.pixels.shape[1]}x{loaded.pixels.shape[0]} px; a mask must match its image.")
     sent0, reused0, retries0 = adapter.sent, adapter.reused, adapter.retries
-    exp = explainer.explain(loaded.pixels, target=target, rng=seed)
+    result = explainer.explain(loaded.pixels, target=target, rng=seed, threshold=threshold)
+    exps = list(result) if isinstance(result, ExplanationSet) else [result]
+    several = isinstance(result, ExplanationSet) or adapter.info.multilabel
+    first = exps[0]
     before = None
-    if exp.adaptation is not None and exp.adaptation["adapted"]:  # the class on the unadapted image
+    if first.adaptation is not None and first.adaptation["adapted"]:  # the class on the unadapted image
         info = adapter.info
         before = int(np.argmax(adapter.predict(to_canvas(loaded.pixels, info.input_size, info.channels, [])[None])[0]))
-    summary = exp.summary()
-    for n in summary.get("neighbours") or []:  # the bank's own case names may be file or patient names
-        if "case" in n:
-            n["case"] = _private(salt, str(n["case"]))
-    flagged = case_flags(loaded.pixels, exp.saliency, summary, roi, before)
-    names = [f"{CASES_DIR}/{case.id}.saliency.npy", f"{CASES_DIR}/{case.id}.overlay.png", f"{CASES_DIR}/{case.id}.json"]
-    report = {
-        "tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
-        "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),
-                  "notes": loaded.notes, "mask_sha256": mask_sha},
-        **summary, "flags": flagged["flags"], "evidence_shares": flagged["shares"],
-        "anatomy_fraction": flagged["anatomy_fraction"], "outputs": [Path(n).name for n in names],
-    }
-    files = {str(k.as_posix()): v for k, v in explanation_files(Path(CASES_DIR), case.id, loaded.pixels, exp,
-                                                                   report).items()}
+    findings, summaries = [], []
+    for exp in exps:
+        summary = exp.summary()
+        for n in summary.get("neighbours") or []:  # the bank's own case names may be file or patient names
+            if "case" in n:
+                n["case"] = _private(salt, str(n["case"]))
+        flagged = case_flags(loaded.pixels, exp.saliency, summary, roi, before)
+        summaries.append((summary, flagged))
+        findings.append({"finding": exp.target_name, "target": exp.target, "target_prob": summary["target_prob"],
+                         "r2": summary["r2"], "r2_heldout": summary["r2_heldout"], "r2_evidence": summary["r2_evidence"],
+                         "flags": flagged["flags"], "shares": flagged["shares"], "warnings": exp.warnings,
+                         "patch_weights": summary["patch_weights"]})
+    head = {"tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
+            "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),
+                      "notes": loaded.notes, "mask_sha256": mask_sha}}
+    base = Path(CASES_DIR)
+    if not several:
+        summary, flagged = summaries[0]
+        names = [f"{CASES_DIR}/{case.id}.saliency.npy", f"{CASES_DIR}/{case.id}.overlay.png",
+                 f"{CASES_DIR}/{case.id}.json"]
+        report = {**head, **summary, "flags": flagged["flags"], "evidence_shares": flagged["shares"],
+                  "anatomy_fraction": flagged["anatomy_fraction"], "outputs": [Path(n).name for n in names]}
+        raw = explanation_files(base, case.id, loaded.pixels, first, report)
+        findings[0]["outputs"] = names[:2]
+    else:
+        s0 = summaries[0][0]
+        report = {**head, **{k: s0[k] for k in ("probs", "fill", "queries", "requests", "timings_s", "seed", "config",
+                                                  "adaptation", "notes", "model")}, "queries_shared": True}
+        raw = findings_files(base, case.id, loaded.pixels, exps, report)
+        doc = json.loads(raw[base / f"{case.id}.json"])
+        for f, (_, flagged) in zip(doc["findings"], summaries):
+            f.update(flags=flagged["flags"], evidence_shares=flagged["shares"])
+        doc["outputs"] = sorted(p.name for p in raw)
+        raw[base / f"{case.id}.json"] = (json.dumps(doc, indent=2) + "\n").encode()
+        for f, entry in zip(findings, doc["findings"]):
+            f["outputs"] = [f"{CASES_DIR}/{name}" for name in entry["files"]]
+        names = sorted(f"{CASES_DIR}/{p.name}" for p in raw)
+    files = {k.as_posix(): v for k, v in raw.items()}
     record = {
-        "id": case.id, "label": case.label, "target": exp.target, "target_name": exp.target_name,
-        "target_prob": summary["target_prob"], "r2": summary["r2"], "r2_heldout": summary["r2_heldout"],
-        "r2_evidence": summary["r2_evidence"], "fill": exp.fill.get("chosen"), "queries": exp.queries,
-        "sent": adapter.sent - sent0, "reused": adapter.reused - reused0, "retries": adapter.retries - retries0,
-        "flags": flagged["flags"], "shares": flagged["shares"], "warnings": exp.warnings, "outputs": names,
-        "input_sha256": loaded.sha256, "mask_sha256": mask_sha,
-        "patch_weights": summary["patch_weights"], "seconds": round(exp.timings["total"], 3),
+        "id": case.id, "label": case.label, "findings": findings, "fill": first.fill.get("chosen"),
+        "queries": first.queries, "sent": adapter.sent - sent0, "reused": adapter.reused - reused0,
+        "retries": adapter.retries - retries0, "outputs": names, "input_sha256": loaded.sha256,
+        "mask_sha256": mask_sha, "seconds": round(max(e.timings["total"] for e in exps), 3),
     }
     return CaseOutcome(files, record)
 
@@ -123,15 +154,16 @@ class AuditRunner:
     ----------
     out_dir : the audit folder. store : its open :class:`AuditStore`. adapter : the :class:`StoredAdapter`.
     explainer : an :class:`Explainer` over that adapter. root : the folder the cases' paths are relative to.
-    seed, target, frame : as for ``explain``. salt : the audit's salt (private names).
+    seed, target, frame, threshold : as for ``explain``. salt : the audit's salt (private names).
     progress : called after each case with (cases finished, sent so far) or None.
     """
 
     def __init__(self, out_dir: Path, store: AuditStore, adapter: StoredAdapter, explainer: Explainer, *, root: Path,
-                 seed: int, target: int | None, frame: int | None, salt: str,
-                 progress: Callable[[Case, str], None] | None = None) -> None:
+                 seed: int, target: "int | list[int] | str | None", frame: int | None, salt: str,
+                 threshold: float = 0.5, progress: Callable[[Case, str], None] | None = None) -> None:
         self.out_dir, self.store, self.adapter, self.explainer = out_dir, store, adapter, explainer
         self.root, self.seed, self.target, self.frame, self.salt = root, seed, target, frame, salt
+        self.threshold = threshold
         self.progress = progress
 
     def run(self) -> RunResult:
@@ -142,7 +174,7 @@ class AuditRunner:
             self.store.start_case(case.id)
             try:
                 outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
-                                       target=self.target, frame=self.frame, salt=self.salt)
+                                       target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold)
             except BudgetExhausted as exc:
                 stopped = str(exc)
                 break
