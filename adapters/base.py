@@ -170,7 +170,13 @@ class ClassifierAdapter(ABC):
         if p.ndim == 1 and k == 2:
             p = np.stack([1.0 - p, p], axis=1)
         if p.shape != (n, k):
-            raise ResponseError(f"{who} returned an output of shape {p.shape}; expected ({n}, {k}) class probabilities.")
+            more = ""
+            if p.ndim == 2 and p.shape[0] == n and p.shape[1] != k:
+                more = (f": {p.shape[1]} values per image but {k} class names are known ({', '.join(self.info.class_names)})"
+                        f". Declare the model's {p.shape[1]} class or finding names (class_names in the ONNX metadata "
+                        "or in the endpoint profile's [output])")
+            raise ResponseError(f"{who} returned an output of shape {p.shape}; expected ({n}, {k}) class "
+                                f"probabilities{more}.")
         if not np.all(np.isfinite(p)):
             raise ResponseError(f"{who} returned NaN or infinite probabilities. Check the model and its preprocessing.")
         if p.min() < -1e-6 or p.max() > 1 + 1e-6:

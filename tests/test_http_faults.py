@@ -257,3 +257,35 @@ def test_redirects_are_not_followed(rsps: responses.RequestsMock) -> None:
                                           r"Redirects are not followed, so pixels go only to the configured endpoint"):
         a.predict(batch())
     assert a.requests == 1 and [c.request.url for c in rsps.calls if "elsewhere" in c.request.url] == []
+
+
+def test_a_multilabel_endpoint_declared_in_the_profile_explains_every_finding_from_one_set(rsps, tmp_path) -> None:
+    """OIP REST answering (N, 3) independent sigmoids; the profile declares kind and finding names."""
+    def answer(x: np.ndarray) -> dict:
+        means = x.mean(axis=(1, 2, 3))
+        p = np.stack([1 / (1 + np.exp(-8 * (means - 0.4))), 1 / (1 + np.exp(-8 * (x[:, :, :8, :8].mean(axis=(1, 2, 3))
+                                                                              - 0.5))), np.full_like(means, 0.2)], 1)
+        return {"model_name": "linear", "outputs": [{"name": "probs", "datatype": "FP32", "shape": list(p.shape),
+                                                     "data": p.astype(np.float32).ravel().tolist()}]}
+
+    ep = FakeEndpoint(rsps, answer=answer).install()
+    prof = tmp_path / "ml.toml"
+    prof.write_text(f'url = "{URL}"\n[output]\nkind = "multilabel"\nclass_names = ["opacity", "corner", "rare"]\n'
+                    'abnormal_index = 0\n')
+    with EndpointProfile.from_toml(str(prof)).build() as a:
+        assert a.info.multilabel and a.info.class_names == ("opacity", "corner", "rare")
+        found = Explainer(a, ExplainConfig(n_samples=60, patch_size=8, fill="mean")).explain(batch(1)[0], target="all")
+        assert found.targets == [0, 1, 2] and found.queries == 60 and a.queries == 60
+    assert ep.calls == a.requests
+    corner = found[1].patch_weights.reshape(-1)
+    assert int(np.argmax(np.abs(corner))) == 0  # the second finding reads the top-left 8 x 8 patch only
+    assert any("P(rare) hardly moved" in w for w in found[2].warnings)
+    with EndpointProfile.from_url(URL).build() as plain:  # no names: told to declare the three
+        with pytest.raises(ResponseError, match=r"returned an output of shape \(2, 3\); expected \(2, 2\) class "
+                                                r"probabilities: 3 values per image but 2 class names are known "
+                                                r"\(normal, abnormal\)\. Declare the model's 3 class or finding names"):
+            plain.predict(batch(2))
+    prof.write_text(f'url = "{URL}"\n[output]\nclass_names = ["opacity", "corner", "rare"]\n')
+    with EndpointProfile.from_toml(str(prof)).build() as exclusive:  # declared exclusive: told to say multilabel
+        with pytest.raises(ResponseError, match="declare its output as multilabel"):
+            exclusive.predict(batch(2))
