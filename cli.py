@@ -204,6 +204,11 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("--split", default="test")
     ph.add_argument("--count", type=int, default=10)
     ph.add_argument("--start", type=int, default=0)
+    ph.add_argument("--marker", choices=["laterality", "text"], default=None,
+                    help="a site that burns this marker into 90%% of its abnormal and 10%% of its normal cases "
+                         "(planted shortcuts for audits; labels.csv gets a marked column)")
+    ph.add_argument("--multilabel", action="store_true",
+                    help="multi-label chest phantoms (nodule, consolidation, effusion), a mask per finding")
     return p
 
 
@@ -992,7 +997,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command == "phantoms":
             from blackbox_lime.phantoms import write_phantoms
 
-            print(write_phantoms(a.out, a.modality, a.split, a.count, a.start))
+            if a.multilabel:
+                from blackbox_lime.phantoms import write_multilabel_phantoms
+
+                print(write_multilabel_phantoms(a.out, a.split, a.count, a.start))
+                return EXIT_OK
+            print(write_phantoms(a.out, a.modality, a.split, a.count, a.start, a.marker))
             return EXIT_OK
         if a.command == "audit":
             return run_audit_command(a)

@@ -894,6 +894,37 @@ def write_phantoms(out_dir: str | Path, modality: str, split: str, count: int, s
     return csv_path
 
 
+def write_multilabel_phantoms(out_dir: str | Path, split: str, count: int, start: int = 0) -> Path:
+    """Write ``count`` multi-label chest phantoms: ``STEM.png``, one ``STEM.FINDING.mask.png`` per finding and
+    a ``labels.csv`` with a 0/1 column per finding. Returns the CSV path."""
+    from blackbox_lime.outputs import atomic_write_bytes
+
+    if count < 1:
+        raise ValueError(f"The phantom count must be an integer >= 1. Got {count!r} instead.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(start, start + count):
+        ph = make_multilabel_phantom(split, index)
+        stem = f"chest_multilabel_{split}_{index:05d}"
+        files = {f"{stem}.png": np.round(ph.image[..., 0] * 255).astype(np.uint8)}
+        files.update({f"{stem}.{k}.mask.png": ph.masks[k].astype(np.uint8) * 255 for k in FINDINGS})
+        for name, arr in files.items():
+            ok, png = cv2.imencode(".png", arr)
+            if not ok:  # pragma: no cover
+                raise RuntimeError("OpenCV could not encode a PNG")
+            atomic_write_bytes(out / name, png.tobytes())
+        rows.append({"image": f"{stem}.png", **{k: ph.labels[k] for k in FINDINGS}, "split": split, "index": index})
+    import io as _io
+
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+    return out / "labels.csv"
+
+
 def phantom_stats(modality: str, split: str, count: int) -> dict[str, float]:
     """Measured lesion size, contrast and abnormal fraction over ``count`` cases."""
     areas, contrasts, labels = [], [], []

@@ -104,7 +104,7 @@ def test_classifier_contract(name: str) -> None:
 
 def test_shipped_models_stay_small() -> None:
     shipped = [p for p in ONNX_DIR.iterdir() if p.suffix in (".onnx", ".pt")]
-    assert len(shipped) == 12
+    assert len(shipped) == 13
     assert sum(p.stat().st_size for p in shipped) < 60e6
 
 
@@ -143,3 +143,21 @@ def test_shipped_models_carry_no_build_machine_paths(name: str) -> None:
     model = onnx.load(str(ONNX_DIR / name))
     assert all(len(node.metadata_props) == 0 for node in model.graph.node)
     assert b"site-packages" not in (ONNX_DIR / name).read_bytes()
+
+
+def test_the_multilabel_classifier_declares_its_findings_and_tells_each_apart() -> None:
+    """onnx/train_multilabel.py: three independent sigmoid outputs, 60 val multi-label phantoms."""
+    from sklearn.metrics import roc_auc_score
+
+    from blackbox_lime.phantoms import FINDINGS, make_multilabel_phantom
+
+    s = session("multilabel_cnn.onnx")
+    m = meta(s)
+    assert m["output"] == "multilabel" and m["class_names"] == list(FINDINGS)
+    cases = [make_multilabel_phantom("val", k) for k in range(60)]
+    p = s.run(None, {"image": np.stack([c.image.transpose(2, 0, 1) for c in cases])})[0]
+    assert p.shape == (60, 3) and p.min() >= 0 and p.max() <= 1
+    assert np.abs(p.sum(axis=1) - 1).max() > 0.1  # not exclusive probabilities
+    for k, name in enumerate(FINDINGS):
+        labels = np.array([c.labels[name] for c in cases])
+        assert roc_auc_score(labels, p[:, k]) > 0.85, name
