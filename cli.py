@@ -322,10 +322,25 @@ def _model_record(a: argparse.Namespace, adapter: Any) -> dict[str, Any]:
     return {"model": {"file": model.name, "sha256": file_sha256(model)}}
 
 
-def run_explain(images: list[Path], a: argparse.Namespace) -> int:
-    from blackbox_lime import __version__
+def _explainer_and_target(a: argparse.Namespace, adapter: Any, cfg: Any) -> tuple[Any, Any]:
+    """The explainer and the --target of explain and audit run: the checks that need the model (a patch
+    size that must fit the MAE's patches, the bank's grid, the class names)."""
     from blackbox_lime.evidence_bank import BankError
     from blackbox_lime.explainer import Explainer
+
+    try:
+        explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device, bank=a.bank)
+    except BankError as exc:
+        raise UserError(f"--bank: {exc}") from None
+    except ValueError as exc:
+        raise _as_typed(exc) from None
+    if not 0.0 <= a.threshold <= 1.0:
+        raise UserError(f"--threshold must be a probability in [0, 1]. Got {a.threshold} instead.")
+    return explainer, _targets(a.target, adapter.info)
+
+
+def run_explain(images: list[Path], a: argparse.Namespace) -> int:
+    from blackbox_lime import __version__
     from blackbox_lime.explanation import ExplanationSet
     from blackbox_lime.image_io import ImageError, load_image
     from blackbox_lime.outputs import (
@@ -339,15 +354,7 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     adapter = _adapter(a)  # before touching the output folder: a bad model or endpoint leaves nothing behind
     _redact_logs(adapter)
     with adapter:
-        try:  # checks that need the model, such as a patch size that must fit the MAE's patches
-            explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device, bank=a.bank)
-        except BankError as exc:
-            raise UserError(f"--bank: {exc}") from None
-        except ValueError as exc:
-            raise _as_typed(exc) from None
-        if not 0.0 <= a.threshold <= 1.0:
-            raise UserError(f"--threshold must be a probability in [0, 1]. Got {a.threshold} instead.")
-        target = _targets(a.target, adapter.info)
+        explainer, target = _explainer_and_target(a, adapter, cfg)
         hashes = _model_record(a, adapter)
         if explainer.mae is not None:
             hashes["mae"] = {"file": explainer.mae.path.name, "sha256": file_sha256(explainer.mae.path)}
@@ -440,15 +447,13 @@ def run_audit(a: argparse.Namespace) -> int:
     """Explain and flag every case of a study, resumably; write the report and the provenance manifest."""
     import secrets
 
-    from adapters.errors import AdapterError
     from blackbox_lime.audit.answers import StoredAdapter
     from blackbox_lime.audit.provenance import write_provenance
     from blackbox_lime.audit.report import write_report
     from blackbox_lime.audit.runner import AuditRunner
     from blackbox_lime.audit.source import SourceError, read_source, source_root
     from blackbox_lime.audit.store import STORE_NAME, AuditStore, config_difference
-    from blackbox_lime.evidence_bank import BankError
-    from blackbox_lime.explainer import Explainer, _progress
+    from blackbox_lime.explainer import _progress
     from blackbox_lime.outputs import check_writable
 
     if a.out is None:
@@ -474,15 +479,7 @@ def run_audit(a: argparse.Namespace) -> int:
         adapter = _adapter(a)  # before anything is written: a bad model or endpoint leaves nothing behind
         _redact_logs(adapter)
         try:
-            try:
-                explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device, bank=a.bank)
-            except BankError as exc:
-                raise UserError(f"--bank: {exc}") from None
-            except ValueError as exc:
-                raise _as_typed(exc) from None
-            if not 0.0 <= a.threshold <= 1.0:
-                raise UserError(f"--threshold must be a probability in [0, 1]. Got {a.threshold} instead.")
-            target = _targets(a.target, adapter.info)
+            explainer, target = _explainer_and_target(a, adapter, cfg)
             model = _model_record(a, adapter)
             if a.calibration is not None:
                 _check_calibration(a, model)

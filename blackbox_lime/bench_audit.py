@@ -207,13 +207,16 @@ def overhead(a: argparse.Namespace) -> int:
              "| mode | cases timed | median s/case | ratio to explain |", "|---|---|---|---|"]
     lines += [f"| {k} | {len(times[k])} | {med[k]:.3f} | {med[k] / med['explain']:.3f} |" for k in times]
     lines += ["", f"Wall time {time.perf_counter() - t_start:.0f} s."]
-    out_dir = Path(a.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "results.json").write_text(json.dumps({"seconds": times, "median": med, "commit": git_commit()},
-                                                      indent=1) + "\n")
-    print("\n".join(lines))
+    write_table(Path(a.out), lines, {"seconds": times, "median": med, "commit": git_commit()})
     return 0
+
+
+def write_table(out: Path, lines: list[str], result: dict[str, Any]) -> None:
+    """table.md and results.json into ``out`` (created), and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     result["thresholds"] = thresholds
     lines = head + table(records, thresholds, [g[0] for g in groups])
     lines += ["", f"Wall time {time.perf_counter() - t0:.0f} s."]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print("\n".join(lines))
+    write_table(out, lines, result)
     return 0
 
 

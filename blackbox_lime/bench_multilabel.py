@@ -22,7 +22,6 @@ Scored per finding by pixel AUPRC against that finding's mask (the cases where i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from adapters.onnx import OnnxAdapter
 from blackbox_lime import baselines
 from blackbox_lime.bench import git_commit
+from blackbox_lime.bench_audit import write_table
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.metrics import bootstrap_ci, pixel_auprc
@@ -132,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = run(a)
     result.update(split=a.split, cases=a.cases, samples=a.samples, seed=a.seed, commit=git_commit())
-    lines = table(result, a) + ["", f"Wall time {time.perf_counter() - t0:.0f} s."]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print("\n".join(lines))
+    write_table(Path(a.out), table(result, a) + ["", f"Wall time {time.perf_counter() - t0:.0f} s."], result)
     return 0
 
 
