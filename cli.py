@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                              "'positive' for a multi-label model. Several targets share one set of queries")
         sp.add_argument("--threshold", type=float, default=0.5, help="for --target positive (default 0.5)")
         sp.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM")
+        sp.add_argument("--dicom-out", action="store_true",
+                        help="for DICOM inputs, also write each map as a DICOM Parametric Map on the source's grid "
+                             "(STEM.pm.dcm), referencing the source instance for PACS viewers (dicom extra)")
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where onnxruntime runs")
         remote_options(sp)
         sp.add_argument("--json", action="store_true", help="print each summary as one JSON line on stdout")
@@ -393,7 +396,9 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
                 "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
             }
             report["timings_s"]["read_image"] = round(t_io, 4)
-            write_all(explanation_files(out, stem, loaded.pixels, exp, report))
+            pm = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
+            report["outputs"] += sorted(p.name for p in pm)
+            write_all({**explanation_files(out, stem, loaded.pixels, exp, report), **pm})
             if a.json:
                 print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
                                                          "r2_heldout", "r2_evidence", "fill", "warnings",
@@ -609,11 +614,30 @@ def _audit_read(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dicom_maps(a: argparse.Namespace, path: Path, loaded: Any, maps: list[tuple[str, Any, str]],
+                out: Path) -> dict[Path, bytes]:
+    """--dicom-out: the Parametric Maps of a DICOM input ({} for other inputs, or where none can be written)."""
+    if not getattr(a, "dicom_out", False):
+        return {}
+    if loaded.format != "dicom":
+        print(f"blackbox-lime: note: {path.name} is not DICOM; --dicom-out writes maps for DICOM inputs only.",
+              file=sys.stderr)
+        return {}
+    from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
+
+    try:
+        files = parametric_map_files(path.read_bytes(), maps, a.frame)
+    except DicomOutError as exc:
+        print(f"blackbox-lime: warning: {path.name}: no DICOM Parametric Map: {exc}", file=sys.stderr)
+        return {}
+    return {out / name: data for name, data in files.items()}
+
+
 def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exps: list[Any],
                     hashes: dict[str, Any], retries: int, t_io: float) -> None:
     """Several findings of one image from one set of queries: their files, the JSON line and the summary lines."""
     from blackbox_lime import __version__
-    from blackbox_lime.outputs import findings_files, write_all
+    from blackbox_lime.outputs import finding_stems, findings_files, write_all
 
     first = exps[0].summary()
     shared = {k: first[k] for k in ("probs", "fill", "queries", "requests", "timings_s", "seed", "config",
@@ -624,6 +648,9 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
               **shared, "queries_shared": True, "retries": retries, "models": hashes}
     report["timings_s"]["read_image"] = round(t_io, 4)
     files = findings_files(out, stem, loaded.pixels, exps, report)
+    names = finding_stems([e.target_name for e in exps])
+    files.update(_dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)],
+                             out))
     report_doc = json.loads(files[out / f"{stem}.json"])
     outputs = sorted(p.name for p in files)
     report_doc["outputs"] = outputs

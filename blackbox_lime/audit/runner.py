@@ -33,7 +33,7 @@ from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import ImageError, load_image
 from blackbox_lime.explanation import ExplanationSet
-from blackbox_lime.outputs import explanation_files, findings_files, write_all
+from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, write_all
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,27 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
             f["outputs"] = [f"{CASES_DIR}/{name}" for name in entry["files"]]
         names = sorted(f"{CASES_DIR}/{p.name}" for p in raw)
     files = {k.as_posix(): v for k, v in raw.items()}
+    dicom_note = None
+    if loaded.format == "dicom":  # the maps back into PACS: a Parametric Map per map, over the source image
+        from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
+
+        stems = [case.id] if not several else [f"{case.id}.{n}" for n in finding_stems([e.target_name for e in exps])]
+        try:
+            pm = parametric_map_files((root / case.image).read_bytes(), [(st, e.saliency, e.target_name)
+                                                                        for st, e in zip(stems, exps)], frame, salt)
+        except DicomOutError as exc:
+            dicom_note = f"no DICOM Parametric Map: {exc}"
+        else:
+            for f, name in zip(findings, pm):
+                f["outputs"].append(f"{CASES_DIR}/{name}")
+            files.update({f"{CASES_DIR}/{name}": data for name, data in pm.items()})
+            names = sorted(names + [f"{CASES_DIR}/{name}" for name in pm])
     record = {
         "id": case.id, "label": case.label, "findings": findings, "fill": first.fill.get("chosen"),
         "queries": first.queries, "sent": adapter.sent - sent0, "reused": adapter.reused - reused0,
         "retries": adapter.retries - retries0, "outputs": names, "input_sha256": loaded.sha256,
         "mask_sha256": mask_sha, "seconds": round(max(e.timings["total"] for e in exps), 3),
+        **({"dicom_out": dicom_note} if dicom_note else {}),
     }
     return CaseOutcome(files, record)
 
