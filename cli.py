@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     ar.add_argument("source", help="a folder of images (searched recursively) or a CSV manifest with the columns "
                                    "image and optionally id, mask (region of interest), label")
     ar.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
+    where = ar.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None,
+                       help="run cases on a Dask LocalCluster of N worker processes on this machine (audit extra); "
+                            "--concurrency and --budget hold for all of them together")
+    where.add_argument("--scheduler", default=None,
+                       help="run cases on an existing Dask cluster (tcp://HOST:PORT); its workers must reach the "
+                            "model and read the source's paths")
     explain_options(ar)
     for name, text in (("summary", "the study summary and one record per case (also while an audit runs)"),
                        ("verify", "check every input and output against the provenance manifest (exit 1 if one "
@@ -472,6 +479,8 @@ def run_audit(a: argparse.Namespace) -> int:
         raise UserError(f"--out {a.out} holds other files and no audit; give a new or empty folder.")
     if a.budget is not None and a.budget < 1:
         raise UserError(f"--budget must be an integer >= 1. Got {a.budget} instead.")
+    if a.workers is not None and a.workers < 1:
+        raise UserError(f"--workers must be an integer >= 1. Got {a.workers} instead.")
     budget, a.budget = a.budget, None  # the audit's budget spans resumes: the store keeps the count
     old = AuditStore.open(store_path) if resuming else None  # read-write: closing it leaves no -wal/-shm behind
     try:
@@ -531,7 +540,10 @@ def run_audit(a: argparse.Namespace) -> int:
                                      target=target, frame=a.frame, salt=salt, threshold=a.threshold,
                                      progress=progress)
                 try:
-                    result = runner.run()
+                    if a.workers is not None or a.scheduler is not None:
+                        result = _run_on_cluster(a, out, store, cfg, target, salt, budget, progress)
+                    else:
+                        result = runner.run()
                 except KeyboardInterrupt:
                     bar.close()
                     print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
@@ -564,6 +576,46 @@ def run_audit(a: argparse.Namespace) -> int:
         print(f"blackbox-lime: stopped: {result.stopped}", file=sys.stderr)
         return EXIT_BUDGET
     return EXIT_CASES_FAILED if result.failed else EXIT_OK
+
+
+def _run_on_cluster(a: argparse.Namespace, out: Path, store: Any, cfg: Any, target: Any, salt: str,
+                    budget: int | None, progress: Any) -> Any:
+    """audit run --workers N | --scheduler ADDR: the cases on Dask workers, this process the only writer."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UserError("--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'.") from None
+    from blackbox_lime.audit.cluster import WorkerSettings, run_on_cluster
+    from blackbox_lime.audit.source import source_root
+
+    settings = WorkerSettings(
+        model=None if a.model is None else (a.model if "://" in str(a.model) else str(Path(a.model).resolve())),
+        endpoint=None if a.endpoint is None else str(Path(a.endpoint).resolve()), max_batch=a.max_batch,
+        output_kind=a.output_kind, allow_insecure_http=a.allow_insecure_http, device=a.device, config=cfg,
+        mae=None if a.mae is None else str(Path(a.mae).resolve()),
+        bank=None if a.bank is None else str(Path(a.bank).resolve()), seed=a.seed, target=target,
+        threshold=a.threshold, frame=a.frame, salt=salt, root=str(source_root(a.source).resolve()), budget=budget,
+        concurrency=a.concurrency or 1)
+    cluster = None
+    quiet = logging.INFO if a.verbose else logging.WARNING
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.http"):
+        logging.getLogger(name).setLevel(quiet)
+    try:
+        if a.workers is not None:
+            cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=quiet)
+            client = Client(cluster)
+        else:
+            client = Client(a.scheduler, timeout=20)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"Cannot reach the Dask scheduler {a.scheduler or 'LocalCluster'}: {exc}. Start it (dask "
+                        "scheduler / dask worker) or check the address.") from None
+    try:
+        return run_on_cluster(client, out, store, settings, progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def _audit_read(a: argparse.Namespace) -> int:

@@ -17,6 +17,9 @@ many were paid for in this process and how many came from the store.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
+
 import numpy as np
 
 from adapters.base import ClassifierAdapter, ModelInfo
@@ -27,13 +30,16 @@ from blackbox_lime.audit.store import AuditStore, image_key
 class StoredAdapter(ClassifierAdapter):
     """Wraps ``adapter``; answers from ``store`` where it can. ``budget``: images sent over the whole audit."""
 
-    def __init__(self, adapter: ClassifierAdapter, store: AuditStore, budget: int | None = None) -> None:
+    def __init__(self, adapter: ClassifierAdapter, store: "AuditStore | Any", budget: int | None = None,
+                 gate: Callable[[], ContextManager[Any]] | None = None) -> None:
         super().__init__(max_batch=adapter.max_batch, budget=None)
         self.inner = adapter
-        self.store = store
+        self.store = store  # an AuditStore, or on a worker the answers it was given (audit/cluster.py)
         self.audit_budget = budget
+        self.gate = gate  # around each slice sent: a cluster-wide limit on requests in flight
         policy = getattr(adapter, "policy", None)
         self.in_flight = adapter.max_batch * int(getattr(policy, "concurrency", 1) or 1)
+        self.case_id: str | None = None  # the case being explained: its answers are stored under it
         self.sent = 0  # images sent by this process
         self.reused = 0  # images answered from the store by this process
 
@@ -61,9 +67,10 @@ class StoredAdapter(ClassifierAdapter):
             part = missing[s:s + self.in_flight]
             self._check_audit_budget(len(part))
             r0, t0 = self.inner.requests, self.inner.retries
-            probs = self.inner.predict(images[[i for _, i in part]])
+            with (self.gate() if self.gate is not None else nullcontext()):
+                probs = self.inner.predict(images[[i for _, i in part]])
             self.store.save_answers([k for k, _ in part], probs, len(part), self.inner.requests - r0,
-                                    self.inner.retries - t0)
+                                    self.inner.retries - t0, self.case_id)
             self.sent += len(part)
             self.requests += self.inner.requests - r0
             self.retries += self.inner.retries - t0
@@ -79,12 +86,13 @@ class StoredAdapter(ClassifierAdapter):
     def _check_audit_budget(self, n: int) -> None:
         if self.audit_budget is None:
             return
+        reserve = getattr(self.store, "reserve", None)
+        if reserve is not None:  # shared by several processes: check and count in one step
+            reserve(n, self.audit_budget)
+            return
         used = self.store.totals()["sent"]
         if used + n > self.audit_budget:
-            raise BudgetExhausted(
-                f"The audit's budget is spent: {used} of {self.audit_budget} images sent, and the next request needs "
-                f"{n}. Run the same command with a larger --budget to go on; nothing answered is sent again.",
-                used=used, budget=self.audit_budget)
+            raise budget_spent(used, self.audit_budget, n)
 
     def ready(self) -> bool | None:
         ready = getattr(self.inner, "ready", None)
@@ -92,3 +100,9 @@ class StoredAdapter(ClassifierAdapter):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def budget_spent(used: int, budget: int, n: int) -> BudgetExhausted:
+    return BudgetExhausted(
+        f"The audit's budget is spent: {used} of {budget} images sent, and the next request needs {n}. Run the same "
+        "command with a larger --budget to go on; nothing answered is sent again.", used=used, budget=budget)

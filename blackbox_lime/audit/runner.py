@@ -188,6 +188,7 @@ class AuditRunner:
         stopped, explained, failures = None, 0, []
         for case in todo:
             self.store.start_case(case.id)
+            self.adapter.case_id = case.id
             try:
                 outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
                                        target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold)

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS cases (
     attempts INTEGER NOT NULL DEFAULT 0,
     updated REAL
 );
-CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, probs BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS answers (key BLOB PRIMARY KEY, probs BLOB NOT NULL, case_id TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answers_case ON answers (case_id);
 """
 
 _TOTALS = ("sent", "requests", "retries", "reused")
@@ -174,13 +175,19 @@ class AuditStore:
                 found[bytes(key)] = np.frombuffer(blob, np.float64)
         return found
 
-    def save_answers(self, keys: Sequence[bytes], probs: np.ndarray, sent: int, requests: int, retries: int) -> None:
-        """Store answers (probs float64 (n, K)) and add to the totals, in one transaction."""
+    def save_answers(self, keys: Sequence[bytes], probs: np.ndarray, sent: int, requests: int, retries: int,
+                     case_id: str | None = None) -> None:
+        """Store answers (probs float64 (n, K)) of a case and add to the totals, in one transaction."""
         probs = np.ascontiguousarray(probs, dtype=np.float64)
         with self.transaction():
-            self.db.executemany("INSERT OR IGNORE INTO answers (key, probs) VALUES (?, ?)",
-                                [(k, p.tobytes()) for k, p in zip(keys, probs)])
+            self.db.executemany("INSERT OR IGNORE INTO answers (key, probs, case_id) VALUES (?, ?, ?)",
+                                [(k, p.tobytes(), case_id) for k, p in zip(keys, probs)])
             self._add(sent=sent, requests=requests, retries=retries)
+
+    def answers_of(self, case_id: str) -> dict[bytes, np.ndarray]:
+        """Every stored answer a case's queries received: what a worker resuming the case is given."""
+        return {bytes(k): np.frombuffer(v, np.float64) for k, v in
+                self.db.execute("SELECT key, probs FROM answers WHERE case_id = ?", (case_id,))}
 
     def count_reused(self, n: int) -> None:
         if n:

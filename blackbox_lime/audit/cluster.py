@@ -1,0 +1,208 @@
+"""Audits on a Dask cluster: cases run on workers, one coordinator writes the store.
+
+    audit run STUDY --model URL --out DIR --workers 4                  # a LocalCluster on this machine
+    audit run STUDY --model URL --out DIR --scheduler tcp://host:8786  # an existing cluster
+
+Who does what:
+
+- The **coordinator** (the ``audit run`` process) is the only writer. It submits pending cases to the
+  cluster (a few more than there are workers), and as each returns it stores the case's answers, writes
+  its files atomically and marks it done, exactly as the serial runner does.
+- A **worker** runs :func:`~blackbox_lime.audit.runner.explain_case` (a pure function of the image, the
+  configuration and the seed, plus the adapter) with an adapter it builds once per process from the
+  settings. Its queries go through a :class:`~blackbox_lime.audit.answers.StoredAdapter` over the answers
+  the coordinator gave it (a resumed case's stored answers) and the answers it receives, which it returns
+  with the case.
+- The endpoint's limits are shared by every worker: requests in flight through a
+  ``distributed.Semaphore`` (``--concurrency`` leases, one per request), and the audit-wide budget
+  through a counter on the scheduler (a ``distributed.Variable`` under a ``distributed.Lock``), set from
+  the store when the run starts, so the total never exceeds ``--budget``.
+
+Maps are identical to the serial run's. When the coordinator dies, the answers of the cases in flight
+(at most one per worker) are lost and sent again on resume; every answer that reached the store is
+never sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from adapters.errors import AdapterError, BudgetExhausted
+from blackbox_lime.audit.answers import StoredAdapter, budget_spent
+from blackbox_lime.audit.runner import RunResult, _without_names, explain_case
+from blackbox_lime.audit.store import AuditStore, Case
+from blackbox_lime.image_io import ImageError
+from blackbox_lime.outputs import write_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs to rebuild the adapter and the explainer (plain values: it is pickled)."""
+
+    model: str | None
+    endpoint: str | None
+    max_batch: int | None
+    output_kind: str | None
+    allow_insecure_http: bool
+    device: str
+    config: Any  # the ExplainConfig
+    mae: str | None
+    bank: str | None
+    seed: int
+    target: Any
+    threshold: float
+    frame: int | None
+    salt: str
+    root: str
+    budget: int | None
+    concurrency: int
+    prefix: str = field(default_factory=lambda: f"blackbox-lime-{uuid.uuid4().hex[:12]}")
+
+
+_STATE: dict[str, tuple[Any, Any]] = {}  # per worker process and run (prefix): the adapter and the explainer
+
+
+def _worker_state(s: WorkerSettings) -> tuple[Any, Any]:
+    if s.prefix not in _STATE:
+        from adapters import load_adapter
+        from blackbox_lime.explainer import Explainer
+
+        kw: dict[str, Any] = {}
+        if s.endpoint is None and "://" not in str(s.model):
+            kw["device"] = s.device
+        adapter = load_adapter(None if s.endpoint else s.model, endpoint=s.endpoint, max_batch=s.max_batch,
+                               concurrency=1, output_kind=s.output_kind, allow_insecure_http=s.allow_insecure_http, **kw)
+        explainer = Explainer(adapter, s.config, mae_path=s.mae, device=s.device, bank=s.bank)
+        _STATE[s.prefix] = (adapter, explainer)
+    return _STATE[s.prefix]
+
+
+class WorkerAnswers:
+    """The answer source of a worker: the answers it was given, those it receives, and the shared budget."""
+
+    def __init__(self, known: dict[bytes, np.ndarray], prefix: str) -> None:
+        self.known = dict(known)
+        self.new: list[tuple[bytes, bytes]] = []
+        self.sent = self.requests = self.retries = 0
+        self.prefix = prefix
+
+    def lookup(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        return {k: self.known[k] for k in keys if k in self.known}
+
+    def save_answers(self, keys: list[bytes], probs: np.ndarray, sent: int, requests: int, retries: int,
+                     case_id: str | None = None) -> None:
+        probs = np.ascontiguousarray(probs, dtype=np.float64)
+        for k, p in zip(keys, probs):
+            self.known[k] = p
+            self.new.append((k, p.tobytes()))
+        self.sent, self.requests, self.retries = self.sent + sent, self.requests + requests, self.retries + retries
+
+    def count_reused(self, n: int) -> None:
+        pass
+
+    def reserve(self, n: int, budget: int) -> None:
+        """Count n images against the audit's budget, atomically across the cluster; raise when it is spent."""
+        from distributed import Lock, Variable
+
+        with Lock(f"{self.prefix}-budget"):
+            used = int(Variable(f"{self.prefix}-sent").get())
+            if used + n > budget:
+                raise budget_spent(used, budget, n)
+            Variable(f"{self.prefix}-sent").set(used + n)
+
+
+_GATES: dict[str, Any] = {}
+
+
+def _gate(prefix: str, leases: int) -> Callable[[], Any]:
+    def gate() -> Any:
+        if prefix not in _GATES:
+            from distributed import Semaphore
+
+            _GATES[prefix] = Semaphore(max_leases=leases, name=f"{prefix}-inflight")
+        return _GATES[prefix]
+    return gate
+
+
+def work_case(case: Case, s: WorkerSettings, known: dict[bytes, bytes]) -> dict[str, Any]:
+    """Run one case on a worker. Returns its status ("done", "failed", "budget"), its files and record when
+    done, the reason otherwise, and every answer it received (key, float64 bytes)."""
+    adapter, explainer = _worker_state(s)
+    answers = WorkerAnswers({k: np.frombuffer(v, np.float64) for k, v in known.items()}, s.prefix)
+    stored = StoredAdapter(adapter, answers, s.budget, gate=_gate(s.prefix, s.concurrency))
+    stored.in_flight = adapter.max_batch  # one request per slice: one lease of the shared limit each
+    explainer.adapter = stored
+    out: dict[str, Any] = {"id": case.id}
+    try:
+        outcome = explain_case(case, Path(s.root), explainer, stored, seed=s.seed, target=s.target, frame=s.frame,
+                               salt=s.salt, threshold=s.threshold)
+        out.update(status="done", files=outcome.files, record=outcome.record)
+    except BudgetExhausted as exc:
+        out.update(status="budget", reason=str(exc))
+    except (ImageError, ValueError, AdapterError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, AdapterError) else str(exc)
+        out.update(status="failed", reason=_without_names(reason, case, Path(s.root)))
+    finally:
+        explainer.adapter = adapter
+    out.update(answers=answers.new, sent=answers.sent, requests=answers.requests, retries=answers.retries,
+               reused=stored.reused)
+    return out
+
+
+def run_on_cluster(client: Any, out_dir: Path, store: AuditStore, s: WorkerSettings,
+                   progress: Callable[[Case, str], None] | None = None) -> RunResult:
+    """The coordinator: submit the pending and failed cases, write each result as it returns."""
+    from distributed import Variable, as_completed
+
+    (out_dir / "cases").mkdir(exist_ok=True)
+    Variable(f"{s.prefix}-sent", client=client).set(store.totals()["sent"])
+    todo = iter(store.cases(states=("pending", "failed")))
+    window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    running = as_completed()
+    cases: dict[str, Case] = {}
+    stopped, explained, failures = None, 0, []
+
+    def submit_next() -> bool:
+        case = next(todo, None)
+        if case is None:
+            return False
+        store.start_case(case.id)
+        cases[case.id] = case
+        known = {k: v.tobytes() for k, v in store.answers_of(case.id).items()} if case.attempts else {}
+        running.add(client.submit(work_case, case, s, known, pure=False, key=f"{s.prefix}-{case.id}"))
+        return True
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    for future in running:
+        res = future.result()
+        case = cases[res["id"]]
+        if res["answers"]:
+            keys = [k for k, _ in res["answers"]]
+            probs = np.stack([np.frombuffer(v, np.float64) for _, v in res["answers"]])
+            store.save_answers(keys, probs, res["sent"], res["requests"], res["retries"], case.id)
+        store.count_reused(res["reused"])
+        if res["status"] == "done":
+            write_all({out_dir / name: data for name, data in res["files"].items()})
+            store.finish_case(case.id, res["record"])
+            explained += 1
+        elif res["status"] == "failed":
+            store.fail_case(case.id, res["reason"])
+            failures.append((case.id, res["reason"]))
+        else:
+            stopped = res["reason"]
+        if progress:
+            progress(case, res["status"])
+        if stopped is None:
+            submit_next()
+    counts = store.counts()
+    return RunResult(counts["done"], counts["failed"], counts["pending"], stopped, explained, failures)
