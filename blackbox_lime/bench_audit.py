@@ -20,6 +20,12 @@ Youden's J (flag rate on shortcut cases minus flag rate on clean cases); where s
 middle of their range (the widest margin on both sides). ``--rescore`` re-applies this to a saved run.
 ``--split test`` applies ``blackbox_lime.audit.flags.SHORTCUT_THRESHOLDS`` and reports flag rates.
 
+``--cluster`` measures Dask scale-out (``python -m blackbox_lime.bench_audit --cluster --out
+docs/bench_audit/cluster``): the same audit on a LocalCluster of 1 and of 2 workers against MLServer on
+loopback serving a latency-bound model (linear in the patch means of a 32 x 32 input, 100 ms added per
+request), the endpoint's limit ``--concurrency 2`` shared by the workers. The runs take turns over
+``--rounds`` rounds; the time of the run itself (cluster start excluded), medians.
+
 ``--overhead`` measures what exactly-once costs (``python -m blackbox_lime.bench_audit --overhead --cases 8
 --out docs/bench_audit/overhead``): seconds per case of a plain ``explain`` loop (read, explain, write)
 against ``audit run`` (the same plus hashing every image, the store's commits and the flags), and a resumed
@@ -219,10 +225,69 @@ def write_table(out: Path, lines: list[str], result: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+def cluster_bench(a: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from distributed import Client, LocalCluster
+
+    from blackbox_lime import demo_server
+    from blackbox_lime.audit.cluster import WorkerSettings, run_on_cluster
+    from blackbox_lime.audit.source import read_source
+    from blackbox_lime.audit.store import AuditStore
+    from blackbox_lime.bench_remote import linear_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
+    t_start = time.perf_counter()
+    times: dict[int, list[float]] = {1: [], 2: []}
+    sent: dict[int, list[int]] = {1: [], 2: []}
+    try:
+        src = tmp / "src"
+        src.mkdir()
+        rng = np.random.default_rng(a.seed)
+        for i in range(a.cases):
+            cv2.imwrite(str(src / f"img_{i:02d}.png"), (rng.uniform(0.15, 0.85, (32, 32, 3)) * 255).astype(np.uint8))
+        with demo_server.start(linear_model(tmp / "linear.onnx"), delay_ms=100) as server:
+            for r in range(a.rounds):
+                for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    out = tmp / f"audit_{r}_{workers}"
+                    out.mkdir()
+                    store = AuditStore.create(out / "audit.sqlite", {}, read_source(src, "salt"), {})
+                    settings = WorkerSettings(
+                        model=server.rest_url, endpoint=None, max_batch=16, output_kind=None, allow_insecure_http=False,
+                        device="cpu", config=ExplainConfig(n_samples=a.samples, patch_size=8, fill="mean"), mae=None,
+                        bank=None, seed=a.seed, target=None, threshold=0.5, frame=None, salt="salt", root=str(src),
+                        budget=None, concurrency=2)
+                    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
+                        t = time.perf_counter()
+                        result = run_on_cluster(client, out, store, settings)
+                        times[workers].append(time.perf_counter() - t)
+                    assert result.done == a.cases, result
+                    sent[workers].append(store.totals()["sent"])
+                    store.close()
+                    print(f"round {r + 1}: {workers} worker(s) {times[workers][-1]:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {w: float(np.median(v)) for w, v in times.items()}
+    lines = ["# Audits on Dask: 2 workers against 1", "",
+             f"`python -m blackbox_lime.bench_audit --cluster --cases {a.cases} --samples {a.samples} --rounds "
+             f"{a.rounds} --out {a.out}` (MLServer on loopback, a latency-bound model with 100 ms per request, "
+             f"--max-batch 16, --concurrency 2 shared by the workers, --fill mean, commit "
+             f"{(git_commit() or 'unknown')[:10]}). Seconds for the whole audit of {a.cases} cases, cluster start "
+             "excluded.", "",
+             "| workers | runs | median s | images sent per run | speed-up |", "|---|---|---|---|---|"]
+    lines += [f"| {w} | {len(times[w])} | {med[w]:.2f} | {sent[w][0]} | {med[1] / med[w]:.2f}x |" for w in (1, 2)]
+    lines += ["", f"Wall time {time.perf_counter() - t_start:.0f} s."]
+    write_table(Path(a.out), lines, {"seconds": times, "median": med, "sent": sent, "commit": git_commit()})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_audit", description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["val", "test"], default=None)
     p.add_argument("--overhead", action="store_true", help="measure the cost of the store instead")
+    p.add_argument("--cluster", action="store_true", help="measure 2 Dask workers against 1 instead")
     p.add_argument("--rounds", type=int, default=3, help="--overhead: rounds of every mode")
     p.add_argument("--cases", type=int, default=24, help="cases per group")
     p.add_argument("--samples", type=int, default=500, help="queries per explanation (explain's default)")
@@ -232,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.overhead:
         return overhead(a)
+    if a.cluster:
+        return cluster_bench(a)
     if a.split is None:
         p.error("give --split val|test or --overhead")
     t0 = time.perf_counter()

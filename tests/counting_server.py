@@ -6,6 +6,7 @@ It serves one model, ``linear`` (the model of tests/fake_endpoint.py: P(abnormal
 means of a 32 x 32 image), over HTTP with the standard library's threaded server, and appends the
 SHA-256 of each received image (float32, channels-last, as the client composed it) to ``--log``, one
 line per image, flushed before the answer is sent. Tests count those lines: what an audit paid for.
+The most infer requests it answered at once is written to ``LOG.inflight``.
 It writes its port to ``--ready`` once it listens.
 """
 
@@ -41,6 +42,7 @@ def image_sha256(chw: np.ndarray) -> str:
 def serve(port: int, log: Path, ready: Path, delay: float) -> None:
     lock = threading.Lock()
     out = open(log, "a")
+    busy = {"now": 0, "max": 0}  # infer requests being answered at once; the most is written to LOG.inflight
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -71,13 +73,22 @@ def serve(port: int, log: Path, ready: Path, delay: float) -> None:
             if self.path != f"/v2/models/{MODEL}/infer":
                 self._send(404, {"error": f"no route {self.path}"})
                 return
-            doc = json.loads(body)
-            inp = doc["inputs"][0]
-            x = np.asarray(inp["data"], np.float32).reshape(inp["shape"])
-            time.sleep(delay)
             with lock:
-                out.write("".join(image_sha256(im) + "\n" for im in x))
-                out.flush()
+                busy["now"] += 1
+                if busy["now"] > busy["max"]:
+                    busy["max"] = busy["now"]
+                    Path(str(log) + ".inflight").write_text(str(busy["max"]))
+            try:
+                doc = json.loads(body)
+                inp = doc["inputs"][0]
+                x = np.asarray(inp["data"], np.float32).reshape(inp["shape"])
+                time.sleep(delay)
+                with lock:
+                    out.write("".join(image_sha256(im) + "\n" for im in x))
+                    out.flush()
+            finally:
+                with lock:
+                    busy["now"] -= 1
             probs = linear_probs(x).astype(np.float32)
             self._send(200, {"model_name": MODEL, "outputs": [
                 {"name": "probs", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()}]})

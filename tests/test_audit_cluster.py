@@ -1,0 +1,106 @@
+"""Audits on Dask: a LocalCluster of 2 workers and a dask scheduler / dask worker pair on loopback, against
+a real loopback server that counts what it receives and how many requests it answers at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed", reason="the audit extra (dask[distributed]) is not installed")
+
+from test_audit_kill import _lines, _maps, _study  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    log, ready = tmp_path / "received.txt", tmp_path / "port.txt"
+    proc = subprocess.Popen([sys.executable, str(HERE / "counting_server.py"), "--log", str(log), "--ready", str(ready),
+                             "--delay-ms", "40"])
+    for _ in range(200):
+        if ready.exists() and ready.read_text():
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{ready.read_text()}/v2/models/linear", log
+    proc.kill()
+    proc.wait()
+
+
+def _audit(url: str, source: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "blackbox_lime", "audit", "run", str(source), "--model", url, "--out", str(out),
+            "--patch-size", "8", "--fill", "mean", "--samples", "120", "--max-batch", "8", "--quiet", *extra]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_two_workers_give_the_serial_maps_and_share_the_request_limit_and_the_budget(tmp_path, server):
+    url, log = server
+    source = _study(tmp_path / "study")
+    # two workers, each sending as soon as it can, but one request in flight for the whole cluster
+    r = _run(_audit(url, source, tmp_path / "cluster", "--workers", "2", "--concurrency", "1"))
+    assert r.returncode == 0, r.stderr
+    assert int(Path(str(log) + ".inflight").read_text()) == 1  # the server never answered two at once
+    paid = _lines(log)
+    log.write_text("")
+    serial = _run(_audit(url, source, tmp_path / "serial", "--concurrency", "2"))
+    assert serial.returncode == 0, serial.stderr
+    assert [m.read_bytes() for m in _maps(tmp_path / "cluster")] == [m.read_bytes() for m in _maps(tmp_path / "serial")]
+    assert len(paid) == len(_lines(log)) and max(Counter(paid).values()) == 1  # each image once, as serially
+    # the budget holds for the workers together: stopped cleanly, never exceeded, resumable
+    log.write_text("")
+    out = tmp_path / "budget"
+    r = _run(_audit(url, source, out, "--workers", "2", "--budget", "300"))
+    assert r.returncode == 4, r.stderr
+    assert "The audit's budget is spent" in r.stderr and "Traceback" not in r.stderr
+    assert len(_lines(log)) <= 300
+    summary = json.loads((out / "summary.json").read_text())["study"]
+    assert summary["totals"]["sent"] <= 300 and summary["pending"] >= 1
+    r = _run(_audit(url, source, out, "--workers", "2", "--budget", "2000"))
+    assert r.returncode == 0, r.stderr
+    assert [m.read_bytes() for m in _maps(out)] == [m.read_bytes() for m in _maps(tmp_path / "serial")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_audit_joins_a_dask_scheduler_and_worker_started_apart(tmp_path, server):
+    url, log = server
+    source = _study(tmp_path / "study")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bin_dir = Path(sys.executable).parent
+    sched = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(bin_dir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1"], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = _run(_audit(url, source, tmp_path / "joined", "--scheduler", f"tcp://127.0.0.1:{port}"))
+        assert r.returncode == 0, r.stderr
+        serial = _run(_audit(url, source, tmp_path / "serial"))
+        assert serial.returncode == 0, serial.stderr
+        assert [m.read_bytes() for m in _maps(tmp_path / "joined")] == \
+            [m.read_bytes() for m in _maps(tmp_path / "serial")]
+    finally:
+        for p in (worker, sched):
+            p.terminate()
+            p.wait(timeout=30)
+    bad = _run(_audit(url, source, tmp_path / "nowhere", "--scheduler", f"tcp://127.0.0.1:{_free_port()}"))
+    assert bad.returncode == 2 and "Cannot reach the Dask scheduler" in bad.stderr and "Traceback" not in bad.stderr
