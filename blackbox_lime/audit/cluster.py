@@ -12,20 +12,21 @@ Who does what:
   configuration and the seed, plus the adapter) with an adapter it builds once per process from the
   settings. Its queries go through a :class:`~blackbox_lime.audit.answers.StoredAdapter` over the answers
   the coordinator gave it (a resumed case's stored answers) and the answers it receives, which it returns
-  with the case.
+  as they come, on a ``distributed.Queue`` that the coordinator drains into the store every 50 ms.
 - The endpoint's limits are shared by every worker: requests in flight through a
   ``distributed.Semaphore`` (``--concurrency`` leases, one per request), and the audit-wide budget
   through a counter on the scheduler (a ``distributed.Variable`` under a ``distributed.Lock``), set from
   the store when the run starts, so the total never exceeds ``--budget``.
 
-Maps are identical to the serial run's. When the coordinator dies, the answers of the cases in flight
-(at most one per worker) are lost and sent again on resume; every answer that reached the store is
-never sent again.
+Maps are identical to the serial run's. When the coordinator dies, what was in flight and what the
+queue held but the store had not yet taken (about the last 50 ms of answers) is sent again on resume;
+every answer that reached the store is never sent again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,24 +87,28 @@ def _worker_state(s: WorkerSettings) -> tuple[Any, Any]:
 
 
 class WorkerAnswers:
-    """The answer source of a worker: the answers it was given, those it receives, and the shared budget."""
+    """The answer source of a worker: the answers it was given, those it receives (each slice's are put on a
+    queue the coordinator drains into the store as they come), and the shared budget."""
 
-    def __init__(self, known: dict[bytes, np.ndarray], prefix: str) -> None:
+    def __init__(self, known: dict[bytes, np.ndarray], prefix: str, case_id: str) -> None:
         self.known = dict(known)
-        self.new: list[tuple[bytes, bytes]] = []
-        self.sent = self.requests = self.retries = 0
-        self.prefix = prefix
+        self.prefix, self.case_id = prefix, case_id
+        self._queue: Any = None
 
     def lookup(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         return {k: self.known[k] for k in keys if k in self.known}
 
     def save_answers(self, keys: list[bytes], probs: np.ndarray, sent: int, requests: int, retries: int,
                      case_id: str | None = None) -> None:
+        from distributed import Queue
+
         probs = np.ascontiguousarray(probs, dtype=np.float64)
         for k, p in zip(keys, probs):
             self.known[k] = p
-            self.new.append((k, p.tobytes()))
-        self.sent, self.requests, self.retries = self.sent + sent, self.requests + requests, self.retries + retries
+        if self._queue is None:
+            self._queue = Queue(f"{self.prefix}-answers")
+        self._queue.put({"case": self.case_id, "keys": list(keys), "probs": [p.tobytes() for p in probs],
+                         "sent": sent, "requests": requests, "retries": retries})
 
     def count_reused(self, n: int) -> None:
         pass
@@ -134,9 +139,9 @@ def _gate(prefix: str, leases: int) -> Callable[[], Any]:
 
 def work_case(case: Case, s: WorkerSettings, known: dict[bytes, bytes]) -> dict[str, Any]:
     """Run one case on a worker. Returns its status ("done", "failed", "budget"), its files and record when
-    done, the reason otherwise, and every answer it received (key, float64 bytes)."""
+    done, the reason otherwise. Its answers went to the coordinator's queue as they came."""
     adapter, explainer = _worker_state(s)
-    answers = WorkerAnswers({k: np.frombuffer(v, np.float64) for k, v in known.items()}, s.prefix)
+    answers = WorkerAnswers({k: np.frombuffer(v, np.float64) for k, v in known.items()}, s.prefix, case.id)
     stored = StoredAdapter(adapter, answers, s.budget, gate=_gate(s.prefix, s.concurrency))
     stored.in_flight = adapter.max_batch  # one request per slice: one lease of the shared limit each
     explainer.adapter = stored
@@ -152,57 +157,64 @@ def work_case(case: Case, s: WorkerSettings, known: dict[bytes, bytes]) -> dict[
         out.update(status="failed", reason=_without_names(reason, case, Path(s.root)))
     finally:
         explainer.adapter = adapter
-    out.update(answers=answers.new, sent=answers.sent, requests=answers.requests, retries=answers.retries,
-               reused=stored.reused)
+    out.update(reused=stored.reused)
     return out
 
 
 def run_on_cluster(client: Any, out_dir: Path, store: AuditStore, s: WorkerSettings,
-                   progress: Callable[[Case, str], None] | None = None) -> RunResult:
-    """The coordinator: submit the pending and failed cases, write each result as it returns."""
-    from distributed import Variable, as_completed
+                   progress: Callable[[Case, str], None] | None = None, poll_s: float = 0.05) -> RunResult:
+    """The coordinator: submit the pending and failed cases, store the answers the workers put on the queue
+    as they come (every ``poll_s``), and write each case as it returns."""
+    from distributed import Queue, Variable
 
     (out_dir / "cases").mkdir(exist_ok=True)
     Variable(f"{s.prefix}-sent", client=client).set(store.totals()["sent"])
+    answers = Queue(f"{s.prefix}-answers", client=client)
     todo = iter(store.cases(states=("pending", "failed")))
     window = 2 * max(1, len(client.scheduler_info().get("workers", {})))
-    running = as_completed()
+    running: set[Any] = set()
     cases: dict[str, Case] = {}
     stopped, explained, failures = None, 0, []
 
-    def submit_next() -> bool:
+    def submit_next() -> None:
         case = next(todo, None)
         if case is None:
-            return False
+            return
         store.start_case(case.id)
         cases[case.id] = case
         known = {k: v.tobytes() for k, v in store.answers_of(case.id).items()} if case.attempts else {}
         running.add(client.submit(work_case, case, s, known, pure=False, key=f"{s.prefix}-{case.id}"))
-        return True
+
+    def drain() -> None:
+        for item in answers.get(batch=True):
+            store.save_answers(item["keys"], np.stack([np.frombuffer(v, np.float64) for v in item["probs"]]),
+                               item["sent"], item["requests"], item["retries"], item["case"])
 
     for _ in range(window):
-        if not submit_next():
-            break
-    for future in running:
-        res = future.result()
-        case = cases[res["id"]]
-        if res["answers"]:
-            keys = [k for k, _ in res["answers"]]
-            probs = np.stack([np.frombuffer(v, np.float64) for _, v in res["answers"]])
-            store.save_answers(keys, probs, res["sent"], res["requests"], res["retries"], case.id)
-        store.count_reused(res["reused"])
-        if res["status"] == "done":
-            write_all({out_dir / name: data for name, data in res["files"].items()})
-            store.finish_case(case.id, res["record"])
-            explained += 1
-        elif res["status"] == "failed":
-            store.fail_case(case.id, res["reason"])
-            failures.append((case.id, res["reason"]))
-        else:
-            stopped = res["reason"]
-        if progress:
-            progress(case, res["status"])
-        if stopped is None:
-            submit_next()
+        submit_next()
+    while running:
+        done = [f for f in running if f.done()]
+        if not done:
+            time.sleep(poll_s)
+        drain()  # before a case is written: its answers are all on the queue once its future is done
+        running -= set(done)
+        for future in done:
+            res = future.result()
+            case = cases[res["id"]]
+            store.count_reused(res["reused"])
+            if res["status"] == "done":
+                write_all({out_dir / name: data for name, data in res["files"].items()})
+                store.finish_case(case.id, res["record"])
+                explained += 1
+            elif res["status"] == "failed":
+                store.fail_case(case.id, res["reason"])
+                failures.append((case.id, res["reason"]))
+            else:
+                stopped = res["reason"]
+            if progress:
+                progress(case, res["status"])
+            if stopped is None:
+                submit_next()
+    drain()
     counts = store.counts()
     return RunResult(counts["done"], counts["failed"], counts["pending"], stopped, explained, failures)
