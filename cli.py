@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                              "'positive' for a multi-label model. Several targets share one set of queries")
         sp.add_argument("--threshold", type=float, default=0.5, help="for --target positive (default 0.5)")
         sp.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM")
+        sp.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images whose header claims more pixels than this, before decoding them "
+                             "(default 100000000: 10^8, rows x columns x frames)")
         sp.add_argument("--dicom-out", action="store_true",
                         help="for DICOM inputs, also write each map as a DICOM Parametric Map on the source's grid "
                              "(STEM.pm.dcm), referencing the source instance for PACS viewers (dicom extra)")
@@ -104,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--verbose", action="store_true", help="log what is done")
 
     e = sub.add_parser("explain", help="explain a model's answer for one or more images")
-    e.add_argument("images", nargs="+", help=".png .jpg .tif .npy or .dcm files")
+    e.add_argument("images", nargs="+", help=".png .jpg .tif .bmp .gif .npy or .dcm files")
     e.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
     explain_options(e)
 
@@ -240,6 +243,11 @@ def _as_typed(exc: ValueError) -> UserError:
 def _config(a: argparse.Namespace) -> Any:
     from blackbox_lime.config import ExplainConfig
 
+    if getattr(a, "seed", 0) is not None and getattr(a, "seed", 0) < 0:
+        raise UserError(f"--seed must be an integer >= 0. Got {a.seed} instead.")
+    if getattr(a, "max_pixels", None) is not None and a.max_pixels < 1:
+        raise UserError(f"--max-pixels must be an integer >= 1. Got {a.max_pixels} instead.")
+
     kw = {field: getattr(a, option) for option, field in _CONFIG_OPTIONS.items()
           if getattr(a, option, None) is not None}
     if getattr(a, "calibration", None) is not None:
@@ -294,6 +302,10 @@ def _adapter(a: argparse.Namespace) -> Any:
 
     if a.endpoint is None and a.model is None:
         raise UserError("Name the classifier: --model MODEL.onnx, --model URL, or --endpoint PROFILE.toml.")
+    if a.endpoint is None and not str(a.model).strip():
+        raise UserError("--model is empty; give a .onnx file or an endpoint URL.")
+    if a.endpoint is not None and not str(a.endpoint).strip():
+        raise UserError("--endpoint is empty; give an endpoint profile (.toml).")
     for opt in ("budget", "max_batch", "concurrency"):
         v = getattr(a, opt)
         if v is not None and v < 1:
@@ -350,14 +362,9 @@ def _explainer_and_target(a: argparse.Namespace, adapter: Any, cfg: Any) -> tupl
 
 
 def run_explain(images: list[Path], a: argparse.Namespace) -> int:
-    from blackbox_lime import __version__
-    from blackbox_lime.explanation import ExplanationSet
-    from blackbox_lime.image_io import ImageError, load_image
     from blackbox_lime.outputs import (
         check_writable,
-        explanation_files,
         file_sha256,
-        write_all,
     )
 
     cfg = _config(a)
@@ -372,57 +379,87 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
             _check_calibration(a, hashes)
             hashes["calibration"] = {"file": Path(a.calibration).name, "sha256": file_sha256(a.calibration),
                                      "fill": cfg.fill}
+        created = not Path(a.out).exists()
         out = check_writable(a.out)  # only once every check passed: a refused call leaves no folder behind
-        if a.bank is not None:
-            hashes["evidence_bank"] = {"file": Path(a.bank).name, "sha256": file_sha256(a.bank)}
-        failed = 0
-        stems: set[str] = set()
-        for path in images:
-            t0 = time.perf_counter()
-            r0 = adapter.retries
-            try:
-                loaded = load_image(path, frame=a.frame)
-                t_io = time.perf_counter() - t0
-                exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
-                                        threshold=a.threshold)
-            except (ImageError, ValueError) as exc:
-                print(f"blackbox-lime: error: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
-            stems.add(stem)
+        try:
+            return _explain_images(images, a, adapter, explainer, target, hashes, out)
+        finally:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # every image failed: leave no empty folder behind
+
+
+def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, explainer: Any, target: Any,
+                    hashes: dict[str, Any], out: Path) -> int:
+    from blackbox_lime.explanation import ExplanationSet
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
+    from blackbox_lime.outputs import OutputError, file_sha256
+
+    if a.bank is not None:
+        hashes["evidence_bank"] = {"file": Path(a.bank).name, "sha256": file_sha256(a.bank)}
+    failed = 0
+    stems: set[str] = set()
+    for path in images:
+        t0 = time.perf_counter()
+        r0 = adapter.retries
+        try:
+            loaded = load_image(path, frame=a.frame, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
+            t_io = time.perf_counter() - t0
+            if not a.quiet:
+                for note in loaded.notes:  # what was done to the pixels, said once (also in the JSON)
+                    print(f"blackbox-lime: note: {path.name}: {note}", file=sys.stderr)
+            exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
+                                    threshold=a.threshold)
+        except (ImageError, ValueError) as exc:
+            print(f"blackbox-lime: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
+        stems.add(stem)
+        try:
             if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
                 _write_findings(a, out, stem, path, loaded, list(exp) if isinstance(exp, ExplanationSet) else [exp],
                                 hashes, adapter.retries - r0, t_io)
-                continue
-            report = {
-                "tool": "blackbox-lime", "version": __version__,
-                "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
-                          "shape": list(loaded.pixels.shape), "notes": loaded.notes},
-                **exp.summary(), "retries": adapter.retries - r0, "models": hashes,
-                "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
-            }
-            report["timings_s"]["read_image"] = round(t_io, 4)
-            pm = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
-            report["outputs"] += sorted(p.name for p in pm)
-            write_all({**explanation_files(out, stem, loaded.pixels, exp, report), **pm})
-            if a.json:
-                print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
-                                                         "r2_heldout", "r2_evidence", "fill", "warnings",
-                                                         "queries", "requests", "retries", "timings_s", "seed",
-                                                         "outputs")}))
-            if not a.quiet:
-                for warning in exp.warnings:
-                    print(f"blackbox-lime: warning: {path.name}: {warning}", file=sys.stderr)
-            if not a.json and not a.quiet:
-                if exp.adaptation is not None and exp.adaptation["adapted"]:
-                    print(f"{path.name}: STTA adapted the input: P({exp.target_name}) "
-                          f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
-                          file=sys.stderr)
-                print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} {_fill_line(exp)} "
-                      f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries "
-                      f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
+            else:
+                _write_one(a, out, stem, path, loaded, exp, hashes, adapter.retries - r0, t_io)
+        except OutputError as exc:
+            print(f"blackbox-lime: error: {path.name}: {exc}", file=sys.stderr)
+            failed += 1
     return EXIT_USER if failed else EXIT_OK
+
+
+def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exp: Any,
+               hashes: dict[str, Any], retries: int, t_io: float) -> None:
+    """One image's three files (all or nothing), its JSON line and its summary lines."""
+    from blackbox_lime import __version__
+    from blackbox_lime.outputs import explanation_files, write_all
+
+    report = {
+        "tool": "blackbox-lime", "version": __version__,
+        "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
+                  "shape": list(loaded.pixels.shape), "notes": loaded.notes},
+        **exp.summary(), "retries": retries, "models": hashes,
+        "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
+    }
+    report["timings_s"]["read_image"] = round(t_io, 4)
+    pm = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
+    report["outputs"] += sorted(p.name for p in pm)
+    write_all({**explanation_files(out, stem, loaded.pixels, exp, report), **pm})
+    if a.json:
+        print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
+                                                 "r2_heldout", "r2_evidence", "fill", "warnings",
+                                                 "queries", "requests", "retries", "timings_s", "seed",
+                                                 "outputs")}))
+    if not a.quiet:
+        for warning in exp.warnings:
+            print(f"blackbox-lime: warning: {path.name}: {warning}", file=sys.stderr)
+    if not a.json and not a.quiet:
+        if exp.adaptation is not None and exp.adaptation["adapted"]:
+            print(f"{path.name}: STTA adapted the input: P({exp.target_name}) "
+                  f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
+                  file=sys.stderr)
+        print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} {_fill_line(exp)} "
+              f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries "
+              f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
 
 
 def run_audit_command(a: argparse.Namespace) -> int:

@@ -91,7 +91,13 @@ class TensorSpec:
 
     def decode(self, out: np.ndarray, n: int, where: str = "the model") -> np.ndarray:
         """The model's raw output (n, K), (n, 1) or (n,) -> float64 probabilities (n, K) or (n,)."""
-        out = np.asarray(out, np.float64)
+        raw = np.asarray(out)
+        if raw.dtype.kind in "iub":
+            raise ResponseError(
+                f"{where} returned {raw.dtype} values (shape {raw.shape}), such as a class index or a label; "
+                "explaining needs class probabilities or logits. Export or serve the model's probability or logit "
+                "output (and declare logits with --output-kind logits, or kind = \"logits\" in the profile's [output]).")
+        out = np.asarray(raw, np.float64)
         if out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
         if out.ndim not in (1, 2) or out.shape[0] != n:

@@ -78,6 +78,55 @@ _KEYS: dict[str | None, set[str]] = {
 PROTOCOLS = ("oip-rest", "tfserving", "oip-grpc")
 
 
+def _check_values(doc: dict[str, Any], name: str) -> None:
+    """Every value of a profile has the type and range it needs: a ConfigError that names the key otherwise."""
+    from adapters.preprocess import DTYPE_TO_OIP, OUTPUT_KINDS
+
+    def fail(key: str, what: str, got: Any) -> ConfigError:
+        return ConfigError(f"{name}: {key} must be {what}. Got {got!r} instead.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    inp, out, lim = doc.get("input", {}), doc.get("output", {}), doc.get("limits", {})
+    if "size" in inp and not (isinstance(inp["size"], list) and len(inp["size"]) == 2
+                              and all(is_int(v) and v >= 1 for v in inp["size"])):
+        raise fail("[input] size", "[height, width], two integers >= 1", inp["size"])
+    if "channels" in inp and inp["channels"] not in (1, 3):
+        raise fail("[input] channels", "1 or 3", inp["channels"])
+    if "layout" in inp and inp["layout"] not in ("NCHW", "NHWC"):
+        raise fail("[input] layout", '"NCHW" or "NHWC"', inp["layout"])
+    if "dtype" in inp and inp["dtype"] not in DTYPE_TO_OIP:
+        raise fail("[input] dtype", f"one of {', '.join(sorted(DTYPE_TO_OIP))}", inp["dtype"])
+    for key in ("mean", "std"):
+        v = inp.get(key)
+        if v is not None and not (isinstance(v, list) and v and all(is_num(x) for x in v)):
+            raise fail(f"[input] {key}", "a list of per-channel numbers", v)
+    if "std" in inp and min(inp["std"]) <= 0:
+        raise fail("[input] std", "positive for every channel", inp["std"])
+    if "kind" in out and out["kind"] not in OUTPUT_KINDS:
+        raise fail("[output] kind", f"one of {', '.join(OUTPUT_KINDS)}", out["kind"])
+    if "class_names" in out and not (isinstance(out["class_names"], list) and len(out["class_names"]) >= 2
+                                     and all(isinstance(c, str) for c in out["class_names"])):
+        raise fail("[output] class_names", "a list of two or more names", out["class_names"])
+    if "abnormal_index" in out and not (is_int(out["abnormal_index"]) and out["abnormal_index"] >= 0):
+        raise fail("[output] abnormal_index", "an integer >= 0", out["abnormal_index"])
+    for key in ("max_batch", "concurrency", "budget", "max_attempts"):
+        if key in lim and not (is_int(lim[key]) and lim[key] >= 1):
+            raise fail(f"[limits] {key}", "an integer >= 1", lim[key])
+    for key in ("timeout_s", "connect_timeout_s", "max_message_mb"):
+        if key in lim and not (is_num(lim[key]) and lim[key] > 0):
+            raise fail(f"[limits] {key}", "a number > 0", lim[key])
+    for key in ("rate_per_s", "retry_after_cap_s", "backoff_s"):
+        if key in lim and not (is_num(lim[key]) and lim[key] >= 0):
+            raise fail(f"[limits] {key}", "a number >= 0", lim[key])
+    if "binary" in lim and lim["binary"] not in ("auto", "always", "never"):
+        raise fail("[limits] binary", '"auto", "always" or "never"', lim["binary"])
+
+
 @dataclass
 class EndpointProfile:
     """A parsed endpoint profile (see the module docstring for the TOML form)."""
@@ -119,6 +168,8 @@ class EndpointProfile:
                 raise ConfigError(f"{path.name}: unknown key {unknown[0]!r} in {where}; known keys: {', '.join(sorted(allowed))}.")
         if "url" not in doc:
             raise ConfigError(f"{path.name} has no 'url'.")
+        if not isinstance(doc["url"], str):
+            raise ConfigError(f"{path.name}: url must be a string, the endpoint's URL. Got {doc['url']!r} instead.")
         base = path.resolve().parent
         for section, key in (("auth", "token_file"), ("tls", "ca_bundle"), ("tls", "client_cert"), ("tls", "client_key")):
             v = (doc.get(section) or {}).get(key)
@@ -131,6 +182,7 @@ class EndpointProfile:
         prof.input, prof.output = dict(doc.get("input", {})), dict(doc.get("output", {}))
         prof.auth, prof.tls, prof.limits = dict(doc.get("auth", {})), dict(doc.get("tls", {})), dict(doc.get("limits", {}))
         prof.source = path.name
+        _check_values(doc, path.name)  # before anything reaches the network
         return prof
 
     @classmethod

@@ -77,6 +77,11 @@ def check_endpoint_url(url: str, allow_insecure: bool = False) -> Any:
                           "use http(s):// for REST or grpc(s):// for gRPC.")
     if not parts.hostname:
         raise ConfigError(f"The endpoint URL {safe_url(url)} names no host.")
+    try:
+        parts.port
+    except ValueError:
+        port = parts.netloc.rsplit(":", 1)[-1]
+        raise ConfigError(f"The endpoint URL's port {port!r} is not a port number (1-65535). Check the URL.") from None
     if parts.username or parts.password:
         raise ConfigError("The endpoint URL carries credentials; remove them and put the token in the profile's "
                           "[auth] section (token_env or token_file).")
@@ -333,7 +338,7 @@ class RemoteAdapter(ClassifierAdapter):
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s Retry %d of %d in %.2fs.", self.redact(str(exc)), state.attempt_number,
+        log.info("%s Retry %d of %d in %.2fs.", self.redact(str(exc)), state.attempt_number,
                     self.policy.max_attempts - 1, state.next_action.sleep if state.next_action else 0.0)
 
     def _predict_batch(self, images: np.ndarray) -> np.ndarray:

@@ -29,6 +29,8 @@ def _is_real(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+MAX_SAMPLES = 1_000_000  # the most queries one explanation may ask for
+
 @dataclass(frozen=True)
 class ExplainConfig:
     """Every knob of an explanation. Invalid values raise ``ValueError`` naming the parameter.
@@ -151,6 +153,8 @@ class ExplainConfig:
     def __post_init__(self) -> None:
         _check(_is_int(self.patch_size) and self.patch_size >= 2, "patch_size", "an integer >= 2", self.patch_size)
         _check(_is_int(self.n_samples) and self.n_samples >= 10, "n_samples", "an integer >= 10", self.n_samples)
+        _check(self.n_samples <= MAX_SAMPLES, "n_samples", f"at most {MAX_SAMPLES} (the queries of one explanation)",
+               self.n_samples)
         ratios = self.mask_ratios
         _check(isinstance(ratios, tuple) and len(ratios) >= 1 and all(_is_real(r) and 0 < r < 1 for r in ratios),
                "mask_ratios", "a non-empty tuple of floats in the range (0, 1)", ratios)
@@ -189,6 +193,8 @@ class ExplainConfig:
         _check(_is_int(self.stta_iterations) and self.stta_iterations >= 1, "stta_iterations", "an integer >= 1",
                self.stta_iterations)
         _check(_is_int(self.stta_views) and self.stta_views >= 1, "stta_views", "an integer >= 1", self.stta_views)
+        _check(self.stta_iterations <= 1000 and self.stta_views <= 1000, "stta_iterations" if self.stta_iterations > 1000
+               else "stta_views", "at most 1000", max(self.stta_iterations, self.stta_views))
         _check(_is_int(self.stta_seed) and self.stta_seed >= 0, "stta_seed", "an integer >= 0", self.stta_seed)
         _check(_is_int(self.stta_probes) and self.stta_probes >= 0, "stta_probes", "an integer >= 0", self.stta_probes)
         _check(_is_int(self.n_neighbours) and self.n_neighbours >= 1, "n_neighbours", "an integer >= 1",

@@ -1,4 +1,4 @@
-"""Reading images: PNG, JPEG, TIFF (8/16-bit, float), NumPy ``.npy`` and DICOM.
+"""Reading images: PNG, JPEG, TIFF (8/16-bit, float), BMP, GIF (first frame), NumPy ``.npy`` and DICOM.
 
 Every loader returns float32 pixels (H, W, C), C in {1, 3}, in [0, 1], plus notes on what was done
 (windowing, inversion, rescaling). Only these pixels ever reach an adapter: DICOM headers and
@@ -8,6 +8,10 @@ DICOM: the modality LUT (rescale slope/intercept) is applied, then the VOI windo
 (or, without one, a robust 0.5-99.5 percentile window); MONOCHROME1 is inverted so that dense is
 bright; multi-frame files need a frame number. Compressed transfer syntaxes decode when pylibjpeg
 is installed (``pip install 'blackbox-lime[dicom]'``).
+
+Sizes are checked before anything is decoded: a file whose header claims more than ``max_pixels``
+pixels (default :data:`DEFAULT_MAX_PIXELS`, rows x columns x frames) is refused with the claimed size,
+so a 74-byte PNG that claims 10^10 pixels never reaches a decoder.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import numpy as np
 
 __all__ = ["ImageError", "LoadedImage", "load_image", "SUPPORTED"]
 
-SUPPORTED = ".png, .jpg/.jpeg, .tif/.tiff, .npy, .dcm (DICOM)"
+SUPPORTED = ".png, .jpg/.jpeg, .tif/.tiff, .bmp, .gif, .npy, .dcm (DICOM)"
+DEFAULT_MAX_PIXELS = 100_000_000  # 10^8: a 10000 x 10000 image; raise it with --max-pixels
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy", ".dcm", ".dicom")
 
 
 def find_images(paths: "list[str | Path]") -> list[Path]:
@@ -57,18 +62,36 @@ class LoadedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def load_image(path: str | Path, frame: int | None = None) -> LoadedImage:
+def load_image(path: str | Path, frame: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Read an image file into float32 (H, W, C) pixels in [0, 1].
 
     Raises
     ------
     ImageError
-        The file is missing, empty, truncated, corrupt, of an unsupported kind, has NaN/Inf, or has
-        a channel count other than 1, 3 (or 4 with alpha); the message names the fix.
+        The file is missing, a folder, empty, truncated, corrupt, of an unsupported kind, larger than
+        ``max_pixels``, has NaN/Inf, or has a channel count other than 1, 3 (or 4 with alpha); the
+        message names the file and the fix.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ImageError(f"{p.name} is a folder, not an image file. Give image files ({SUPPORTED}); to go "
+                         "through a whole folder, use blackbox-lime audit run FOLDER.")
     if not p.is_file():
         raise ImageError(f"{p.name}: no such file. Check the path.")
+    try:
+        return _load(p, frame, max_pixels)
+    except MemoryError:
+        raise ImageError(f"{p.name} is too large to decode in this machine's memory. Downscale it, or explain it on "
+                         "a machine with more memory.") from None
+
+
+def _too_large(name: str, claimed: int, what: str, max_pixels: int) -> ImageError:
+    return ImageError(f"{name} claims {what} = {claimed:,} pixels, more than the limit of {max_pixels:,}. If the image "
+                      f"really is that large, raise the limit with --max-pixels {claimed}; otherwise the file is "
+                      "damaged or not what it says.")
+
+
+def _load(p: Path, frame: int | None, max_pixels: int) -> LoadedImage:
     data = p.read_bytes()
     if len(data) == 0:
         raise ImageError(f"{p.name} is empty (0 bytes). Re-export or re-copy the image.")
@@ -76,11 +99,11 @@ def load_image(path: str | Path, frame: int | None = None) -> LoadedImage:
     suffix = p.suffix.lower()
     notes: list[str] = []
     if suffix == ".npy" or data[:6] == b"\x93NUMPY":
-        pixels, fmt = _load_npy(p.name, data, notes), "npy"
+        pixels, fmt = _load_npy(p.name, data, notes, max_pixels), "npy"
     elif suffix in (".dcm", ".dicom") or data[128:132] == b"DICM":
-        pixels, fmt = _load_dicom(p.name, data, frame, notes), "dicom"
+        pixels, fmt = _load_dicom(p.name, data, frame, notes, max_pixels), "dicom"
     else:
-        pixels, fmt = _load_raster(p.name, data, notes), "raster"
+        pixels, fmt = _load_raster(p.name, data, notes, max_pixels), "raster"
     if frame is not None and fmt != "dicom":
         raise ImageError(f"{p.name}: --frame applies to multi-frame DICOM files only.")
     pixels = _finish(p.name, pixels, notes)
@@ -140,7 +163,27 @@ def _to_unit(name: str, a: np.ndarray, notes: list[str]) -> np.ndarray:
     raise ImageError(f"{name} has pixel type {a.dtype}; expected integers or floats.")
 
 
-def _load_npy(name: str, data: bytes, notes: list[str]) -> np.ndarray:
+def _npy_header(name: str, data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an .npy header claims, read without loading the array."""
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ImageError(f"{name} is not a plain NumPy array file ({str(exc).splitlines()[0][:120]}). Save it with "
+                         "np.save(path, array).") from None
+    return tuple(int(d) for d in shape), dtype
+
+
+def _load_npy(name: str, data: bytes, notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    shape, _ = _npy_header(name, data)
+    planar = shape[:-1] if len(shape) == 3 and shape[-1] <= 4 else shape[1:] if len(shape) == 3 else shape
+    claimed = int(np.prod(planar, dtype=np.float64)) if shape else 1
+    if claimed > max_pixels:
+        raise _too_large(name, claimed, " x ".join(str(d) for d in shape), max_pixels)
     try:
         a = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
@@ -157,11 +200,20 @@ def _load_npy(name: str, data: bytes, notes: list[str]) -> np.ndarray:
     return _to_unit(name, a, notes)
 
 
-def _load_raster(name: str, data: bytes, notes: list[str]) -> np.ndarray:
+def _load_raster(name: str, data: bytes, notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            bomb, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the limit below is this tool's own
+            try:
+                img = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = bomb
+        w, h = img.size
+        if w * h > max_pixels:
+            raise _too_large(name, w * h, f"{w} x {h}", max_pixels)
         img.load()  # decode now: truncated files raise here instead of giving partial pixels
     except UnidentifiedImageError as exc:
         if data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")):
@@ -180,15 +232,20 @@ def _load_raster(name: str, data: bytes, notes: list[str]) -> np.ndarray:
     return _to_unit(name, a, notes)
 
 
-def _decode_dicom(name: str, data: bytes, frame: int | None):
+def _decode_dicom(name: str, data: bytes, frame: int | None, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Parse the file and decode its pixel data: (array of every frame, dataset, number of frames)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=False)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise ImageError(f"{name} is not a readable DICOM file ({type(exc).__name__}: {exc}).") from exc
+    except InvalidDicomError as exc:
+        raise ImageError(f"{name} is not a DICOM file: it lacks the DICOM preamble and 'DICM' marker. Check that it is "
+                         "a DICOM Part 10 file (export it again from the PACS), or rename it if it is another "
+                         f"format ({SUPPORTED}).") from exc
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ImageError(f"{name} is not a readable DICOM file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160]}). Export it again from the PACS.") from exc
     if "PixelData" not in ds:
         raise ImageError(f"{name} is a DICOM file without pixel data (SOP class {ds.get('SOPClassUID', '?')}).")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -196,6 +253,12 @@ def _decode_dicom(name: str, data: bytes, frame: int | None):
         raise ImageError(f"{name} is a multi-frame DICOM with {n_frames} frames; pass --frame K with K in 0..{n_frames - 1}.")
     if frame is not None and not 0 <= frame < n_frames:
         raise ImageError(f"{name} has {n_frames} frame(s); --frame must be in 0..{n_frames - 1}. Got {frame}.")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        raise ImageError(f"{name}: its Rows/Columns are not numbers. Export it again from the PACS.") from None
+    if rows * cols * n_frames > max_pixels:
+        raise _too_large(name, rows * cols * n_frames, f"{rows} x {cols} x {n_frames} frame(s)", max_pixels)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError by handler
@@ -209,7 +272,8 @@ def _decode_dicom(name: str, data: bytes, frame: int | None):
     return arr, ds, n_frames
 
 
-def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> np.ndarray:
+def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str],
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
@@ -219,7 +283,7 @@ def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str]) -> 
     # notes in the report instead of reaching the user's terminal as a warning with a library path.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        arr, ds, n_frames = _decode_dicom(name, data, frame)
+        arr, ds, n_frames = _decode_dicom(name, data, frame, max_pixels)
     for w in caught:
         note = f"DICOM reader: {w.message}"
         if note not in notes:

@@ -31,8 +31,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_all(files: dict[Path, bytes]) -> None:
-    """Write several files all-or-nothing: temp files first, then renames."""
+    """Write several files all-or-nothing: temp files first, then renames; if a rename fails, the files already
+    moved into place are removed again. A target taken by a folder (or anything but a file) is refused first."""
+    for path in files:
+        if path.exists() and not path.is_file():
+            raise OutputError(f"Cannot write {path.name} in {path.parent}: that name is taken by a folder (or another "
+                              "non-file). Move it away or choose another --out; nothing was written for this image.")
     temps: list[tuple[str, Path]] = []
+    moved: list[Path] = []
     mode = 0o666 & ~_umask()
     try:
         for path, data in files.items():
@@ -45,11 +51,17 @@ def write_all(files: dict[Path, bytes]) -> None:
             os.chmod(tmp, mode)  # mkstemp makes 0600 files; give results the usual permissions
         for tmp, path in temps:
             os.replace(tmp, path)
+            moved.append(path)
     except BaseException:
         for tmp, _ in temps:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
+                pass
+        for path in moved:
+            try:
+                os.unlink(path)
+            except OSError:
                 pass
         raise
 

@@ -209,7 +209,7 @@ def test_calibration_errors(trigger_case, tmp_path: Path, capsys, linear_model: 
     (tmp_path / "empty").mkdir()
     assert err("calibrate", str(tmp_path / "empty"), "--model", str(model_path), "--out", str(tmp_path / "c.toml")) \
         == (f"blackbox-lime: error: No images found in {tmp_path / 'empty'} (looked for .png, .jpg, .jpeg, .tif, "
-            ".tiff, .npy, .dcm, .dicom).")
+            ".tiff, .bmp, .gif, .npy, .dcm, .dicom).")
     (tmp_path / "site" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     msg = err("calibrate", str(tmp_path / "site"), "--model", str(model_path), "--out", str(tmp_path / "c.toml"))
     assert msg.startswith("blackbox-lime: error: 1 of 2 images could not be read: broken.png (")
