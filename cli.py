@@ -500,6 +500,7 @@ def run_audit(a: argparse.Namespace) -> int:
     from blackbox_lime.audit.provenance import write_provenance
     from blackbox_lime.audit.report import write_report
     from blackbox_lime.audit.runner import AuditRunner
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
     from blackbox_lime.audit.source import SourceError, read_source, source_root
     from blackbox_lime.audit.store import STORE_NAME, AuditStore, config_difference
     from blackbox_lime.explainer import _progress
@@ -575,7 +576,7 @@ def run_audit(a: argparse.Namespace) -> int:
 
                 runner = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
                                      target=target, frame=a.frame, salt=salt, threshold=a.threshold,
-                                     progress=progress)
+                                     max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, progress=progress)
                 try:
                     if a.workers is not None or a.scheduler is not None:
                         result = _run_on_cluster(a, out, store, cfg, target, salt, budget, progress)
@@ -624,6 +625,7 @@ def _run_on_cluster(a: argparse.Namespace, out: Path, store: Any, cfg: Any, targ
         raise UserError("--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'.") from None
     from blackbox_lime.audit.cluster import WorkerSettings, run_on_cluster
     from blackbox_lime.audit.source import source_root
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
 
     settings = WorkerSettings(
         model=None if a.model is None else (a.model if "://" in str(a.model) else str(Path(a.model).resolve())),
@@ -632,7 +634,7 @@ def _run_on_cluster(a: argparse.Namespace, out: Path, store: Any, cfg: Any, targ
         mae=None if a.mae is None else str(Path(a.mae).resolve()),
         bank=None if a.bank is None else str(Path(a.bank).resolve()), seed=a.seed, target=target,
         threshold=a.threshold, frame=a.frame, salt=salt, root=str(source_root(a.source).resolve()), budget=budget,
-        concurrency=a.concurrency or 1)
+        concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
     cluster = None
     quiet = logging.INFO if a.verbose else logging.WARNING
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.http"):

@@ -264,3 +264,11 @@ def test_the_report_renders_in_headless_chromium(study, tmp_path):
     ink = (img.min(axis=2) < 200).mean()  # the share of pixels that are not (near) white
     red = ((img[..., 2] > 150) & (img[..., 1] < 120) & (img[..., 0] < 120)).sum()  # the overlays' red evidence
     assert ink > 0.02 and red > 50, (ink, red)
+
+
+def test_max_pixels_applies_to_every_case_of_an_audit(study, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert _run(study, out, "--max-pixels", "1000") == 3  # 224 x 224 phantoms: every case fails, none is decoded
+    s = _summary(out, capsys)
+    assert s["study"]["failed"] == 4
+    assert all("claims 224 x 224 = 50,176 pixels, more than the limit of 1,000" in c["reason"] for c in s["cases"])

@@ -65,6 +65,7 @@ class WorkerSettings:
     root: str
     budget: int | None
     concurrency: int
+    max_pixels: int = 100_000_000
     prefix: str = field(default_factory=lambda: f"blackbox-lime-{uuid.uuid4().hex[:12]}")
 
 
@@ -148,7 +149,7 @@ def work_case(case: Case, s: WorkerSettings, known: dict[bytes, bytes]) -> dict[
     out: dict[str, Any] = {"id": case.id}
     try:
         outcome = explain_case(case, Path(s.root), explainer, stored, seed=s.seed, target=s.target, frame=s.frame,
-                               salt=s.salt, threshold=s.threshold)
+                               salt=s.salt, threshold=s.threshold, max_pixels=s.max_pixels)
         out.update(status="done", files=outcome.files, record=outcome.record)
     except BudgetExhausted as exc:
         out.update(status="budget", reason=str(exc))

@@ -31,7 +31,7 @@ from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.flags import case_flags
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
-from blackbox_lime.image_io import ImageError, load_image
+from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
 from blackbox_lime.explanation import ExplanationSet
 from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, write_all
 
@@ -64,7 +64,7 @@ def _private(salt: str, value: str) -> str:
 
 def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAdapter, *, seed: int,
                  target: "int | list[int] | str | None", frame: int | None, salt: str,
-                 threshold: float = 0.5) -> CaseOutcome:
+                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS) -> CaseOutcome:
     """Explain and flag one case. Raises ImageError or ValueError for a bad image or mask, AdapterError when
     the model cannot answer. Writes nothing.
 
@@ -72,10 +72,10 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
     explained from one set of queries. The record always has a ``findings`` list, one entry per explained
     class with its own flags; a single class keeps explain's file names, several get one map and overlay per
     finding, one JSON and an overview (as ``explain`` writes them)."""
-    loaded = load_image(root / case.image, frame=frame)
+    loaded = load_image(root / case.image, frame=frame, max_pixels=max_pixels)
     roi, mask_sha = None, None
     if case.mask is not None:
-        m = load_image(root / case.mask)
+        m = load_image(root / case.mask, max_pixels=max_pixels)
         mask_sha = m.sha256
         roi = m.pixels[..., 0] > 0.5
         if roi.shape != loaded.pixels.shape[:2]:
@@ -176,10 +176,11 @@ class AuditRunner:
 
     def __init__(self, out_dir: Path, store: AuditStore, adapter: StoredAdapter, explainer: Explainer, *, root: Path,
                  seed: int, target: "int | list[int] | str | None", frame: int | None, salt: str,
-                 threshold: float = 0.5, progress: Callable[[Case, str], None] | None = None) -> None:
+                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 progress: Callable[[Case, str], None] | None = None) -> None:
         self.out_dir, self.store, self.adapter, self.explainer = out_dir, store, adapter, explainer
         self.root, self.seed, self.target, self.frame, self.salt = root, seed, target, frame, salt
-        self.threshold = threshold
+        self.threshold, self.max_pixels = threshold, max_pixels
         self.progress = progress
 
     def run(self) -> RunResult:
@@ -191,7 +192,8 @@ class AuditRunner:
             self.adapter.case_id = case.id
             try:
                 outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
-                                       target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold)
+                                       target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold,
+                                       max_pixels=self.max_pixels)
             except BudgetExhausted as exc:
                 stopped = str(exc)
                 break
