@@ -203,24 +203,32 @@ def _load_npy(name: str, data: bytes, notes: list[str], max_pixels: int = DEFAUL
 def _load_raster(name: str, data: bytes, notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
+    caught: list[warnings.WarningMessage] = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:  # PIL's warnings become notes, never stray stderr lines
+            warnings.simplefilter("always")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             bomb, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the limit below is this tool's own
             try:
                 img = Image.open(io.BytesIO(data))
             finally:
                 Image.MAX_IMAGE_PIXELS = bomb
-        w, h = img.size
-        if w * h > max_pixels:
-            raise _too_large(name, w * h, f"{w} x {h}", max_pixels)
-        img.load()  # decode now: truncated files raise here instead of giving partial pixels
+            w, h = img.size
+            if w * h > max_pixels:
+                raise _too_large(name, w * h, f"{w} x {h}", max_pixels)
+            img.load()  # decode now: truncated files raise here instead of giving partial pixels
+    except ImageError:
+        raise
     except UnidentifiedImageError as exc:
         if data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")):
             raise ImageError(f"{name} is truncated or corrupt (its header is damaged). Re-export the image.") from exc
         raise ImageError(f"{name} is not an image file this tool can read (supported: {SUPPORTED}).") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name} is truncated or corrupt ({exc}). Re-export the image.") from exc
+    for warned in caught:
+        note = f"image reader: {warned.message}"
+        if note not in notes:
+            notes.append(note)
     if getattr(img, "n_frames", 1) > 1:
         notes.append(f"first of {img.n_frames} frames used")
     mode = img.mode
