@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("distributed", reason="the audit extra (dask[distributed]) is not installed")
 
-from test_audit_kill import _lines, _maps, _study  # noqa: E402
+from test_audit_kill import _lines, _maps, _study, counting_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -24,17 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def server(tmp_path: Path):
-    log, ready = tmp_path / "received.txt", tmp_path / "port.txt"
-    proc = subprocess.Popen([sys.executable, str(HERE / "counting_server.py"), "--log", str(log), "--ready", str(ready),
-                             "--delay-ms", "40"])
-    for _ in range(200):
-        if ready.exists() and ready.read_text():
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{ready.read_text()}/v2/models/linear", log
-    proc.kill()
-    proc.wait()
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    yield from counting_server(tmp_path, 40)
 
 
 def _audit(url: str, source: Path, out: Path, *extra: str) -> list[str]:

@@ -23,11 +23,11 @@ MAX_BATCH, CONCURRENCY = 8, 2
 IN_FLIGHT = MAX_BATCH * CONCURRENCY
 
 
-@pytest.fixture()
-def server(tmp_path: Path):
+def counting_server(tmp_path: Path, delay_ms: float):  # type: ignore[no-untyped-def]
+    """Start tests/counting_server.py; yield (its model URL, the log of received images); stop it."""
     log, ready = tmp_path / "received.txt", tmp_path / "port.txt"
     proc = subprocess.Popen([sys.executable, str(HERE / "counting_server.py"), "--log", str(log), "--ready", str(ready),
-                             "--delay-ms", "15"])
+                             "--delay-ms", str(delay_ms)])
     for _ in range(200):
         if ready.exists() and ready.read_text():
             break
@@ -38,6 +38,11 @@ def server(tmp_path: Path):
     yield f"http://127.0.0.1:{ready.read_text()}/v2/models/linear", log
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture()
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    yield from counting_server(tmp_path, 15)
 
 
 def _study(folder: Path, n: int = 6) -> Path:
