@@ -250,6 +250,8 @@ def _config(a: argparse.Namespace) -> Any:
 
     kw = {field: getattr(a, option) for option, field in _CONFIG_OPTIONS.items()
           if getattr(a, option, None) is not None}
+    if getattr(a, "calibration", None) is None and getattr(a, "fill", None) is None and getattr(a, "endpoint", None):
+        a.calibration = _profile_calibration(a.endpoint)  # the profile's site calibration, unless the user chose
     if getattr(a, "calibration", None) is not None:
         from blackbox_lime.calibration import CalibrationError, read_calibration
 
@@ -264,6 +266,18 @@ def _config(a: argparse.Namespace) -> Any:
         return ExplainConfig(**kw)
     except ValueError as exc:
         raise _as_typed(exc) from None
+
+
+def _profile_calibration(endpoint: str) -> str | None:
+    """The calibration an endpoint profile names, or None (a profile that cannot be read is reported later,
+    when the adapter is made)."""
+    from adapters.errors import ConfigError
+    from adapters.profile import EndpointProfile
+
+    try:
+        return EndpointProfile.from_toml(endpoint).calibration
+    except (ConfigError, OSError, ValueError):
+        return None
 
 
 def _target(value: str | None, class_names: Sequence[str]) -> int | None:

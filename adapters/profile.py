@@ -6,6 +6,8 @@ Example (every key but ``url`` is optional; the endpoint's metadata fills in wha
     protocol = "oip-rest"          # oip-rest | tfserving | oip-grpc (default: from the URL)
     model = "chest-cls"            # OIP model name, if not in the URL
     version = "3"
+    calibration = "fill.toml"      # a site calibration (blackbox-lime calibrate), relative to this file: its fill
+                                   # is used unless --fill or --calibration is given
 
     [input]
     size = [224, 224]              # [height, width]
@@ -67,7 +69,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 _KEYS: dict[str | None, set[str]] = {
-    None: {"url", "protocol", "model", "version", "allow_insecure_http", "input", "output", "auth", "tls", "limits"},
+    None: {"url", "protocol", "model", "version", "allow_insecure_http", "calibration", "input", "output", "auth", "tls",
+           "limits"},
     "input": {"size", "channels", "layout", "dtype", "mean", "std", "name"},
     "output": {"kind", "class_names", "abnormal_index", "name"},
     "auth": {"token_env", "token_file", "header", "scheme"},
@@ -142,6 +145,7 @@ class EndpointProfile:
     tls: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
     source: str = "the command line"
+    calibration: str | None = None  # the site calibration's path (resolved against the profile's folder)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -182,6 +186,13 @@ class EndpointProfile:
         prof.input, prof.output = dict(doc.get("input", {})), dict(doc.get("output", {}))
         prof.auth, prof.tls, prof.limits = dict(doc.get("auth", {})), dict(doc.get("tls", {})), dict(doc.get("limits", {}))
         prof.source = path.name
+        cal = doc.get("calibration")
+        if cal is not None:
+            if not isinstance(cal, str) or not cal.strip():
+                raise ConfigError(f"{path.name}: calibration must be the path of a calibration file (blackbox-lime "
+                                  f"calibrate). Got {cal!r} instead.")
+            c = Path(cal).expanduser()
+            prof.calibration = str(c if c.is_absolute() else base / c)
         _check_values(doc, path.name)  # before anything reaches the network
         return prof
 

@@ -123,3 +123,46 @@ def test_plain_http_in_a_profile_needs_the_opt_in(tmp_path: Path) -> None:
     assert EndpointProfile.from_toml(p, allow_insecure_http=True).allow_insecure_http is True
     p2 = write(tmp_path, 'url = "http://10.0.0.7:8080/v2/models/m"\nallow_insecure_http = true\n')
     assert EndpointProfile.from_toml(p2).url == "http://10.0.0.7:8080"
+
+
+def _calibration(path: Path, url: str, model: str, fill: str = "blur") -> Path:
+    path.write_text(f'[fill]\nchosen = "{fill}"\ncandidates = ["mae", "mean", "blur"]\n\n'
+                    f'[evidence]\nimages = 4\n\n[evidence.model]\nurl = "{url}"\nmodel = "{model}"\n')
+    return path
+
+
+def test_a_profile_names_the_sites_calibration_and_explain_uses_its_fill(tmp_path: Path, capsys) -> None:
+    import json
+
+    import cv2
+    import numpy as np
+
+    import cli
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        FakeEndpoint(rsps).install()
+        base = URL.rsplit("/v2/models/", 1)[0]
+        (tmp_path / "site").mkdir()
+        _calibration(tmp_path / "site" / "fill.toml", base, "linear")
+        prof = tmp_path / "vendor.toml"
+        prof.write_text(f'url = "{URL}"\ncalibration = "site/fill.toml"\n')
+        assert EndpointProfile.from_toml(prof).calibration == str(tmp_path / "site" / "fill.toml")
+        img = tmp_path / "x.png"
+        cv2.imwrite(str(img), np.random.default_rng(0).uniform(0, 255, (32, 32)).astype(np.uint8))
+        opts = ["--patch-size", "8", "--samples", "40", "--quiet"]
+        assert cli.main(["explain", str(img), "--endpoint", str(prof), "--out", str(tmp_path / "a"), *opts]) == 0
+        report = json.loads((tmp_path / "a" / "x.json").read_text())
+        assert report["fill"] == {"mode": "fixed", "chosen": "blur"}
+        assert report["models"]["calibration"]["file"] == "fill.toml"
+        # the user's own --fill wins over the profile's calibration
+        assert cli.main(["explain", str(img), "--endpoint", str(prof), "--out", str(tmp_path / "b"), *opts,
+                         "--fill", "mean"]) == 0
+        assert json.loads((tmp_path / "b" / "x.json").read_text())["fill"]["chosen"] == "mean"
+        # a calibration made for another model is refused
+        _calibration(tmp_path / "site" / "fill.toml", base, "another-model")
+        capsys.readouterr()
+        assert cli.main(["explain", str(img), "--endpoint", str(prof), "--out", str(tmp_path / "c"), *opts]) == 2
+        assert "fill.toml was made with another model" in capsys.readouterr().err
+    prof.write_text(f'url = "{URL}"\ncalibration = 3\n')
+    with pytest.raises(ConfigError, match=r"vendor\.toml: calibration must be the path of a calibration file"):
+        EndpointProfile.from_toml(prof)
