@@ -231,7 +231,9 @@ class RemoteAdapter(ClassifierAdapter):
     budget : hard limit on images sent over the adapter's life, retries included.
     policy : :class:`RemotePolicy` (timeouts, retries, concurrency, rate).
     secrets : strings to redact from every message (the adapter's tokens).
-    sleep, clock, seed : injectable for tests; ``seed`` seeds the backoff jitter.
+    sleep, clock, seed : injectable for tests; ``seed`` seeds the backoff jitter. The default (None) seeds it from
+        the operating system, so processes that retry together (audit workers after a server restart) spread out
+        instead of retrying in step. Jitter changes only when a retry is sent, never an answer.
     """
 
     def __init__(self, transport: Transport, *, input_size: Sequence[int] | None = None, channels: int | None = None,
@@ -242,7 +244,7 @@ class RemoteAdapter(ClassifierAdapter):
                  input_name: str | None = None, output_name: str | None = None,
                  secrets: Iterable[str] = (), name: str | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 seed: int = 0, discover: bool = True) -> None:
+                 seed: int | None = None, discover: bool = True) -> None:
         super().__init__(max_batch=max_batch, budget=budget)
         self.transport = transport
         self.policy = policy or RemotePolicy()

@@ -95,16 +95,18 @@ def test_transient_failures_are_retried_then_succeed() -> None:
 
 
 def test_backoff_is_jittered_exponential_and_seeded() -> None:
-    def run() -> list[float]:
+    def run(seed: int | None) -> list[float]:
         sleeps: list[float] = []
         t = ScriptedTransport([ServerError("503", status=503)] * 4)
-        make(t, sleeps, policy=RemotePolicy(backoff=1.0, backoff_max=3.0, max_attempts=5)).predict(images(1))
+        make(t, sleeps, policy=RemotePolicy(backoff=1.0, backoff_max=3.0, max_attempts=5), seed=seed).predict(images(1))
         return sleeps
 
-    s = run()
-    assert len(s) == 4 and s == run()  # same seed, same waits
+    s = run(7)
+    assert len(s) == 4 and s == run(7)  # same seed, same waits
     for k, w in enumerate(s):
         assert 0.0 <= w <= min(3.0, 2.0 ** k)
+    # unseeded (the default): two adapters, as two audit workers, do not retry in step
+    assert run(None) != run(None)
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
