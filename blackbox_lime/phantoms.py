@@ -242,6 +242,12 @@ def _irregular_blob(
     return _sigmoid((boundary - rho) / max(edge, 1e-3) * 4.0)
 
 
+def _consolidation(rng: np.random.Generator, px: float, py: float, radius: float) -> np.ndarray:
+    """A consolidation's opacity (alpha, (H, W)): an ellipse about ``radius`` across, its edge broken by smooth noise."""
+    field = _soft_ellipse(px, py, radius * rng.uniform(0.8, 1.3), radius * rng.uniform(0.8, 1.3), radius * 0.5)
+    return _sigmoid((field + 0.35 * _smooth_noise(rng, 3.0) - 0.55) * 8.0) * (field > 0.02)
+
+
 def _lesion_mask(alpha: np.ndarray) -> np.ndarray:
     return alpha > 0.5
 
@@ -355,8 +361,7 @@ def _chest_xray(
                 kind = "nodule"
             else:
                 radius = float(rng.uniform(7, 20))
-                field = _soft_ellipse(px, py, radius * rng.uniform(0.8, 1.3), radius * rng.uniform(0.8, 1.3), radius * 0.5)
-                alpha = _sigmoid((field + 0.35 * _smooth_noise(rng, 3.0) - 0.55) * 8.0) * (field > 0.02)
+                alpha = _consolidation(rng, px, py, radius)
                 kind = "consolidation"
             alpha = alpha * (lungs > 0.5)
             lesion_mask = _lesion_mask(alpha)
@@ -408,10 +413,7 @@ def _finding(rng: np.random.Generator, kind: str, lungs: np.ndarray, fields: lis
                 radius = float(np.exp(rng.uniform(np.log(4.0), np.log(14.0))))
                 alpha = _irregular_blob(rng, px, py, radius, roughness=0.08, edge=max(1.5, radius * 0.3))
             else:  # consolidation
-                radius = float(rng.uniform(9, 20))
-                field = _soft_ellipse(px, py, radius * rng.uniform(0.8, 1.3), radius * rng.uniform(0.8, 1.3),
-                                      radius * 0.5)
-                alpha = _sigmoid((field + 0.35 * _smooth_noise(rng, 3.0) - 0.55) * 8.0) * (field > 0.02)
+                alpha = _consolidation(rng, px, py, float(rng.uniform(9, 20)))
             alpha = alpha * (lungs > 0.5)
         if _lesion_mask(alpha).sum() >= 12:
             return alpha
