@@ -742,24 +742,17 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
                     hashes: dict[str, Any], retries: int, t_io: float) -> None:
     """Several findings of one image from one set of queries: their files, the JSON line and the summary lines."""
     from blackbox_lime import __version__
-    from blackbox_lime.outputs import finding_stems, findings_files, write_all
+    from blackbox_lime.outputs import finding_stems, findings_files, shared_summary, write_all
 
-    first = exps[0].summary()
-    shared = {k: first[k] for k in ("probs", "fill", "queries", "requests", "timings_s", "seed", "config",
-                                    "adaptation", "notes", "model")}
     report = {"tool": "blackbox-lime", "version": __version__,
               "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
                         "shape": list(loaded.pixels.shape), "notes": loaded.notes},
-              **shared, "queries_shared": True, "retries": retries, "models": hashes}
+              **shared_summary(exps), "retries": retries, "models": hashes}
     report["timings_s"]["read_image"] = round(t_io, 4)
-    files = findings_files(out, stem, loaded.pixels, exps, report)
     names = finding_stems([e.target_name for e in exps])
-    files.update(_dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)],
-                             out))
+    pm = _dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)], out)
+    files = {**findings_files(out, stem, loaded.pixels, exps, report, [p.name for p in pm]), **pm}
     report_doc = json.loads(files[out / f"{stem}.json"])
-    outputs = sorted(p.name for p in files)
-    report_doc["outputs"] = outputs
-    files[out / f"{stem}.json"] = (json.dumps(report_doc, indent=2) + "\n").encode()
     write_all(files)
     if a.json:
         keep = ("name", "index", "probability", "r2", "r2_heldout", "r2_evidence", "warnings", "files")

@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -175,11 +176,23 @@ def finding_stems(names: list[str]) -> list[str]:
     return out
 
 
+SHARED_KEYS = ("probs", "fill", "queries", "requests", "timings_s", "seed", "config", "adaptation", "notes", "model")
+
+
+def shared_summary(explanations: list[Explanation]) -> dict[str, Any]:
+    """What the findings of one query set share (the first one's summary of it), for their one JSON."""
+    first = explanations[0].summary()
+    return {**{k: first[k] for k in SHARED_KEYS}, "queries_shared": True}
+
+
 def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: list[Explanation],
-                   report: dict[str, Any]) -> dict[Path, bytes]:
+                   report: dict[str, Any], extra_files: Sequence[str] = (),
+                   per_finding: list[dict[str, Any]] | None = None) -> dict[Path, bytes]:
     """The files of several findings explained from one set of queries: per finding
     ``STEM.FINDING.saliency.npy`` and ``STEM.FINDING.overlay.png``, one ``STEM.findings.png`` overview (the
-    image and every finding's overlay side by side) and one ``STEM.json`` (``report`` with a ``findings`` list)."""
+    image and every finding's overlay side by side) and one ``STEM.json``: ``report`` with a ``findings`` list
+    (each entry updated with ``per_finding[i]``) and ``outputs``, every file's name, ``extra_files``'
+    (written by the caller beside them) included."""
     files: dict[Path, bytes] = {}
     names = finding_stems([e.target_name for e in explanations])
     panels = [render_overlay(image, np.zeros(image.shape[:2], np.float32), "input")]
@@ -201,7 +214,8 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
                          "r2": s["r2"], "r2_heldout": s["r2_heldout"], "r2_evidence": s["r2_evidence"],
                          "warnings": exp.warnings, "files": maps,
                          **{k: s[k] for k in ("response_sd", "lambda1_effective", "lambda1_capped", "intercept",
-                                               "evidence", "neighbours", "patch_grid", "patch_weights", "patch_stderr")}})
+                                               "evidence", "neighbours", "patch_grid", "patch_weights", "patch_stderr")},
+                         **(per_finding[len(findings)] if per_finding else {})})
     h = max(p.shape[0] for p in panels)
     row = np.full((h, sum(p.shape[1] for p in panels), 3), 255, np.uint8)
     x = 0
@@ -212,7 +226,8 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
     if not ok:  # pragma: no cover
         raise OutputError("OpenCV could not encode the overview PNG.")
     files[out_dir / f"{stem}.findings.png"] = png.tobytes()
-    doc = {**report, "findings": findings}
+    outputs = sorted([p.name for p in files] + [f"{stem}.json"] + list(extra_files))
+    doc = {**report, "findings": findings, "outputs": outputs}
     files[out_dir / f"{stem}.json"] = (json.dumps(doc, indent=2, default=_json_default) + "\n").encode()
     return files
 

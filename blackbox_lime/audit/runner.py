@@ -17,7 +17,6 @@ and the run goes on. A spent budget stops the run cleanly: the case in progress 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
 from blackbox_lime.explanation import ExplanationSet
-from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, write_all
+from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, shared_summary, write_all
 
 log = logging.getLogger(__name__)
 
@@ -105,44 +104,32 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
     head = {"tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
             "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),
                       "notes": loaded.notes, "mask_sha256": mask_sha}}
-    base = Path(CASES_DIR)
-    if not several:
-        summary, flagged = summaries[0]
-        names = [f"{CASES_DIR}/{case.id}.saliency.npy", f"{CASES_DIR}/{case.id}.overlay.png",
-                 f"{CASES_DIR}/{case.id}.json"]
-        report = {**head, **summary, "flags": flagged["flags"], "evidence_shares": flagged["shares"],
-                  "anatomy_fraction": flagged["anatomy_fraction"], "outputs": [Path(n).name for n in names]}
-        raw = explanation_files(base, case.id, loaded.pixels, first, report)
-        findings[0]["outputs"] = names[:2]
-    else:
-        s0 = summaries[0][0]
-        report = {**head, **{k: s0[k] for k in ("probs", "fill", "queries", "requests", "timings_s", "seed", "config",
-                                                  "adaptation", "notes", "model")}, "queries_shared": True}
-        raw = findings_files(base, case.id, loaded.pixels, exps, report)
-        doc = json.loads(raw[base / f"{case.id}.json"])
-        for f, (_, flagged) in zip(doc["findings"], summaries):
-            f.update(flags=flagged["flags"], evidence_shares=flagged["shares"])
-        doc["outputs"] = sorted(p.name for p in raw)
-        raw[base / f"{case.id}.json"] = (json.dumps(doc, indent=2) + "\n").encode()
-        for f, entry in zip(findings, doc["findings"]):
-            f["outputs"] = [f"{CASES_DIR}/{name}" for name in entry["files"]]
-        names = sorted(f"{CASES_DIR}/{p.name}" for p in raw)
-    files = {k.as_posix(): v for k, v in raw.items()}
-    dicom_note = None
+    stems = [case.id] if not several else [f"{case.id}.{n}" for n in finding_stems([e.target_name for e in exps])]
+    pm, dicom_note = {}, None
     if loaded.format == "dicom":  # the maps back into PACS: a Parametric Map per map, over the source image
         from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
 
-        stems = [case.id] if not several else [f"{case.id}.{n}" for n in finding_stems([e.target_name for e in exps])]
         try:
             pm = parametric_map_files((root / case.image).read_bytes(), [(st, e.saliency, e.target_name)
                                                                         for st, e in zip(stems, exps)], frame, salt)
         except DicomOutError as exc:
             dicom_note = f"no DICOM Parametric Map: {exc}"
-        else:
-            for f, name in zip(findings, pm):
-                f["outputs"].append(f"{CASES_DIR}/{name}")
-            files.update({f"{CASES_DIR}/{name}": data for name, data in pm.items()})
-            names = sorted(names + [f"{CASES_DIR}/{name}" for name in pm])
+    base = Path(CASES_DIR)
+    if not several:
+        summary, flagged = summaries[0]
+        report = {**head, **summary, "flags": flagged["flags"], "evidence_shares": flagged["shares"],
+                  "anatomy_fraction": flagged["anatomy_fraction"],
+                  "outputs": [f"{case.id}.saliency.npy", f"{case.id}.overlay.png", f"{case.id}.json", *pm]}
+        raw = explanation_files(base, case.id, loaded.pixels, first, report)
+    else:
+        report = {**head, **shared_summary(exps)}
+        raw = findings_files(base, case.id, loaded.pixels, exps, report, list(pm),
+                             [{"flags": fl["flags"], "evidence_shares": fl["shares"]} for _, fl in summaries])
+    for f, st, name in zip(findings, stems, pm or [None] * len(stems)):
+        f["outputs"] = [f"{CASES_DIR}/{st}.saliency.npy", f"{CASES_DIR}/{st}.overlay.png"] + \
+            ([f"{CASES_DIR}/{name}"] if name else [])
+    files = {k.as_posix(): v for k, v in raw.items()} | {f"{CASES_DIR}/{name}": data for name, data in pm.items()}
+    names = sorted(files)
     record = {
         "id": case.id, "label": case.label, "findings": findings, "fill": first.fill.get("chosen"),
         "queries": first.queries, "sent": adapter.sent - sent0, "reused": adapter.reused - reused0,
