@@ -93,18 +93,23 @@ def evidence_share(saliency: np.ndarray, region: np.ndarray) -> float | None:
     return float(pos[region].sum() / total)
 
 
+_COMPUTE = object()
+
+
 def case_flags(image: np.ndarray, saliency: np.ndarray, summary: dict[str, Any], roi: np.ndarray | None = None,
-               predicted_before_stta: int | None = None) -> dict[str, Any]:
+               predicted_before_stta: int | None = None, anatomy: Any = _COMPUTE) -> dict[str, Any]:
     """The flags of one explained case.
 
     image : float (H, W, C) in [0, 1], the input at its own resolution; saliency : (H, W), the map.
     summary : the explanation's ``summary()`` (R^2, response sd, adaptation, probabilities).
     roi : bool (H, W), the manifest's region of interest, or None.
     predicted_before_stta : the predicted class on the unadapted image, when STTA ran.
+    anatomy : the image's :func:`anatomy_mask`, when the caller has it (several findings of one image share it).
 
     Returns {"flags": [names], "shares": {region: share or None}, "anatomy_fraction": float or None}."""
     shares: dict[str, float | None] = {"border": evidence_share(saliency, border_mask(saliency.shape))}
-    anatomy = anatomy_mask(image)
+    if anatomy is _COMPUTE:
+        anatomy = anatomy_mask(image)
     shares["outside_anatomy"] = None if anatomy is None else evidence_share(saliency, ~anatomy)
     if roi is not None:
         shares["outside_roi"] = evidence_share(saliency, ~roi)

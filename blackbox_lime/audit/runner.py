@@ -27,7 +27,7 @@ import numpy as np
 from adapters.errors import AdapterError, BudgetExhausted
 from blackbox_lime import __version__
 from blackbox_lime.audit.answers import StoredAdapter
-from blackbox_lime.audit.flags import case_flags
+from blackbox_lime.audit.flags import anatomy_mask, case_flags
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
@@ -90,12 +90,13 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
         info = adapter.info
         before = int(np.argmax(adapter.predict(to_canvas(loaded.pixels, info.input_size, info.channels, [])[None])[0]))
     findings, summaries = [], []
+    anatomy = anatomy_mask(loaded.pixels)  # one image: one mask for all its findings
     for exp in exps:
         summary = exp.summary()
         for n in summary.get("neighbours") or []:  # the bank's own case names may be file or patient names
             if "case" in n:
                 n["case"] = _private(salt, str(n["case"]))
-        flagged = case_flags(loaded.pixels, exp.saliency, summary, roi, before)
+        flagged = case_flags(loaded.pixels, exp.saliency, summary, roi, before, anatomy)
         summaries.append((summary, flagged))
         findings.append({"finding": exp.target_name, "target": exp.target, "target_prob": summary["target_prob"],
                          "r2": summary["r2"], "r2_heldout": summary["r2_heldout"], "r2_evidence": summary["r2_evidence"],
