@@ -588,24 +588,21 @@ def run_audit(a: argparse.Namespace) -> int:
                         bar.set_postfix(sent=store.totals()["sent"], failed=store.counts()["failed"], refresh=False)
                     bar.update(1)
 
-                runner = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
-                                     target=target, frame=a.frame, salt=salt, threshold=a.threshold,
-                                     max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, progress=progress)
                 try:
                     if a.workers is not None or a.scheduler is not None:
                         result = _run_on_cluster(a, out, store, cfg, target, salt, budget, progress)
                     else:
-                        result = runner.run()
+                        result = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
+                                             target=target, frame=a.frame, salt=salt, threshold=a.threshold,
+                                             max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, progress=progress).run()
                 except KeyboardInterrupt:
-                    bar.close()
+                    bar.close()  # before the message, so the bar does not overwrite it
                     print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
                           f"resume the audit in {a.out}.", file=sys.stderr)
                     return 130
                 finally:
                     bar.close()
-                import time as _time
-
-                store.put("updated", _time.time())
+                store.put("updated", time.time())
                 report = write_report(out, store)
                 digest = write_provenance(out, store, source_root(a.source))
                 totals = store.totals()
