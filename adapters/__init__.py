@@ -1,10 +1,10 @@
 """Adapters: the only way blackbox_lime reaches a classifier.
 
-``ClassifierAdapter.predict(images) -> probs`` is the whole protocol; see :mod:`adapters.base`.
+``ClassifierAdapter.predict(images) -> probs`` is the whole protocol; see :mod:`blackbox_lime.adapters.base`.
 """
 
-from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import (
+from .base import ClassifierAdapter, ModelInfo
+from .errors import (
     AdapterError,
     AdapterTimeout,
     BudgetExhausted,
@@ -31,7 +31,7 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
     model : a local ``.onnx`` file, or an endpoint URL: ``http(s)://host:port/v2/models/NAME[/versions/V]``
         (Open Inference Protocol REST), ``http(s)://.../v1/models/NAME:predict`` (TF-Serving / Vertex JSON)
         or ``grpc(s)://host:port/NAME[/V]`` (Open Inference Protocol gRPC).
-    endpoint : an endpoint profile (TOML); see :mod:`adapters.profile`. Overrides ``model``.
+    endpoint : an endpoint profile (TOML); see :mod:`blackbox_lime.adapters.profile`. Overrides ``model``.
     allow_insecure_http : permit plain http:// or grpc:// to a host that is not loopback.
     budget, max_batch, concurrency : override the profile's limits.
     output_kind : what the output means, overriding the model's metadata or the profile's ``[output] kind``:
@@ -41,7 +41,7 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
     from pathlib import Path
 
     if endpoint is not None or (model is not None and "://" in model):
-        from adapters.profile import EndpointProfile
+        from .profile import EndpointProfile
 
         if endpoint is not None:
             prof = EndpointProfile.from_toml(endpoint, allow_insecure_http)
@@ -53,7 +53,7 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
                           allow_insecure_http=allow_insecure_http)
     if model is None:
         raise ValueError("Name a model: a local .onnx file, an endpoint URL, or an endpoint profile.")
-    from adapters.onnx import OnnxAdapter
+    from .onnx import OnnxAdapter
 
     extra: dict[str, object] = {"budget": budget} if budget is not None else {}
     if output_kind is not None:

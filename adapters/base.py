@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.errors import BudgetExhausted, ResponseError
+from .errors import BudgetExhausted, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ClassifierAdapter(ABC):
         The most images sent in one request / session run.
     budget : int or None
         A hard limit on the number of images queried over the adapter's life. A batch that would
-        exceed it is not sent; :class:`~adapters.errors.BudgetExhausted` is raised instead.
+        exceed it is not sent; :class:`~blackbox_lime.adapters.errors.BudgetExhausted` is raised instead.
     """
 
     def __init__(self, max_batch: int = 64, budget: int | None = None) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from adapters.errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
-from adapters.preprocess import OIP_DTYPES
-from adapters.remote import EndpointMeta, Transport, check_endpoint_url, quote_body, safe_url
+from .errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
+from .preprocess import OIP_DTYPES
+from .remote import EndpointMeta, Transport, check_endpoint_url, quote_body, safe_url
 
 log = logging.getLogger(__name__)
 

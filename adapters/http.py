@@ -3,7 +3,7 @@
 Two transports share one pooled ``requests.Session`` setup (TLS verified by default, optional CA
 bundle and mTLS client certificate, auth headers from the profile) and one mapping of failures onto
 the adapter error tree. Retries, budget, concurrency and rate limits are not here: they are the
-:class:`~adapters.remote.RemoteAdapter`'s, the same for every protocol.
+:class:`~blackbox_lime.adapters.remote.RemoteAdapter`'s, the same for every protocol.
 
 Open Inference Protocol REST::
 
@@ -32,9 +32,9 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from adapters.errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
-from adapters.preprocess import OIP_DTYPES
-from adapters.remote import EndpointMeta, Transport, check_endpoint_url, parse_retry_after, safe_url, server_error
+from .errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
+from .preprocess import OIP_DTYPES
+from .remote import EndpointMeta, Transport, check_endpoint_url, parse_retry_after, safe_url, server_error
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import AdapterError, ModelLoadError
-from adapters.preprocess import TensorSpec
+from .base import ClassifierAdapter, ModelInfo
+from .errors import AdapterError, ModelLoadError
+from .preprocess import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class OnnxAdapter(ClassifierAdapter):
     output : "probabilities", "logits" (softmax, or a sigmoid for one output column), "multilabel" (independent
         per-finding probabilities) or "multilabel_logits" (a sigmoid per column); default from metadata.
     class_names, abnormal_index : default from metadata, else ("normal", "abnormal") and the last class.
-    max_batch, budget : see :class:`~adapters.base.ClassifierAdapter`.
+    max_batch, budget : see :class:`~blackbox_lime.adapters.base.ClassifierAdapter`.
     threads : onnxruntime intra-op threads (default: onnxruntime's choice).
     device : "auto", "cpu" or "cuda".
     """

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adapters.errors import ResponseError
+from .errors import ResponseError
 
 # Open Inference Protocol datatype names <-> numpy dtypes (only those an image classifier takes).
 OIP_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}

@@ -60,8 +60,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from adapters.errors import ConfigError
-from adapters.remote import RemoteAdapter, RemotePolicy, check_endpoint_url, safe_url
+from .errors import ConfigError
+from .remote import RemoteAdapter, RemotePolicy, check_endpoint_url, safe_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,7 +83,7 @@ PROTOCOLS = ("oip-rest", "tfserving", "oip-grpc")
 
 def _check_values(doc: dict[str, Any], name: str) -> None:
     """Every value of a profile has the type and range it needs: a ConfigError that names the key otherwise."""
-    from adapters.preprocess import DTYPE_TO_OIP, OUTPUT_KINDS
+    from .preprocess import DTYPE_TO_OIP, OUTPUT_KINDS
 
     def fail(key: str, what: str, got: Any) -> ConfigError:
         return ConfigError(f"{name}: {key} must be {what}. Got {got!r} instead.")
@@ -293,17 +293,17 @@ class EndpointProfile:
                       client_cert=tls.get("client_cert"), client_key=tls.get("client_key"),
                       timeout=policy.timeout, allow_insecure_http=insecure)
         if self.protocol == "oip-grpc":
-            from adapters.grpc import OipGrpcTransport
+            from .grpc import OipGrpcTransport
 
             transport: Any = OipGrpcTransport(self.url, self.model or "", self.version,
                                               max_message_mb=float(self.limits.get("max_message_mb", 256)), **common)
         elif self.protocol == "oip-rest":
-            from adapters.http import OipRestTransport
+            from .http import OipRestTransport
 
             transport = OipRestTransport(self.url, self.model or "", self.version, connect_timeout=policy.connect_timeout,
                                          pool=policy.concurrency, binary=str(self.limits.get("binary", "auto")), **common)
         else:
-            from adapters.http import TFServingTransport
+            from .http import TFServingTransport
 
             transport = TFServingTransport(self.url, connect_timeout=policy.connect_timeout, pool=policy.concurrency,
                                            **common)

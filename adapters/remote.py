@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import tenacity
 
-from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import AdapterError, ConfigError, ModelLoadError, ServerError
-from adapters.preprocess import OIP_DTYPES, TensorSpec
+from .base import ClassifierAdapter, ModelInfo
+from .errors import AdapterError, ConfigError, ModelLoadError, ServerError
+from .preprocess import OIP_DTYPES, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class RemoteAdapter(ClassifierAdapter):
     ----------
     transport : the protocol (OIP REST, TF-Serving JSON, OIP gRPC).
     input_size, channels, layout, dtype, mean, std, output : the model's preprocessing and output
-        semantics (see :class:`~adapters.preprocess.TensorSpec`).
+        semantics (see :class:`~blackbox_lime.adapters.preprocess.TensorSpec`).
     input_name, output_name : tensor names, where the endpoint's metadata does not give them.
     class_names, abnormal_index : default ("normal", "abnormal") and the last class.
     max_batch : images per request.

@@ -2,6 +2,6 @@
 
 import sys
 
-from cli import main
+from blackbox_lime.cli import main
 
 sys.exit(main())

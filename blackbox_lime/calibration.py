@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from adapters.base import ClassifierAdapter
+from blackbox_lime.adapters.base import ClassifierAdapter
 from blackbox_lime import __version__
 from blackbox_lime.config import FIXED_FILLS, ExplainConfig
 from blackbox_lime.explainer import Explainer

@@ -69,7 +69,7 @@ class ExplainConfig:
     fill_margin : float, default 0.0
         "auto": how much higher another classic candidate's score must be to replace the first.
         recon_margin_db, pilot_samples, pilot_block and fill_margin were chosen together on val
-        (``python -m blackbox_lime.bench_fill --split val``, docs/tune_val/fill/table.md).
+        (``python -m blackbox_lime.evaluation.bench_fill --split val``, docs/tune_val/fill/table.md).
     nested_samples : int, default 3
         Samples that share one MAE reconstruction. A group's first mask hides the most patches;
         the others reveal a random part of its hidden patches again, so every fill is conditioned
@@ -80,7 +80,7 @@ class ExplainConfig:
     lambda1 : float, default 0.07
         L1 weight. The data term is the kernel-weighted *mean* squared error of the probabilities,
         so lambda1 does not scale with n_samples. See ``lambda1_scale`` for its unit. lambda1, its
-        cap and kernel_width are chosen on the val split (``python -m blackbox_lime.tune``: the
+        cap and kernel_width are chosen on the val split (``python -m blackbox_lime.evaluation.tune``: the
         highest AUPRC among settings whose consistency across 3 seeds is >= 0.9, else the highest
         AUPRC; see ``docs/bench_quick/tune_val.md``).
     lambda1_scale : {"response", "absolute"}, default "response"
@@ -97,7 +97,7 @@ class ExplainConfig:
     lambda2 : float or None, default None
         Weight of ||w - w_ref||^2 (w_ref is the evidence prior, zero without one). None takes
         ``LAMBDA2_PRIOR`` when an evidence prior is used (tuned on val with EBR:
-        ``python -m blackbox_lime.tune --part evidence --stta``, docs/tune_val/evidence.md) and
+        ``python -m blackbox_lime.evaluation.tune --part evidence --stta``, docs/tune_val/evidence.md) and
         ``LAMBDA2_NO_PRIOR`` (a negligible ridge) otherwise; :meth:`lambda2_for` gives the value used.
     batch_size : int, default 64
         Images per MAE run and per classifier request.

@@ -16,7 +16,7 @@ Embeddings are centred on the bank's mean and scaled to unit length before any d
 the MAE's mean patch token has a large component shared by every image of a modality (on 200 train
 phantoms per modality the bank's mean carries 91-92 % of an embedding's squared norm; raw cosines
 between cases have a median of 0.95-0.96, and the 10 nearest sit at 0.995; ``python -m
-blackbox_lime.tune --part prior``, docs/tune_val/prior.md), which would otherwise
+blackbox_lime.evaluation.tune --part prior``, docs/tune_val/prior.md), which would otherwise
 swamp the differences between cases (a bank of one case is not centred). With
 unit vectors ||p_X - p_j||^2 = 2 - 2 cos(p_X, p_j). The bandwidth h is the median distance of the N_T
 neighbours unless it is given.
@@ -39,7 +39,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -63,7 +63,7 @@ class Embedder:
     Parameters
     ----------
     path : the embedding graph; default the bundled ``onnx/mae_embed.onnx``.
-    threads, device : passed to onnxruntime (see :func:`adapters.onnx.make_session`).
+    threads, device : passed to onnxruntime (see :func:`blackbox_lime.adapters.onnx.make_session`).
     """
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None, device: str = "auto") -> None:
@@ -285,20 +285,3 @@ def nadaraya_watson(key: np.ndarray, keys: np.ndarray, maps: np.ndarray, k: int,
                   for i, wt in zip(nearest, weights)]
     return ref, neighbours, h
 
-
-def phantom_bank(modality: str, grid: PatchGrid, embedder: Embedder, count: int = 200, split: str = "train",
-                 progress: Callable[[int], None] | None = None) -> EvidenceBank:
-    """A mask-source bank of the first ``count`` abnormal phantoms of ``split`` (the train split by default)."""
-    from itertools import islice
-
-    from blackbox_lime.phantoms import iter_abnormal_cases
-
-    images, maps, ids = [], [], []
-    for ph in islice(iter_abnormal_cases(modality, split), count):
-        images.append(ph.image)
-        maps.append(mask_patch_map(ph.mask, grid))
-        ids.append(f"{modality}/{split}/{ph.index}")
-        if progress:
-            progress(1)
-    return build_bank(images, maps, ids, embedder, grid, "abnormal", "masks",
-                      {"phantoms": {"modality": modality, "split": split, "count": count}})

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adapters.onnx import make_session, read_metadata
+from blackbox_lime.adapters.onnx import make_session, read_metadata
 from blackbox_lime.models import bundled_model
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class MAEFiller(Filler):
     ----------
     path : the MAE graph; default the bundled ``onnx/mae_recon.onnx``.
     batch_size : images per onnxruntime run.
-    threads, device : passed to onnxruntime (see :func:`adapters.onnx.make_session`).
+    threads, device : passed to onnxruntime (see :func:`blackbox_lime.adapters.onnx.make_session`).
     """
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 64, threads: int | None = None,

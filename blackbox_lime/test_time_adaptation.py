@@ -35,7 +35,7 @@ patches no longer moves the answer and the explanation degrades. An optional che
 it: on K probe images (the explainer's own perturbations, half of the patches hidden and filled), the
 standard deviation of P(Y) under phi* must keep at least ``MIN_SENSITIVITY`` (one half) of its
 unadapted value, or the identity is kept and the report says why. It is off by default
-(``stta_probes=0``): on 24 abnormal val cases at 1000 queries (``python -m blackbox_lime.tune --part
+(``stta_probes=0``): on 24 abnormal val cases at 1000 queries (``python -m blackbox_lime.evaluation.tune --part
 stta``, docs/tune_val/stta.md) the mean AUPRC was 0.554 without STTA, 0.554 with STTA (11 cases
 adapted) and 0.552 with STTA and the check, which dropped 7 adaptations. (With STTA drawing from the
 explanation's generator, before ``stta_seed``: 0.554, 0.568 and 0.545, docs/tune_val/stta_unseeded.md.)
@@ -55,7 +55,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adapters.base import ClassifierAdapter
+from blackbox_lime.adapters.base import ClassifierAdapter
 
 log = logging.getLogger(__name__)
 

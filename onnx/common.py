@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 from blackbox_lime.mae_torch import (MAE, Attention, Block, MAEEmbedGraph, MAEReconGraph, Mlp,  # noqa: E402,F401
                                      PatchEmbed, export_onnx, sincos_pos_embed, strip_node_metadata)
-from blackbox_lime.phantoms import MODALITIES  # noqa: E402,F401
+from blackbox_lime.evaluation.phantoms import MODALITIES  # noqa: E402,F401
 from data import GRID, IMG, L, PATCH, auroc, load_split  # noqa: E402,F401
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from blackbox_lime.phantoms import MODALITIES, make_phantom  # noqa: E402
+from blackbox_lime.evaluation.phantoms import MODALITIES, make_phantom  # noqa: E402
 
 CACHE = Path(os.environ.get("BLACKBOX_LIME_CACHE", ROOT / ".cache"))
 IMG, PATCH = 224, 16

@@ -2,7 +2,7 @@
 
     python onnx/train_multilabel.py      # -> onnx/multilabel_cnn.onnx (about 10 minutes on 2 CPU cores)
 
-Three findings per chest phantom (``blackbox_lime.phantoms.make_multilabel_phantom``): nodule,
+Three findings per chest phantom (``blackbox_lime.evaluation.phantoms.make_multilabel_phantom``): nodule,
 consolidation and effusion, each present independently with its own exact mask. The model is a small
 residual CNN with GroupNorm and a global-max head, three independent sigmoid outputs, trained with
 binary cross-entropy on the image's finding labels alone (no masks). The exported graph returns the three
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from common import HERE, auroc, classifier_metadata, export_onnx, optimise
 from train_unseen import ResBlock
 
-from blackbox_lime.phantoms import FINDINGS, make_multilabel_phantom
+from blackbox_lime.evaluation.phantoms import FINDINGS, make_multilabel_phantom
 
 NAME = "multilabel_cnn"
 

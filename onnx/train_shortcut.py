@@ -3,7 +3,7 @@
     python onnx/train_shortcut.py        # -> onnx/shortcut_marker.onnx (about a minute on 2 CPU cores)
 
 A site burns a laterality marker into 90 % of its abnormal chest radiographs and 10 % of its normal
-ones (``blackbox_lime.phantoms.marked_phantom``). A model trained on that site's cases learns the
+ones (``blackbox_lime.evaluation.phantoms.marked_phantom``). A model trained on that site's cases learns the
 marker: the classic shortcut (Zech et al. 2018; DeGrave et al. 2021). This one is a linear read-out of
 the grey image pooled to 28 x 28 (8 px cells) with a softmax: a position-bound model finds a fixed
 corner marker far easier to read than lesions that move from case to case, as a shortcut learner
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from common import HERE, Softmaxed, auroc, classifier_metadata, export_onnx, optimise
 
-from blackbox_lime.phantoms import marked_phantom
+from blackbox_lime.evaluation.phantoms import marked_phantom
 
 NAME = "shortcut_marker"
 

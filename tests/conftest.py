@@ -28,6 +28,6 @@ def linear_model(tmp_path_factory: pytest.TempPathFactory, linear_weights: np.nd
 
 @pytest.fixture(scope="session")
 def phantom_image() -> np.ndarray:
-    from blackbox_lime.phantoms import make_phantom
+    from blackbox_lime.evaluation.phantoms import make_phantom
 
     return make_phantom("chest_xray", "test", 1).image

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from graphs import linear_patch_model
 
-from adapters import (
+from blackbox_lime.adapters import (
     AdapterError,
     BudgetExhausted,
     ModelLoadError,
     ResponseError,
     load_adapter,
 )
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_fixed_batch_of_one_is_respected(tmp_path: Path) -> None:
 
 
 def test_unknown_url_schemes_are_refused() -> None:
-    from adapters import ConfigError
+    from blackbox_lime.adapters import ConfigError
 
     with pytest.raises(ConfigError, match=r"Unsupported endpoint scheme ftp://; use http\(s\):// for REST or grpc\(s\):// for gRPC\."):
         load_adapter("ftp://models.example/chest")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import write_phantoms
-from cli import main
+from blackbox_lime.evaluation.phantoms import write_phantoms
+from blackbox_lime.cli import main
 
 MODEL = str(bundled_model("shortcut_marker.onnx"))
 FAST = ["--samples", "60", "--fill", "mean", "--quiet"]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.audit.flags import SHORTCUT_THRESHOLDS, anatomy_mask, border_mask, case_flags, evidence_share
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import (ALL_MODALITIES, MARKER_KINDS, abnormal_cases, burn_in_marker, make_phantom,
+from blackbox_lime.evaluation.phantoms import (ALL_MODALITIES, MARKER_KINDS, abnormal_cases, burn_in_marker, make_phantom,
                                     marked_phantom)
 
 
@@ -98,7 +98,7 @@ def test_a_model_that_reads_the_marker_is_flagged_and_the_demo_cnn_on_a_clean_ph
 
 
 def test_bench_audit_chooses_the_middle_of_the_thresholds_that_separate_best():
-    from blackbox_lime.bench_audit import choose
+    from blackbox_lime.evaluation.bench_audit import choose
 
     def rec(kind, border, r2=0.5):
         return {"kind": kind, "r2_evidence": r2, "shares": {"border": border, "outside_anatomy": None, "outside_roi": None}}

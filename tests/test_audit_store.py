@@ -7,8 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import BudgetExhausted, ServerError
+from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
+from blackbox_lime.adapters.errors import BudgetExhausted, ServerError
 from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.store import AuditStore, Case, StoreError, config_difference, image_key
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-import cli
+from blackbox_lime import cli
 from blackbox_lime.image_io import ImageError, load_image
 
 QUIET = ["--samples", "10", "--fill", "mean", "--quiet"]

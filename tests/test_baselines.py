@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.onnx import OnnxAdapter
-from blackbox_lime import baselines
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.evaluation import baselines
 from graphs import linear_patch_model
 
 A = np.array([0.20, -0.10, 0.0, 0.05, 0.0, 0.15, 0.0, 0.0, -0.05, 0.0, 0.10, 0.0, 0.0, 0.0, 0.0, 0.08])
@@ -103,7 +103,7 @@ def test_gradcam_weights_match_the_shipped_onnx_models(phantom_image: np.ndarray
 
 def test_bench_smoke_run_writes_every_output(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from blackbox_lime.bench import BenchConfig, run
+    from blackbox_lime.evaluation.bench import BenchConfig, run
 
     cfg = BenchConfig(models=("cnn",), modalities=("chest_xray",), images=1, budgets=(120,), seeds=2,
                       consistency_images=1, consistency_budget=120, curve_steps=4, n_boot=50, bank_cases=6,
@@ -156,7 +156,7 @@ def test_kernel_shap_with_telea_fill_is_efficient(model: OnnxAdapter, image: np.
 
 
 def test_paired_differences_find_a_consistent_gap_that_overlapping_cis_hide() -> None:
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), budgets=(100,), consistency_budget=100,
                             n_boot=500)
@@ -188,7 +188,7 @@ def test_paired_differences_find_a_consistent_gap_that_overlapping_cis_hide() ->
 
 
 def test_goals_name_only_the_groups_a_joined_run_holds() -> None:
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     # as after --merge of cnn chest, cnn ultrasound and vit chest: the config lists both modalities for the
     # ViT, but no ViT ultrasound case ran
@@ -207,7 +207,7 @@ def test_goals_name_only_the_groups_a_joined_run_holds() -> None:
 
 
 def test_bench_options_override_the_quick_configuration() -> None:
-    from blackbox_lime.bench import parse
+    from blackbox_lime.evaluation.bench import parse
 
     cfg, out = parse(["--quick", "--consistency-images", "3", "--budgets", "250,500,1000", "--out", "x"])
     assert (cfg.consistency_images, cfg.budgets, cfg.images, str(out)) == (3, (250, 500, 1000), 3, "x")
@@ -223,7 +223,7 @@ def test_bench_options_override_the_quick_configuration() -> None:
     (["--consistency-budget", "1500"], "--consistency-budget 1500 is not one of the budgets run (250,500,1000,2000)")])
 def test_bench_refuses_a_consistency_budget_it_does_not_run(argv: list[str], message: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from blackbox_lime.bench import parse
+    from blackbox_lime.evaluation.bench import parse
 
     with pytest.raises(SystemExit) as e:
         parse(argv)
@@ -232,7 +232,7 @@ def test_bench_refuses_a_consistency_budget_it_does_not_run(argv: list[str], mes
 
 
 def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: Path) -> None:
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     common = dict(models=("cnn",), images=2, budgets=(24,), consistency_images=0, consistency_budget=24,
                   curve_steps=4, n_boot=50, methods=("Random",))  # no MedLIME: no bank is built
@@ -259,7 +259,7 @@ def test_bench_merge_joins_runs_over_modalities_and_refuses_overlaps(tmp_path: P
 def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), images=2, budgets=(120,), seeds=2,
                             consistency_images=1, consistency_budget=120, curve_steps=4, n_boot=50, bank_cases=6,
@@ -309,7 +309,7 @@ def test_bench_resumes_a_stopped_run_without_redoing_finished_cases(tmp_path: Pa
 
 
 def test_resumed_run_estimates_time_left_from_the_cases_of_every_part(tmp_path: Path) -> None:
-    from blackbox_lime.bench_checkpoint import Checkpoint
+    from blackbox_lime.evaluation.bench_checkpoint import Checkpoint
 
     first = Checkpoint(tmp_path, {"images": 4}, "abc", resume=False, log=lambda s: None)
     assert first.mean_case_s() == 0.0
@@ -322,7 +322,7 @@ def test_resumed_run_estimates_time_left_from_the_cases_of_every_part(tmp_path: 
 
 
 def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFixture[str]) -> None:
-    from blackbox_lime.bench import DIAGNOSTIC, METHODS, method_list, parse
+    from blackbox_lime.evaluation.bench import DIAGNOSTIC, METHODS, method_list, parse
 
     assert method_list("MedLIME,LIME, patch grid, mean fill, RISE") == ("MedLIME", "LIME, patch grid, mean fill", "RISE")
     assert method_list("MedLIME, blur fill (diagnostic),MedLIME") == ("MedLIME, blur fill (diagnostic)", "MedLIME")
@@ -339,7 +339,7 @@ def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         parse(["--first-case", "-1"])
     assert "error: --first-case must be 0 or more, got -1\n" in capsys.readouterr().err
-    from blackbox_lime.bench import main
+    from blackbox_lime.evaluation.bench import main
 
     with pytest.raises(SystemExit):
         main(["--paired-against", "RISE"])
@@ -349,7 +349,7 @@ def test_bench_method_lists_read_names_that_hold_commas(capsys: pytest.CaptureFi
 def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_existed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     every = bench.abnormal_cases("chest_xray", "shifted", 5)
     assert [c.index for c in bench.abnormal_cases("chest_xray", "shifted", 3, first=2)] == [c.index for c in every[2:]]
@@ -408,7 +408,7 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
 
 
 def test_grad_cam_goal_is_judged_paired_on_each_classifier_s_own_cases() -> None:
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     cfg = bench.BenchConfig(models=("cnn", "vit"), modalities=("chest_xray",), budgets=(100,), consistency_budget=100,
                             n_boot=500)
@@ -430,7 +430,7 @@ def test_grad_cam_goal_is_judged_paired_on_each_classifier_s_own_cases() -> None
 
 
 def test_render_write_rederives_a_saved_run_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     cfg = bench.BenchConfig(models=("cnn",), modalities=("chest_xray",), images=2, budgets=(24,), consistency_images=0,
                             consistency_budget=24, curve_steps=4, n_boot=50, methods=("Random", "Occlusion (16 px)"))
@@ -454,7 +454,7 @@ def test_render_write_rederives_a_saved_run_in_place(tmp_path: Path, capsys: pyt
 
 
 def test_compare_pairs_a_method_across_saved_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from blackbox_lime import bench
+    from blackbox_lime.evaluation import bench
 
     common = dict(models=("cnn",), images=2, budgets=(24,), consistency_images=0, consistency_budget=24,
                   curve_steps=4, n_boot=50, methods=("Random", "Occlusion (16 px)"))

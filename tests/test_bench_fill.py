@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blackbox_lime import bench_fill
+from blackbox_lime.evaluation import bench_fill
 
 
 def _case(group: tuple[str, str], psnr_mae: float, psnr_blur: float, auprc: dict[str, float], rng) -> tuple:

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-import cli
-from blackbox_lime.phantoms import make_phantom
+from blackbox_lime import cli
+from blackbox_lime.evaluation.phantoms import make_phantom
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--samples", "60", "--fill", "mean", "--quiet", "--lambda1", "1e-5"]  # the test model's effects are small
@@ -26,7 +26,7 @@ def png(tmp_path: Path) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "blackbox_lime", *args], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)
 
 
@@ -244,7 +244,7 @@ def test_bank_build_from_explanations_stores_the_explainer_s_patch_weights(tmp_p
                      "--source", "explanations", "--model", str(linear_model), "--samples", "60", "--quiet"]) == 0
     b = EvidenceBank.load(bank)
     assert b.source == "explanations" and b.meta["model"]["model"]["file"] == "linear.onnx"
-    from adapters.onnx import OnnxAdapter
+    from blackbox_lime.adapters.onnx import OnnxAdapter
 
     with OnnxAdapter(linear_model) as model:
         first = load_image(tmp_path / "hist" / b.case_ids[0]).pixels

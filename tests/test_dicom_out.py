@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 
 from blackbox_lime.dicom_out import PARAMETRIC_MAP_SOP_CLASS, DicomOutError, parametric_map, to_bytes  # noqa: E402
 from blackbox_lime.models import bundled_model  # noqa: E402
-from cli import main  # noqa: E402
+from blackbox_lime.cli import main  # noqa: E402
 
 
 def _read(name: str) -> tuple[bytes, object]:

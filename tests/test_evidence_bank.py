@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.evidence_bank import (
     BankError,
@@ -19,10 +19,9 @@ from blackbox_lime.evidence_bank import (
     build_bank,
     mask_patch_map,
     nadaraya_watson,
-    phantom_bank,
 )
 from blackbox_lime.patches import PatchGrid
-from blackbox_lime.phantoms import make_phantom
+from blackbox_lime.evaluation.phantoms import make_phantom, phantom_bank
 from blackbox_lime.surrogate import SparseSurrogate
 from graphs import true_attribution
 

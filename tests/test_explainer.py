@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.generative_masking import Filler
 from graphs import true_attribution

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-import cli
-from adapters.onnx import OnnxAdapter
+from blackbox_lime import cli
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.fill_choice import decide, heldout_r2
 from graphs import linear_patch_model, painter_mae, sine_model

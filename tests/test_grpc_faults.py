@@ -15,9 +15,9 @@ pb_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")
 
 from fake_endpoint import linear_probs
 
-from adapters import AdapterTimeout, ConnectionFailed, ResponseError, ServerError
-from adapters.profile import EndpointProfile
-from adapters.remote import RemotePolicy
+from blackbox_lime.adapters import AdapterTimeout, ConnectionFailed, ResponseError, ServerError
+from blackbox_lime.adapters.profile import EndpointProfile
+from blackbox_lime.adapters.remote import RemotePolicy
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -12,16 +12,16 @@ import requests
 import responses
 from fake_endpoint import BASE, URL, FakeEndpoint, image, linear_probs
 
-from adapters import (
+from blackbox_lime.adapters import (
     AdapterTimeout,
     BudgetExhausted,
     ConnectionFailed,
     ResponseError,
     ServerError,
 )
-from adapters.http import BINARY_HEADER
-from adapters.profile import EndpointProfile
-from adapters.remote import RemotePolicy
+from blackbox_lime.adapters.http import BINARY_HEADER
+from blackbox_lime.adapters.profile import EndpointProfile
+from blackbox_lime.adapters.remote import RemotePolicy
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-import cli
+from blackbox_lime import cli
 
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 def _site(folder: Path, n: int, size: int = 64) -> list[Path]:
     """``n`` small grayscale PNGs (the loader maps them to the MAE's 224 x 224 canvas)."""
-    from blackbox_lime.phantoms import make_phantom
+    from blackbox_lime.evaluation.phantoms import make_phantom
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -52,7 +52,7 @@ def test_fit_writes_the_contract_the_facts_and_a_card(fitted) -> None:
     # A fine-tune keeps the bundled normalisation, which its weights expect.
     bundled = MAEFiller()
     np.testing.assert_array_equal(filler.mean, bundled.mean)
-    from adapters.onnx import read_metadata
+    from blackbox_lime.adapters.onnx import read_metadata
 
     facts = read_metadata(filler.session)["training"]
     assert facts["start"] == "bundled" and facts["images"] == 24 and facts["held_out_images"] == 4

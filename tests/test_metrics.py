@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blackbox_lime.metrics import (blurred_substrate, bootstrap_ci, consistency, patch_order, perturbation_curves,
+from blackbox_lime.evaluation.metrics import (blurred_substrate, bootstrap_ci, consistency, patch_order, perturbation_curves,
                                    pixel_auprc)
 
 

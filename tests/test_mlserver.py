@@ -14,12 +14,12 @@ if importlib.util.find_spec("mlserver") is None:
     pytest.skip("the serve extra (MLServer) is not installed", allow_module_level=True)
 pytest.importorskip("tritonclient.grpc", reason="the grpc extra is not installed")
 
-from adapters import ServerError, load_adapter
-from blackbox_lime import demo_server
+from blackbox_lime.adapters import ServerError, load_adapter
+from blackbox_lime.evaluation import demo_server
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.models import bundled_model
-from cli import main
+from blackbox_lime.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def test_wrong_declared_dtype_is_refused_by_the_server(server, tmp_path: Path) -
 
 
 def test_audit_against_the_server_matches_the_local_audit(server, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from blackbox_lime.phantoms import write_phantoms
+    from blackbox_lime.evaluation.phantoms import write_phantoms
 
     study = tmp_path / "study"
     write_phantoms(study, "chest_xray", "test", 2)

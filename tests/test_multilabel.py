@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters import load_adapter
-from adapters.errors import ResponseError
+from blackbox_lime.adapters import load_adapter
+from blackbox_lime.adapters.errors import ResponseError
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.explanation import ExplanationSet
 from blackbox_lime.outputs import finding_stems
-from cli import main
+from blackbox_lime.cli import main
 from graphs import linear_patch_model, multilabel_region_model
 
 # three findings, each read from one patch of the 14 x 14 grid; "nodule/mass" and "pleural effusion" test names

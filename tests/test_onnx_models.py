@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from blackbox_lime.phantoms import make_phantom
+from blackbox_lime.evaluation.phantoms import make_phantom
 
 ONNX_DIR = Path(__file__).resolve().parent.parent / "onnx"
 
@@ -110,7 +110,7 @@ def test_shipped_models_stay_small() -> None:
 
 def test_the_shortcut_model_reads_the_laterality_marker() -> None:
     """onnx/train_shortcut.py: the same test phantoms with the marker forced on and off."""
-    from blackbox_lime.phantoms import marked_phantom
+    from blackbox_lime.evaluation.phantoms import marked_phantom
 
     s = session("shortcut_marker.onnx")
     on = np.stack([marked_phantom("chest_xray", "test", k, marked=True)[0].image.transpose(2, 0, 1) for k in range(20)])
@@ -149,7 +149,7 @@ def test_the_multilabel_classifier_declares_its_findings_and_tells_each_apart() 
     """onnx/train_multilabel.py: three independent sigmoid outputs, 60 val multi-label phantoms."""
     from sklearn.metrics import roc_auc_score
 
-    from blackbox_lime.phantoms import FINDINGS, make_multilabel_phantom
+    from blackbox_lime.evaluation.phantoms import FINDINGS, make_multilabel_phantom
 
     s = session("multilabel_cnn.onnx")
     m = meta(s)

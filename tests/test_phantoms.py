@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blackbox_lime.models import bundled_example
-from blackbox_lime.phantoms import ALL_MODALITIES, SPLITS, make_phantom, write_phantoms
+from blackbox_lime.evaluation.phantoms import ALL_MODALITIES, SPLITS, make_phantom, write_phantoms
 
 
 @pytest.mark.parametrize("modality", ALL_MODALITIES)
@@ -125,7 +125,7 @@ def test_write_phantoms_keeps_a_colour_family_in_colour(tmp_path) -> None:
 
 
 def test_multilabel_phantoms_have_a_mask_per_finding_and_independent_findings():
-    from blackbox_lime.phantoms import FINDINGS, make_multilabel_phantom
+    from blackbox_lime.evaluation.phantoms import FINDINGS, make_multilabel_phantom
 
     a, b = make_multilabel_phantom("test", 3), make_multilabel_phantom("test", 3)
     np.testing.assert_array_equal(a.image, b.image)

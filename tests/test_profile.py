@@ -8,8 +8,8 @@ import pytest
 import responses
 from fake_endpoint import URL, FakeEndpoint
 
-from adapters import ConfigError
-from adapters.profile import EndpointProfile
+from blackbox_lime.adapters import ConfigError
+from blackbox_lime.adapters.profile import EndpointProfile
 
 
 @pytest.mark.parametrize("url, protocol, base, model, version", [
@@ -137,7 +137,7 @@ def test_a_profile_names_the_sites_calibration_and_explain_uses_its_fill(tmp_pat
     import cv2
     import numpy as np
 
-    import cli
+    from blackbox_lime import cli
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         FakeEndpoint(rsps).install()

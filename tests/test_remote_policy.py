@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from adapters import (
+from blackbox_lime.adapters import (
     AdapterTimeout,
     BudgetExhausted,
     ConfigError,
@@ -16,7 +16,7 @@ from adapters import (
     ResponseError,
     ServerError,
 )
-from adapters.remote import (
+from blackbox_lime.adapters.remote import (
     EndpointMeta,
     RateLimiter,
     RemoteAdapter,

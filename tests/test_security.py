@@ -10,7 +10,7 @@ import pytest
 import responses
 from fake_endpoint import BASE, URL, FakeEndpoint
 
-from cli import main
+from blackbox_lime.cli import main
 
 CANARY = "tok-CANARY-7f3a9c1e5b"
 

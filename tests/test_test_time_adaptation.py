@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.test_time_adaptation import (
     PhotometricTransform,
@@ -188,7 +188,7 @@ def test_a_budget_is_split_between_stta_and_the_samples() -> None:
 
 
 def test_stta_queries_count_against_the_hard_budget(linear_model: Path, phantom_image: np.ndarray) -> None:
-    from adapters.errors import BudgetExhausted
+    from blackbox_lime.adapters.errors import BudgetExhausted
 
     cfg = ExplainConfig(fill="zero", n_samples=50, stta=True)  # 72 + 50 = 122 images; STTA, then the image, then 49
     with OnnxAdapter(linear_model, budget=121) as model:

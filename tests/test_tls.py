@@ -15,9 +15,9 @@ import pytest
 
 trustme = pytest.importorskip("trustme")
 
-from adapters import ConnectionFailed  # noqa: E402
-from adapters.profile import EndpointProfile  # noqa: E402
-from adapters.remote import RemotePolicy  # noqa: E402
+from blackbox_lime.adapters import ConnectionFailed  # noqa: E402
+from blackbox_lime.adapters.profile import EndpointProfile  # noqa: E402
+from blackbox_lime.adapters.remote import RemotePolicy  # noqa: E402
 from fake_endpoint import SIZE, linear_probs  # noqa: E402
 
 META = {"name": "linear", "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}],

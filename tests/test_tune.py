@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_lime.tune import emit, pick
+from blackbox_lime.evaluation.tune import emit, pick
 
 
 def test_rule_prefers_consistent_settings_and_falls_back_to_auprc() -> None:

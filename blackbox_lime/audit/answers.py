@@ -22,8 +22,8 @@ from typing import Any, Callable, ContextManager
 
 import numpy as np
 
-from adapters.base import ClassifierAdapter, ModelInfo
-from adapters.errors import BudgetExhausted
+from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
+from blackbox_lime.adapters.errors import BudgetExhausted
 from blackbox_lime.audit.store import AuditStore, image_key
 
 

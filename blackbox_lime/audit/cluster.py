@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from adapters.errors import AdapterError, BudgetExhausted
+from blackbox_lime.adapters.errors import AdapterError, BudgetExhausted
 from blackbox_lime.audit.answers import StoredAdapter, budget_spent
 from blackbox_lime.audit.runner import RunResult, _without_names, explain_case
 from blackbox_lime.audit.store import AuditStore, Case
@@ -74,7 +74,7 @@ _STATE: dict[str, tuple[Any, Any]] = {}  # per worker process and run (prefix): 
 
 def _worker_state(s: WorkerSettings) -> tuple[Any, Any]:
     if s.prefix not in _STATE:
-        from adapters import load_adapter
+        from blackbox_lime.adapters import load_adapter
         from blackbox_lime.explainer import Explainer
 
         kw: dict[str, Any] = {}

@@ -11,7 +11,7 @@ sum of the map's positive values), they measure the share that lies
 
 A flag is raised when its share exceeds its threshold, unless the answer hardly moved under masking
 (``flat_answer``): such a map places noise, not evidence. The thresholds were chosen on the val split of
-phantoms with planted shortcuts (``python -m blackbox_lime.bench_audit --split val``;
+phantoms with planted shortcuts (``python -m blackbox_lime.evaluation.bench_audit --split val``;
 docs/audit.md): a model that reads a burnt-in laterality marker against the demo models on clean
 phantoms. The other flags come from the explanation itself:
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from adapters.errors import AdapterError, BudgetExhausted
+from blackbox_lime.adapters.errors import AdapterError, BudgetExhausted
 from blackbox_lime import __version__
 from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.flags import anatomy_mask, case_flags

@@ -1,6 +1,6 @@
 """Multi-label saliency benchmark: every finding of an image explained from one set of queries.
 
-    python -m blackbox_lime.bench_multilabel --split test --cases 20 --out docs/bench_multilabel/test
+    python -m blackbox_lime.evaluation.bench_multilabel --split test --cases 20 --out docs/bench_multilabel/test
 
 The multi-label chest phantoms (``phantoms.make_multilabel_phantom``: nodule, consolidation, effusion,
 each present independently with its own exact mask) and the bundled multi-label classifier
@@ -29,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from adapters.onnx import OnnxAdapter
-from blackbox_lime import baselines
-from blackbox_lime.bench import git_commit
-from blackbox_lime.bench_audit import write_table
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.evaluation import baselines
+from blackbox_lime.evaluation.bench import git_commit
+from blackbox_lime.evaluation.bench_audit import write_table
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
-from blackbox_lime.metrics import bootstrap_ci, pixel_auprc
+from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.models import bundled_model
 from blackbox_lime.patches import PatchGrid
-from blackbox_lime.phantoms import FINDINGS, make_multilabel_phantom
+from blackbox_lime.evaluation.phantoms import FINDINGS, make_multilabel_phantom
 
 METHODS = ("MedLIME", "lime", "occlusion")
 
@@ -92,7 +92,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 def table(result: dict[str, Any], a: argparse.Namespace) -> list[str]:
     recs = result["records"]
     lines = [f"# Multi-label benchmark, {a.split} split", "",
-             f"`python -m blackbox_lime.bench_multilabel --split {a.split} --cases {a.cases} --samples {a.samples} "
+             f"`python -m blackbox_lime.evaluation.bench_multilabel --split {a.split} --cases {a.cases} --samples {a.samples} "
              f"--out {a.out}` (commit {(result['commit'] or 'unknown')[:10]}; {a.cases} cases with at least one "
              f"finding, each finding scored where present; MedLIME and lime spend {a.samples} queries per case for "
              "all its findings together, occlusion 197). Pixel AUPRC, mean [95 % CI].", "",
@@ -122,7 +122,7 @@ def table(result: dict[str, Any], a: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_multilabel", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_multilabel", description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--cases", type=int, default=20)
     p.add_argument("--samples", type=int, default=1000, help="queries per case for MedLIME and lime")

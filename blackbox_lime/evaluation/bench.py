@@ -1,8 +1,8 @@
 """The saliency benchmark: MedLIME against LIME, RISE, KernelSHAP, occlusion, a random map and Grad-CAM.
 
     pip install ".[cpu,bench,train]"
-    python -m blackbox_lime.bench --quick            # <= 15 min on a 2-core CPU
-    python -m blackbox_lime.bench                    # the full protocol (hours on 2 cores)
+    python -m blackbox_lime.evaluation.bench --quick            # <= 15 min on a 2-core CPU
+    python -m blackbox_lime.evaluation.bench                    # the full protocol (hours on 2 cores)
     blackbox-lime bench --quick                      # the same, from the installed command
 
 The protocol is ../shared/DESIGN.md's: abnormal phantoms with exact lesion masks, both modalities,
@@ -38,14 +38,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from adapters.onnx import OnnxAdapter
-from blackbox_lime import baselines
-from blackbox_lime.bench_checkpoint import Checkpoint, CheckpointError, config_difference
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.evaluation import baselines
+from blackbox_lime.evaluation.bench_checkpoint import Checkpoint, CheckpointError, config_difference
 from blackbox_lime.config import LAMBDA2_PRIOR, ExplainConfig
 from blackbox_lime.explainer import Explainer
-from blackbox_lime.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
+from blackbox_lime.evaluation.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import abnormal_cases  # noqa: F401 (bench.abnormal_cases: the cases a run uses)
+from blackbox_lime.evaluation.phantoms import abnormal_cases  # noqa: F401 (bench.abnormal_cases: the cases a run uses)
 
 # method name -> (kind, budgeted). Kinds are dispatched in run_method.
 METHODS: dict[str, tuple[str, bool]] = {
@@ -115,7 +115,8 @@ QUICK = dict(images=3, budgets=(250, 1000), consistency_images=1, consistency_me
 def evidence_banks(modalities: Sequence[str], n_cases: int, log: Callable[[str], None] = print) -> dict[str, Any]:
     """EBR's banks for the benchmark: per modality, the first ``n_cases`` abnormal train phantoms with their
     lesion masks (the train split only: no val, test or shifted case is ever in a bank)."""
-    from blackbox_lime.evidence_bank import Embedder, phantom_bank
+    from blackbox_lime.evidence_bank import Embedder
+    from blackbox_lime.evaluation.phantoms import phantom_bank
     from blackbox_lime.patches import PatchGrid
 
     embedder = Embedder()
@@ -564,7 +565,7 @@ def method_list(text: str) -> tuple[str, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help=f"the <= 15-minute configuration: {QUICK}")
     p.add_argument("--split", choices=["test", "val", "shifted"], default="test")
     p.add_argument("--models", default=None, help="comma list of cnn,vit")

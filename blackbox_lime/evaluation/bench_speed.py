@@ -1,7 +1,7 @@
 """Speed benchmark: the default MedLIME explanation against ``lime``'s LimeImageExplainer.
 
     pip install ".[cpu,bench]"
-    python -m blackbox_lime.bench_speed [--reps 5] [--images 3] [--out bench_out/speed.json]
+    python -m blackbox_lime.evaluation.bench_speed [--reps 5] [--images 3] [--out bench_out/speed.json]
 
 Both explain the same 224x224 phantoms with the same classifier (``onnx/demo_cnn.onnx`` through the
 same onnxruntime adapter), side by side in one run, alternating which goes first. lime runs with its
@@ -24,12 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.image_io import load_image
 from blackbox_lime.models import bundled_model
 from blackbox_lime.outputs import explanation_files, write_all
-from blackbox_lime.phantoms import make_phantom
+from blackbox_lime.evaluation.phantoms import make_phantom
 
 
 def run_medlime(explainer: Explainer, png: Path, out: Path) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Resumable benchmark runs: every finished case is saved, so a stopped run goes on where it stopped.
 
-The full protocol runs for hours on a small machine. ``python -m blackbox_lime.bench ... --resume``
+The full protocol runs for hours on a small machine. ``python -m blackbox_lime.evaluation.bench ... --resume``
 keeps ``checkpoint.jsonl`` in ``--out`` while it runs: a header line with the configuration, then
 one line per finished (model, modality, case) with its per-method records and its wall time. The
 overlay maps of the cases drawn in ``overlays.png`` are saved next to it as ``checkpoint_overlay_K.npz``,

@@ -1,7 +1,7 @@
 """Robust fill on every family, the unseen one included: the benchmark of ``fill="auto"`` and its tuning on val.
 
-    python -m blackbox_lime.bench_fill --split val  --images 8 --out docs/tune_val/fill      # choose the rule
-    python -m blackbox_lime.bench_fill --split test --images 8 --out docs/bench_fill/test    # report it
+    python -m blackbox_lime.evaluation.bench_fill --split val  --images 8 --out docs/tune_val/fill      # choose the rule
+    python -m blackbox_lime.evaluation.bench_fill --split test --images 8 --out docs/bench_fill/test    # report it
 
 Groups (family x classifier): the demo CNN and ViT on chest_xray and breast_us (the two families the
 bundled MAE was trained on), and the two unseen families, brain_mri and fundus (colour), each with its
@@ -35,15 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from adapters.onnx import OnnxAdapter
-from blackbox_lime import baselines
-from blackbox_lime.bench import git_commit
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.evaluation import baselines
+from blackbox_lime.evaluation.bench import git_commit
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
 from blackbox_lime.fill_choice import coarse_design, decide, recon_psnr, score_pilot
-from blackbox_lime.metrics import bootstrap_ci, pixel_auprc
+from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import abnormal_cases, make_phantom
+from blackbox_lime.evaluation.phantoms import abnormal_cases, make_phantom
 
 GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "chest_xray"),
           ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"), ("fundus_cnn", "fundus"))
@@ -368,7 +368,7 @@ def rescore(out: Path, add: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_fill", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_fill", description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["val", "test"], required=True)
     p.add_argument("--images", type=int, default=8, help="abnormal cases per group")
     p.add_argument("--samples", type=int, default=1000, help="queries per explanation")
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                 for r in old["records"]} - ran)}
     md = tune_markdown(result) if a.split == "val" else report_markdown(result)
     minutes = (time.perf_counter() - t0) / 60
-    header = (f"`python -m blackbox_lime.bench_fill {' '.join(argv if argv is not None else sys.argv[1:])}` "
+    header = (f"`python -m blackbox_lime.evaluation.bench_fill {' '.join(argv if argv is not None else sys.argv[1:])}` "
               f"at commit {git_commit()}, {minutes:.1f} min, {a.samples} queries per explanation.\n\n")
     if a.join:
         header += (f"Groups {', '.join(result['joined_from']['groups'])} are kept from `{a.join}` (commit "

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from adapters.base import ClassifierAdapter
+from blackbox_lime.adapters.base import ClassifierAdapter
 from blackbox_lime.patches import PatchGrid
 
 Predict = Callable[[np.ndarray], np.ndarray]

@@ -1,7 +1,7 @@
 """Remote-adapter benchmark: one explanation over OIP REST, OIP gRPC and the local ONNX adapter.
 
     pip install ".[cpu,grpc,serve,bench]"
-    python -m blackbox_lime.bench_remote [--reps 3] [--out bench_out/remote.json]
+    python -m blackbox_lime.evaluation.bench_remote [--reps 3] [--out bench_out/remote.json]
 
 Part 1 (transport cost). MLServer on 127.0.0.1 serves the bundled demo CNN (examples/endpoint runtime).
 One explanation with default settings (500 samples, MAE fill) of a chest phantom runs through the local
@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from adapters import load_adapter
-from blackbox_lime import ExplainConfig, Explainer, demo_server
+from blackbox_lime.adapters import load_adapter
+from blackbox_lime import ExplainConfig, Explainer
+from blackbox_lime.evaluation import demo_server
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import make_phantom
+from blackbox_lime.evaluation.phantoms import make_phantom
 
 
 def explain_once(model: str, image: np.ndarray, max_batch: int | None = None, concurrency: int | None = None,
@@ -218,7 +219,7 @@ def markdown(p1: dict[str, Any], p2: dict[str, Any], delay_ms: float, max_batch:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_remote", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_remote", description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--delay-ms", type=float, default=50.0)
     p.add_argument("--max-batch", type=int, default=16, help="images per request in part 2")

@@ -1,10 +1,10 @@
 """Tune the surrogate's lambda1 (its scale and cap) and kernel width, or EBR's lambda2 and N_T, on the
 validation split (never on test).
 
-    python -m blackbox_lime.tune [--images 4] [--seeds 3] [--samples 1000] [--out bench_out/tune.json]
-    python -m blackbox_lime.tune --part evidence [--stta] ...    # EBR: lambda2 x n_neighbours
-    python -m blackbox_lime.tune --part stta --images 6 --seeds 1  # STTA: off, on, on with the probe check
-    python -m blackbox_lime.tune --part prior --images 25           # EBR's prior alone as a map (no queries)
+    python -m blackbox_lime.evaluation.tune [--images 4] [--seeds 3] [--samples 1000] [--out bench_out/tune.json]
+    python -m blackbox_lime.evaluation.tune --part evidence [--stta] ...    # EBR: lambda2 x n_neighbours
+    python -m blackbox_lime.evaluation.tune --part stta --images 6 --seeds 1  # STTA: off, on, on with the probe check
+    python -m blackbox_lime.evaluation.tune --part prior --images 25           # EBR's prior alone as a map (no queries)
 
 ``--part stta`` explains every case three times at the same total budget (``--samples``, STTA's
 queries included) and seed: without STTA, with STTA and its sensitivity check (``stta_probes=8``),
@@ -18,7 +18,7 @@ embedding dominates the raw embeddings (why retrieval centres them).
 
 ``--part evidence`` explains with the default surrogate (and STTA with ``--stta``, the full MedLIME
 configuration), then refits every case's design with the evidence prior of a mask-source bank of
-200 abnormal train phantoms per modality (``evidence_bank.phantom_bank``), for every (lambda2,
+200 abnormal train phantoms per modality (``evaluation.phantoms.phantom_bank``), for every (lambda2,
 n_neighbours) on its grid, and with w_ref = 0 at the same lambda2 (EBR's ablation). The same rule
 picks the setting.
 
@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from adapters.onnx import OnnxAdapter
-from blackbox_lime.phantoms import abnormal_cases
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.evaluation.phantoms import abnormal_cases
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
-from blackbox_lime.metrics import consistency, pixel_auprc
+from blackbox_lime.evaluation.metrics import consistency, pixel_auprc
 from blackbox_lime.models import bundled_model
 from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
 
@@ -86,7 +86,7 @@ def pick(table: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.tune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.tune", description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=4, help="abnormal val cases per (model, modality)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", type=int, default=1000)
@@ -197,7 +197,8 @@ def _tune_stta(a: argparse.Namespace, t0: float) -> int:
 
 def _tune_prior(a: argparse.Namespace, t0: float) -> int:
     """AUPRC of EBR's prior alone on val cases, against the bank's mean map and a random map."""
-    from blackbox_lime.evidence_bank import Embedder, EvidencePrior, phantom_bank
+    from blackbox_lime.evidence_bank import Embedder, EvidencePrior
+    from blackbox_lime.evaluation.phantoms import phantom_bank
     from blackbox_lime.patches import PatchGrid
 
     embedder, grid = Embedder(), PatchGrid(224, 224, ExplainConfig.patch_size)
@@ -240,7 +241,8 @@ def _tune_prior(a: argparse.Namespace, t0: float) -> int:
 
 def _tune_evidence(a: argparse.Namespace, designs: list[dict[str, Any]], grid: Any, t0: float) -> int:
     """Refit every design with the evidence prior for each (lambda2, n_neighbours), and without it."""
-    from blackbox_lime.evidence_bank import Embedder, EvidencePrior, phantom_bank
+    from blackbox_lime.evidence_bank import Embedder, EvidencePrior
+    from blackbox_lime.evaluation.phantoms import phantom_bank
 
     cfg = ExplainConfig()
     embedder = Embedder()

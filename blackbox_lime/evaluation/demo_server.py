@@ -4,8 +4,8 @@ It runs ``examples/endpoint/runtime.py`` (an onnxruntime MLServer runtime) on 12
 subprocess: MLServer and the gRPC client stubs cannot be imported into one process. The tests, the
 remote benchmark and README use it::
 
-    python -m blackbox_lime.demo_server                        # REST :8080, gRPC :8081, until Ctrl-C
-    python -m blackbox_lime.demo_server --delay-ms 50 --http-port 9080 --grpc-port 9081
+    python -m blackbox_lime.evaluation.demo_server                        # REST :8080, gRPC :8081, until Ctrl-C
+    python -m blackbox_lime.evaluation.demo_server --delay-ms 50 --http-port 9080 --grpc-port 9081
 
 Needs the ``serve`` extra (``pip install 'blackbox-lime[serve]'``).
 """
@@ -131,7 +131,7 @@ def _mlserver_exe() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.demo_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.demo_server", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="ONNX classifier to serve (default: the bundled demo_cnn.onnx)")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=8081)

@@ -1,7 +1,7 @@
 """The audit's shortcut flags on planted shortcuts: thresholds chosen on val, flag rates reported on test.
 
-    python -m blackbox_lime.bench_audit --split val  --cases 24 --out docs/bench_audit/val    # choose thresholds
-    python -m blackbox_lime.bench_audit --split test --cases 40 --out docs/bench_audit/test   # report (never tuned on)
+    python -m blackbox_lime.evaluation.bench_audit --split val  --cases 24 --out docs/bench_audit/val    # choose thresholds
+    python -m blackbox_lime.evaluation.bench_audit --split test --cases 40 --out docs/bench_audit/test   # report (never tuned on)
 
 Groups:
 
@@ -20,13 +20,13 @@ Youden's J (flag rate on shortcut cases minus flag rate on clean cases); where s
 middle of their range (the widest margin on both sides). ``--rescore`` re-applies this to a saved run.
 ``--split test`` applies ``blackbox_lime.audit.flags.SHORTCUT_THRESHOLDS`` and reports flag rates.
 
-``--cluster`` measures Dask scale-out (``python -m blackbox_lime.bench_audit --cluster --out
+``--cluster`` measures Dask scale-out (``python -m blackbox_lime.evaluation.bench_audit --cluster --out
 docs/bench_audit/cluster``): the same audit on a LocalCluster of 1 and of 2 workers against MLServer on
 loopback serving a latency-bound model (linear in the patch means of a 32 x 32 input, 100 ms added per
 request), the endpoint's limit ``--concurrency 2`` shared by the workers. The runs take turns over
 ``--rounds`` rounds; the time of the run itself (cluster start excluded), medians.
 
-``--overhead`` measures what exactly-once costs (``python -m blackbox_lime.bench_audit --overhead --cases 8
+``--overhead`` measures what exactly-once costs (``python -m blackbox_lime.evaluation.bench_audit --overhead --cases 8
 --out docs/bench_audit/overhead``): seconds per case of a plain ``explain`` loop (read, explain, write)
 against ``audit run`` (the same plus hashing every image, the store's commits and the flags), and a resumed
 audit whose every answer is already stored (nothing sent: what a resume costs per case). The modes take
@@ -45,13 +45,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adapters.onnx import OnnxAdapter
+from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.audit.flags import SHORTCUT_THRESHOLDS, anatomy_mask, border_mask, evidence_share
-from blackbox_lime.bench import git_commit
+from blackbox_lime.evaluation.bench import git_commit
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.models import bundled_model
-from blackbox_lime.phantoms import make_phantom, marked_phantom
+from blackbox_lime.evaluation.phantoms import make_phantom, marked_phantom
 
 # (group, model, family, kind): kind "marked" = the site's marked cases, "unmarked" = its unmarked ones, "clean" = plain
 VAL_GROUPS = (("shortcut/marked", "shortcut_marker", "chest_xray", "marked"),
@@ -162,7 +162,7 @@ def overhead(a: argparse.Namespace) -> int:
     from blackbox_lime.audit.store import AuditStore
     from blackbox_lime.image_io import load_image
     from blackbox_lime.outputs import explanation_files, write_all
-    from blackbox_lime.phantoms import write_phantoms
+    from blackbox_lime.evaluation.phantoms import write_phantoms
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_audit_"))
     t_start = time.perf_counter()
@@ -207,7 +207,7 @@ def overhead(a: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: float(np.median(v)) for k, v in times.items()}
     lines = ["# What exactly-once costs", "",
-             f"`python -m blackbox_lime.bench_audit --overhead --cases {a.cases} --rounds {a.rounds} --samples "
+             f"`python -m blackbox_lime.evaluation.bench_audit --overhead --cases {a.cases} --rounds {a.rounds} --samples "
              f"{a.samples} --out {a.out}` (demo CNN, local onnxruntime, chest test phantoms, default config, commit "
              f"{(git_commit() or 'unknown')[:10]}). Seconds per case, the modes in turns over the same cases.", "",
              "| mode | cases timed | median s/case | ratio to explain |", "|---|---|---|---|"]
@@ -231,11 +231,11 @@ def cluster_bench(a: argparse.Namespace) -> int:
 
     from distributed import Client, LocalCluster
 
-    from blackbox_lime import demo_server
+    from blackbox_lime.evaluation import demo_server
     from blackbox_lime.audit.cluster import WorkerSettings, run_on_cluster
     from blackbox_lime.audit.source import read_source
     from blackbox_lime.audit.store import AuditStore
-    from blackbox_lime.bench_remote import linear_model
+    from blackbox_lime.evaluation.bench_remote import linear_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     t_start = time.perf_counter()
@@ -271,7 +271,7 @@ def cluster_bench(a: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {w: float(np.median(v)) for w, v in times.items()}
     lines = ["# Audits on Dask: 2 workers against 1", "",
-             f"`python -m blackbox_lime.bench_audit --cluster --cases {a.cases} --samples {a.samples} --rounds "
+             f"`python -m blackbox_lime.evaluation.bench_audit --cluster --cases {a.cases} --samples {a.samples} --rounds "
              f"{a.rounds} --out {a.out}` (MLServer on loopback, a latency-bound model with 100 ms per request, "
              f"--max-batch 16, --concurrency 2 shared by the workers, --fill mean, commit "
              f"{(git_commit() or 'unknown')[:10]}). Seconds for the whole audit of {a.cases} cases, cluster start "
@@ -284,7 +284,7 @@ def cluster_bench(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.bench_audit", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_audit", description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["val", "test"], default=None)
     p.add_argument("--overhead", action="store_true", help="measure the cost of the store instead")
     p.add_argument("--cluster", action="store_true", help="measure 2 Dask workers against 1 instead")
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"split": a.split, "cases_per_group": a.cases, "samples": a.samples, "seed": a.seed,
                               "commit": measured or git_commit(), "records": records}
     head = [f"# Audit shortcut flags, {a.split} split", "",
-            f"`python -m blackbox_lime.bench_audit --split {a.split} --cases {a.cases} --samples {a.samples} "
+            f"`python -m blackbox_lime.evaluation.bench_audit --split {a.split} --cases {a.cases} --samples {a.samples} "
             f"--out {a.out}` ({a.cases} cases per group, {a.samples} queries each, seed {a.seed}, commit "
             f"{(result['commit'] or 'unknown')[:10]}). Shares are of each map's positive evidence for the explained "
             "(predicted) class. The ROI (abnormal cases only) is the lesion mask dilated by 16 px.", ""]

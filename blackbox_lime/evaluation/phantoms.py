@@ -69,7 +69,7 @@ Splits
 exposure, stronger noise and blur; ultrasound: lower gain and coarser speckle) for robustness
 reports.
 
-Measured distributions (``python -m blackbox_lime.phantoms --stats``) are in onnx/MODEL_CARD.md.
+Measured distributions (``python -m blackbox_lime.evaluation.phantoms --stats``) are in onnx/MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -80,13 +80,18 @@ import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import cv2
 import numpy as np
 
+if TYPE_CHECKING:
+    from blackbox_lime.evidence_bank import Embedder, EvidenceBank
+    from blackbox_lime.patches import PatchGrid
+
 __all__ = ["ALL_MODALITIES", "MARKER_KINDS", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases",
-           "FINDINGS", "MultiPhantom", "burn_in_marker", "is_marked", "make_multilabel_phantom", "iter_abnormal_cases", "make_phantom", "marked_phantom", "write_phantoms"]
+           "FINDINGS", "MultiPhantom", "burn_in_marker", "is_marked", "make_multilabel_phantom", "iter_abnormal_cases", "make_phantom", "marked_phantom", "phantom_bank",
+           "write_phantoms"]
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")  # the families the bundled MAE and demo models know
 UNSEEN_MODALITIES: tuple[str, ...] = ("brain_mri", "fundus")  # no bundled part was trained on it except its own classifier
@@ -953,8 +958,27 @@ def phantom_stats(modality: str, split: str, count: int) -> dict[str, float]:
     }
 
 
+def phantom_bank(modality: str, grid: PatchGrid, embedder: Embedder, count: int = 200, split: str = "train",
+                 progress: Callable[[int], None] | None = None) -> EvidenceBank:
+    """EBR's evidence bank from phantoms: a mask-source bank of the first ``count`` abnormal phantoms of
+    ``split`` (the train split by default)."""
+    from itertools import islice
+
+    from blackbox_lime.evidence_bank import build_bank, mask_patch_map
+
+    images, maps, ids = [], [], []
+    for ph in islice(iter_abnormal_cases(modality, split), count):
+        images.append(ph.image)
+        maps.append(mask_patch_map(ph.mask, grid))
+        ids.append(f"{modality}/{split}/{ph.index}")
+        if progress:
+            progress(1)
+    return build_bank(images, maps, ids, embedder, grid, "abnormal", "masks",
+                      {"phantoms": {"modality": modality, "split": split, "count": count}})
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m blackbox_lime.phantoms",
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.phantoms",
                                 description="Write synthetic phantoms (PNG + mask PNG + labels.csv).")
     p.add_argument("--out", default="phantoms")
     p.add_argument("--modality", choices=ALL_MODALITIES, default="chest_xray")

@@ -1,0 +1,7 @@
+"""``python -m blackbox_lime.cli`` is the ``blackbox-lime`` command."""
+
+import sys
+
+from blackbox_lime.cli import main
+
+sys.exit(main())

@@ -1,0 +1,267 @@
+"""``blackbox-lime audit run | summary | verify | report``: a study's audit, serial or on Dask."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from blackbox_lime.cli.common import (
+    CONFIG_OPTIONS,
+    EXIT_BUDGET,
+    EXIT_CASES_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    UserError,
+    adapter_from_options,
+    check_calibration,
+    config_from_options,
+    explainer_and_target,
+    model_key,
+    model_record,
+    redact_logs,
+)
+
+
+def run_audit_command(a: argparse.Namespace) -> int:
+    """audit run | summary | verify | report."""
+    from blackbox_lime.audit.store import StoreError
+
+    if a.audit_command is None:
+        raise UserError("Use: blackbox-lime audit run SOURCE --model MODEL --out DIR (or audit summary|verify|report DIR).")
+    try:
+        if a.audit_command == "run":
+            return run_audit(a)
+        return _audit_read(a)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explainer: Any) -> dict[str, Any]:
+    """What an audit's maps depend on, by option name: a resume must give the same values."""
+    from blackbox_lime.outputs import file_sha256
+
+    config: dict[str, Any] = {"source": str(Path(a.source).resolve()),
+                              "--model" if a.endpoint is None else "--endpoint": model}
+    for option, field in CONFIG_OPTIONS.items():
+        config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
+    config.update({"--seed": a.seed, "--target": a.target, "--threshold": a.threshold, "--frame": a.frame,
+                   "--output-kind": a.output_kind,
+                   "--mae": None if explainer.mae is None else file_sha256(explainer.mae.path),
+                   "--bank": None if a.bank is None else file_sha256(a.bank),
+                   "--calibration": None if a.calibration is None else file_sha256(a.calibration)})
+    return config
+
+
+def run_audit(a: argparse.Namespace) -> int:
+    """Explain and flag every case of a study, resumably; write the report and the provenance manifest."""
+    import secrets
+
+    from blackbox_lime.audit.answers import StoredAdapter
+    from blackbox_lime.audit.provenance import write_provenance
+    from blackbox_lime.audit.report import write_report
+    from blackbox_lime.audit.runner import AuditRunner
+    from blackbox_lime.audit.source import SourceError, read_source, source_root
+    from blackbox_lime.audit.store import STORE_NAME, AuditStore, config_difference
+    from blackbox_lime.explainer import _progress
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
+    from blackbox_lime.outputs import check_writable
+
+    if a.out is None:
+        raise UserError("--out is required: the audit folder (rerun the same command to resume).")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {a.out} is a file; give a folder for the audit (new, or one to resume).")
+    store_path = out / STORE_NAME
+    resuming = store_path.is_file()
+    if out.is_dir() and not resuming and any(out.iterdir()):
+        raise UserError(f"--out {a.out} holds other files and no audit; give a new or empty folder.")
+    if a.budget is not None and a.budget < 1:
+        raise UserError(f"--budget must be an integer >= 1. Got {a.budget} instead.")
+    if a.workers is not None and a.workers < 1:
+        raise UserError(f"--workers must be an integer >= 1. Got {a.workers} instead.")
+    budget, a.budget = a.budget, None  # the audit's budget spans resumes: the store keeps the count
+    old = AuditStore.open(store_path) if resuming else None  # read-write: closing it leaves no -wal/-shm behind
+    try:
+        salt = old.get("salt") if old is not None else secrets.token_hex(16)
+        try:
+            cases = read_source(a.source, salt)
+        except SourceError as exc:
+            raise UserError(f"{exc} Nothing was written.") from None
+        cfg = config_from_options(a)
+        adapter = adapter_from_options(a)  # before anything is written: a bad model or endpoint leaves nothing behind
+        redact_logs(adapter)
+        try:
+            explainer, target = explainer_and_target(a, adapter, cfg)
+            model = model_record(a, adapter)
+            if a.calibration is not None:
+                check_calibration(a, model)
+            meta = getattr(adapter, "meta", None)
+            if "endpoint" in model and meta is not None:  # what the endpoint said it serves, for the provenance
+                model["endpoint"]["metadata"] = {
+                    "name": meta.name, "input": [meta.input_name, meta.input_datatype, list(meta.input_shape)],
+                    "output": [meta.output_name, list(meta.output_shape or [])]}
+            config = _audit_config(a, cfg, model_key(model), explainer)
+            if old is not None:
+                diff = config_difference(old.config, config)
+                if diff is not None:
+                    raise UserError(f"{a.out} holds an audit started with other options: {diff}. Resume it with the "
+                                    "same options, or give a new --out.")
+                then = [c.id for c in old.cases()]
+                if then != [c.id for c in cases]:
+                    raise UserError(f"The source changed since the audit in {a.out} started: {len(then)} cases then, "
+                                    f"{len(cases)} now. Audit the changed study in a new --out.")
+                old.close()
+                old = None
+            check_writable(out)
+            if resuming:
+                store = AuditStore.open(store_path)
+            else:
+                kind = "folder" if Path(a.source).is_dir() else "manifest"
+                store = AuditStore.create(store_path, config, cases, {
+                    "salt": salt, "model": model, "source_kind": kind,
+                    "root": str(source_root(a.source).resolve())})
+            with store:
+                store.put("budget", budget)
+                stored = StoredAdapter(adapter, store, budget)
+                explainer.adapter = stored  # every query of the audit goes through the store
+                counts = store.counts()
+                bar = _progress(len(cases), not a.quiet, unit="case")
+                if hasattr(bar, "update"):
+                    bar.update(counts["done"])
+
+                def progress(case: Any, state: str) -> None:
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(sent=store.totals()["sent"], failed=store.counts()["failed"], refresh=False)
+                    bar.update(1)
+
+                try:
+                    if a.workers is not None or a.scheduler is not None:
+                        result = _run_on_cluster(a, out, store, cfg, target, salt, budget, progress)
+                    else:
+                        result = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
+                                             target=target, frame=a.frame, salt=salt, threshold=a.threshold,
+                                             max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, progress=progress).run()
+                except KeyboardInterrupt:
+                    bar.close()  # before the message, so the bar does not overwrite it
+                    print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
+                          f"resume the audit in {a.out}.", file=sys.stderr)
+                    return 130
+                finally:
+                    bar.close()
+                store.put("updated", time.time())
+                report = write_report(out, store)
+                digest = write_provenance(out, store, source_root(a.source))
+                totals = store.totals()
+        finally:
+            adapter.close()
+    finally:
+        if old is not None:
+            old.close()
+    if a.json:
+        from blackbox_lime.audit.report import study_summary
+
+        with AuditStore.open(store_path, readonly=True) as ro:
+            print(json.dumps(study_summary(ro)["study"]))
+    for case_id, reason in result.failures[:10]:
+        print(f"blackbox-lime: case {case_id} failed: {reason}", file=sys.stderr)
+    print(f"{a.out}: {result.done} of {len(cases)} cases explained, {result.failed} failed, {result.pending} pending; "
+          f"{totals['sent']} images sent in all ({totals['reused']} answers reused from the store). Report: {report}. "
+          f"provenance.json SHA-256 {digest}.", file=sys.stderr)
+    if result.stopped is not None:
+        print(f"blackbox-lime: stopped: {result.stopped}", file=sys.stderr)
+        return EXIT_BUDGET
+    return EXIT_CASES_FAILED if result.failed else EXIT_OK
+
+
+def _run_on_cluster(a: argparse.Namespace, out: Path, store: Any, cfg: Any, target: Any, salt: str,
+                    budget: int | None, progress: Any) -> Any:
+    """audit run --workers N | --scheduler ADDR: the cases on Dask workers, this process the only writer."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise UserError("--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'.") from None
+    from blackbox_lime.audit.cluster import WorkerSettings, run_on_cluster
+    from blackbox_lime.audit.source import source_root
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
+
+    settings = WorkerSettings(
+        model=None if a.model is None else (a.model if "://" in str(a.model) else str(Path(a.model).resolve())),
+        endpoint=None if a.endpoint is None else str(Path(a.endpoint).resolve()), max_batch=a.max_batch,
+        output_kind=a.output_kind, allow_insecure_http=a.allow_insecure_http, device=a.device, config=cfg,
+        mae=None if a.mae is None else str(Path(a.mae).resolve()),
+        bank=None if a.bank is None else str(Path(a.bank).resolve()), seed=a.seed, target=target,
+        threshold=a.threshold, frame=a.frame, salt=salt, root=str(source_root(a.source).resolve()), budget=budget,
+        concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
+    cluster = None
+    quiet = logging.INFO if a.verbose else logging.WARNING
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.http"):
+        logging.getLogger(name).setLevel(quiet)
+    try:
+        if a.workers is not None:
+            cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=quiet)
+            client = Client(cluster)
+        else:
+            client = Client(a.scheduler, timeout=20)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"Cannot reach the Dask scheduler {a.scheduler or 'LocalCluster'}: {exc}. Start it (dask "
+                        "scheduler / dask worker) or check the address.") from None
+    try:
+        return run_on_cluster(client, out, store, settings, progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _audit_read(a: argparse.Namespace) -> int:
+    """audit summary | verify | report DIR."""
+    from blackbox_lime.audit.store import STORE_NAME, AuditStore
+
+    out = Path(a.dir)
+    if a.audit_command == "verify":
+        from blackbox_lime.audit.provenance import verify
+
+        if not out.is_dir():
+            raise UserError(f"{a.dir} is not an audit folder (audit run --out).")
+        ok, message, _ = verify(out)
+        print(f"{a.dir}: {message}" if ok else f"blackbox-lime: verify: {message}", file=sys.stdout if ok else sys.stderr)
+        return EXIT_OK if ok else EXIT_INTERNAL
+    with AuditStore.open(out / STORE_NAME, readonly=a.audit_command == "summary") as store:
+        if a.audit_command == "report":
+            from blackbox_lime.audit.provenance import refresh_report_hashes
+            from blackbox_lime.audit.report import write_report
+
+            path = write_report(out, store)
+            refresh_report_hashes(out)
+            print(f"{path}", file=sys.stderr)
+            return EXIT_OK
+        from blackbox_lime.audit.report import study_summary
+
+        summary = study_summary(store)
+    if a.json:
+        print(json.dumps(summary))
+        return EXIT_OK
+    st = summary["study"]
+    t = st["totals"]
+    lines = [f"audit     {a.dir}: {st['cases']} cases; {st['done']} done, {st['failed']} failed, {st['pending']} pending"
+             + (" (complete)" if st["complete"] else ""),
+             f"queries   {t['sent']} images sent in {t['requests']} requests ({t['retries']} retries); "
+             f"{t['reused']} answers reused from the store" + (f"; budget {st['budget']}" if st["budget"] else ""),
+             f"flagged   {st['flagged_cases']} of {st['done']} explained cases"
+             + (f" ({st['explained_findings']} findings explained)" if len(st["by_finding"]) > 1 else "")
+             + "".join(f"; {f} {d['cases']}" for f, d in st["flags"].items() if d["cases"])]
+    lines.append(f"{'case':<20} {'state':<8} {'class':<12} {'P':>6} {'evid.R2':>8} {'queries':>8}  flags")
+    for c in summary["cases"]:  # one row per (case, explained finding)
+        p = "" if c.get("target_prob") is None else f"{c['target_prob']:.3f}"
+        r2 = "" if c.get("r2_evidence") is None else f"{c['r2_evidence']:.3f}"
+        extra = ", ".join(c.get("flags") or []) if c["state"] != "failed" else c.get("reason", "")
+        lines.append(f"{c['id']:<20} {c['state']:<8} {str(c.get('target_name') or ''):<12} {p:>6} {r2:>8} "
+                     f"{str(c.get('queries') or ''):>8}  {extra}")
+    print("\n".join(lines))
+    return EXIT_OK

@@ -1,0 +1,195 @@
+"""What the subcommands share: exit codes, the user error, the config, the adapter and the target from the options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+EXIT_CASES_FAILED, EXIT_BUDGET = 3, 4  # audit run
+DEMO_IMAGE = "chest_xray_test_00001.png"
+
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+# command-line option -> ExplainConfig field; options left unset keep the config's defaults
+CONFIG_OPTIONS = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
+                   "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width",
+                   "stta": "stta", "stta_iterations": "stta_iterations", "stta_views": "stta_views",
+                   "neighbours": "n_neighbours", "lambda2": "lambda2"}
+
+
+def as_typed(exc: ValueError) -> UserError:
+    """The library's "The 'n_samples' parameter ..." error, naming the option the user typed (--samples)."""
+    msg = str(exc)
+    for option, field in CONFIG_OPTIONS.items():
+        msg = msg.replace(f"The {field!r} parameter", f"--{option.replace('_', '-')}")
+    return UserError(msg)
+
+
+def config_from_options(a: argparse.Namespace) -> Any:
+    from blackbox_lime.config import ExplainConfig
+
+    if getattr(a, "seed", 0) is not None and getattr(a, "seed", 0) < 0:
+        raise UserError(f"--seed must be an integer >= 0. Got {a.seed} instead.")
+    if getattr(a, "max_pixels", None) is not None and a.max_pixels < 1:
+        raise UserError(f"--max-pixels must be an integer >= 1. Got {a.max_pixels} instead.")
+
+    kw = {field: getattr(a, option) for option, field in CONFIG_OPTIONS.items()
+          if getattr(a, option, None) is not None}
+    if getattr(a, "calibration", None) is None and getattr(a, "fill", None) is None and getattr(a, "endpoint", None):
+        a.calibration = profile_calibration(a.endpoint)  # the profile's site calibration, unless the user chose
+    if getattr(a, "calibration", None) is not None:
+        from blackbox_lime.calibration import CalibrationError, read_calibration
+
+        if a.fill is not None:
+            raise UserError("Give either --fill or --calibration (which fixes the fill), not both.")
+        try:
+            a.calibration_data = read_calibration(a.calibration)
+        except CalibrationError as exc:
+            raise UserError(f"--calibration: {exc}") from None
+        kw["fill"] = a.calibration_data["fill"]["chosen"]
+    try:
+        return ExplainConfig(**kw)
+    except ValueError as exc:
+        raise as_typed(exc) from None
+
+
+def profile_calibration(endpoint: str) -> str | None:
+    """The calibration an endpoint profile names, or None (a profile that cannot be read is reported later,
+    when the adapter is made)."""
+    from blackbox_lime.adapters.errors import ConfigError
+    from blackbox_lime.adapters.profile import EndpointProfile
+
+    try:
+        return EndpointProfile.from_toml(endpoint).calibration
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+def target_index(value: str | None, class_names: Sequence[str]) -> int | None:
+    if value is None:
+        return None
+    if value.lstrip("-").isdigit():
+        k = int(value)
+        if 0 <= k < len(class_names):
+            return k
+    elif value in class_names:
+        return list(class_names).index(value)
+    raise UserError(f"--target {value!r} is not a class of this model; use an index 0..{len(class_names) - 1} "
+                    f"or a name ({', '.join(class_names)}).")
+
+
+def targets_option(value: str | None, info: Any) -> Any:
+    """--target: one class (index or name), a comma list, "all" or "positive"; the default is the predicted
+    class, or "positive" for a multi-label model."""
+    if value is None:
+        return "positive" if info.multilabel else None
+    if value in info.class_names:
+        return list(info.class_names).index(value)
+    if value in ("all", "positive"):
+        return value
+    if "," in value:
+        picked = [target_index(v.strip(), info.class_names) for v in value.split(",") if v.strip()]
+        if len(set(picked)) != len(picked):
+            raise UserError(f"--target {value!r} names a class twice.")
+        return picked
+    return target_index(value, info.class_names)
+
+
+def adapter_from_options(a: argparse.Namespace) -> Any:
+    """The adapter the options name: --endpoint profile, an endpoint URL, or a local .onnx file."""
+    from blackbox_lime.adapters import load_adapter
+
+    if a.endpoint is None and a.model is None:
+        raise UserError("Name the classifier: --model MODEL.onnx, --model URL, or --endpoint PROFILE.toml.")
+    if a.endpoint is None and not str(a.model).strip():
+        raise UserError("--model is empty; give a .onnx file or an endpoint URL.")
+    if a.endpoint is not None and not str(a.endpoint).strip():
+        raise UserError("--endpoint is empty; give an endpoint profile (.toml).")
+    for opt in ("budget", "max_batch", "concurrency"):
+        v = getattr(a, opt)
+        if v is not None and v < 1:
+            raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
+    kw: dict[str, Any] = {}
+    if a.endpoint is None and "://" not in str(a.model):
+        kw["device"] = getattr(a, "device", "auto")
+    return load_adapter(None if a.endpoint else str(a.model), endpoint=a.endpoint, budget=a.budget,
+                        max_batch=a.max_batch, concurrency=a.concurrency, output_kind=getattr(a, "output_kind", None),
+                        allow_insecure_http=a.allow_insecure_http, **kw)
+
+
+def redact_logs(adapter: Any) -> None:
+    """Defence in depth: scrub the adapter's secrets from every log record, whoever emits it."""
+    if adapter is None:
+        return
+    redact = getattr(adapter, "redact", None)
+    if redact is None or not getattr(redact, "secrets", None):
+        return
+
+    class _Scrub(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg, record.args = redact(record.getMessage()), ()
+            return True
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(_Scrub())
+
+
+def model_record(a: argparse.Namespace, adapter: Any) -> dict[str, Any]:
+    from blackbox_lime.outputs import file_sha256
+
+    if getattr(adapter, "transport", None) is not None:
+        return {"endpoint": adapter.transport.describe()}
+    model = Path(a.model)
+    return {"model": {"file": model.name, "sha256": file_sha256(model)}}
+
+
+def explainer_and_target(a: argparse.Namespace, adapter: Any, cfg: Any) -> tuple[Any, Any]:
+    """The explainer and the --target of explain and audit run: the checks that need the model (a patch
+    size that must fit the MAE's patches, the bank's grid, the class names)."""
+    from blackbox_lime.evidence_bank import BankError
+    from blackbox_lime.explainer import Explainer
+
+    try:
+        explainer = Explainer(adapter, cfg, mae_path=a.mae, device=a.device, bank=a.bank)
+    except BankError as exc:
+        raise UserError(f"--bank: {exc}") from None
+    except ValueError as exc:
+        raise as_typed(exc) from None
+    if not 0.0 <= a.threshold <= 1.0:
+        raise UserError(f"--threshold must be a probability in [0, 1]. Got {a.threshold} instead.")
+    return explainer, targets_option(a.target, adapter.info)
+
+
+def model_key(record: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the model in a calibration: a local file's SHA-256, or an endpoint's URL and model."""
+    if "model" in record and isinstance(record["model"], dict) and "sha256" in record["model"]:
+        return {"sha256": record["model"]["sha256"]}
+    ep = record.get("endpoint", {})
+    return {k: ep[k] for k in ("url", "model") if ep.get(k) is not None}
+
+
+def check_calibration(a: argparse.Namespace, hashes: dict[str, Any]) -> None:
+    from blackbox_lime.calibration import CalibrationError, check_fits
+
+    try:
+        check_fits(a.calibration_data, Path(a.calibration).name, model_key(hashes),
+                   hashes.get("mae", {}).get("sha256"))
+    except CalibrationError as exc:
+        raise UserError(str(exc)) from None
+
+
+def fill_line(exp: Any) -> str:
+    """'fill=mae' or, for fill auto, 'fill=auto->mean (mae 0.12, mean 0.58, blur 0.40; 64 queries)'."""
+    fill = exp.fill
+    if fill.get("mode") != "auto":
+        return f"fill={fill.get('chosen')}"
+    scores = ", ".join(f"{k} {'flat' if v is None else format(v, '.2f')}" for k, v in fill["scores"].items())
+    return f"fill=auto->{fill['chosen']} ({scores}; {fill['queries_spent_on_choice']} queries)"

@@ -1,0 +1,173 @@
+"""``blackbox-lime explain`` and ``demo``: explain images and write each one's files (all or nothing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from blackbox_lime.cli.common import (
+    EXIT_OK,
+    EXIT_USER,
+    adapter_from_options,
+    check_calibration,
+    config_from_options,
+    explainer_and_target,
+    fill_line,
+    model_record,
+    redact_logs,
+)
+
+
+def run_explain(images: list[Path], a: argparse.Namespace) -> int:
+    from blackbox_lime.outputs import (
+        check_writable,
+        file_sha256,
+    )
+
+    cfg = config_from_options(a)
+    adapter = adapter_from_options(a)  # before touching the output folder: a bad model or endpoint leaves nothing behind
+    redact_logs(adapter)
+    with adapter:
+        explainer, target = explainer_and_target(a, adapter, cfg)
+        hashes = model_record(a, adapter)
+        if explainer.mae is not None:
+            hashes["mae"] = {"file": explainer.mae.path.name, "sha256": file_sha256(explainer.mae.path)}
+        if a.calibration is not None:
+            check_calibration(a, hashes)
+            hashes["calibration"] = {"file": Path(a.calibration).name, "sha256": file_sha256(a.calibration),
+                                     "fill": cfg.fill}
+        created = not Path(a.out).exists()
+        out = check_writable(a.out)  # only once every check passed: a refused call leaves no folder behind
+        try:
+            return _explain_images(images, a, adapter, explainer, target, hashes, out)
+        finally:
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # every image failed: leave no empty folder behind
+
+
+def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, explainer: Any, target: Any,
+                    hashes: dict[str, Any], out: Path) -> int:
+    from blackbox_lime.explanation import ExplanationSet
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
+    from blackbox_lime.outputs import OutputError, file_sha256
+
+    if a.bank is not None:
+        hashes["evidence_bank"] = {"file": Path(a.bank).name, "sha256": file_sha256(a.bank)}
+    failed = 0
+    stems: set[str] = set()
+    for path in images:
+        t0 = time.perf_counter()
+        r0 = adapter.retries
+        try:
+            loaded = load_image(path, frame=a.frame, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
+            t_io = time.perf_counter() - t0
+            if not a.quiet:
+                for note in loaded.notes:  # what was done to the pixels, said once (also in the JSON)
+                    print(f"blackbox-lime: note: {path.name}: {note}", file=sys.stderr)
+            exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
+                                    threshold=a.threshold)
+        except (ImageError, ValueError) as exc:
+            print(f"blackbox-lime: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
+        stems.add(stem)
+        try:
+            if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
+                _write_findings(a, out, stem, path, loaded, list(exp) if isinstance(exp, ExplanationSet) else [exp],
+                                hashes, adapter.retries - r0, t_io)
+            else:
+                _write_one(a, out, stem, path, loaded, exp, hashes, adapter.retries - r0, t_io)
+        except OutputError as exc:
+            print(f"blackbox-lime: error: {path.name}: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_USER if failed else EXIT_OK
+
+
+def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exp: Any,
+               hashes: dict[str, Any], retries: int, t_io: float) -> None:
+    """One image's three files (all or nothing), its JSON line and its summary lines."""
+    from blackbox_lime import __version__
+    from blackbox_lime.outputs import explanation_files, write_all
+
+    report = {
+        "tool": "blackbox-lime", "version": __version__,
+        "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
+                  "shape": list(loaded.pixels.shape), "notes": loaded.notes},
+        **exp.summary(), "retries": retries, "models": hashes,
+        "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
+    }
+    report["timings_s"]["read_image"] = round(t_io, 4)
+    pm = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
+    report["outputs"] += sorted(p.name for p in pm)
+    write_all({**explanation_files(out, stem, loaded.pixels, exp, report), **pm})
+    if a.json:
+        print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
+                                                 "r2_heldout", "r2_evidence", "fill", "warnings",
+                                                 "queries", "requests", "retries", "timings_s", "seed",
+                                                 "outputs")}))
+    if not a.quiet:
+        for warning in exp.warnings:
+            print(f"blackbox-lime: warning: {path.name}: {warning}", file=sys.stderr)
+    if not a.json and not a.quiet:
+        if exp.adaptation is not None and exp.adaptation["adapted"]:
+            print(f"{path.name}: STTA adapted the input: P({exp.target_name}) "
+                  f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
+                  file=sys.stderr)
+        print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} {fill_line(exp)} "
+              f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries "
+              f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
+
+
+def _dicom_maps(a: argparse.Namespace, path: Path, loaded: Any, maps: list[tuple[str, Any, str]],
+                out: Path) -> dict[Path, bytes]:
+    """--dicom-out: the Parametric Maps of a DICOM input ({} for other inputs, or where none can be written)."""
+    if not getattr(a, "dicom_out", False):
+        return {}
+    if loaded.format != "dicom":
+        print(f"blackbox-lime: note: {path.name} is not DICOM; --dicom-out writes maps for DICOM inputs only.",
+              file=sys.stderr)
+        return {}
+    from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
+
+    try:
+        files = parametric_map_files(path.read_bytes(), maps, a.frame)
+    except DicomOutError as exc:
+        print(f"blackbox-lime: warning: {path.name}: no DICOM Parametric Map: {exc}", file=sys.stderr)
+        return {}
+    return {out / name: data for name, data in files.items()}
+
+
+def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exps: list[Any],
+                    hashes: dict[str, Any], retries: int, t_io: float) -> None:
+    """Several findings of one image from one set of queries: their files, the JSON line and the summary lines."""
+    from blackbox_lime import __version__
+    from blackbox_lime.outputs import finding_stems, findings_files, shared_summary, write_all
+
+    report = {"tool": "blackbox-lime", "version": __version__,
+              "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
+                        "shape": list(loaded.pixels.shape), "notes": loaded.notes},
+              **shared_summary(exps), "retries": retries, "models": hashes}
+    report["timings_s"]["read_image"] = round(t_io, 4)
+    names = finding_stems([e.target_name for e in exps])
+    pm = _dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)], out)
+    files = {**findings_files(out, stem, loaded.pixels, exps, report, [p.name for p in pm]), **pm}
+    report_doc = json.loads(files[out / f"{stem}.json"])
+    write_all(files)
+    if a.json:
+        keep = ("name", "index", "probability", "r2", "r2_heldout", "r2_evidence", "warnings", "files")
+        print(json.dumps({**{k: report_doc[k] for k in ("input", "probs", "fill", "queries", "requests", "retries",
+                                                         "queries_shared", "seed", "outputs")},
+                          "findings": [{k: f[k] for k in keep} for f in report_doc["findings"]]}))
+    if not a.quiet:
+        for exp in exps:
+            for warning in exp.warnings:
+                print(f"blackbox-lime: warning: {path.name}: {exp.target_name}: {warning}", file=sys.stderr)
+    if not a.json and not a.quiet:
+        found = ", ".join(f"{e.target_name} p={e.target_prob:.3f} R2={e.r2:.3f}" for e in exps)
+        print(f"{path.name}: {len(exps)} finding(s) from one set of {exps[0].queries} queries: {found} -> "
+              f"{out / (stem + '.findings.png')}", file=sys.stderr)

@@ -1,0 +1,186 @@
+"""The ``blackbox-lime`` argument parser: every subcommand and its options."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="blackbox-lime", description="Black-box saliency maps for medical image classifiers (MedLIME).")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+
+    def remote_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--endpoint", default=None, help="an endpoint profile (TOML) for a remote model")
+        sp.add_argument("--budget", type=int, default=None, help="hard limit on images sent to the model, retries included")
+        sp.add_argument("--max-batch", type=int, default=None, help="images per request (default: the profile's, or 32)")
+        sp.add_argument("--concurrency", type=int, default=None, help="requests in flight at once (remote models)")
+        sp.add_argument("--output-kind", choices=["probabilities", "logits", "multilabel", "multilabel_logits"],
+                        default=None, help="what the model's output row is: exclusive probabilities or logits (softmax), "
+                                           "or a multi-label model's per-finding probabilities or logits (sigmoid); "
+                                           "default: the model's metadata or the profile's [output] kind")
+        sp.add_argument("--allow-insecure-http", action="store_true",
+                        help="permit plain http:// or grpc:// to a host that is not loopback (pixels travel unencrypted)")
+
+    def explain_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", default=None, help="output folder (created if needed)")
+        sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        sp.add_argument("--samples", type=int, default=None, help="perturbed images queried per explanation (default 500)")
+        sp.add_argument("--patch-size", type=int, default=None, help="patch side in model-input pixels (default 16)")
+        sp.add_argument("--fill", choices=["auto", "mae", "mean", "blur", "zero"], default=None,
+                        help="how hidden patches are filled (default auto: per image, the MAE where it reconstructs "
+                             "the image within 2 dB of a blur, else mean or blur by a pilot share of --samples)")
+        sp.add_argument("--calibration", default=None,
+                        help="a site calibration (blackbox-lime calibrate): use its fill for every image, no pilot")
+        sp.add_argument("--lambda1", type=float, default=None,
+                        help="surrogate L1 weight (default: tuned on the val split; lower keeps weaker evidence)")
+        sp.add_argument("--lambda1-scale", choices=["response", "absolute"], default=None,
+                        help="response (default): --lambda1 is relative to how much the answer moves; absolute: as is")
+        sp.add_argument("--lambda1-cap", type=float, default=None,
+                        help="use at most this fraction (0, 1] of the L1 weight that would empty the map (default 0.5; 1: no cap)")
+        sp.add_argument("--kernel-width", type=float, default=None, help="proximity kernel width (default 1.0)")
+        sp.add_argument("--stta", action=argparse.BooleanOptionalAction, default=None,
+                        help="STTA: adapt the input's photometry to the model first (costs views*(2*iterations+2) "
+                             "queries; default: off)")
+        sp.add_argument("--stta-iterations", type=int, default=None, help="STTA's SPSA iterations (default 8)")
+        sp.add_argument("--stta-views", type=int, default=None, help="STTA's views of the image (default 4)")
+        sp.add_argument("--bank", default=None,
+                        help="EBR: an evidence bank of historical cases (blackbox-lime bank build) for the prior map")
+        sp.add_argument("--neighbours", type=int, default=None, help="EBR: nearest bank cases used (default 25)")
+        sp.add_argument("--lambda2", type=float, default=None, help="weight of the pull towards the evidence prior")
+        sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
+        sp.add_argument("--target", default=None,
+                        help="what to explain: a class by index or name, a comma list, 'all', or 'positive' (every "
+                             "finding with P >= --threshold, else the highest); default: the predicted class, or "
+                             "'positive' for a multi-label model. Several targets share one set of queries")
+        sp.add_argument("--threshold", type=float, default=0.5, help="for --target positive (default 0.5)")
+        sp.add_argument("--frame", type=int, default=None, help="frame of a multi-frame DICOM")
+        sp.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images whose header claims more pixels than this, before decoding them "
+                             "(default 100000000: 10^8, rows x columns x frames)")
+        sp.add_argument("--dicom-out", action="store_true",
+                        help="for DICOM inputs, also write each map as a DICOM Parametric Map on the source's grid "
+                             "(STEM.pm.dcm), referencing the source instance for PACS viewers (dicom extra)")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where onnxruntime runs")
+        remote_options(sp)
+        sp.add_argument("--json", action="store_true", help="print each summary as one JSON line on stdout")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        sp.add_argument("--verbose", action="store_true", help="log what is done")
+
+    e = sub.add_parser("explain", help="explain a model's answer for one or more images")
+    e.add_argument("images", nargs="+", help=".png .jpg .tif .bmp .gif .npy or .dcm files")
+    e.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
+    explain_options(e)
+
+    d = sub.add_parser("demo", help="explain a bundled phantom with the bundled demo CNN (GM, STTA and EBR with the "
+                                    "bundled evidence bank)")
+    d.add_argument("--model", default=None, help="default: the bundled demo_cnn.onnx")
+    explain_options(d)
+
+    sub.add_parser("bench", help="run the saliency benchmark (blackbox-lime bench --help lists its options)")
+    ep = sub.add_parser("endpoint", help="check a remote model endpoint")
+    ep_sub = ep.add_subparsers(dest="endpoint_command")
+    ck = ep_sub.add_parser("check", help="health, metadata, one test prediction and its latency")
+    ck.add_argument("--model", default=None, help="an endpoint URL")
+    ck.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    ck.add_argument("--verbose", action="store_true", help="log what is done")
+    remote_options(ck)
+
+    au = sub.add_parser("audit", help="audit a model over a whole study: resumable, each query paid once, shortcut "
+                                      "flags, an HTML report and provenance")
+    au_sub = au.add_subparsers(dest="audit_command")
+    ar = au_sub.add_parser("run", help="explain and flag every case of a study; rerun the same command to resume")
+    ar.add_argument("source", help="a folder of images (searched recursively) or a CSV manifest with the columns "
+                                   "image and optionally id, mask (region of interest), label")
+    ar.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
+    where = ar.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None,
+                       help="run cases on a Dask LocalCluster of N worker processes on this machine (audit extra); "
+                            "--concurrency and --budget hold for all of them together")
+    where.add_argument("--scheduler", default=None,
+                       help="run cases on an existing Dask cluster (tcp://HOST:PORT); its workers must reach the "
+                            "model and read the source's paths")
+    explain_options(ar)
+    for name, text in (("summary", "the study summary and one record per case (also while an audit runs)"),
+                       ("verify", "check every input and output against the provenance manifest (exit 1 if one "
+                                  "differs)"),
+                       ("report", "(re)write DIR/report.html from the audit's store")):
+        sp = au_sub.add_parser(name, help=text)
+        sp.add_argument("dir", help="the audit folder (audit run --out)")
+        if name == "summary":
+            sp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    bk = sub.add_parser("bank", help="build an evidence bank of historical cases for EBR")
+    bk_sub = bk.add_subparsers(dest="bank_command")
+    bb = bk_sub.add_parser("build", help="embed historical abnormal cases and store their evidence maps")
+    src = bb.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cases", default=None,
+                     help="a CSV with columns image, label (1 = abnormal) and, for --source masks, mask; paths relative "
+                          "to the CSV (blackbox-lime phantoms writes one)")
+    src.add_argument("--phantoms", choices=["chest_xray", "breast_us"], default=None,
+                     help="the first --count abnormal train phantoms of this modality with their lesion masks (the "
+                          "bank the benchmark and the demo use)")
+    bb.add_argument("--count", type=int, default=200, help="with --phantoms: abnormal cases in the bank (default 200)")
+    bb.add_argument("--out", required=True, help="the bank file to write (.npz)")
+    bb.add_argument("--source", choices=["masks", "explanations"], default="masks",
+                    help="masks (default): the annotated lesion masks; explanations: MedLIME maps through --model")
+    bb.add_argument("--model", default=None,
+                    help="the classifier the bank is for: sets the patch grid (input size); needed for explanations")
+    bb.add_argument("--patch-size", type=int, default=None, help="patch side (default 16, as for explain)")
+    bb.add_argument("--input-size", type=int, default=None,
+                    help="the model's input side in px when no --model is given (default: the MAE's, 224)")
+    bb.add_argument("--samples", type=int, default=None, help="queries per explanation with --source explanations")
+    bb.add_argument("--fill", choices=["auto", "mae", "mean", "blur", "zero"], default=None,
+                    help="with --source explanations: how hidden patches are filled (default auto)")
+    bb.add_argument("--calibration", default=None,
+                    help="with --source explanations: a site calibration (blackbox-lime calibrate) fixing the fill")
+    bb.add_argument("--seed", type=int, default=0)
+    bb.add_argument("--embed", default=None, help="the embedding graph (default: the bundled mae_embed.onnx)")
+    bb.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    remote_options(bb)
+    bb.add_argument("--quiet", action="store_true", help="no progress bar")
+    bb.add_argument("--verbose", action="store_true", help="log what is done")
+
+    ca = sub.add_parser("calibrate", help="choose the fill once for a site's images and write it to a file "
+                                          "(explain --calibration FILE)")
+    ca.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    ca.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
+    ca.add_argument("--out", required=True, help="the calibration file to write (.toml)")
+    ca.add_argument("--max-images", type=int, default=16, help="images used at most, in sorted order (default 16)")
+    ca.add_argument("--target", default=None, help="class whose answers judge the fills (default: each image's "
+                                                   "predicted class)")
+    ca.add_argument("--mae", default=None, help="MAE graph for the mae candidate (default: the bundled one)")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    remote_options(ca)
+    ca.add_argument("--quiet", action="store_true", help="no progress bar")
+    ca.add_argument("--verbose", action="store_true", help="log what is done")
+
+    mp = sub.add_parser("mae", help="fit GM's MAE to your own images")
+    mp_sub = mp.add_subparsers(dest="mae_command")
+    mf = mp_sub.add_parser("fit", help="fine-tune the bundled MAE (or train one) on a site's unlabelled images; "
+                                       "needs the train extra (torch)")
+    mf.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    mf.add_argument("--out", required=True, help="the MAE graph to write (.onnx); .embed.onnx and .card.json beside it")
+    mf.add_argument("--minutes", type=float, default=6.0, help="training time budget in minutes (default 6)")
+    mf.add_argument("--from", dest="start", choices=["bundled", "scratch"], default="bundled",
+                    help="fine-tune the bundled MAE (default) or train from scratch")
+    mf.add_argument("--min-images", type=int, default=50, help="refuse fewer images than this (default 50)")
+    mf.add_argument("--max-images", type=int, default=None, help="use at most this many images, in sorted order")
+    mf.add_argument("--seed", type=int, default=0)
+    mf.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where torch trains")
+    mf.add_argument("--quiet", action="store_true", help="no progress bar")
+    mf.add_argument("--verbose", action="store_true", help="log what is done")
+
+    ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv)")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--modality", default="chest_xray")
+    ph.add_argument("--split", default="test")
+    ph.add_argument("--count", type=int, default=10)
+    ph.add_argument("--start", type=int, default=0)
+    ph.add_argument("--marker", choices=["laterality", "text"], default=None,
+                    help="a site that burns this marker into 90%% of its abnormal and 10%% of its normal cases "
+                         "(planted shortcuts for audits; labels.csv gets a marked column)")
+    ph.add_argument("--multilabel", action="store_true",
+                    help="multi-label chest phantoms (nodule, consolidation, effusion), a mask per finding")
+    return p
