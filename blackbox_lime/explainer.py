@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -95,14 +97,17 @@ class Explainer:
     reference : another prior, a callable ``canvas -> (w_ref (P,), neighbours)``, instead of ``bank``;
         None and no bank give w_ref = 0.
     device, threads : for the local MAE's onnxruntime sessions.
+    overlap : make the next chunk's fills while this chunk's queries are in flight (the same maps bit for bit;
+        False runs the stages one after the other).
     """
 
     def __init__(self, adapter: ClassifierAdapter, config: ExplainConfig | None = None, *, mae_path: str | None = None,
                  filler: Filler | None = None, bank: EvidenceBank | str | Path | None = None,
                  embed_path: str | Path | None = None, input_transform: InputTransform | None = None,
                  reference: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]] | None = None,
-                 device: str = "auto", threads: int | None = None) -> None:
+                 device: str = "auto", threads: int | None = None, overlap: bool = True) -> None:
         self.adapter = adapter
+        self.overlap = overlap
         self.config = config or ExplainConfig()
         cfg = self.config
 
@@ -180,115 +185,152 @@ class Explainer:
 
     def _explain(self, image: np.ndarray, targets: "list[int] | str | None", rng: int | np.random.Generator,
                  progress: bool, keep_samples: bool, threshold: float) -> list[Explanation]:
-        """The pipeline, once for the image: masks, STTA, fill, queries; then a surrogate per target."""
-        t_start = time.perf_counter()
-        cfg, info, grid = self.config, self.adapter.info, self.grid
+        """The pipeline, once for the image: (STTA) -> the model's answer -> masks, fills and queries; then a
+        prior and a surrogate per target, all fitted on the same queried samples."""
+        run = self._start(image, rng)
+        bar = _progress(self.config.total_queries, progress)
+        try:
+            adaptation, transform, targets = self._adapt(run, targets, bar)
+            probs0 = self._answer(run, transform, bar)
+            targets = _resolve_targets(targets, probs0[0], threshold)
+            filler, choice, visible, probs = self._perturb(run, transform, targets, probs0, bar)
+        finally:
+            bar.close()
+        shared = self._shared(run, filler, choice, visible, probs, adaptation, keep_samples)
+        names = [self.adapter.info.class_names[k] for k in targets] if len(targets) > 1 else []
+        t_shared = time.perf_counter() - run.t_start
+        out = []
+        for target in targets:
+            t_fit = time.perf_counter()
+            exp = self._fit_one(shared, target)
+            exp.shared_with = names
+            exp.timings["total"] = t_shared + (time.perf_counter() - t_fit)  # the shared work plus its own fit
+            out.append(exp)
+        return out
+
+    def _start(self, image: np.ndarray, rng: int | np.random.Generator) -> "_Run":
+        """Check the image and the seed; map the image to the model's canvas."""
         image = check_image(image)
-        if min(image.shape[:2]) < cfg.patch_size:
+        if min(image.shape[:2]) < self.config.patch_size:
             raise ValueError(
-                f"The image ({image.shape[1]}x{image.shape[0]} px) is smaller than one patch ({cfg.patch_size} px). "
-                "Use a larger image or a smaller --patch-size.")
+                f"The image ({image.shape[1]}x{image.shape[0]} px) is smaller than one patch ({self.config.patch_size} "
+                "px). Use a larger image or a smaller --patch-size.")
         seed = int(rng) if isinstance(rng, (int, np.integer)) else None
         gen = np.random.default_rng(rng) if seed is not None else rng
         if not isinstance(gen, np.random.Generator):
             raise TypeError(f"rng must be an int seed or a numpy Generator. Got {type(rng).__name__} instead.")
         notes: list[str] = []
-        canvas = to_canvas(image, info.input_size, info.channels, notes)
-        q0, r0 = self.adapter.queries, self.adapter.requests
-        timings = {"masks": 0.0, "stta": 0.0, "fill_choice": 0.0, "fill": 0.0, "classifier": 0.0, "compose": 0.0,
-                   "evidence": 0.0, "surrogate": 0.0}
+        canvas = to_canvas(image, self.adapter.info.input_size, self.adapter.info.channels, notes)
+        timings = dict.fromkeys(("masks", "stta", "fill_choice", "fill", "classifier", "compose", "evidence",
+                                 "surrogate"), 0.0)
+        return _Run(image, canvas, gen, seed, notes, timings, self.adapter.queries, self.adapter.requests,
+                    time.perf_counter())
 
+    def _adapt(self, run: "_Run", targets: "list[int] | str | None", bar: Any
+               ) -> tuple[Adaptation | None, InputTransform | None, "list[int] | str | None"]:
+        """STTA (``config.stta``): the photometric transform every queried image passes through, found by SPSA.
+        Its own seeded generator: the design is the same with and without STTA, and the adaptation (probes
+        included) does not depend on the explanation's seed. Without a target, STTA's label becomes it."""
+        transform, cfg = self.input_transform, self.config
+        if not cfg.stta:
+            return None, transform, targets
         t = time.perf_counter()
-        design = None
-        if self.fillers is None:  # a fixed fill: the whole design is drawn up front
-            design = draw_masks(gen, grid.n_patches, cfg.n_samples, cfg.mask_ratios,
-                                cfg.nested_samples if self.filler.depends_on_mask() else 1)
-        timings["masks"] = time.perf_counter() - t
+        stta_rng = np.random.default_rng(cfg.stta_seed)
+        base = run.canvas if transform is None else transform(run.canvas[None])[0]
+        probes = self._probes(run.canvas, cfg.stta_probes, stta_rng, run.timings)
+        if probes is not None and transform is not None:
+            probes = transform(probes)
+        label = targets[0] if isinstance(targets, list) and len(targets) == 1 else None
+        adaptation = adapt(self.adapter, base, label, stta_rng, cfg.stta_iterations, cfg.stta_views, probes)
+        transform = adaptation.transform if transform is None else _chain(transform, adaptation.transform)
+        run.timings["stta"] = time.perf_counter() - t
+        bar.update(adaptation.queries)
+        return adaptation, transform, [adaptation.label] if targets is None else targets
 
-        bar = _progress(cfg.total_queries, progress)
-        adaptation: Adaptation | None = None
-        transform = self.input_transform
-        choice: FillChoice | None = None
-        label = targets[0] if isinstance(targets, list) and len(targets) == 1 else None  # STTA's Y; shared
-        try:
-            if cfg.stta:  # its own seeded generator: the design is the same with and without STTA, and the
-                t = time.perf_counter()  # adaptation (probes included) does not depend on the explanation's seed
-                stta_rng = np.random.default_rng(cfg.stta_seed)
-                base = canvas if transform is None else transform(canvas[None])[0]
-                probes = self._probes(canvas, cfg.stta_probes, stta_rng, timings)
-                if probes is not None and transform is not None:
-                    probes = transform(probes)
-                adaptation = adapt(self.adapter, base, label, stta_rng, cfg.stta_iterations, cfg.stta_views, probes)
-                transform = adaptation.transform if transform is None else _chain(transform, adaptation.transform)
-                if targets is None:
-                    targets = [adaptation.label]
-                timings["stta"] = time.perf_counter() - t
-                bar.update(adaptation.queries)
-            t = time.perf_counter()
-            probs0 = self._query(canvas[None], transform)
-            timings["classifier"] += time.perf_counter() - t
-            bar.update(1)
-            targets = _resolve_targets(targets, probs0[0], threshold)
-            if design is None:  # fill "auto": a pilot per candidate, then the rest of the budget on the chosen one
-                choice, pilot_visible, pilot_probs = self._choose_fill(canvas, transform, targets, probs0[0], gen, bar,
-                                                                       timings)
-                filler = self.fillers[choice.chosen]
-                t = time.perf_counter()
-                visible, group = draw_masks(gen, grid.n_patches, cfg.n_samples - len(pilot_visible) - choice.queries_spent,
-                                            cfg.mask_ratios, cfg.nested_samples if filler.depends_on_mask() else 1)
-                timings["masks"] += time.perf_counter() - t
-                probs = self._sample(canvas, filler, visible[1:], group[1:], transform, bar, timings)
-                visible = np.concatenate([visible, pilot_visible])
-                probs = np.concatenate([probs0, probs, pilot_probs])
-            else:
-                filler, (visible, group) = self.filler, design
-                probs = np.concatenate([probs0, self._sample(canvas, filler, visible[1:], group[1:], transform, bar,
-                                                             timings)])
-        finally:
-            bar.close()
+    def _answer(self, run: "_Run", transform: InputTransform | None, bar: Any) -> np.ndarray:
+        """The model's answer for the whole image (the design's row 0): probs (1, K)."""
+        t = time.perf_counter()
+        probs0 = self._query(run.canvas[None], transform)
+        run.timings["classifier"] += time.perf_counter() - t
+        bar.update(1)
+        return probs0
 
+    def _perturb(self, run: "_Run", transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
+                 bar: Any) -> tuple[Filler, FillChoice | None, np.ndarray, np.ndarray]:
+        """Masks -> fills -> composites -> queries. A fixed fill spends the whole budget on one design; fill
+        "auto" first chooses (:meth:`_choose_fill`; the chosen candidate's pilot queries are kept) and spends
+        the rest on the chosen fill. -> (filler, choice, visible bool (n, P), probs (n, K)), row 0 the image."""
+        cfg = self.config
+        n, choice = cfg.n_samples, None
+        pilot_visible, pilot_probs = np.ones((0, self.grid.n_patches), bool), np.zeros((0, probs0.shape[1]))
+        if self.fillers is None:
+            filler = self.filler
+        else:
+            choice, pilot_visible, pilot_probs = self._choose_fill(run.canvas, transform, targets, probs0[0], run.gen,
+                                                                   bar, run.timings)
+            filler = self.fillers[choice.chosen]
+            n -= len(pilot_visible) + choice.queries_spent
+        t = time.perf_counter()
+        visible, group = draw_masks(run.gen, self.grid.n_patches, n, cfg.mask_ratios,
+                                    cfg.nested_samples if filler.depends_on_mask() else 1)
+        run.timings["masks"] += time.perf_counter() - t
+        probs = self._sample(run.canvas, filler, visible[1:], group[1:], transform, bar, run.timings)
+        return filler, choice, np.concatenate([visible, pilot_visible]), np.concatenate([probs0, probs, pilot_probs])
+
+    def _shared(self, run: "_Run", filler: Filler, choice: FillChoice | None, visible: np.ndarray, probs: np.ndarray,
+                adaptation: Adaptation | None, keep_samples: bool) -> "_Shared":
+        """What every target's explanation shares: the design, its kernel weights, the fill's record and
+        warnings (a forced MAE fill gets the reconstruction check of fill "auto"), the counts."""
         fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
-        shared_warnings: list[str] = []
+        fill_warnings: list[str] = []
         if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
             t = time.perf_counter()
-            psnr, gap = self._recon_check(canvas, filler)
-            timings["fill_choice"] = time.perf_counter() - t
+            psnr, gap = self._recon_check(run.canvas, filler)
+            run.timings["fill_choice"] = time.perf_counter() - t
             fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
-            shared_warnings = _off_domain_warnings(psnr, gap, cfg)
-        notes += [n for n in getattr(filler, "notes", []) if n not in notes]
-        weights = proximity_kernel(visible, cfg.kernel_width)
-        queries, requests = self.adapter.queries - q0, self.adapter.requests - r0
-        shared = [info.class_names[k] for k in targets] if len(targets) > 1 else []
-        out = []
-        t_shared = time.perf_counter() - t_start
-        for target in targets:
-            t_fit = time.perf_counter()
-            exp = self._fit_one(image, canvas, target, visible, probs, weights, filler, dict(timings), list(notes),
-                                shared_warnings, fill_record, adaptation, seed, queries, requests, keep_samples)
-            exp.shared_with = shared
-            exp.timings["total"] = t_shared + (time.perf_counter() - t_fit)  # the shared work plus its own fit
-            out.append(exp)
-        return out
+            fill_warnings = _off_domain_warnings(psnr, gap, self.config)
+        run.notes += [n for n in getattr(filler, "notes", []) if n not in run.notes]
+        return _Shared(run, filler, fill_record, fill_warnings, visible, probs,
+                       proximity_kernel(visible, self.config.kernel_width), adaptation,
+                       self.adapter.queries - run.q0, self.adapter.requests - run.r0, keep_samples)
 
-    def _fit_one(self, image: np.ndarray, canvas: np.ndarray, target: int, visible: np.ndarray, probs: np.ndarray,
-                 weights: np.ndarray, filler: Filler, timings: dict[str, float], notes: list[str],
-                 shared_warnings: list[str], fill_record: dict[str, Any], adaptation: Adaptation | None,
-                 seed: int | None, queries: int, requests: int, keep_samples: bool) -> Explanation:
+    def _fit_one(self, shared: "_Shared", target: int) -> Explanation:
         """One target's evidence prior, surrogate and map, from the shared queried samples."""
-        cfg, info, grid = self.config, self.adapter.info, self.grid
+        timings, notes = dict(shared.run.timings), list(shared.run.notes)
         t = time.perf_counter()
-        ref, neighbours, evidence = np.zeros(grid.n_patches), [], None
-        if self.reference is not None:
-            if self.bank is not None and target != info.abnormal_index:
-                notes.append(f"the evidence bank holds evidence for {info.class_names[info.abnormal_index]!r}, so it "
-                             f"was not used for the class {info.class_names[target]!r}")
-            else:
-                ref, neighbours = self.reference(canvas)
-                ref = np.asarray(ref, np.float64).reshape(-1)
-                evidence = {"neighbours": len(neighbours), **getattr(self.reference, "last", {})}
+        ref, neighbours, evidence = self._prior(shared.run.canvas, target, notes)
         timings["evidence"] = time.perf_counter() - t
         t = time.perf_counter()
-        y = probs[:, target]
+        fit = self._surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence)
+        saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2])
+        timings["surrogate"] = time.perf_counter() - t
+        warnings = _weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
+                                      self.adapter.info.class_names[target])
+        warnings += _low_fidelity_warnings(fit.r2_evidence, shared.filler.name, self.config)
+        warnings += shared.fill_warnings
+        for w in warnings:
+            log.info("weak map: %s", w)
+        return self._explanation(shared, target, fit, saliency, neighbours, evidence, timings, notes, warnings)
+
+    def _prior(self, canvas: np.ndarray, target: int, notes: list[str]
+               ) -> tuple[np.ndarray, list[dict], dict[str, Any] | None]:
+        """EBR's evidence prior w_ref (P,) for the target and its neighbours; zeros without a prior, or when the
+        bank's evidence is for another class."""
+        info = self.adapter.info
+        if self.reference is None:
+            return np.zeros(self.grid.n_patches), [], None
+        if self.bank is not None and target != info.abnormal_index:
+            notes.append(f"the evidence bank holds evidence for {info.class_names[info.abnormal_index]!r}, so it "
+                         f"was not used for the class {info.class_names[target]!r}")
+            return np.zeros(self.grid.n_patches), [], None
+        ref, neighbours = self.reference(canvas)
+        evidence = {"neighbours": len(neighbours), **getattr(self.reference, "last", {})}
+        return np.asarray(ref, np.float64).reshape(-1), neighbours, evidence
+
+    def _surrogate(self, visible: np.ndarray, y: np.ndarray, weights: np.ndarray, ref: np.ndarray,
+                   evidence: dict[str, Any] | None) -> "_Fit":
+        """The sparse surrogate on the design and its fidelity (R^2 in-sample, held out, and of the evidence fit)."""
+        cfg = self.config
         lambda2 = cfg.lambda2_for(prior=evidence is not None)
         options = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
                        lambda1_cap=cfg.lambda1_cap, reference_scale="fit")
@@ -299,14 +341,12 @@ class Explainer:
         r2_evidence = evidence_r2(X[1:], y[1:], weights[1:], (X[0], y[0])) if moved else float("nan")
         if evidence is not None:
             evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
-        saliency = grid.upsample(model.coef_, image.shape[:2])
-        timings["surrogate"] = time.perf_counter() - t
-        warnings = _weak_map_warnings(y, model.response_sd_, model.coef_, model.lambda1_effective_,
-                                      info.class_names[target])
-        warnings += _low_fidelity_warnings(r2_evidence, filler.name, cfg)
-        warnings += shared_warnings
-        for w in warnings:
-            log.info("weak map: %s", w)
+        return _Fit(model, y, lambda2, r2_heldout, r2_evidence)
+
+    def _explanation(self, shared: "_Shared", target: int, fit: "_Fit", saliency: np.ndarray, neighbours: list[dict],
+                     evidence: dict[str, Any] | None, timings: dict[str, float], notes: list[str],
+                     warnings: list[str]) -> Explanation:
+        cfg, info, grid, model = self.config, self.adapter.info, self.grid, fit.model
         return Explanation(
             saliency=saliency,
             patch_weights=model.coef_.reshape(grid.rows, grid.cols),
@@ -315,28 +355,29 @@ class Explainer:
             r2=model.r2_,
             target=int(target),
             target_name=info.class_names[target],
-            target_prob=float(probs[0, target]),
-            probs=probs[0].copy(),
-            queries=queries,
-            requests=requests,
+            target_prob=float(shared.probs[0, target]),
+            probs=shared.probs[0].copy(),
+            queries=shared.queries,
+            requests=shared.requests,
             timings=timings,
-            seed=seed,
-            config={**cfg.to_dict(), "lambda2_effective": lambda2, "fill_model": _describe(filler),
+            seed=shared.run.seed,
+            config={**cfg.to_dict(), "lambda2_effective": fit.lambda2, "fill_model": _describe(shared.filler),
                     "evidence_bank": None if self.bank is None else self.bank.describe(), "version": __version__},
             neighbours=neighbours,
             notes=notes,
             model={"name": info.name, "input_size": list(info.input_size), "channels": info.channels,
                    "class_names": list(info.class_names), "abnormal_index": info.abnormal_index, **info.extra},
-            samples={"visible": visible, "probs": probs, "kernel": weights} if keep_samples else None,
+            samples=({"visible": shared.visible, "probs": shared.probs, "kernel": shared.weights}
+                     if shared.keep_samples else None),
             warnings=warnings,
             response_sd=model.response_sd_,
             lambda1_effective=model.lambda1_effective_,
             lambda1_capped=model.lambda1_capped_,
-            adaptation=None if adaptation is None else adaptation.summary(),
+            adaptation=None if shared.adaptation is None else shared.adaptation.summary(),
             evidence=evidence,
-            r2_heldout=r2_heldout,
-            r2_evidence=r2_evidence,
-            fill=fill_record,
+            r2_heldout=fit.r2_heldout,
+            r2_evidence=fit.r2_evidence,
+            fill=shared.fill_record,
         )
 
     def choose_fill(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0
@@ -416,38 +457,26 @@ class Explainer:
     def _sample(self, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
                 transform: InputTransform | None, bar: Any, timings: dict[str, float]) -> np.ndarray:
         """Fill, composite and query a design: visible bool (n, P); group int (n,) of consecutive groups from 0
-        that share one fill (MAE). -> probs float64 (n, K). Chunks of ``batch_size`` groups."""
-        cfg, grid = self.config, self.grid
-        n = len(visible)
-        probs = np.zeros((n, len(self.adapter.info.class_names)))
-        if n == 0:
+        that share one fill (MAE). -> probs float64 (n, K).
+
+        Chunks of ``batch_size`` groups. With ``overlap`` (the default) the next chunk's fills and composites
+        are made on a worker thread while this chunk's queries are in flight (onnxruntime and the network
+        release the GIL): at most two chunks are alive, and the answers are placed by row, so the result is
+        the serial one bit for bit."""
+        probs = np.zeros((len(visible), len(self.adapter.info.class_names)))
+        if len(visible) == 0:
             return probs
-        n_groups = int(group.max()) + 1
-        first_row = np.searchsorted(group, np.arange(n_groups))  # groups occupy consecutive rows
-        static_fill = None
-        if not filler.depends_on_mask():
-            t = time.perf_counter()
-            static_fill = filler.fill(canvas, np.zeros((1,) + canvas.shape[:2], bool))[0]
-            timings["fill"] += time.perf_counter() - t
-        step = cfg.batch_size  # groups per chunk: one MAE batch, or one request batch for static fills
-        per_group = int(np.bincount(group).max())
-        buffer = np.empty((min(n, step * per_group),) + canvas.shape, np.float32)
-        for g0 in range(0, n_groups, step):
-            g1 = min(n_groups, g0 + step)
-            rows = np.arange(first_row[g0], first_row[g1] if g1 < n_groups else n)
-            t = time.perf_counter()
-            if static_fill is None:
-                fills = filler.fill(canvas, grid.hidden_pixels(visible[first_row[g0:g1]]))
-                timings["fill"] += time.perf_counter() - t
+        chunks = _Chunks(self.grid, canvas, filler, visible, group, self.config.batch_size, timings)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-lime-fill") as pool:
+            pending = pool.submit(chunks.make, 0) if self.overlap else None
+            for i in range(len(chunks)):
+                rows, batch = pending.result() if pending is not None else chunks.make(i)
+                if pending is not None and i + 1 < len(chunks):
+                    pending = pool.submit(chunks.make, i + 1)  # fills the other buffer while this one is queried
                 t = time.perf_counter()
-                batch = grid.composite(visible[rows], canvas, fills, group[rows] - g0, out=buffer[:len(rows)])
-            else:
-                batch = grid.composite(visible[rows], canvas, static_fill[None], None, out=buffer[:len(rows)])
-            timings["compose"] += time.perf_counter() - t
-            t = time.perf_counter()
-            probs[rows] = self._query(batch, transform)
-            timings["classifier"] += time.perf_counter() - t
-            bar.update(len(rows))
+                probs[rows] = self._query(batch, transform)
+                timings["classifier"] += time.perf_counter() - t
+                bar.update(len(rows))
         return probs
 
     def _probes(self, canvas: np.ndarray, k: int, gen: np.random.Generator,
@@ -467,6 +496,89 @@ class Explainer:
         if transform is not None:
             batch = transform(batch)
         return self.adapter.predict(batch)
+
+
+@dataclass
+class _Run:
+    """One explanation's state while it runs: the image on the model's canvas, the seed's generator, and the
+    notes, timings and adapter counts it reports."""
+    image: np.ndarray
+    canvas: np.ndarray
+    gen: np.random.Generator
+    seed: int | None
+    notes: list[str]
+    timings: dict[str, float]
+    q0: int
+    r0: int
+    t_start: float
+
+
+@dataclass
+class _Shared:
+    """What every explained target shares: one queried design and its fill."""
+    run: _Run
+    filler: Filler
+    fill_record: dict[str, Any]
+    fill_warnings: list[str]
+    visible: np.ndarray
+    probs: np.ndarray
+    weights: np.ndarray
+    adaptation: Adaptation | None
+    queries: int
+    requests: int
+    keep_samples: bool
+
+
+@dataclass
+class _Fit:
+    model: SparseSurrogate
+    y: np.ndarray
+    lambda2: float
+    r2_heldout: float
+    r2_evidence: float
+
+
+class _Chunks:
+    """A design cut into chunks of ``step`` fill groups, each made on demand: its rows and its composited
+    images. Two buffers, used in turn: chunk i+1 is made while chunk i is queried, never further ahead."""
+
+    def __init__(self, grid: PatchGrid, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
+                 step: int, timings: dict[str, float]) -> None:
+        self.grid, self.canvas, self.filler, self.visible, self.group, self.timings = (grid, canvas, filler, visible,
+                                                                                       group, timings)
+        n_groups = int(group.max()) + 1
+        self.first_row = np.searchsorted(group, np.arange(n_groups))  # groups occupy consecutive rows
+        self.bounds = [(g, min(n_groups, g + step)) for g in range(0, n_groups, step)]
+        rows = max(self._rows(i).size for i in range(len(self.bounds)))
+        self.buffers = [np.empty((rows,) + canvas.shape, np.float32) for _ in range(min(2, len(self.bounds)))]
+        self.static_fill = None
+        if not filler.depends_on_mask():  # mean, blur, zero: one fill for every sample
+            t = time.perf_counter()
+            self.static_fill = filler.fill(canvas, np.zeros((1,) + canvas.shape[:2], bool))[0]
+            timings["fill"] += time.perf_counter() - t
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def _rows(self, i: int) -> np.ndarray:
+        g0, g1 = self.bounds[i]
+        return np.arange(self.first_row[g0], self.first_row[g1] if g1 < len(self.first_row) else len(self.visible))
+
+    def make(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk i: (its rows, its composited images (rows, H, W, C)) in buffer i % 2."""
+        g0, g1 = self.bounds[i]
+        rows = self._rows(i)
+        out = self.buffers[i % len(self.buffers)][:len(rows)]
+        t = time.perf_counter()
+        if self.static_fill is None:
+            fills = self.filler.fill(self.canvas, self.grid.hidden_pixels(self.visible[self.first_row[g0:g1]]))
+            self.timings["fill"] += time.perf_counter() - t
+            t = time.perf_counter()
+            batch = self.grid.composite(self.visible[rows], self.canvas, fills, self.group[rows] - g0, out=out)
+        else:
+            batch = self.grid.composite(self.visible[rows], self.canvas, self.static_fill[None], None, out=out)
+        self.timings["compose"] += time.perf_counter() - t
+        return rows, batch
 
 
 def _check_target(target: object, class_names: "Sequence[str]") -> int:
