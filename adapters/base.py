@@ -74,6 +74,10 @@ class ClassifierAdapter(ABC):
         exceed it is not sent; :class:`~blackbox_lime.adapters.errors.BudgetExhausted` is raised instead.
     """
 
+    #: False where the model runs elsewhere (an endpoint): then the explainer makes the next fills while
+    #: requests are in flight, instead of competing with the model for this machine's cores.
+    computes_locally: bool = True
+
     def __init__(self, max_batch: int = 64, budget: int | None = None) -> None:
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an integer >= 1. Got {max_batch!r} instead.")

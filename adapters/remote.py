@@ -236,6 +236,8 @@ class RemoteAdapter(ClassifierAdapter):
         instead of retrying in step. Jitter changes only when a retry is sent, never an answer.
     """
 
+    computes_locally = False
+
     def __init__(self, transport: Transport, *, input_size: Sequence[int] | None = None, channels: int | None = None,
                  layout: str | None = None, dtype: str | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, output: str = "probabilities",

@@ -97,17 +97,18 @@ class Explainer:
     reference : another prior, a callable ``canvas -> (w_ref (P,), neighbours)``, instead of ``bank``;
         None and no bank give w_ref = 0.
     device, threads : for the local MAE's onnxruntime sessions.
-    overlap : make the next chunk's fills while this chunk's queries are in flight (the same maps bit for bit;
-        False runs the stages one after the other).
+    overlap : make the next chunk's fills while this chunk's queries are in flight (the same maps bit for bit).
+        Default: for a remote model, whose work is done elsewhere; a local model's inference and the MAE
+        would share this machine's cores (docs/remote.md measures both).
     """
 
     def __init__(self, adapter: ClassifierAdapter, config: ExplainConfig | None = None, *, mae_path: str | None = None,
                  filler: Filler | None = None, bank: EvidenceBank | str | Path | None = None,
                  embed_path: str | Path | None = None, input_transform: InputTransform | None = None,
                  reference: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]] | None = None,
-                 device: str = "auto", threads: int | None = None, overlap: bool = True) -> None:
+                 device: str = "auto", threads: int | None = None, overlap: bool | None = None) -> None:
         self.adapter = adapter
-        self.overlap = overlap
+        self.overlap = not adapter.computes_locally if overlap is None else overlap
         self.config = config or ExplainConfig()
         cfg = self.config
 
@@ -459,7 +460,7 @@ class Explainer:
         """Fill, composite and query a design: visible bool (n, P); group int (n,) of consecutive groups from 0
         that share one fill (MAE). -> probs float64 (n, K).
 
-        Chunks of ``batch_size`` groups. With ``overlap`` (the default) the next chunk's fills and composites
+        Chunks of ``batch_size`` groups. With ``overlap`` (the default for a remote model) the next chunk's fills and composites
         are made on a worker thread while this chunk's queries are in flight (onnxruntime and the network
         release the GIL): at most two chunks are alive, and the answers are placed by row, so the result is
         the serial one bit for bit."""

@@ -240,3 +240,53 @@ def test_weak_maps_carry_warnings(tmp_path: Path, linear_weights: np.ndarray, ph
         with pytest.raises(ValueError, match=rf"The 'lambda1_cap' parameter must be a float in the range \(0, 1\]\. "
                                              rf"Got {bad} instead\."):
             ExplainConfig(lambda1_cap=bad)
+
+
+class _RecordingFiller(Filler):
+    """A mask-dependent fill that records which thread made each chunk's fills, and when."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.threads: list[str] = []
+        self._threading = threading
+
+    def depends_on_mask(self) -> bool:
+        return True
+
+    def fill(self, image: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+        self.threads.append(self._threading.current_thread().name)
+        return np.repeat(image[None] * 0.5, len(hidden), axis=0)  # depends on nothing but the image: deterministic
+
+
+def test_overlapped_fills_give_the_serial_maps_bit_for_bit(linear_model: Path, phantom_image: np.ndarray) -> None:
+    """With overlap the chunks' fills run on the worker thread while the previous chunk is queried; the
+    design, the answers and the map are those of the serial run, and every sample is queried once."""
+    cfg = ExplainConfig(n_samples=240, batch_size=8, nested_samples=3)  # 10 chunks of 8 groups of 3
+    maps = {}
+    for overlap in (True, False):
+        filler = _RecordingFiller()
+        with OnnxAdapter(linear_model) as model:
+            exp = Explainer(model, cfg, filler=filler, overlap=overlap).explain(phantom_image, rng=5, keep_samples=True)
+        maps[overlap] = exp
+        assert exp.queries == 240 and model.queries == 240
+        threads = set(filler.threads)
+        assert len(filler.threads) == 10
+        assert all(t.startswith("blackbox-lime-fill") for t in threads) if overlap else threads == {"MainThread"}
+    assert np.array_equal(maps[True].saliency, maps[False].saliency)
+    assert np.array_equal(maps[True].samples["probs"], maps[False].samples["probs"])
+
+
+def test_an_error_in_a_chunk_s_fill_reaches_the_caller(linear_model: Path, phantom_image: np.ndarray) -> None:
+    class Broken(_RecordingFiller):
+        def fill(self, image: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+            if len(self.threads) == 3:
+                raise RuntimeError("fill broke on chunk 4")
+            return super().fill(image, hidden)
+
+    with OnnxAdapter(linear_model) as model:
+        with pytest.raises(RuntimeError, match="fill broke on chunk 4"):
+            Explainer(model, ExplainConfig(n_samples=240, batch_size=8), filler=Broken()).explain(phantom_image, rng=0)
+        assert model.queries == 1 + 3 * 24  # the answer, then the three chunks made before the failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy: an in-tree build would leave build/ behind, whose stale files reach the next wheel
+    src = tmp_path_factory.mktemp("src") / "blackbox-lime"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".*venv*", "build", "dist", "bench_out", "docs",
+                                                             "*.egg-info", "__pycache__", ".pytest_cache", "tests"))
     # no build isolation: the test extra installs setuptools, and a test never downloads anything
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "-q", "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+                           "-q", "-w", str(out), str(src)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     (path,) = out.glob("blackbox_lime-*.whl")
     return path

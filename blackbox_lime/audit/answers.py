@@ -47,6 +47,10 @@ class StoredAdapter(ClassifierAdapter):
     def info(self) -> ModelInfo:
         return self.inner.info
 
+    @property
+    def computes_locally(self) -> bool:  # type: ignore[override]
+        return self.inner.computes_locally
+
     def _predict_batch(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - predict is overridden
         raise NotImplementedError
 

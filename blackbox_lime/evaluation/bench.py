@@ -655,6 +655,17 @@ def _saved_config(config: dict[str, Any]) -> BenchConfig:
     return BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A saved results.json, or its gzipped copy (``results.json.gz``: docs/ keeps large runs compressed)."""
+    import gzip
+
+    path = Path(path)
+    if not path.is_file() and path.with_name(path.name + ".gz").is_file():
+        path = path.with_name(path.name + ".gz")
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(data)
+
+
 def render(results_json: Path, reference: str | None = None, write: bool = False) -> str:
     """Re-derive the numbers and the markdown table from a saved results.json (no explanations are run).
 
@@ -664,7 +675,7 @@ def render(results_json: Path, reference: str | None = None, write: bool = False
     ``auprc_vs_queries.png`` are rewritten with what this version of the code derives, and
     ``rederived_by`` records its commit.
     """
-    result = json.loads(results_json.read_text())
+    result = read_results(results_json)
     cfg = _saved_config(result["config"])
     result.update(derive(result["records"], cfg))
     text = markdown(result)
@@ -693,7 +704,7 @@ def compare(a: str, b: str, budget: int = 1000, n_boot: int = 2000) -> str:
                              f"got {spec!r}")
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
         for path in paths.split(","):
-            for r in json.loads(Path(path).read_text())["records"]:
+            for r in read_results(path)["records"]:
                 if r["method"] == method and r["budget"] == _budget(method, budget):
                     out[(r["split"], r["model"], r["modality"], r["case"])] = r
         return method, out
@@ -720,7 +731,7 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
     --modalities chest_xray`` and so on) and joined here. Every per-image record is kept, the
     summary and goals are recomputed over all of them, and the overlay grids stay in the pieces.
     """
-    parts = [json.loads(Path(p).read_text()) for p in results_paths]
+    parts = [read_results(p) for p in results_paths]
     base = parts[0]["config"]
     seen: set[tuple[Any, ...]] = set()
     records: list[dict[str, Any]] = []

@@ -37,7 +37,7 @@ import numpy as np
 
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.evaluation import baselines
-from blackbox_lime.evaluation.bench import git_commit
+from blackbox_lime.evaluation.bench import git_commit, read_results
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
 from blackbox_lime.fill_choice import coarse_design, decide, recon_psnr, score_pilot
@@ -338,7 +338,7 @@ def report_markdown(result: dict[str, Any]) -> str:
 
 
 def _load_tuning(folder: Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
-    result = json.loads((folder / "results.json").read_text())
+    result = read_results(folder / "results.json")
     z = np.load(folder / "pilots.npz")
     raws: list[dict[str, np.ndarray]] = [{} for _ in result["records"]]
     for key in z.files:
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result = tune(a) if a.split == "val" else report(a)
     if a.join:
-        old = json.loads((Path(a.join) / "results.json").read_text())
+        old = read_results(Path(a.join) / "results.json")
         ran = {f"{r['model']}/{r['family']}" for r in result["records"]}
         result["records"] = [r for r in old["records"] if f"{r['model']}/{r['family']}" not in ran] + result["records"]
         result["calibrations"] = {**old["calibrations"], **result["calibrations"]}

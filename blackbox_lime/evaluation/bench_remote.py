@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -47,12 +48,12 @@ from blackbox_lime.evaluation.phantoms import make_phantom
 
 
 def explain_once(model: str, image: np.ndarray, max_batch: int | None = None, concurrency: int | None = None,
-                 config: ExplainConfig | None = None) -> dict[str, Any]:
+                 config: ExplainConfig | None = None, overlap: bool | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = {}
     if "://" in model:
         kw["concurrency"] = concurrency
     with load_adapter(model, max_batch=max_batch, **kw) as adapter:
-        explainer = Explainer(adapter, config or ExplainConfig())
+        explainer = Explainer(adapter, config or ExplainConfig(), overlap=overlap)
         t0 = time.perf_counter()
         exp = explainer.explain(image, rng=0)
         wall = time.perf_counter() - t0
@@ -199,6 +200,54 @@ def part2(image: np.ndarray, reps: int, delay_ms: float, levels: list[int], max_
     return out
 
 
+def part_overlap(image: np.ndarray, reps: int, delay_ms: float, concurrency: int) -> list[dict[str, Any]]:
+    """The default explanation (MAE fill, 500 samples) locally and over gRPC and REST with ``delay_ms`` of
+    latency per request and ``concurrency`` requests in flight, with the fills overlapped with the requests
+    in flight (the remote default) and without (``Explainer(overlap=False)``): wall time against the same
+    model run locally (the local default: no overlap), and map equality. Two served models: the demo CNN,
+    whose server shares this machine's cores with the client, and a latency-only classifier of the same
+    224x224 input (linear in the 16 px patch means), whose inference costs nothing to speak of. The server
+    is the loopback OIP server of the tests (``evaluation/oip_server.py``: numpy decoding, one inference
+    thread), not MLServer, whose tensor conversion alone takes about 0.4 s per 32-image request."""
+    from blackbox_lime.evaluation import oip_server
+
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"demo CNN": bundled_model("demo_cnn.onnx"),
+                  "latency-only": linear_model(Path(tmp) / "linear224.onnx", size=224, patch=16)}
+        for label, path in models.items():
+            with oip_server.start(path, grpc=True, delay_ms=delay_ms) as server:
+                setups = [("local onnx", str(path), None)] + [
+                    (f"{where}, {'overlapped' if ov else 'one stage after the other'}", url, ov)
+                    for where, url in (("OIP gRPC", server.grpc_url), ("OIP REST (JSON)", server.rest_url))
+                    for ov in (True, False)]
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in setups}
+                for rep in range(reps):
+                    for name, url, ov in (setups if rep % 2 == 0 else setups[::-1]):
+                        runs[name].append(explain_once(url, image, concurrency=concurrency, overlap=ov))
+                        print(f"  overlap {label} rep {rep + 1}/{reps} {name}: {runs[name][-1]['wall']:.2f}s", flush=True)
+            base = median(runs["local onnx"], "wall")
+            ref = runs["local onnx"][0]["saliency"]
+            out += [{"model": label, "setup": name, "wall_s": median(rs, "wall"),
+                     "ratio_to_local": median(rs, "wall") / base, "fill_s": median(rs, "fill"),
+                     "classifier_s": median(rs, "classifier"), "requests": rs[0]["requests"],
+                     "identical_to_local": all(np.array_equal(r["saliency"], ref) for r in rs),
+                     "walls": [round(r["wall"], 3) for r in rs]} for name, rs in runs.items()]
+    return out
+
+
+def overlap_markdown(rows: list[dict[str, Any]], delay_ms: float, concurrency: int) -> str:
+    lines = [f"Server delay {delay_ms:g} ms per request, concurrency {concurrency}, default explanation (MAE fill, "
+             "500 samples); ratios to the same model run locally:", "",
+             "| served model | setup | wall (median) | ratio to local | fill stage | classifier stage | requests | "
+             "map identical to local |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['setup']} | {r['wall_s']:.2f} s | {r['ratio_to_local']:.2f} | "
+                     f"{r['fill_s']:.2f} s | {r['classifier_s']:.2f} s | {r['requests']} | "
+                     f"{'yes' if r['identical_to_local'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def markdown(p1: dict[str, Any], p2: dict[str, Any], delay_ms: float, max_batch: int) -> str:
     lines = ["| adapter | wall time (median) | ratio to local | classifier stage | requests | queries | max abs saliency diff vs local |",
              "|---|---|---|---|---|---|---|"]
@@ -225,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=16, help="images per request in part 2")
     p.add_argument("--levels", default="1,2,4", help="concurrency levels in part 2")
     p.add_argument("--out", default="bench_out/remote.json")
-    p.add_argument("--part", choices=["all", "server-decode"], default="all",
-                   help="server-decode: only time MLServer's request conversion (seconds, no server started)")
+    p.add_argument("--part", choices=["all", "server-decode", "overlap"], default="all",
+                   help="server-decode: only time MLServer's request conversion (seconds, no server started); "
+                        "overlap: only the fills overlapped with requests in flight, against one stage after the other")
+    p.add_argument("--overlap-delay-ms", type=float, default=100.0, help="server delay per request for --part overlap")
+    p.add_argument("--overlap-concurrency", type=int, default=4, help="requests in flight for --part overlap")
     a = p.parse_args(argv)
     if a.part == "server-decode":
         cost = server_decode_cost()
@@ -235,6 +287,16 @@ def main(argv: list[str] | None = None) -> int:
               f"NumpyCodec.decode_input {cost['decode_input'] * 1000:.0f} ms (median of 5)")
         return 0
     image = make_phantom("chest_xray", "test", 1).image
+    if a.part == "overlap":
+        rows = part_overlap(image, a.reps, a.overlap_delay_ms, a.overlap_concurrency)
+        table = overlap_markdown(rows, a.overlap_delay_ms, a.overlap_concurrency)
+        print(table)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                                   "commit": _commit(), "reps": a.reps, "overlap": rows, "table": table}, indent=2))
+        (out.parent / "table.md").write_text(table + "\n")
+        return 0
     print("part 1: transports (default explanation)", flush=True)
     p1 = part1(image, a.reps)
     levels = [int(x) for x in a.levels.split(",")]
@@ -242,15 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     p2 = part2(image, a.reps, a.delay_ms, levels, a.max_batch)
     table = markdown(p1, p2, a.delay_ms, a.max_batch)
     print(table)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = _commit()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": __import__("os").cpu_count(),
                                "commit": commit, "reps": a.reps, "part1": p1, "part2": p2, "table": table}, indent=2))
     return 0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":  # pragma: no cover
