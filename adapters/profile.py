@@ -289,7 +289,7 @@ class EndpointProfile:
         headers = {header: f"{scheme} {token}" if scheme else token} if token else {}
         policy = overrides.pop("policy", None) or self.policy(concurrency)
         tls = self.tls
-        common = dict(headers=headers, verify=bool(tls.get("verify", True)), ca_bundle=tls.get("ca_bundle"),
+        common: dict[str, Any] = dict(headers=headers, verify=bool(tls.get("verify", True)), ca_bundle=tls.get("ca_bundle"),
                       client_cert=tls.get("client_cert"), client_key=tls.get("client_key"),
                       timeout=policy.timeout, allow_insecure_http=insecure)
         if self.protocol == "oip-grpc":

@@ -49,17 +49,17 @@ def parametric_map(source: bytes, saliency: np.ndarray, frame: int | None = None
     except ImportError as exc:
         raise DicomOutError("Writing DICOM Parametric Maps needs highdicom: pip install 'blackbox-lime[dicom]'.") \
             from exc
-    ds = pydicom.dcmread(io.BytesIO(source))
+    ds: Any = pydicom.dcmread(io.BytesIO(source))
     rows, cols = int(ds.Rows), int(ds.Columns)
     sal = np.ascontiguousarray(saliency, dtype=np.float32)
     if sal.shape != (rows, cols):
         raise DicomOutError(f"the map is {sal.shape[1]}x{sal.shape[0]} but the DICOM image is {cols}x{rows}.")
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    source = ds
+    parent: Any = ds
     if n_frames > 1:
         if frame is None or not 0 <= frame < n_frames:
             raise DicomOutError(f"the source has {n_frames} frames; name the explained one (--frame 0..{n_frames - 1}).")
-        source = _frame_source(ds, frame, n_frames)  # a single-frame stand-in; its references are put right below
+        parent = _frame_source(ds, frame, n_frames)  # a single-frame stand-in; its references are put right below
     digest = hashlib.sha256(sal.tobytes()).hexdigest()
     sop = str(ds.SOPInstanceUID)
     vmax = float(np.abs(sal).max()) or 1.0
@@ -68,7 +68,7 @@ def parametric_map(source: bytes, saliency: np.ndarray, frame: int | None = None
         unit=hd.sr.CodedConcept("1", "UCUM", "no units"), value_range=(float(sal.min()), float(sal.max())),
         slope=1.0, intercept=0.0)
     pm = hd.pm.ParametricMap(
-        [source], sal,
+        [parent], sal,
         series_instance_uid=generate_uid(entropy_srcs=["blackbox-lime series", str(ds.StudyInstanceUID), series_entropy]),
         series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(entropy_srcs=["blackbox-lime map", sop, str(frame), label, digest]),
@@ -79,7 +79,7 @@ def parametric_map(source: bytes, saliency: np.ndarray, frame: int | None = None
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.0, window_width=2.0 * vmax)],
         content_description=f"saliency for {label}"[:64], content_label="SALIENCY",
         content_qualification=hd.ContentQualificationValues.RESEARCH)
-    if source is not ds:
+    if parent is not ds and frame is not None:
         _refer_to_frame(pm, str(ds.SOPClassUID), frame)
     return pm
 

@@ -86,7 +86,7 @@ class Embedder:
 
 def mask_patch_map(mask: np.ndarray, grid: PatchGrid) -> np.ndarray:
     """The fraction of each patch that a lesion mask covers. mask: bool (h, w), any size -> float64 (P,)."""
-    m = np.asarray(mask, np.float32)
+    m: np.ndarray = np.asarray(mask, np.float32)
     if m.shape != (grid.height, grid.width):
         m = cv2.resize(m, (grid.width, grid.height), interpolation=cv2.INTER_AREA)
     index = grid.pixel_index().ravel()

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 import cv2
 import numpy as np
@@ -147,6 +147,14 @@ class Explainer:
                 return f
         return None
 
+    @overload
+    def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
+                progress: bool = False, keep_samples: bool = False, threshold: float = 0.5) -> Explanation: ...
+
+    @overload
+    def explain(self, image: np.ndarray, target: Sequence[int] | str, rng: int | np.random.Generator = 0,
+                progress: bool = False, keep_samples: bool = False, threshold: float = 0.5) -> ExplanationSet: ...
+
     def explain(self, image: np.ndarray, target: "int | Sequence[int] | str | None" = None,
                 rng: int | np.random.Generator = 0, progress: bool = False, keep_samples: bool = False,
                 threshold: float = 0.5) -> "Explanation | ExplanationSet":
@@ -179,10 +187,8 @@ class Explainer:
                 raise ValueError(f"target must list distinct class indices in [0, {n_classes - 1}]. Got {list(target)!r} "
                                  "instead.")
             return ExplanationSet(self._explain(image, targets, rng, progress, keep_samples, threshold))
-        if target is not None:
-            _check_target(target, self.adapter.info.class_names)
-        return self._explain(image, None if target is None else [int(target)], rng, progress, keep_samples,
-                             threshold)[0]
+        one = None if target is None else [_check_target(target, self.adapter.info.class_names)]
+        return self._explain(image, one, rng, progress, keep_samples, threshold)[0]
 
     def _explain(self, image: np.ndarray, targets: "list[int] | str | None", rng: int | np.random.Generator,
                  progress: bool, keep_samples: bool, threshold: float) -> list[Explanation]:
@@ -282,7 +288,8 @@ class Explainer:
                 adaptation: Adaptation | None, keep_samples: bool) -> "_Shared":
         """What every target's explanation shares: the design, its kernel weights, the fill's record and
         warnings (a forced MAE fill gets the reconstruction check of fill "auto"), the counts."""
-        fill_record = choice.summary() if choice is not None else {"mode": "fixed", "chosen": filler.name}
+        fill_record: dict[str, Any] = (choice.summary() if choice is not None
+                                       else {"mode": "fixed", "chosen": filler.name})
         fill_warnings: list[str] = []
         if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
             t = time.perf_counter()
@@ -333,8 +340,9 @@ class Explainer:
         """The sparse surrogate on the design and its fidelity (R^2 in-sample, held out, and of the evidence fit)."""
         cfg = self.config
         lambda2 = cfg.lambda2_for(prior=evidence is not None)
-        options = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref, lambda1_scale=cfg.lambda1_scale,
-                       lambda1_cap=cfg.lambda1_cap, reference_scale="fit")
+        options: dict[str, Any] = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref,
+                                       lambda1_scale=cfg.lambda1_scale, lambda1_cap=cfg.lambda1_cap,
+                                       reference_scale="fit")
         X = visible.astype(np.float64)
         model = SparseSurrogate(**options).fit(X, y, weights)
         moved = model.response_sd_ >= WEAK_RESPONSE_SD
@@ -410,12 +418,14 @@ class Explainer:
         Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse,
         empty when no pilot ran."""
         cfg, t0 = self.config, time.perf_counter()
+        assert self.fillers is not None, "fill 'auto' has its candidates"
+        fillers = self.fillers
         none = (np.ones((0, self.grid.n_patches), bool), np.zeros((0, len(self.adapter.info.class_names))))
         psnr: dict[str, float] = {}
-        classic = [k for k, f in self.fillers.items() if not isinstance(f, MAEFiller)]
-        gate = next((k for k, f in self.fillers.items() if isinstance(f, MAEFiller)), None)
+        classic = [k for k, f in fillers.items() if not isinstance(f, MAEFiller)]
+        gate = next((k for k, f in fillers.items() if isinstance(f, MAEFiller)), None)
         if gate is not None:
-            psnr, gap = self._recon_check(canvas, self.fillers[gate])
+            psnr, gap = self._recon_check(canvas, fillers[gate])
             if gap <= cfg.recon_margin_db or not classic:
                 timings["fill_choice"] = time.perf_counter() - t0
                 reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
@@ -435,7 +445,7 @@ class Explainer:
         pilots = {}
         for name in classic:  # designs drawn in candidate order: deterministic for a seed
             coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
-            probs = self._sample(canvas, self.fillers[name], fine, np.arange(n), transform, bar, timings)
+            probs = self._sample(canvas, fillers[name], fine, np.arange(n), transform, bar, timings)
             per = [score_pilot(coarse, probs[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
             moved = [sc for sc, _ in per if sc is not None]
             scores[name] = float(np.mean(moved)) if moved else None
@@ -669,6 +679,6 @@ def _progress(total: int, enabled: bool, unit: str = "query") -> "_NoBar":
 
 
 def explain(image: np.ndarray, adapter: ClassifierAdapter, target: int | None = None, rng: int | np.random.Generator = 0,
-            config: ExplainConfig | None = None, **kwargs: object) -> Explanation:
+            config: ExplainConfig | None = None, **kwargs: Any) -> Explanation:
     """One-call form: ``Explainer(adapter, config, **kwargs).explain(image, target, rng)``."""
-    return Explainer(adapter, config, **kwargs).explain(image, target=target, rng=rng)  # type: ignore[arg-type]
+    return Explainer(adapter, config, **kwargs).explain(image, target=target, rng=rng)

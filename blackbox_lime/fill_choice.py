@@ -231,11 +231,11 @@ def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...]
         return mae, {"median_recon_psnr_db": psnr, "median_scores": {}, "per_image_choices": votes,
                      "reason": f"the MAE passed the reconstruction check on {votes[mae]} of {len(choices)} images"}
     classic = [k for k in candidates if k != mae and any(k in c["scores"] for c in choices)]
-    med = {k: float(np.median([c["scores"].get(k) or 0.0 for c in choices])) for k in classic}
+    med: dict[str, float | None] = {k: float(np.median([c["scores"].get(k) or 0.0 for c in choices])) for k in classic}
     if med:
         chosen, reason = decide(med, classic[0], margin)
     else:  # no pilot ran: the images' own choices
         chosen = max(votes, key=lambda k: (votes[k], k != mae))
         reason = f"{chosen} was chosen for {votes[chosen]} of {len(choices)} images"
-    return chosen, {"median_recon_psnr_db": psnr, "median_scores": {k: round(v, 4) for k, v in med.items()},
+    return chosen, {"median_recon_psnr_db": psnr, "median_scores": {k: round(v, 4) for k, v in med.items() if v is not None},
                     "per_image_choices": votes, "reason": reason}

@@ -210,7 +210,7 @@ def _load_raster(name: str, data: bytes, notes: list[str], max_pixels: int = DEF
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             bomb, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the limit below is this tool's own
             try:
-                img = Image.open(io.BytesIO(data))
+                img: Image.Image = Image.open(io.BytesIO(data))
             finally:
                 Image.MAX_IMAGE_PIXELS = bomb
             w, h = img.size
@@ -229,8 +229,9 @@ def _load_raster(name: str, data: bytes, notes: list[str], max_pixels: int = DEF
         note = f"image reader: {warned.message}"
         if note not in notes:
             notes.append(note)
-    if getattr(img, "n_frames", 1) > 1:
-        notes.append(f"first of {img.n_frames} frames used")
+    n_frames = int(getattr(img, "n_frames", 1))
+    if n_frames > 1:
+        notes.append(f"first of {n_frames} frames used")
     mode = img.mode
     if mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
         img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB" if mode != "1" else "L")
@@ -274,7 +275,7 @@ def _decode_dicom(name: str, data: bytes, frame: int | None, max_pixels: int = D
         compressed = ts is not None and getattr(ts, "is_compressed", False)
         if compressed:
             raise ImageError(
-                f"{name} uses the compressed transfer syntax {ts.name}, which needs a decoder: "
+                f"{name} uses the compressed transfer syntax {getattr(ts, 'name', ts)}, which needs a decoder: "
                 "pip install 'blackbox-lime[dicom]' (pylibjpeg).") from exc
         raise ImageError(f"{name}: the DICOM pixel data cannot be decoded ({exc}).") from exc
     return arr, ds, n_frames

@@ -57,7 +57,10 @@ def _bundled_start() -> tuple[Any, list[float], list[float]]:
     mae.load_state_dict(ckpt["model"])
     c = mae.in_chans
     mean, std = ckpt["mean"], ckpt["std"]
-    return mae, [float(mean)] * c if np.isscalar(mean) else list(mean), [float(std)] * c if np.isscalar(std) else list(std)
+    def per_channel(v: Any) -> list[float]:
+        return [float(v)] * c if np.ndim(v) == 0 else [float(x) for x in v]
+
+    return mae, per_channel(mean), per_channel(std)
 
 
 def held_out_psnr(recon: Callable[[np.ndarray, np.ndarray], np.ndarray], images: np.ndarray, hidden: np.ndarray,
@@ -88,7 +91,7 @@ def _telea(images: np.ndarray, hidden: np.ndarray, patch: int) -> np.ndarray:
     return np.stack(outs)
 
 
-def _mae_recon(mae: Any, mean: np.ndarray, std: np.ndarray, device: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def _mae_recon(mae: Any, mean: Any, std: Any, device: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     import torch
 
     from blackbox_lime.mae_torch import MAEReconGraph

@@ -17,11 +17,14 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +245,8 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
                                      dynamic_shapes=dyn, optimize=True, verbose=False)
         finally:
             logging.getLogger("torch.onnx").setLevel(level)
+    if prog is None:
+        raise RuntimeError(f"torch.onnx.export returned no program for {path.name}.")
     model = prog.model_proto
     strip_node_metadata(model)
     del model.metadata_props[:]
@@ -256,7 +261,7 @@ def export_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, i
     log.info("wrote %s (%.1f MB)", path.name, path.stat().st_size / 1e6)
 
 
-def strip_node_metadata(model: "onnx.ModelProto") -> None:  # noqa: F821
+def strip_node_metadata(model: onnx.ModelProto) -> None:
     """Drop per-node metadata (the exporter records stack traces with this machine's file paths)."""
     graphs = [model.graph] + [f for f in model.functions]
     while graphs:
@@ -279,8 +284,8 @@ def export_mae(mae: MAE, mean: float | list[float], std: float | list[float], ou
                names: tuple[str, str] = ("mae_recon.onnx", "mae_embed.onnx")) -> tuple[Path, Path]:
     """Write the reconstruction and embedding graphs (``names`` in ``out_dir``) with metadata, then check them."""
     c = mae.in_chans
-    mean_l = [float(mean)] * c if np.isscalar(mean) else [float(m) for m in mean]  # type: ignore[arg-type]
-    std_l = [float(std)] * c if np.isscalar(std) else [float(s) for s in std]  # type: ignore[arg-type]
+    mean_l = [float(mean)] * c if isinstance(mean, (int, float)) else [float(m) for m in mean]
+    std_l = [float(std)] * c if isinstance(std, (int, float)) else [float(s) for s in std]
     meta: dict[str, Any] = {
         "blackbox_lime.kind": "mae", "image_size": mae.img_size, "patch_size": mae.patch_size, "channels": c,
         "mean": mean_l, "std": std_l, "mask_convention": MASK_CONVENTION,

@@ -196,7 +196,7 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
     files: dict[Path, bytes] = {}
     names = finding_stems([e.target_name for e in explanations])
     panels = [render_overlay(image, np.zeros(image.shape[:2], np.float32), "input")]
-    findings = []
+    findings: list[dict[str, Any]] = []
     for exp, name in zip(explanations, names):
         buf = io.BytesIO()
         np.save(buf, exp.saliency.astype(np.float32))

@@ -275,7 +275,7 @@ def adapt(adapter: ClassifierAdapter, image: np.ndarray, label: int | None, rng:
     result = Adaptation(transform=transform, label=y, loss_before=loss0, loss_after=best_loss, p_before=p0,
                         p_after=best_p, queries=query_cost(views, iterations), iterations=iterations, views=views,
                         history=history, probes=k)
-    if k and not transform.is_identity():
+    if k and probes is not None and not transform.is_identity():
         both = adapter.predict(np.concatenate([probes, transform(probes)]))[:, y]
         result.queries += 2 * k
         result.sensitivity_before, result.sensitivity_after = float(both[:k].std()), float(both[k:].std())

@@ -68,7 +68,9 @@ def _read_manifest(path: Path, salt: str) -> list[Case]:
     if not rows:
         raise SourceError(f"{path.name} lists no cases. Add one row per image.")
     root = path.parent
-    cases, seen, missing = [], set(), []
+    cases: list[Case] = []
+    seen: set[str] = set()
+    missing: list[str] = []
     for line, r in enumerate(rows, start=2):
         image = (r.get("image") or "").strip()
         if not image:

@@ -115,7 +115,7 @@ def _cases_bank(a: argparse.Namespace, rows: list[dict[str, str]], embedder: Any
             for r in rows:
                 try:
                     pixels = load_image(cases.parent / r["image"]).pixels
-                    if explainer is not None:
+                    if explainer is not None and adapter is not None:
                         exp = explainer.explain(pixels, target=adapter.info.abnormal_index, rng=a.seed)
                         maps.append(exp.patch_weights.reshape(-1))
                     else:

@@ -129,7 +129,7 @@ def redact_logs(adapter: Any) -> None:
     """Defence in depth: scrub the adapter's secrets from every log record, whoever emits it."""
     if adapter is None:
         return
-    redact = getattr(adapter, "redact", None)
+    redact: Any = getattr(adapter, "redact", None)
     if redact is None or not getattr(redact, "secrets", None):
         return
 

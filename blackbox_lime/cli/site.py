@@ -53,7 +53,7 @@ def run_calibrate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_site_images(paths: list[str], limit: int | None, what: str) -> tuple[list[Any], list[Path]]:
+def _load_site_images(paths: list[str | Path], limit: int | None, what: str) -> tuple[list[Any], list[Path]]:
     """Every image of the given files and folders, read, or a UserError listing the unreadable ones."""
     from blackbox_lime.image_io import IMAGE_SUFFIXES, ImageError, find_images, load_image
 
@@ -62,7 +62,7 @@ def _load_site_images(paths: list[str], limit: int | None, what: str) -> tuple[l
     except ImageError as exc:
         raise UserError(str(exc)) from None
     if not found:
-        raise UserError(f"No images found in {', '.join(paths)} (looked for {', '.join(IMAGE_SUFFIXES)}).")
+        raise UserError(f"No images found in {', '.join(map(str, paths))} (looked for {', '.join(IMAGE_SUFFIXES)}).")
     loaded, bad = [], []
     for p in found:
         try:

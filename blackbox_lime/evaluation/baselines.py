@@ -263,6 +263,7 @@ def gradcam_torch(image: np.ndarray, model: Any, target: int, arch: str) -> np.n
     finally:
         handle.remove()
     g = a.grad
+    assert g is not None, "the backward pass reached the hooked activation"
     if arch == "cnn":  # (1, C, h, w)
         weights = g.mean(dim=(2, 3), keepdim=True)
         cam = torch.relu((weights * a).sum(dim=1))[0]
@@ -270,5 +271,5 @@ def gradcam_torch(image: np.ndarray, model: Any, target: int, arch: str) -> np.n
         side = int(math.isqrt(a.shape[1]))
         tokens, grads = a[0, -side * side:], g[0, -side * side:]
         cam = torch.relu((grads.mean(dim=0, keepdim=True) * tokens).sum(dim=1)).reshape(side, side)
-    cam = cam.detach().numpy().astype(np.float32)
-    return cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    cam_np = cam.detach().numpy().astype(np.float32)
+    return cv2.resize(cam_np, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)

@@ -283,7 +283,7 @@ def _group(records: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
 
 def summarize(records: list[dict[str, Any]], cfg: BenchConfig) -> list[dict[str, Any]]:
     rows = []
-    groups = [("all", {})] + [(f"{a}/{m}", {"model": a, "modality": m}) for a in cfg.models for m in cfg.modalities]
+    groups: list[tuple[str, dict[str, str]]] = [("all", {})] + [(f"{a}/{m}", {"model": a, "modality": m}) for a in cfg.models for m in cfg.modalities]
     keys = sorted({(r["method"], r["budget"] if r["budget"] is not None else -1) for r in records},
                   key=lambda k: (list(METHODS).index(k[0]), k[1]))
     for method, budget in keys:
@@ -489,7 +489,7 @@ def write_outputs(result: dict[str, Any], overlays: dict[str, Any], out_dir: Pat
 
     summary = [r for r in result["summary"] if r["group"] == "all"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours, markers = plt.get_cmap("tab20").colors, "os^Dv<>pPXh*"
+    colours, markers = getattr(plt.get_cmap("tab20"), "colors"), "os^Dv<>pPXh*"
     for i, method in enumerate(METHODS):  # one colour and marker per method: there are more than 10
         rows = sorted([r for r in summary if r["method"] == method], key=lambda r: r["queries"][0])
         if not rows:
@@ -652,7 +652,8 @@ def derive(records: list[dict[str, Any]], cfg: BenchConfig) -> dict[str, Any]:
 
 def _saved_config(config: dict[str, Any]) -> BenchConfig:
     """The BenchConfig of a results.json (JSON stores its tuples as lists)."""
-    return BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return BenchConfig(**fields)
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -744,11 +745,11 @@ def merge(results_paths: list[Path], out_dir: Path) -> dict[str, Any]:
             raise ValueError(f"{path} was run with {key}={this!r}, the first run with {first!r}; only --models and "
                              "--modalities may differ between joined runs.")
         for r in part["records"]:
-            key = (r["model"], r["modality"], r["case"], r["method"], r["budget"])
-            if key in seen:
+            rkey = (r["model"], r["modality"], r["case"], r["method"], r["budget"])
+            if rkey in seen:
                 raise ValueError(f"{path} repeats {r['method']} at budget {r['budget']} on {r['model']}/{r['modality']} "
                                  f"case {r['case']}; join runs over different models or modalities only.")
-            seen.add(key)
+            seen.add(rkey)
             records.append(r)
         models += [m for m in part["config"]["models"] if m not in models]
         modalities += [m for m in part["config"]["modalities"] if m not in modalities]
@@ -786,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
             return render(Path(a.render), reference[0] if reference else None, write=a.write)
         return _on_saved_runs(rendered)
     if a.compare:
-        return _on_saved_runs(lambda: compare(*a.compare, budget=a.consistency_budget or BenchConfig.consistency_budget))
+        return _on_saved_runs(lambda: compare(a.compare[0], a.compare[1], budget=a.consistency_budget or BenchConfig.consistency_budget))
     if a.merge:
         return _on_saved_runs(lambda: markdown(merge([Path(x) for x in a.merge], Path(a.out))))
     cfg, out = _config(a)

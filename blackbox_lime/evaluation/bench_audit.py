@@ -67,7 +67,7 @@ SHARES = ("border", "outside_anatomy", "outside_roi")
 
 def cases_for(family: str, split: str, kind: str, n: int) -> list[tuple[Any, np.ndarray | None]]:
     """The first n cases of the kind, in index order: (phantom, marker pixels or None)."""
-    out = []
+    out: list[tuple[Any, np.ndarray | None]] = []
     i = 0
     while len(out) < n:
         if kind == "clean":
@@ -114,7 +114,7 @@ def rate(records: list[dict[str, Any]], share: str, threshold: float) -> tuple[i
 def choose(records: list[dict[str, Any]]) -> dict[str, Any]:
     pos = [r for r in records if r["kind"] == "marked"]
     neg = [r for r in records if r["kind"] == "clean"]
-    out = {}
+    out: dict[str, Any] = {}
     for share in SHARES:
         scored = []
         for t in np.round(np.arange(0.05, 1.0, 0.05), 2):

@@ -56,7 +56,7 @@ MARGINS = (0.0, 0.05, 0.1, 0.2)
 # Scorers of a pilot compared on val: the surrogate as configured (L1, its default), and ridge fits.
 # "evidence": the same with every patch weight >= 0 (only the answer's drop when evidence is hidden counts; a
 # fill that creates evidence, such as a blur that looks like an opacity, raises the answer and is not rewarded).
-SCORERS = {"l1": None, "ridge 0.05": {"lambda1": 0.0, "lambda2": 0.05}, "ridge 0.2": {"lambda1": 0.0, "lambda2": 0.2},
+SCORERS: dict[str, dict[str, Any] | None] = {"l1": None, "ridge 0.05": {"lambda1": 0.0, "lambda2": 0.05}, "ridge 0.2": {"lambda1": 0.0, "lambda2": 0.2},
            "evidence 0.001": {"positive": True, "ridge": 1e-3}, "evidence 0.01": {"positive": True, "ridge": 1e-2},
            "evidence 0.05": {"positive": True, "ridge": 5e-2}}
 
@@ -75,6 +75,7 @@ def _tune_case(adapter: OnnxAdapter, image: np.ndarray, mask: np.ndarray, sample
                               "r2_evidence": None if not np.isfinite(e.r2_evidence) else e.r2_evidence,
                               "seconds": e.timings["total"]}
     ex = Explainer(adapter, ExplainConfig(fill="auto", n_samples=samples))
+    assert ex.fillers is not None
     canvas = image.astype(np.float32)
     rec["p0"] = float(adapter.predict(canvas[None])[0, target])
     rec["recon_psnr"] = recon_psnr(canvas, {"mae": ex.fillers["mae"], "blur": ex.fillers["blur"]}, ex.grid)
@@ -141,7 +142,7 @@ def tune(a: argparse.Namespace) -> dict[str, Any]:
                     for f in FIXED) + f"; best {best}; {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "pilots.npz", **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
+    np.savez_compressed(out / "pilots.npz", allow_pickle=False, **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
     return {"records": records, **choose_rule(records, raws)}
 
 
@@ -150,7 +151,7 @@ def choose_rule(records: list[dict[str, Any]], raws: list[dict[str, np.ndarray]]
     group_of = [f"{r['model']}/{r['family']}" for r in records]
     best_fixed = {g: max(np.mean([r["fixed"][f]["auprc"] for r, gg in zip(records, group_of) if gg == g])
                          for f in FIXED) for g in set(group_of)}
-    rules = []
+    rules: list[dict[str, Any]] = []
     for scorer in SCORERS:
         for n in PILOTS:
             for block in BLOCKS:
@@ -321,18 +322,18 @@ def report_markdown(result: dict[str, Any]) -> str:
     for g in groups:
         rs = [r for r in recs if f"{r['model']}/{r['family']}" == g]
 
-        def mean(m: str) -> float:
+        def group_mean(m: str) -> float:
             return float(np.mean([r["methods"][m]["auprc"] for r in rs]))
 
-        best_fixed = max(mean(f) for f in ("mae", "mean", "blur", "zero"))
+        best_fixed = max(group_mean(f) for f in ("mae", "mean", "blur", "zero"))
         picks: dict[str, int] = {}
         for r in rs:
             picks[r["methods"]["auto (default)"]["chosen"]] = picks.get(r["methods"]["auto (default)"]["chosen"], 0) + 1
         warn = "; ".join(f"{sum(r['methods'][m]['low_fidelity'] for r in rs)}/{len(rs)}" for m in ("auto (default)", "mae", "mean"))
         wall = "; ".join(f"{np.median([r['methods'][m]['seconds'] for r in rs]):.2f}" for m in ("auto (default)", "mae"))
         lines.append(f"| {g} | {result['calibrations'][g]['fill']} | {', '.join(f'{k} {v}' for k, v in sorted(picks.items()))} | "
-                     f"{mean('auto (default)') / best_fixed:.2f} | {mean('auto (default)') / max(mean('lime'), 1e-9):.2f} | "
-                     f"{mean('auto (default)') / max(mean('occlusion'), 1e-9):.2f} | {warn} | {wall} | "
+                     f"{group_mean('auto (default)') / best_fixed:.2f} | {group_mean('auto (default)') / max(group_mean('lime'), 1e-9):.2f} | "
+                     f"{group_mean('auto (default)') / max(group_mean('occlusion'), 1e-9):.2f} | {warn} | {wall} | "
                      f"{np.median([r['methods']['auto (default)']['fill_choice_s'] for r in rs]):.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -355,7 +356,7 @@ def rescore(out: Path, add: list[str]) -> int:
         more, more_raws = _load_tuning(Path(folder))
         result["records"] += more["records"]
         raws += more_raws
-    np.savez_compressed(out / "pilots.npz", **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
+    np.savez_compressed(out / "pilots.npz", allow_pickle=False, **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
     result.update(choose_rule(result["records"], raws))
     md = tune_markdown(result)
     first = (out / "table.md").read_text().split("\n\n", 1)[0]

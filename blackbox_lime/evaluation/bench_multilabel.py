@@ -44,7 +44,8 @@ METHODS = ("MedLIME", "lime", "occlusion")
 
 
 def cases(split: str, n: int) -> list[Any]:
-    out, i = [], 0
+    out: list[Any] = []
+    i = 0
     while len(out) < n:
         ph = make_multilabel_phantom(split, i)
         if any(ph.labels.values()):
@@ -111,7 +112,7 @@ def table(result: dict[str, Any], a: argparse.Namespace) -> list[str]:
         lines.append(f"| {f} | {len(rs)} | {np.median([r['p'] for r in rs]):.3f} | " + " | ".join(cells)
                      + f" | {means['MedLIME'] / max(means['lime'], 1e-9):.2f}x | "
                        f"{means['MedLIME'] / max(means['occlusion'], 1e-9):.2f}x |")
-    by_case = {}
+    by_case: dict[Any, Any] = {}
     for r in recs:
         by_case.setdefault(r["index"], r)
     lines += ["", "| method | queries per case (median) | seconds per case (median) |", "|---|---|---|"]

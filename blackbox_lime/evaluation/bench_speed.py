@@ -106,8 +106,8 @@ def main() -> None:
           f"{result['ratio_medlime1000_over_lime']:.2f} |")
     print("\n| MedLIME stage (median s) | " + " | ".join(stages) + " | overhead share |")
     print("|---|" + "---|" * (len(stages) + 1))
-    for k in ("medlime", "medlime_1000"):
-        print(f"| {k} | " + " | ".join(f"{stage_med[k][s]:.3f}" for s in stages) + f" | {overhead[k]:.1%} |")
+    for run in ("medlime", "medlime_1000"):
+        print(f"| {run} | " + " | ".join(f"{stage_med[run][s]:.3f}" for s in stages) + f" | {overhead[run]:.1%} |")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ def rest_handler(model: Model, s: Settings) -> type[BaseHTTPRequestHandler]:
             probs = model(x)
             s.record(protocol="rest", images=int(x.shape[0]), bytes=length, datatype=inp["datatype"],
                      binary=header_len is not None, status=200)
-            out = {"name": "probs", "datatype": model.output_dtype, "shape": list(probs.shape)}
+            out: dict[str, Any] = {"name": "probs", "datatype": model.output_dtype, "shape": list(probs.shape)}
             wants_binary = bool((head.get("parameters") or {}).get("binary_data_output")) or any(
                 (o.get("parameters") or {}).get("binary_data") for o in head.get("outputs") or [])
             s.count_and_maybe_die()

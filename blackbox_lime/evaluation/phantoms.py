@@ -213,7 +213,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, sigma: float) -> np.ndarray:
     """Gaussian noise blurred with ``sigma`` and rescaled to unit standard deviation."""
-    n = rng.standard_normal((SIZE, SIZE)).astype(np.float32)
+    n: np.ndarray = rng.standard_normal((SIZE, SIZE)).astype(np.float32)
     n = cv2.GaussianBlur(n, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
     return n / (n.std() + 1e-8)
 
@@ -265,7 +265,7 @@ def _chest_xray(
     findings: tuple[str, ...] = (), finding_masks: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     mid = SIZE / 2 + rng.uniform(-5, 5)
-    img = np.full((SIZE, SIZE), 0.03, np.float32)
+    img: np.ndarray = np.full((SIZE, SIZE), 0.03, np.float32)
 
     body = _soft_ellipse(mid, 128 + rng.uniform(-4, 4), rng.uniform(96, 108), rng.uniform(118, 130), 6)
     img += body * rng.uniform(0.40, 0.48)
@@ -319,7 +319,7 @@ def _chest_xray(
         img += band * 0.07
 
     # Vessels: random walks from each hilum, thinning and fading outward, only inside the lungs.
-    vessels = np.zeros_like(img)
+    vessels: np.ndarray = np.zeros_like(img)
     for side in (-1, 1):
         hx, hy = mid + side * rng.uniform(18, 26), rng.uniform(100, 115)
         for _ in range(int(rng.integers(6, 11))):
@@ -479,7 +479,7 @@ def _breast_us(
     t2 = t1 + rng.uniform(75, 105) + wav(8, 4) + 5 * _smooth_noise(rng, 12)
     t3 = t2 + rng.uniform(12, 22)
     t4 = t3 + rng.uniform(25, 35)
-    echo = np.full((SIZE, SIZE), 0.30, np.float32)
+    echo: np.ndarray = np.full((SIZE, SIZE), 0.30, np.float32)
     echo = np.where(depth < 3.0, 0.95, echo)
     fat = (depth >= 3.0) & (depth < t1)
     gland = (depth >= t1) & (depth < t2)

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.part == "evidence":
         return _tune_evidence(a, designs, explainer.grid, t0)
     target = 1
-    table = []
+    table: list[dict[str, Any]] = []
     settings = [(scale, lam, cap, width) for scale, lams in LAMBDA1.items()
                 for lam, cap, width in product(lams, CAPS, KERNEL)]
     for scale, lam, cap, width in settings:
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-STTA_VARIANTS = {"no STTA": dict(stta=False), "STTA, probe check (K = 8)": dict(stta=True, stta_probes=8),
+STTA_VARIANTS: dict[str, dict[str, Any]] = {"no STTA": dict(stta=False), "STTA, probe check (K = 8)": dict(stta=True, stta_probes=8),
                  "STTA, no check": dict(stta=True, stta_probes=0)}
 
 
@@ -203,7 +203,8 @@ def _tune_prior(a: argparse.Namespace, t0: float) -> int:
 
     embedder, grid = Embedder(), PatchGrid(224, 224, ExplainConfig.patch_size)
     rng = np.random.default_rng(0)
-    table, keys = [], []
+    table: list[dict[str, Any]] = []
+    keys: list[dict[str, Any]] = []
     for modality in ("chest_xray", "breast_us"):
         bank = phantom_bank(modality, grid, embedder, BANK_CASES)
         cases = abnormal_cases(modality, "val", a.images)
@@ -232,9 +233,9 @@ def _tune_prior(a: argparse.Namespace, t0: float) -> int:
     print("\nWhy retrieval centres the bank's embeddings (raw MAE embeddings of the bank's cases):\n")
     print("| modality | bank mean's share of an embedding's squared norm | raw cosine between cases, median "
           "| raw cosine to the 10 nearest, mean |\n|---|---|---|---|")
-    for k in keys:
-        print(f"| {k['modality']} | {k['mean_share_of_norm2']:.3f} | {k['raw_cosine_median']:.3f} "
-              f"| {k['raw_cosine_10_nearest']:.4f} |")
+    for entry in keys:
+        print(f"| {entry['modality']} | {entry['mean_share_of_norm2']:.3f} | {entry['raw_cosine_median']:.3f} "
+              f"| {entry['raw_cosine_10_nearest']:.4f} |")
     print(f"\n({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     return 0
 
