@@ -11,13 +11,14 @@ from .errors import (
     ConfigError,
     ConnectionFailed,
     ModelLoadError,
+    PayloadTooLarge,
     ResponseError,
     ServerError,
 )
 
 __all__ = [
     "AdapterError", "AdapterTimeout", "BudgetExhausted", "ClassifierAdapter", "ConfigError", "ConnectionFailed", "ModelInfo",
-    "ModelLoadError", "ResponseError", "ServerError", "load_adapter",
+    "ModelLoadError", "PayloadTooLarge", "ResponseError", "ServerError", "load_adapter",
 ]
 
 

@@ -88,6 +88,9 @@ class ClassifierAdapter(ABC):
         self.queries = 0  # images sent, retries included: what the endpoint was asked to compute
         self.requests = 0  # requests (session runs) made, retries included
         self.retries = 0  # requests that were sent again after a transient failure
+        self.images_asked = 0  # images the caller asked about (each once, however often it was sent)
+        self.refused_for_size = 0  # requests the server refused for their size (remote adapters then split them)
+        self.request_size = max_batch  # images per request now: max_batch, or less where a server refused it
         self._count_lock = threading.Lock()
 
     # -- the one method a backend implements -------------------------------------------------
@@ -119,9 +122,21 @@ class ClassifierAdapter(ABC):
         images = self._check_images(images)
         n = images.shape[0]
         self._check_budget(n)
-        chunks = [images[i:i + self.max_batch] for i in range(0, n, self.max_batch)]
+        with self._count_lock:
+            self.images_asked += n
+        size = self.request_size
+        chunks = [images[i:i + size] for i in range(0, n, size)]
         outs = self._run_batches(chunks)
         return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(self.info.class_names)))
+
+    def counters(self) -> dict[str, int]:
+        """What was sent so far: ``queries`` (images sent, retries included), ``images_asked`` (each image the
+        caller asked about, once), ``requests``, ``retries``, ``refused_for_size`` and the ``request_size`` in use
+        (max_batch unless a server refused requests that large)."""
+        with self._count_lock:
+            return {"queries": self.queries, "images_asked": self.images_asked, "requests": self.requests,
+                    "retries": self.retries, "refused_for_size": self.refused_for_size,
+                    "request_size": self.request_size, "max_batch": self.max_batch}
 
     def _check_budget(self, n: int) -> None:
         """Raise BudgetExhausted if sending n more images would exceed the budget."""
@@ -162,6 +177,10 @@ class ClassifierAdapter(ABC):
                 f"Got {images.shape} instead; resize to the adapter's input_size first.")
         return images.astype(np.float32, copy=False)
 
+    def _sum_tolerance(self) -> float:
+        """How far from 1 a row of exclusive probabilities may sum (rounding of the output's datatype)."""
+        return 1e-3
+
     def _output_where(self) -> str:
         """Who produced the output, for error messages ("The model", or the response field of an endpoint)."""
         return "The model"
@@ -190,7 +209,7 @@ class ClassifierAdapter(ABC):
                 f"multilabel_logits (a sigmoid per finding){DECLARE}.")
         if per_class and not self.info.multilabel:
             sums = p.sum(axis=1)
-            if np.any(np.abs(sums - 1.0) > 1e-3):
+            if np.any(np.abs(sums - 1.0) > self._sum_tolerance()):
                 raise ResponseError(
                     f"{who}: the probabilities do not sum to 1 (row sums from {sums.min():.4g} to {sums.max():.4g}), so "
                     f"the classes are not exclusive. If each column is its own finding's probability (a multi-label "
@@ -207,6 +226,3 @@ class ClassifierAdapter(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def counters(self) -> dict[str, int]:
-        return {"queries": self.queries, "requests": self.requests, "retries": self.retries}

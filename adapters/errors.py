@@ -9,12 +9,14 @@ type. Backend exceptions (onnxruntime, requests, grpc) are mapped onto it with `
     ├── ConnectionFailed      the endpoint cannot be reached (after retries)
     ├── ResponseError         the answer is not what the contract promises (bad JSON, shape, NaN, range)
     │   └── ServerError       the server answered with an error status (quotes its body)
+    │       └── PayloadTooLarge   the request was refused for its size (413, RESOURCE_EXHAUSTED "larger than max")
     ├── BudgetExhausted       sending the next batch would exceed the hard query budget
     └── ConfigError           an endpoint profile or URL cannot be used as given (names the field)
 
 ``retryable`` says whether the remote adapters' retry policy may send the request again: timeouts,
 unreachable endpoints and the statuses 429/502/503/504 (or their gRPC equivalents) are transient;
-everything else is permanent and is raised at once.
+everything else is permanent and is raised at once, except :class:`PayloadTooLarge`, after which the
+images go again in requests half the size.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ class ServerError(ResponseError):
         self.status = status
         self.retry_after = retry_after  # seconds the server asked us to wait, if it said
         self.retryable = status in self.RETRY_STATUSES if retryable is None else retryable
+
+
+class PayloadTooLarge(ServerError):
+    """The server (or a proxy before it) refused a request for its size. Sending it again cannot help;
+    the remote adapters send the same images in smaller requests instead."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message, status=status, retryable=False)
 
 
 class BudgetExhausted(AdapterError):

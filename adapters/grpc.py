@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
-from .preprocess import OIP_DTYPES
+from .errors import (AdapterTimeout, ConfigError, ConnectionFailed, PayloadTooLarge, ResponseError,
+                     ServerError)
+from .preprocess import OUTPUT_DTYPES, decode_raw_output, output_itemsize
 from .remote import EndpointMeta, Transport, check_endpoint_url, quote_body, safe_url
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ GRPC_MISSING = ("gRPC endpoints need the grpc extra (grpcio and the Open Inferen
 
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT32": "int_contents", "INT64": "int64_contents",
              "UINT8": "uint_contents", "FP16": None}
-_RAW_DTYPES = {**OIP_DTYPES, "INT32": "int32", "INT64": "int64"}
 
 
 def _import() -> tuple[Any, Any, Any]:
@@ -122,9 +122,10 @@ class OipGrpcTransport(Transport):
             return AdapterTimeout(f"{where} did not answer within {self.timeout:g}s (DEADLINE_EXCEEDED).")
         if code == sc.UNAVAILABLE:
             return ConnectionFailed(f"{where} is unavailable (UNAVAILABLE: {details}).")
-        if code == sc.RESOURCE_EXHAUSTED and "message larger than max" in details.lower():
-            return ServerError(f"{where} refused the message size ({details}); lower max_batch or raise "
-                               "limits.max_message_mb.", retryable=False)
+        if code == sc.RESOURCE_EXHAUSTED and "larger than max" in details.lower():
+            side = "this client's limits.max_message_mb" if "sent message" in details.lower() else "the server's limit"
+            return PayloadTooLarge(f"{where} refused the message for its size (RESOURCE_EXHAUSTED: {details}; "
+                                   f"{side})")
         hint = {"UNAUTHENTICATED": " (set the profile's [auth] token_env or token_file)",
                 "PERMISSION_DENIED": " (the token is not allowed to use this model)",
                 "NOT_FOUND": " (check the model name and version)",
@@ -135,8 +136,9 @@ class OipGrpcTransport(Transport):
 
     def metadata(self) -> EndpointMeta:
         r = self._call("ModelMetadata", self.pb.ModelMetadataRequest(name=self.model, version=self.version))
-        if not r.inputs:
-            raise ModelLoadError(f"The model metadata from {self._where} lists no inputs; declare the input in the profile.")
+        if not r.inputs:  # empty metadata (KServe's default): the profile declares the input
+            return EndpointMeta(name=r.name or self.model, input_name="", input_shape=(), input_datatype="",
+                                versions=tuple(r.versions), platform=r.platform)
         inp = r.inputs[0]
         out = r.outputs[0] if r.outputs else None
         return EndpointMeta(name=r.name or self.model, input_name=inp.name, input_shape=tuple(int(d) for d in inp.shape),
@@ -157,7 +159,10 @@ class OipGrpcTransport(Transport):
             req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name=self.output_name))
         req.raw_input_contents.append(tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes())
         resp = self._call("ModelInfer", req)
-        return decode_grpc_response(resp, self.output_name)
+        out = decode_grpc_response(resp, self.output_name)
+        names = [o.name for o in resp.outputs]
+        self.output_datatype = resp.outputs[names.index(self.output_name) if self.output_name in names else 0].datatype
+        return out
 
     def close(self) -> None:
         self.channel.close()
@@ -182,15 +187,15 @@ def decode_grpc_response(resp: Any, output_name: str | None) -> np.ndarray:
         if len(resp.raw_output_contents) != len(outputs):
             raise ResponseError(f"The gRPC response has {len(resp.raw_output_contents)} raw_output_contents for "
                                 f"{len(outputs)} outputs.")
-        dtype = _RAW_DTYPES.get(out.datatype)
-        if dtype is None:
-            raise ResponseError(f"The gRPC response field {field}.datatype is {out.datatype!r}; expected FP32, FP64 or FP16.")
+        if out.datatype not in OUTPUT_DTYPES:
+            raise ResponseError(f"The gRPC response field {field}.datatype is {out.datatype!r}; expected FP32, FP64, FP16 "
+                                "or BF16.")
         raw = resp.raw_output_contents[index]
-        item = np.dtype(dtype).itemsize
+        item = output_itemsize(out.datatype)
         if len(raw) != want * item:
             raise ResponseError(f"The gRPC response field raw_output_contents[{index}] holds {len(raw)} bytes but "
                                 f"{field}.shape {shape} of {out.datatype} needs {want * item}.")
-        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.float64)
+        arr = decode_raw_output(raw, out.datatype)
     else:
         attr = _CONTENTS.get(out.datatype)
         if attr is None:

@@ -32,8 +32,9 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from .errors import AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError, ServerError
-from .preprocess import OIP_DTYPES
+from .errors import (AdapterError, AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError,
+                     ServerError)
+from .preprocess import OUTPUT_DTYPES, decode_raw_output
 from .remote import EndpointMeta, Transport, check_endpoint_url, parse_retry_after, safe_url, server_error
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,11 @@ class OipRestTransport(HttpTransport):
     ----------
     url : the server's base URL (``https://host:port``; a path prefix is allowed).
     model, version : the model name and optional version.
-    binary : "auto" (binary tensors when the server lists ``binary_tensor_data``), "always" or "never".
+    binary : "auto", "always" or "never". "auto" sends binary tensors when the server lists
+        ``binary_tensor_data`` in ``/v2``; when it does not (KServe accepts binary tensors without listing the
+        extension), the first request is sent as binary and, if the server does not take it (400, 415, 422,
+        501, an answer it cannot have meant, or a dropped connection), sent again as JSON, which every later
+        request then uses.
     """
 
     protocol = "oip-rest"
@@ -159,14 +164,34 @@ class OipRestTransport(HttpTransport):
         self.base = f"{self.url}/v2/models/{model}" + (f"/versions/{version}" if version else "")
         self._binary_setting = binary
         self._binary: bool | None = {"always": True, "never": False}.get(binary)
+        self._probing = False  # binary "auto" on a server that does not list the extension: the first request tries
 
     def describe(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "url": safe_url(self.url), "model": self.model,
                 "version": self.version, "binary": self._binary_setting}
 
+    @property
+    def binary_in_use(self) -> bool | None:
+        """Whether requests go as binary tensors (None until the first request decided it)."""
+        return self._binary
+
+    def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
+        try:
+            return super()._request(method, url, **kw)
+        except ServerError as exc:
+            if exc.status == 501 and self.version and "/versions/" in url:
+                raise ConfigError(f"{safe_url(url)} answered HTTP 501 Not Implemented: this server does not serve "
+                                  f"versioned routes (/versions/{self.version}; KServe's REST server does not). Drop the "
+                                  "version: remove /versions/... from the URL, or 'version' from the profile.") from exc
+            raise
+
     def metadata(self) -> EndpointMeta:
         r = self._request("GET", self.base)
         doc = _json(r, "The model metadata")
+        if isinstance(doc, dict) and not doc.get("inputs"):  # empty metadata (KServe's default): the profile declares
+            return EndpointMeta(name=str(doc.get("name") or self.model), input_name="", input_shape=(),
+                                input_datatype="", versions=tuple(str(v) for v in doc.get("versions") or ()),
+                                platform=str(doc.get("platform", "")), raw=doc)
         try:
             inp = doc["inputs"][0]
             outs = doc.get("outputs") or []
@@ -197,13 +222,18 @@ class OipRestTransport(HttpTransport):
         return [str(e) for e in ext] if isinstance(ext, list) else []
 
     def _use_binary(self) -> bool:
-        if self._binary is None:
+        if self._binary is None and not self._probing:
             try:
-                self._binary = "binary_tensor_data" in self.server_extensions()
+                listed = "binary_tensor_data" in self.server_extensions()
             except ResponseError:
-                self._binary = False
-            log.info("%s: binary tensor extension %s", safe_url(self.url), "on" if self._binary else "off (JSON)")
-        return self._binary
+                listed = False
+            if listed:
+                self._binary = True
+            else:
+                self._probing = True
+            log.info("%s: binary tensor extension %s", safe_url(self.url),
+                     "listed: on" if listed else "not listed: the first request tries it")
+        return self._binary is not False
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         head: dict[str, Any] = {"name": self.input_name, "shape": list(tensor.shape), "datatype": self.input_datatype}
@@ -216,19 +246,36 @@ class OipRestTransport(HttpTransport):
             doc = {"inputs": [head], **({"outputs": [out_req]} if out_req else {}),
                    "parameters": {"binary_data_output": True}}
             header = orjson.dumps(doc)
-            r = self._request("POST", self.base + "/infer", data=header + raw,
-                              headers={"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))})
+            try:
+                r = self._request("POST", self.base + "/infer", data=header + raw,
+                                  headers={"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))})
+                if self._binary is None:  # the probe worked, unless the answer is not binary-aware
+                    out = decode_oip_response(r, self.output_name, self)
+                    self._binary, self._probing = True, False
+                    log.info("%s: binary tensors accepted; every request uses them", safe_url(self.url))
+                    return out
+            except AdapterError as exc:
+                status = getattr(exc, "status", None)
+                if self._binary is None and status not in (401, 403, 404, 413, 429, 502, 503, 504):
+                    # refused (400, 415, 422, 501), not understood, or the connection dropped: a server that does
+                    # not list the extension may not take it. JSON from now on; this request goes again as JSON.
+                    self._binary, self._probing = False, False
+                    log.info("%s: binary tensors not taken (%s); JSON from now on", safe_url(self.url), exc)
+                    raise ServerError(f"{safe_url(self.base)} did not take binary tensor data ({exc}); sent again as "
+                                      "JSON", status=status, retry_after=0.0, retryable=True) from exc
+                raise
         else:
             data = tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
             head["data"] = data.reshape(-1)
             doc = {"inputs": [head], **({"outputs": [out_req]} if out_req else {})}
             r = self._request("POST", self.base + "/infer", data=orjson.dumps(doc, option=_NUMPY),
                               headers={"Content-Type": "application/json"})
-        return decode_oip_response(r, self.output_name)
+        return decode_oip_response(r, self.output_name, self)
 
 
-def decode_oip_response(r: requests.Response, output_name: str | None) -> np.ndarray:
-    """An OIP infer response (JSON, or JSON + binary tensors) -> the chosen output as an array."""
+def decode_oip_response(r: requests.Response, output_name: str | None, into: Transport | None = None) -> np.ndarray:
+    """An OIP infer response (JSON, or JSON + binary tensors) -> the chosen output as an array (and its datatype
+    into ``into.output_datatype``)."""
     content = r.content
     header_len = r.headers.get(BINARY_HEADER)
     binary = b""
@@ -260,16 +307,19 @@ def decode_oip_response(r: requests.Response, output_name: str | None) -> np.nda
     shape, dtype_name = chosen.get("shape"), chosen.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ResponseError(f"The inference response field {field}.shape is missing or not a list of sizes: {shape!r}.")
-    dtype = OIP_DTYPES.get(str(dtype_name)) or {"FP32": "float32", "INT64": "int64", "INT32": "int32"}.get(str(dtype_name))
-    if dtype is None:
-        raise ResponseError(f"The inference response field {field}.datatype is {dtype_name!r}; expected FP32, FP64 or FP16.")
+    if str(dtype_name) not in OUTPUT_DTYPES:
+        raise ResponseError(f"The inference response field {field}.datatype is {dtype_name!r}; expected FP32, FP64, FP16 "
+                            "or BF16.")
     size = (chosen.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         chunk = binary[start:start + int(size)]
         if len(chunk) != int(size):
             raise ResponseError(f"The inference response field {field} declares {size} binary bytes but the body "
                                 f"holds {len(chunk)}.")
-        arr = np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).astype(np.float64)
+        try:
+            arr = decode_raw_output(chunk, str(dtype_name))
+        except ValueError as exc:
+            raise ResponseError(f"The inference response field {field} is not valid {dtype_name} data ({exc}).") from exc
     else:
         if "data" not in chosen:
             raise ResponseError(f"The inference response field {field} has no 'data'.")
@@ -281,6 +331,8 @@ def decode_oip_response(r: requests.Response, output_name: str | None) -> np.nda
     if arr.size != want:
         raise ResponseError(f"The inference response field {field}.data has {arr.size} values but {field}.shape "
                             f"{shape} needs {want}.")
+    if into is not None:
+        into.output_datatype = str(dtype_name)
     return arr.reshape(shape)
 
 

@@ -143,7 +143,7 @@ class OnnxAdapter(ClassifierAdapter):
             raise ModelLoadError(f"{self.path.name} takes {channels} channels; only 1 or 3 are supported.")
         if isinstance(shape[0], int) and shape[0] != max_batch:
             if shape[0] == 1:
-                self.max_batch = 1
+                self.max_batch = self.request_size = 1
             else:
                 raise ModelLoadError(f"{self.path.name} has a fixed batch of {shape[0]}; export it with a dynamic batch.")
         self.spec = TensorSpec(layout=layout, dtype=dtype, mean=None if mean is None else tuple(mean),

@@ -19,6 +19,23 @@ from .errors import ResponseError
 OIP_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "UINT8": "uint8"}
 DTYPE_TO_OIP = {v: k for k, v in OIP_DTYPES.items()}
 
+# Output tensors a server may answer with (raw bytes, little-endian); BF16 has no numpy dtype: the top half of a float32.
+OUTPUT_DTYPES = {**OIP_DTYPES, "BF16": "bfloat16", "INT32": "int32", "INT64": "int64"}
+
+
+def decode_raw_output(raw: bytes, datatype: str) -> np.ndarray:
+    """Raw little-endian tensor bytes of an OIP ``datatype`` -> float64 values (flat)."""
+    if datatype == "BF16":
+        if len(raw) % 2:
+            raise ValueError(f"{len(raw)} bytes is not a whole number of BF16 values")
+        halves = np.frombuffer(raw, "<u2").astype(np.uint32) << 16
+        return halves.view(np.float32).astype(np.float64)
+    return np.frombuffer(raw, np.dtype(OUTPUT_DTYPES[datatype]).newbyteorder("<")).astype(np.float64)
+
+
+def output_itemsize(datatype: str) -> int:
+    return 2 if datatype == "BF16" else np.dtype(OUTPUT_DTYPES[datatype]).itemsize
+
 # What a classifier's output row means. Exclusive: one class per image, the row sums to 1 (after a softmax for
 # logits). Multi-label: K independent findings, each its own probability (after a sigmoid per column for logits).
 OUTPUT_KINDS = ("probabilities", "logits", "multilabel", "multilabel_logits")

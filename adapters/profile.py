@@ -42,7 +42,8 @@ Example (every key but ``url`` is optional; the endpoint's metadata fills in wha
     concurrency = 4
     rate_per_s = 10
     budget = 5000                  # hard limit on images sent, retries included
-    max_attempts = 5
+    retry_deadline_s = 60          # keep retrying one request this long (a server restart), waits included
+    max_attempts = 20              # and at most this many tries (default: as many as the deadline allows)
     retry_after_cap_s = 60
     max_message_mb = 256           # gRPC
     binary = "auto"                # OIP REST binary tensors: auto | always | never
@@ -76,7 +77,7 @@ _KEYS: dict[str | None, set[str]] = {
     "auth": {"token_env", "token_file", "header", "scheme"},
     "tls": {"verify", "ca_bundle", "client_cert", "client_key"},
     "limits": {"timeout_s", "connect_timeout_s", "max_batch", "concurrency", "rate_per_s", "budget", "max_attempts",
-               "retry_after_cap_s", "max_message_mb", "binary", "backoff_s"},
+               "retry_after_cap_s", "retry_deadline_s", "max_message_mb", "binary", "backoff_s"},
 }
 PROTOCOLS = ("oip-rest", "tfserving", "oip-grpc")
 
@@ -120,7 +121,7 @@ def _check_values(doc: dict[str, Any], name: str) -> None:
     for key in ("max_batch", "concurrency", "budget", "max_attempts"):
         if key in lim and not (is_int(lim[key]) and lim[key] >= 1):
             raise fail(f"[limits] {key}", "an integer >= 1", lim[key])
-    for key in ("timeout_s", "connect_timeout_s", "max_message_mb"):
+    for key in ("timeout_s", "connect_timeout_s", "max_message_mb", "retry_deadline_s"):
         if key in lim and not (is_num(lim[key]) and lim[key] > 0):
             raise fail(f"[limits] {key}", "a number > 0", lim[key])
     for key in ("rate_per_s", "retry_after_cap_s", "backoff_s"):
@@ -270,6 +271,7 @@ class EndpointProfile:
         kw: dict[str, Any] = {}
         for key, name in (("timeout_s", "timeout"), ("connect_timeout_s", "connect_timeout"),
                           ("max_attempts", "max_attempts"), ("retry_after_cap_s", "retry_after_cap"),
+                          ("retry_deadline_s", "retry_deadline"),
                           ("concurrency", "concurrency"), ("rate_per_s", "rate"), ("backoff_s", "backoff")):
             if key in lim:
                 kw[name] = lim[key]

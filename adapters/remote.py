@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,7 +33,7 @@ import numpy as np
 import tenacity
 
 from .base import ClassifierAdapter, ModelInfo
-from .errors import AdapterError, ConfigError, ModelLoadError, ServerError
+from .errors import AdapterError, ConfigError, ModelLoadError, PayloadTooLarge, ServerError
 from .preprocess import OIP_DTYPES, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,11 @@ class RemotePolicy:
     ----------
     timeout : read timeout of one request.
     connect_timeout : time allowed to open a connection.
-    max_attempts : tries per request, the first included (1 disables retries).
-    backoff, backoff_max : jittered exponential backoff: wait ~ U(0, min(backoff_max, backoff * 2**k)).
+    retry_deadline : how long one request may keep being retried, waits included, from its first attempt. A
+        server that restarts within it is waited for; the answers are the same as without the restart.
+    max_attempts : at most this many tries per request, the first included (None: as many as the deadline
+        allows; 1 disables retries).
+    backoff, backoff_max : exponential backoff with full jitter: wait ~ U(0, min(backoff_max, backoff * 2**k)).
     retry_after_cap : the longest wait a server's Retry-After may impose.
     concurrency : requests in flight at once.
     rate : client-side limit in requests per second (None: no limit).
@@ -120,7 +124,8 @@ class RemotePolicy:
 
     timeout: float = 60.0
     connect_timeout: float = 10.0
-    max_attempts: int = 5
+    retry_deadline: float = 60.0
+    max_attempts: int | None = None
     backoff: float = 0.5
     backoff_max: float = 20.0
     retry_after_cap: float = 60.0
@@ -128,7 +133,7 @@ class RemotePolicy:
     rate: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "connect_timeout", "backoff_max", "retry_after_cap"):
+        for name in ("timeout", "connect_timeout", "backoff_max", "retry_after_cap", "retry_deadline"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ConfigError(f"The '{name}' setting must be a number of seconds > 0. Got {v!r} instead.")
@@ -136,6 +141,8 @@ class RemotePolicy:
             raise ConfigError(f"The 'backoff' setting must be a number of seconds >= 0. Got {self.backoff!r} instead.")
         for name in ("max_attempts", "concurrency"):
             v = getattr(self, name)
+            if name == "max_attempts" and v is None:
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"The '{name}' setting must be an integer >= 1. Got {v!r} instead.")
         if self.rate is not None and (not isinstance(self.rate, (int, float)) or not self.rate > 0):
@@ -165,6 +172,7 @@ class Transport(ABC):
     input_name: str = "input"
     input_datatype: str = "FP32"
     output_name: str | None = None
+    output_datatype: str = "FP32"  # of the last answer: FP16 and BF16 round the probabilities
 
     @property
     def output_field(self) -> str:
@@ -217,8 +225,10 @@ class RateLimiter:
 class RemoteAdapter(ClassifierAdapter):
     """A classifier behind an endpoint, reached through a :class:`Transport`.
 
-    Input size, channels, layout and dtype are read from the endpoint's metadata where the protocol
-    has it; anything declared here wins, and a declaration that contradicts the metadata is an error.
+    Input size, channels, layout, dtype and tensor names are read from the endpoint's metadata where the
+    protocol has it; each one declared here (the profile) wins, field by field, and the metadata fills in
+    the rest. Where the two differ, ``info.extra["metadata_overridden"]`` says so. Empty metadata (KServe's
+    default) with a profile that declares the input works.
 
     Parameters
     ----------
@@ -258,7 +268,19 @@ class RemoteAdapter(ClassifierAdapter):
         self._pool: ThreadPoolExecutor | None = None
         meta = self._guard(lambda: self._retrying()(transport.metadata)) if discover else None
         self.meta = meta
-        size, ch, lay, dt = self._resolve_input(meta, input_size, channels, layout, dtype)
+        if meta is not None and not meta.input_name and input_name is None:
+            raise ConfigError("The endpoint's model metadata lists no inputs (KServe serves empty metadata by default). "
+                              "Declare the input in the profile: [input] name, size = [height, width], and channels, "
+                              "layout and dtype where they are not 3, NCHW and float32.")
+        overridden: dict[str, list[Any]] = {}
+        size, ch, lay, dt = self._resolve_input(meta, input_size, channels, layout, dtype, overridden)
+        if meta is not None and input_name is not None and meta.input_name and meta.input_name != input_name:
+            overridden["input_name"] = [meta.input_name, input_name]
+        if meta is not None and output_name is not None and meta.output_name and meta.output_name != output_name:
+            overridden["output_name"] = [meta.output_name, output_name]
+        if overridden:
+            log.info("The profile overrides the endpoint's metadata: %s", ", ".join(
+                f"{k} {v[0]!r} -> {v[1]!r}" for k, v in overridden.items()))
         self.spec = TensorSpec(layout=lay, dtype=dt, mean=None if mean is None else tuple(mean),
                                std=None if std is None else tuple(std), output=output)
         names = tuple(class_names or ("normal", "abnormal"))
@@ -268,19 +290,27 @@ class RemoteAdapter(ClassifierAdapter):
         label = name or (meta.name if meta else None) or transport.describe().get("model") or transport.protocol
         self._info = ModelInfo(size, ch, names, ab, str(label),
                                {**transport.describe(), "layout": lay, "dtype": dt, "output": output,
-                                "max_batch": max_batch, "concurrency": self.policy.concurrency})
+                                "max_batch": max_batch, "concurrency": self.policy.concurrency,
+                                **({"metadata_overridden": overridden} if overridden else {})})
 
     # -- metadata ------------------------------------------------------------------------------
 
     @staticmethod
     def _resolve_input(meta: EndpointMeta | None, input_size: Sequence[int] | None, channels: int | None,
-                       layout: str | None, dtype: str | None) -> tuple[tuple[int, int], int, str, str]:
-        shape = list(meta.input_shape) if meta else None
+                       layout: str | None, dtype: str | None, overridden: dict[str, list[Any]]
+                       ) -> tuple[tuple[int, int], int, str, str]:
+        """Size, channels, layout, dtype: each declared value wins; the metadata fills in the rest (and
+        ``overridden`` records where a declared value differs from it)."""
+        shape = list(meta.input_shape) if meta and meta.input_shape else None
         if shape is not None and len(shape) == 3:  # some servers omit the batch dimension
             shape = [-1] + shape
         if shape is not None and len(shape) != 4:
-            raise ModelLoadError(f"The endpoint's input {meta.input_name!r} has shape {meta.input_shape}; "  # type: ignore[union-attr]
-                                 "expected 4 dimensions (N, C, H, W) or (N, H, W, C).")
+            if input_size is None:
+                raise ModelLoadError(f"The endpoint's input {meta.input_name!r} has shape {meta.input_shape}; "  # type: ignore[union-attr]
+                                     "expected 4 dimensions (N, C, H, W) or (N, H, W, C). Declare the input in the "
+                                     "profile ([input] size, channels, layout).")
+            overridden["input_shape"] = [list(meta.input_shape), None]  # type: ignore[union-attr]
+            shape = None
         if layout is None:
             if shape is not None and shape[3] in (1, 3) and shape[1] not in (1, 3):
                 layout = "NHWC"
@@ -299,19 +329,20 @@ class RemoteAdapter(ClassifierAdapter):
         if len(input_size) != 2:
             raise ConfigError(f"input size must be [height, width]. Got {list(input_size)!r} instead.")
         size = (int(input_size[0]), int(input_size[1]))
-        for got, want, what in ((h_dim, size[0], "height"), (w_dim, size[1], "width")):
-            if got > 0 and got != want:
-                raise ConfigError(f"The endpoint's input {what} is {got} but {want} was declared (its input shape is "
-                                  f"{meta.input_shape}). Declare the endpoint's own size.")  # type: ignore[union-attr]
+        if h_dim > 0 and w_dim > 0 and (h_dim, w_dim) != size:
+            overridden["input_size"] = [[h_dim, w_dim], list(size)]
         if channels is None:
             channels = c_dim if c_dim > 0 else 3
         elif c_dim > 0 and c_dim != channels:
-            raise ConfigError(f"The endpoint takes {c_dim} channels but {channels} were declared.")
+            overridden["channels"] = [c_dim, channels]
+        known = meta is not None and bool(meta.input_datatype)
         if dtype is None:
-            if meta is not None and meta.input_datatype not in OIP_DTYPES:
-                raise ModelLoadError(f"The endpoint's input datatype {meta.input_datatype!r} is not an image tensor type; "
-                                     f"supported: {', '.join(OIP_DTYPES)}.")
-            dtype = OIP_DTYPES[meta.input_datatype] if meta is not None else "float32"
+            if known and meta.input_datatype not in OIP_DTYPES:  # type: ignore[union-attr]
+                raise ModelLoadError(f"The endpoint's input datatype {meta.input_datatype!r} is not an image tensor type; "  # type: ignore[union-attr]
+                                     f"supported: {', '.join(OIP_DTYPES)}. Declare input.dtype in the profile.")
+            dtype = OIP_DTYPES[meta.input_datatype] if known else "float32"  # type: ignore[union-attr]
+        elif known and OIP_DTYPES.get(meta.input_datatype) not in (None, dtype):  # type: ignore[union-attr]
+            overridden["dtype"] = [OIP_DTYPES[meta.input_datatype], dtype]  # type: ignore[union-attr]
         return size, int(channels), layout, dtype
 
     @property
@@ -342,22 +373,30 @@ class RemoteAdapter(ClassifierAdapter):
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.info("%s Retry %d of %d in %.2fs.", self.redact(str(exc)), state.attempt_number,
-                    self.policy.max_attempts - 1, state.next_action.sleep if state.next_action else 0.0)
+        log.info("%s Retry %d in %.2fs (retry deadline %gs).", self.redact(str(exc)), state.attempt_number,
+                 state.next_action.sleep if state.next_action else 0.0, self.policy.retry_deadline)
 
     def _predict_batch(self, images: np.ndarray) -> np.ndarray:
         """One attempt, without the policy (retries, budget and counters are in ``_send``)."""
         return self.spec.decode(self.transport.infer(self.spec.encode(images)), images.shape[0], self._output_where())
 
+    def _stop(self, state: tenacity.RetryCallState) -> bool:
+        """Stop when the next try would start past the retry deadline (the waits so far, or the time since the
+        first try if longer, plus the coming wait), or after max_attempts."""
+        if self.policy.max_attempts is not None and state.attempt_number >= self.policy.max_attempts:
+            return True
+        spent = max(state.seconds_since_start or 0.0, state.idle_for)
+        return spent + (state.upcoming_sleep or 0.0) > self.policy.retry_deadline
+
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.policy.max_attempts),
+            stop=self._stop,
             wait=self._wait,
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, AdapterError) and e.retryable),
             sleep=self._sleep, before_sleep=self._before_sleep, reraise=True)
 
     def _send(self, batch: np.ndarray) -> np.ndarray:
-        attempts = 0
+        attempts, t0 = 0, time.monotonic()
 
         def attempt() -> np.ndarray:
             nonlocal attempts
@@ -373,13 +412,49 @@ class RemoteAdapter(ClassifierAdapter):
         try:
             return self._guard(lambda: self._retrying()(attempt))
         except AdapterError as exc:
-            if exc.retryable and attempts >= self.policy.max_attempts:
-                exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts; the endpoint may be down or "
-                            "overloaded: try again later or raise max_attempts)",) + exc.args[1:]
+            if exc.retryable and attempts > 1:
+                at_max = attempts == self.policy.max_attempts
+                limit = (f"max_attempts {self.policy.max_attempts}" if at_max
+                         else f"the retry deadline of {self.policy.retry_deadline:g} s")
+                exc.args = (f"{exc.args[0]} (gave up after {attempts} attempts in {time.monotonic() - t0:.1f} s, at "
+                            f"{limit}; the endpoint may be down or overloaded: try again later, or raise "
+                            f"{'limits.max_attempts' if at_max else 'limits.retry_deadline_s'})",) + exc.args[1:]
+            elif exc.retryable and self.policy.max_attempts == 1:
+                exc.args = (f"{exc.args[0]} (retries are off: max_attempts 1)",) + exc.args[1:]
             raise
+
+    def _run_one(self, batch: np.ndarray) -> np.ndarray:
+        """One request; when the server refuses it for its size, the same images in requests of half the size
+        (down to one image), and every later request at most that size. The answers are unchanged."""
+        size = self.request_size
+        if len(batch) > size:  # another request learnt a smaller size while this one waited
+            return np.concatenate([self._run_one(batch[i:i + size]) for i in range(0, len(batch), size)])
+        try:
+            return super()._run_one(batch)
+        except PayloadTooLarge as exc:
+            n = len(batch)
+            if n == 1:
+                raise PayloadTooLarge(f"{exc.args[0]}. Even one image per request is too large: raise the server's or "
+                                      "the proxy's body limit (gRPC: or this client's limits.max_message_mb), or send "
+                                      "a smaller input dtype (the profile's input.dtype).", status=exc.status) from None
+            half = (n + 1) // 2
+            with self._count_lock:
+                self.refused_for_size += 1
+                shrunk = half < self.request_size
+                self.request_size = min(self.request_size, half)
+            if shrunk:
+                log.info("The endpoint refused %d images per request for their size; sending %d per request "
+                         "from now on.", n, half)
+            return self._run_one(batch)
 
     def _output_where(self) -> str:
         return f"The endpoint (response field {self.transport.output_field})"
+
+    def _sum_tolerance(self) -> float:
+        # K values each rounded to half a unit in the last place: 2^-9 relative for BF16, 2^-12 for FP16
+        k = len(self.info.class_names)
+        eps = {"BF16": 2.0 ** -9, "FP16": 2.0 ** -12}.get(self.transport.output_datatype, 0.0)
+        return max(1e-3, k * eps)
 
     def _run_batches(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if self.policy.concurrency == 1 or len(chunks) == 1:
@@ -434,11 +509,18 @@ def server_error(where: str, status: int, reason: str, body: bytes | str, retry_
             401: "the endpoint wants credentials: set the profile's [auth] token_env or token_file",
             403: "the token is not allowed to use this model",
             404: "no such model or version at this URL: check the model name, version and path",
-            413: "the batch is too large for the server: lower max_batch",
             422: "the server could not process the tensor: check the profile's input section"}.get(status)
     if status in ServerError.RETRY_STATUSES:
         hint = "a transient server condition"
     msg = f"{where} answered HTTP {status}{' ' + reason if reason else ''}: {quote_body(body) or '(empty body)'}"
+    if status == 413 or (status == 400 and _TOO_LARGE.search(quote_body(body))):
+        return PayloadTooLarge(msg + " (the request is too large for the server or a proxy before it)", status=status)
+    if status == 501:
+        hint = "the server does not implement this route"
     if hint:
         msg += f" ({hint})"
     return ServerError(msg, status=status, retry_after=retry_after)
+
+
+# A 400 that is about the request's size (some proxies and servers answer 400, not 413).
+_TOO_LARGE = re.compile(r"too large|too big|body limit|size limit|exceeds? (the )?(max|limit)|larger than max", re.I)

@@ -230,8 +230,7 @@ class Explainer:
         canvas = to_canvas(image, self.adapter.info.input_size, self.adapter.info.channels, notes)
         timings = dict.fromkeys(("masks", "stta", "fill_choice", "fill", "classifier", "compose", "evidence",
                                  "surrogate"), 0.0)
-        return _Run(image, canvas, gen, seed, notes, timings, self.adapter.queries, self.adapter.requests,
-                    time.perf_counter())
+        return _Run(image, canvas, gen, seed, notes, timings, self.adapter.counters(), time.perf_counter())
 
     def _adapt(self, run: "_Run", targets: "list[int] | str | None", bar: Any
                ) -> tuple[Adaptation | None, InputTransform | None, "list[int] | str | None"]:
@@ -298,9 +297,12 @@ class Explainer:
             fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
             fill_warnings = _off_domain_warnings(psnr, gap, self.config)
         run.notes += [n for n in getattr(filler, "notes", []) if n not in run.notes]
+        now = self.adapter.counters()
+        traffic = {k: now[k] - run.counters[k] for k in ("queries", "images_asked", "requests", "retries",
+                                                           "refused_for_size")}
+        traffic.update(request_size=now["request_size"], max_batch=now["max_batch"])
         return _Shared(run, filler, fill_record, fill_warnings, visible, probs,
-                       proximity_kernel(visible, self.config.kernel_width), adaptation,
-                       self.adapter.queries - run.q0, self.adapter.requests - run.r0, keep_samples)
+                       proximity_kernel(visible, self.config.kernel_width), adaptation, traffic, keep_samples)
 
     def _fit_one(self, shared: "_Shared", target: int) -> Explanation:
         """One target's evidence prior, surrogate and map, from the shared queried samples."""
@@ -366,8 +368,9 @@ class Explainer:
             target_name=info.class_names[target],
             target_prob=float(shared.probs[0, target]),
             probs=shared.probs[0].copy(),
-            queries=shared.queries,
-            requests=shared.requests,
+            queries=shared.traffic["queries"],
+            requests=shared.traffic["requests"],
+            traffic=dict(shared.traffic),
             timings=timings,
             seed=shared.run.seed,
             config={**cfg.to_dict(), "lambda2_effective": fit.lambda2, "fill_model": _describe(shared.filler),
@@ -519,8 +522,7 @@ class _Run:
     seed: int | None
     notes: list[str]
     timings: dict[str, float]
-    q0: int
-    r0: int
+    counters: dict[str, int]  # the adapter's, when the explanation started
     t_start: float
 
 
@@ -535,8 +537,7 @@ class _Shared:
     probs: np.ndarray
     weights: np.ndarray
     adaptation: Adaptation | None
-    queries: int
-    requests: int
+    traffic: dict[str, int]  # what this explanation sent: ClassifierAdapter.counters(), as differences
     keep_samples: bool
 
 

@@ -29,7 +29,11 @@ class Explanation:
         choice, each candidate's held-out R^2 on its pilot, the queries the choice cost and its time.
     target, target_name, target_prob : the explained class and the model's probability for it.
     probs : the model's class probabilities for the unperturbed image.
-    queries, requests : images sent to the classifier and requests made.
+    queries, requests : images sent to the classifier (retries and requests refused for their size
+        included: what the budget counts) and requests made.
+    traffic : what reaching the classifier took: ``queries`` (images sent), ``images_asked`` (distinct
+        sends the explanation asked for), ``requests``, ``retries``, ``refused_for_size`` (requests a server
+        refused as too large, then sent again in halves) and ``request_size`` against ``max_batch``.
     timings : seconds per stage (masks, fill, classifier, surrogate, total).
     seed : the integer seed, or None when a Generator was passed.
     config : the full configuration.
@@ -79,6 +83,7 @@ class Explanation:
     r2_evidence: float = float("nan")
     fill: dict[str, Any] = field(default_factory=dict)
     shared_with: list[str] = field(default_factory=list)
+    traffic: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -97,6 +102,7 @@ class Explanation:
             "intercept": round(float(self.intercept), 6),
             "queries": self.queries,
             "requests": self.requests,
+            "traffic": self.traffic,
             "queries_shared_with": self.shared_with,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "seed": self.seed,
@@ -151,3 +157,8 @@ class ExplanationSet:
     @property
     def requests(self) -> int:
         return self.explanations[0].requests
+
+    @property
+    def traffic(self) -> dict[str, int]:
+        """What reaching the classifier took, for the whole set (see :attr:`Explanation.traffic`)."""
+        return self.explanations[0].traffic

@@ -176,7 +176,7 @@ def finding_stems(names: list[str]) -> list[str]:
     return out
 
 
-SHARED_KEYS = ("probs", "fill", "queries", "requests", "timings_s", "seed", "config", "adaptation", "notes", "model")
+SHARED_KEYS = ("probs", "fill", "queries", "requests", "traffic", "timings_s", "seed", "config", "adaptation", "notes", "model")
 
 
 def shared_summary(explanations: list[Explanation]) -> dict[str, Any]:

@@ -41,7 +41,8 @@ class FakeEndpoint:
     bodies: list[bytes] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     answer: Callable[[np.ndarray], Any] | None = None  # override the answer: a JSON-able doc, or a raw str body
-    calls: int = 0
+    calls: int = 0  # JSON infer requests (a fault script counts these)
+    binary_refused: int = 0  # binary tensor requests, refused with 422 as MLServer does (the extension is not listed)
 
     def install(self) -> FakeEndpoint:
         self.rsps.add(responses.GET, f"{BASE}/v2", json={"name": "fake", "extensions": []})
@@ -54,6 +55,9 @@ class FakeEndpoint:
         return self
 
     def _infer(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        if "Inference-Header-Content-Length" in request.headers:
+            self.binary_refused += 1
+            return 422, {}, json.dumps({"detail": [{"msg": "Input should be a valid dictionary or object"}]})
         i = self.calls
         self.calls += 1
         body = request.body if isinstance(request.body, bytes) else str(request.body).encode()

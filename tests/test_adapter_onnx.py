@@ -25,7 +25,8 @@ def test_predict_counts_queries_and_requests(linear_model: Path) -> None:
         p = m.predict(images(10))
         assert p.shape == (10, 2) and p.dtype == np.float64
         assert np.allclose(p.sum(1), 1.0)
-        assert m.counters() == {"queries": 10, "requests": 3, "retries": 0}
+        assert m.counters() == {"queries": 10, "images_asked": 10, "requests": 3, "retries": 0, "refused_for_size": 0,
+                                "request_size": m.max_batch, "max_batch": m.max_batch}
         assert m.info.class_names == ("normal", "abnormal") and m.info.abnormal_index == 1
         assert m.info.extra["provider"] == "CPUExecutionProvider"
 

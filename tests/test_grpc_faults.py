@@ -15,7 +15,7 @@ pb_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")
 
 from fake_endpoint import linear_probs
 
-from blackbox_lime.adapters import AdapterTimeout, ConnectionFailed, ResponseError, ServerError
+from blackbox_lime.adapters import AdapterTimeout, ConnectionFailed, PayloadTooLarge, ResponseError, ServerError
 from blackbox_lime.adapters.profile import EndpointProfile
 from blackbox_lime.adapters.remote import RemotePolicy
 
@@ -176,7 +176,18 @@ def test_message_size_limit_is_configurable_and_named(scripted, tmp_path) -> Non
     p = tmp_path / "p.toml"
     p.write_text(f'url = "{url}"\n[limits]\nmax_message_mb = 0.01\n')
     a = EndpointProfile.from_toml(p).build()
-    with pytest.raises(ServerError, match=r"refused the message size .*larger than max.*lower max_batch or raise "
-                                          r"limits\.max_message_mb"):
-        a.predict(batch(5))  # 5 x 3 x 32 x 32 float32 = 61 kB > 10 kB
+    with pytest.raises(PayloadTooLarge, match=r"refused the message for its size \(RESOURCE_EXHAUSTED: CLIENT: Sent "
+                                              r"message larger than max .*this client's limits\.max_message_mb\)\. Even "
+                                              r"one image per request is too large"):
+        a.predict(batch(5))  # 5 x 3 x 32 x 32 float32 = 61 kB > 10 kB, and one image (12 kB) too
     assert servicer.calls == 0 and a.retries == 0
+
+
+def test_a_message_limit_that_fits_two_images_gets_requests_of_two(scripted, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    servicer, url = scripted
+    p = tmp_path / "p.toml"
+    p.write_text(f'url = "{url}"\n[limits]\nmax_message_mb = 0.03\nmax_batch = 8\n')  # 31 kB: 2 images of 12 kB
+    a = EndpointProfile.from_toml(p).build()
+    x = batch(5)
+    assert np.allclose(a.predict(x), want(x), atol=1e-6)
+    assert a.request_size == 2 and a.refused_for_size == 2 and servicer.calls == 3

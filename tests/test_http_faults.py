@@ -26,9 +26,12 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 
 
-def adapter(sleeps: list[float] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+def adapter(sleeps: list[float] | None = None, binary: str = "never", **kw: object):  # type: ignore[no-untyped-def]
+    """These tests drive the JSON path (binary "auto" probing is tested on its own below)."""
     rec = sleeps if sleeps is not None else []
-    return EndpointProfile.from_url(URL).build(sleep=rec.append, **kw)  # type: ignore[arg-type]
+    profile = EndpointProfile.from_url(URL)
+    profile.limits["binary"] = binary
+    return profile.build(sleep=rec.append, **kw)  # type: ignore[arg-type]
 
 
 def batch(n: int = 4, seed: int = 0) -> np.ndarray:
@@ -175,9 +178,10 @@ def test_binary_tensor_extension_request_and_response(rsps: responses.RequestsMo
             header + np.float32(9.0).tobytes() + probs.tobytes()
 
     rsps.add_callback(responses.POST, URL + "/infer", callback=infer)
-    a = adapter()
+    a = adapter(binary="auto")  # the server lists the extension: binary from the first request, no probe
     x = batch()
     p = a.predict(x)
+    assert a.transport.binary_in_use is True and a.retries == 0
     assert np.allclose(p, expected(x), atol=1e-6)
     head = seen["head"]
     assert head["inputs"][0]["parameters"] == {"binary_data_size": 4 * 3 * 32 * 32 * 4}  # type: ignore[index]
@@ -275,8 +279,11 @@ def test_a_multilabel_endpoint_declared_in_the_profile_explains_every_finding_fr
     with EndpointProfile.from_toml(str(prof)).build() as a:
         assert a.info.multilabel and a.info.class_names == ("opacity", "corner", "rare")
         found = Explainer(a, ExplainConfig(n_samples=60, patch_size=8, fill="mean")).explain(batch(1)[0], target="all")
-        assert found.targets == [0, 1, 2] and found.queries == 60 and a.queries == 60
-    assert ep.calls == a.requests
+        # binary "auto" on an endpoint that does not list it: the first request (1 image) tried binary, got 422 and
+        # went again as JSON; everything after was JSON
+        assert found.targets == [0, 1, 2] and found.traffic["images_asked"] == 60 and ep.binary_refused == 1
+        assert found.queries == a.queries == 61 and found.traffic["retries"] == 1
+    assert ep.calls == a.requests - 1
     corner = found[1].patch_weights.reshape(-1)
     assert int(np.argmax(np.abs(corner))) == 0  # the second finding reads the top-left 8 x 8 patch only
     assert any("P(rare) hardly moved" in w for w in found[2].warnings)

@@ -13,6 +13,7 @@ from blackbox_lime.adapters import (
     BudgetExhausted,
     ConfigError,
     ConnectionFailed,
+    PayloadTooLarge,
     ResponseError,
     ServerError,
 )
@@ -79,9 +80,85 @@ def test_metadata_fills_size_channels_and_layout() -> None:
     assert a.spec.layout == "NCHW" and a.spec.dtype == "float32"
 
 
-def test_declared_size_that_contradicts_metadata_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"The endpoint's input height is 4 but 8 was declared"):
-        make(ScriptedTransport(), input_size=(8, 8))
+def test_the_profile_wins_over_metadata_field_by_field_and_says_where() -> None:
+    a = make(ScriptedTransport(), input_size=(8, 8), channels=1, dtype="float16", input_name="pixels")
+    assert a.info.input_size == (8, 8) and a.info.channels == 1 and a.spec.dtype == "float16"
+    assert a.info.extra["metadata_overridden"] == {"input_size": [[4, 4], [8, 8]], "channels": [3, 1],
+                                                   "dtype": ["float32", "float16"], "input_name": ["image", "pixels"]}
+    assert a.transport.input_name == "pixels" and a.spec.layout == "NCHW"  # the layout still from the metadata
+    assert "metadata_overridden" not in make(ScriptedTransport()).info.extra
+
+
+class EmptyMetadata(ScriptedTransport):
+    """KServe's default: a model metadata document with no inputs or outputs."""
+
+    def metadata(self) -> EndpointMeta:
+        return EndpointMeta("fake", "", (), "")
+
+
+def test_empty_metadata_needs_the_input_declared_and_then_works() -> None:
+    with pytest.raises(ConfigError, match=r"The endpoint's model metadata lists no inputs \(KServe serves empty "
+                                          r"metadata by default\)\. Declare the input in the profile: \[input\] name, "
+                                          r"size = \[height, width\]"):
+        make(EmptyMetadata())
+    a = make(EmptyMetadata(), input_name="image", input_size=(4, 4))
+    assert a.info.input_size == (4, 4) and a.info.channels == 3 and a.spec.dtype == "float32"
+    assert np.allclose(a.predict(images(3))[:, 1], images(3)[:, 0, 0, 0], atol=1e-7)
+
+
+class SizeLimited(ScriptedTransport):
+    """Refuses requests of more than ``limit`` images for their size (as a proxy's body limit would)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        if tensor.shape[0] > self.limit:
+            with self.lock:
+                self.sent.append(-tensor.shape[0])
+            raise PayloadTooLarge("HTTP 413 Request Entity Too Large", status=413)
+        return super().infer(tensor)
+
+
+def test_a_size_refusal_halves_the_request_keeps_the_answers_and_the_smaller_size() -> None:
+    t = SizeLimited(limit=5)
+    a = make(t, max_batch=16)
+    x = images(16)
+    p = a.predict(x)
+    assert np.allclose(p[:, 1], x[:, 0, 0, 0], atol=1e-7)  # the same answers, in order
+    assert t.sent == [-16, -8, 4, 4, 4, 4]  # 16 refused, 8 refused, then four requests of 4
+    assert a.request_size == 4
+    t.sent.clear()
+    a.predict(images(9))  # later requests start at the size that worked
+    assert t.sent == [4, 4, 1]
+    c = a.counters()
+    assert c["refused_for_size"] == 2 and c["request_size"] == 4 and c["max_batch"] == 16
+    assert c["images_asked"] == 25 and c["queries"] == 16 + 8 + 16 + 9  # refused images were sent: they count
+
+
+def test_one_image_too_large_is_an_error_that_names_the_fix() -> None:
+    with pytest.raises(PayloadTooLarge, match=r"Even one image per request is too large: raise the server's or the "
+                                              r"proxy's body limit \(gRPC: or this client's limits\.max_message_mb\), or "
+                                              r"send a smaller input dtype"):
+        make(SizeLimited(limit=0), max_batch=4).predict(images(4))
+
+
+def test_retries_run_until_the_deadline_not_a_fixed_count() -> None:
+    """A server down for a while: with waits of the full-jitter backoff summing past the deadline, the adapter
+    stops; within the deadline it keeps trying (more than the old 5 attempts)."""
+    t = ScriptedTransport([ConnectionFailed("refused")] * 9)
+    sleeps: list[float] = []
+    a = make(t, sleeps, policy=RemotePolicy(backoff=0.5, backoff_max=4.0, retry_deadline=60.0), seed=1)
+    assert np.allclose(a.predict(images(2))[:, 1], images(2)[:, 0, 0, 0], atol=1e-7)
+    assert len(sleeps) == 9 and a.retries == 9 and sum(sleeps) <= 60.0
+    t = ScriptedTransport([ConnectionFailed("refused")] * 1000)
+    sleeps = []
+    with pytest.raises(ConnectionFailed, match=r"refused \(gave up after \d+ attempts in [\d.]+ s, at the retry deadline "
+                                               r"of 10 s; the endpoint may be down"):
+        make(t, sleeps, policy=RemotePolicy(backoff=0.5, backoff_max=4.0, retry_deadline=10.0), seed=1).predict(images(1))
+    assert sum(sleeps) <= 10.0 and len(sleeps) >= 4
+    assert all(0.0 <= w <= min(4.0, 0.5 * 2 ** k) for k, w in enumerate(sleeps))  # full jitter, capped
 
 
 def test_transient_failures_are_retried_then_succeed() -> None:
@@ -91,7 +168,8 @@ def test_transient_failures_are_retried_then_succeed() -> None:
     p = a.predict(images(8))
     assert np.allclose(p[:, 1], images(8)[:, 0, 0, 0], atol=1e-7)
     assert t.sent == [8, 8, 8, 8] and len(sleeps) == 3
-    assert a.counters() == {"queries": 32, "requests": 4, "retries": 3}
+    assert a.counters() == {"queries": 32, "images_asked": 8, "requests": 4, "retries": 3, "refused_for_size": 0,
+                            "request_size": a.max_batch, "max_batch": a.max_batch}
 
 
 def test_backoff_is_jittered_exponential_and_seeded() -> None:
@@ -126,7 +204,8 @@ def test_permanent_errors_are_not_retried() -> None:
 
 def test_giving_up_says_how_many_attempts() -> None:
     t = ScriptedTransport([ServerError("HTTP 503", status=503)] * 10)
-    with pytest.raises(ServerError, match=r"HTTP 503 \(gave up after 3 attempts; the endpoint may be down"):
+    with pytest.raises(ServerError, match=r"HTTP 503 \(gave up after 3 attempts in [\d.]+ s, at max_attempts 3; the endpoint "
+                                          r"may be down or overloaded: try again later, or raise limits\.max_attempts\)"):
         make(t, policy=RemotePolicy(max_attempts=3)).predict(images(1))
     assert len(t.sent) == 3
 

@@ -83,9 +83,15 @@ class StoredAdapter(ClassifierAdapter):
         self.store.count_reused(reused)
         self.reused += reused
         self.queries += n
+        self.images_asked += n
         for i, k in enumerate(keys):
             out[i] = found[k]
         return out
+
+    def counters(self) -> dict[str, int]:
+        """This wrapper's counts, with the endpoint's refusals for size and request size."""
+        own, inner = super().counters(), self.inner.counters()
+        return {**own, "refused_for_size": inner["refused_for_size"], "request_size": inner["request_size"]}
 
     def _check_audit_budget(self, n: int) -> None:
         if self.audit_budget is None:

@@ -186,6 +186,19 @@ def check_calibration(a: argparse.Namespace, hashes: dict[str, Any]) -> None:
         raise UserError(str(exc)) from None
 
 
+def traffic_note(exp: Any) -> str:
+    """'' when every image went once at max_batch; else ' (3 retries; 2 requests refused for size: 32 -> 16 per
+    request)'."""
+    t = exp.traffic or {}
+    parts = []
+    if t.get("retries"):
+        parts.append(f"{t['retries']} retr{'y' if t['retries'] == 1 else 'ies'}")
+    if t.get("refused_for_size"):
+        parts.append(f"{t['refused_for_size']} request{'s' if t['refused_for_size'] != 1 else ''} refused for size: "
+                     f"{t['max_batch']} -> {t['request_size']} per request")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def fill_line(exp: Any) -> str:
     """'fill=mae' or, for fill auto, 'fill=auto->mean (mae 0.12, mean 0.58, blur 0.40; 64 queries)'."""
     fill = exp.fill

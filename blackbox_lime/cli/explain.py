@@ -19,6 +19,7 @@ from blackbox_lime.cli.common import (
     fill_line,
     model_record,
     redact_logs,
+    traffic_note,
 )
 
 
@@ -108,7 +109,7 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
     if a.json:
         print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
                                                  "r2_heldout", "r2_evidence", "fill", "warnings",
-                                                 "queries", "requests", "retries", "timings_s", "seed",
+                                                 "queries", "requests", "retries", "traffic", "timings_s", "seed",
                                                  "outputs")}))
     if not a.quiet:
         for warning in exp.warnings:
@@ -119,7 +120,7 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
                   f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
                   file=sys.stderr)
         print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} {fill_line(exp)} "
-              f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries "
+              f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries{traffic_note(exp)} "
               f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
 
 
@@ -161,7 +162,7 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
     if a.json:
         keep = ("name", "index", "probability", "r2", "r2_heldout", "r2_evidence", "warnings", "files")
         print(json.dumps({**{k: report_doc[k] for k in ("input", "probs", "fill", "queries", "requests", "retries",
-                                                         "queries_shared", "seed", "outputs")},
+                                                         "traffic", "queries_shared", "seed", "outputs")},
                           "findings": [{k: f[k] for k in keep} for f in report_doc["findings"]]}))
     if not a.quiet:
         for exp in exps:
@@ -169,5 +170,5 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
                 print(f"blackbox-lime: warning: {path.name}: {exp.target_name}: {warning}", file=sys.stderr)
     if not a.json and not a.quiet:
         found = ", ".join(f"{e.target_name} p={e.target_prob:.3f} R2={e.r2:.3f}" for e in exps)
-        print(f"{path.name}: {len(exps)} finding(s) from one set of {exps[0].queries} queries: {found} -> "
+        print(f"{path.name}: {len(exps)} finding(s) from one set of {exps[0].queries} queries{traffic_note(exps[0])}: {found} -> "
               f"{out / (stem + '.findings.png')}", file=sys.stderr)
