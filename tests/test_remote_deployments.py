@@ -152,3 +152,22 @@ def test_a_version_path_the_server_does_not_serve_is_named(linear_model: Path) -
             load_adapter(server.rest_url + "/versions/1")
         with load_adapter(server.rest_url) as adapter:  # without the version it works
             assert adapter.predict(np.zeros((1, 224, 224, 3), np.float32)).shape == (1, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,ratio", [("FP16", 2), ("UINT8", 4)])
+def test_a_smaller_input_datatype_the_server_declares_shrinks_every_request(linear_model: Path, dtype: str,
+                                                                           ratio: int) -> None:
+    """The metadata says the model takes FP16 (or UINT8) images: the requests carry them, 2x (4x) smaller."""
+    x = np.random.default_rng(0).random((8, 224, 224, 3), dtype=np.float32)
+    with OnnxAdapter(linear_model) as local:
+        want = local.predict(x)
+    with oip_server.start(linear_model, input_dtype=dtype, log=True) as server:
+        with load_adapter(server.rest_url) as adapter:
+            got = adapter.predict(x)
+            assert adapter.spec.dtype == {"FP16": "float16", "UINT8": "uint8"}[dtype]
+        log = server.requests()
+    assert [r["datatype"] for r in log] == [dtype] and log[0]["binary"]
+    header = log[0]["bytes"] - 8 * 3 * 224 * 224 * 4 // ratio  # the body: a JSON header, then the raw tensor
+    assert 0 < header < 1000
+    assert np.allclose(got, want, atol=2e-3 if dtype == "FP16" else 5e-3)  # the images' rounding, not the model's

@@ -23,6 +23,15 @@ against concurrency 1 and the fraction of the ideal speed-up (= concurrency) rea
 
 It also times the client's side of one 32-image request (JSON vs protobuf serialisation), so the
 transport cost can be split between client and server.
+
+``--part overlap`` (the remote goals of the pipelining work): the default explanation locally and through the
+loopback OIP server of the tests (``evaluation/oip_server.py``; numpy decoding, so the server costs its model
+and nothing more), over gRPC and over REST with binary tensors, each with the MAE fills overlapped with the
+requests in flight (the remote default) and one stage after the other, at 0 and 100 ms of server delay per
+request and 4 requests in flight. Two served models: the demo CNN, and a latency-only classifier of the same
+224 x 224 input. Writes ``results.json`` and ``table.md`` beside ``--out``::
+
+    python -m blackbox_lime.evaluation.bench_remote --part overlap --reps 3 --out docs/bench_remote/overlap/results.json
 """
 
 from __future__ import annotations
@@ -200,7 +209,7 @@ def part2(image: np.ndarray, reps: int, delay_ms: float, levels: list[int], max_
     return out
 
 
-def part_overlap(image: np.ndarray, reps: int, delay_ms: float, concurrency: int) -> list[dict[str, Any]]:
+def part_overlap(image: np.ndarray, reps: int, delays_ms: list[float], concurrency: int) -> list[dict[str, Any]]:
     """The default explanation (MAE fill, 500 samples) locally and over gRPC and REST with ``delay_ms`` of
     latency per request and ``concurrency`` requests in flight, with the fills overlapped with the requests
     in flight (the remote default) and without (``Explainer(overlap=False)``): wall time against the same
@@ -216,19 +225,21 @@ def part_overlap(image: np.ndarray, reps: int, delay_ms: float, concurrency: int
         models = {"demo CNN": bundled_model("demo_cnn.onnx"),
                   "latency-only": linear_model(Path(tmp) / "linear224.onnx", size=224, patch=16)}
         for label, path in models.items():
-            with oip_server.start(path, grpc=True, delay_ms=delay_ms) as server:
-                setups = [("local onnx", str(path), None)] + [
-                    (f"{where}, {'overlapped' if ov else 'one stage after the other'}", url, ov)
-                    for where, url in (("OIP gRPC", server.grpc_url), ("OIP REST (JSON)", server.rest_url))
-                    for ov in (True, False)]
-                runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in setups}
-                for rep in range(reps):
-                    for name, url, ov in (setups if rep % 2 == 0 else setups[::-1]):
-                        runs[name].append(explain_once(url, image, concurrency=concurrency, overlap=ov))
-                        print(f"  overlap {label} rep {rep + 1}/{reps} {name}: {runs[name][-1]['wall']:.2f}s", flush=True)
-            base = median(runs["local onnx"], "wall")
-            ref = runs["local onnx"][0]["saliency"]
-            out += [{"model": label, "setup": name, "wall_s": median(rs, "wall"),
+            for delay_ms in delays_ms:
+                with oip_server.start(path, grpc=True, delay_ms=delay_ms) as server:
+                    setups = [("local onnx", str(path), None), ("local onnx, overlapped", str(path), True)] + [
+                        (f"{where}, {'overlapped' if ov else 'one stage after the other'}", url, ov)
+                        for where, url in (("OIP gRPC", server.grpc_url), ("OIP REST (binary)", server.rest_url))
+                        for ov in (True, False)]
+                    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in setups}
+                    for rep in range(reps):
+                        for name, url, ov in (setups if rep % 2 == 0 else setups[::-1]):
+                            runs[name].append(explain_once(url, image, concurrency=concurrency, overlap=ov))
+                            print(f"  overlap {label} {delay_ms:g} ms rep {rep + 1}/{reps} {name}: "
+                                  f"{runs[name][-1]['wall']:.2f}s", flush=True)
+                base = median(runs["local onnx"], "wall")
+                ref = runs["local onnx"][0]["saliency"]
+                out += [{"model": label, "delay_ms": delay_ms, "setup": name, "wall_s": median(rs, "wall"),
                      "ratio_to_local": median(rs, "wall") / base, "fill_s": median(rs, "fill"),
                      "classifier_s": median(rs, "classifier"), "requests": rs[0]["requests"],
                      "identical_to_local": all(np.array_equal(r["saliency"], ref) for r in rs),
@@ -236,13 +247,13 @@ def part_overlap(image: np.ndarray, reps: int, delay_ms: float, concurrency: int
     return out
 
 
-def overlap_markdown(rows: list[dict[str, Any]], delay_ms: float, concurrency: int) -> str:
-    lines = [f"Server delay {delay_ms:g} ms per request, concurrency {concurrency}, default explanation (MAE fill, "
-             "500 samples); ratios to the same model run locally:", "",
-             "| served model | setup | wall (median) | ratio to local | fill stage | classifier stage | requests | "
-             "map identical to local |", "|---|---|---|---|---|---|---|---|"]
+def overlap_markdown(rows: list[dict[str, Any]], concurrency: int) -> str:
+    lines = [f"Concurrency {concurrency}, default explanation (MAE fill, 500 samples); ratios to the same model run "
+             "locally in the same round:", "",
+             "| served model | server delay | setup | wall (median) | ratio to local | fill stage | classifier stage | "
+             "requests | map identical to local |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['setup']} | {r['wall_s']:.2f} s | {r['ratio_to_local']:.2f} | "
+        lines.append(f"| {r['model']} | {r['delay_ms']:g} ms | {r['setup']} | {r['wall_s']:.2f} s | {r['ratio_to_local']:.2f} | "
                      f"{r['fill_s']:.2f} s | {r['classifier_s']:.2f} s | {r['requests']} | "
                      f"{'yes' if r['identical_to_local'] else 'NO'} |")
     return "\n".join(lines)
@@ -277,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", choices=["all", "server-decode", "overlap"], default="all",
                    help="server-decode: only time MLServer's request conversion (seconds, no server started); "
                         "overlap: only the fills overlapped with requests in flight, against one stage after the other")
-    p.add_argument("--overlap-delay-ms", type=float, default=100.0, help="server delay per request for --part overlap")
+    p.add_argument("--overlap-delays-ms", default="0,100", help="server delays per request for --part overlap")
     p.add_argument("--overlap-concurrency", type=int, default=4, help="requests in flight for --part overlap")
     a = p.parse_args(argv)
     if a.part == "server-decode":
@@ -288,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     image = make_phantom("chest_xray", "test", 1).image
     if a.part == "overlap":
-        rows = part_overlap(image, a.reps, a.overlap_delay_ms, a.overlap_concurrency)
-        table = overlap_markdown(rows, a.overlap_delay_ms, a.overlap_concurrency)
+        rows = part_overlap(image, a.reps, [float(d) for d in a.overlap_delays_ms.split(",")], a.overlap_concurrency)
+        table = overlap_markdown(rows, a.overlap_concurrency)
         print(table)
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
