@@ -437,28 +437,39 @@ class Explainer:
                                   cfg.recon_margin_db), *none
         lead = (f"the MAE reconstructs this image's hidden pixels {gap:.2f} dB worse than a blur; "
                 if gate is not None else "")
-        scores: dict[str, float | None] = {}
-        spread: dict[str, float] = {}
         n = cfg.pilot_per_fill
         if n == 0 or len(classic) == 1:
             chosen = classic[0]
             timings["fill_choice"] = time.perf_counter() - t0
             return FillChoice(chosen, {}, {}, 0, 0, timings["fill_choice"], chosen, cfg.fill_margin,
                               lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db), *none
-        pilots = {}
-        for name in classic:  # designs drawn in candidate order: deterministic for a seed
-            coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
-            probs = self._sample(canvas, fillers[name], fine, np.arange(n), transform, bar, timings)
-            per = [score_pilot(coarse, probs[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
-            moved = [sc for sc, _ in per if sc is not None]
-            scores[name] = float(np.mean(moved)) if moved else None
-            spread[name] = max(sd for _, sd in per)
-            pilots[name] = (fine, probs)
+        scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings, classic)
         chosen, reason = decide(scores, classic[0], cfg.fill_margin)
         timings["fill_choice"] = time.perf_counter() - t0
         choice = FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), timings["fill_choice"], classic[0],
                             cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db)
         return choice, *pilots[chosen]
+
+    def _pilots(self, canvas: np.ndarray, transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
+                gen: np.random.Generator, bar: Any, timings: dict[str, float], classic: list[str]
+                ) -> tuple[dict[str, float | None], dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """A coarse pilot of ``pilot_per_fill`` queries per classic candidate, scored by the evidence fit's
+        held-out R^2 (the mean over the targets whose answer moved; None when none did) -> (scores, the
+        answers' spread per candidate, each pilot's (visible, probs))."""
+        cfg, n = self.config, self.config.pilot_per_fill
+        assert self.fillers is not None
+        scores: dict[str, float | None] = {}
+        spread: dict[str, float] = {}
+        pilots = {}
+        for name in classic:  # designs drawn in candidate order: deterministic for a seed
+            coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
+            probs = self._sample(canvas, self.fillers[name], fine, np.arange(n), transform, bar, timings)
+            per = [score_pilot(coarse, probs[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
+            moved = [sc for sc, _ in per if sc is not None]
+            scores[name] = float(np.mean(moved)) if moved else None
+            spread[name] = max(sd for _, sd in per)
+            pilots[name] = (fine, probs)
+        return scores, spread, pilots
 
     def _recon_check(self, canvas: np.ndarray, mae: Filler) -> tuple[dict[str, float], float]:
         """The reconstruction check of fill "auto", also run for a forced MAE fill: PSNR (dB) of the MAE and of
