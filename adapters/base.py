@@ -12,7 +12,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -61,6 +61,8 @@ class ModelInfo:
             raise ValueError(
                 f"abnormal_index must be in [0, {len(self.class_names) - 1}]. Got {self.abnormal_index!r} instead.")
 
+
+_A = TypeVar("_A", bound="ClassifierAdapter")
 
 class ClassifierAdapter(ABC):
     """Base class of every adapter: ``predict(images) -> probs`` plus metadata and counters.
@@ -221,7 +223,7 @@ class ClassifierAdapter(ABC):
     def close(self) -> None:
         """Release the backend's resources. Safe to call twice."""
 
-    def __enter__(self) -> ClassifierAdapter:
+    def __enter__(self: _A) -> _A:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -56,7 +56,7 @@ def load_split(split: str, per_modality: int, workers: int = 2,
         "labels": np.array([o[2] for o in out], np.int64),
         "modality": np.array([modalities.index(k[0]) for k in keys], np.int64),
     }
-    np.savez(path, **data)
+    np.savez(path, allow_pickle=False, **data)
     print(f"drew {len(keys)} {split} phantoms in {time.time() - t0:.0f}s", flush=True)
     return data
 

@@ -105,6 +105,8 @@ def _cases_bank(a: argparse.Namespace, rows: list[dict[str, str]], embedder: Any
             cfg = config_from_options(a)  # --samples, --fill or --calibration, --patch-size
             if a.calibration is not None:
                 check_calibration(a, {**model_record(a, adapter)})
+            if adapter is None:  # pragma: no cover - made above for --source explanations
+                raise UserError("--source explanations needs --model or --endpoint.")
             try:
                 explainer = Explainer(adapter, cfg, device=a.device)
             except ValueError as exc:
