@@ -123,7 +123,7 @@ class KServeServer:
 
 def start(model: str | Path, log: Path, python: str | None = None) -> KServeServer:
     """Start KServe on free loopback ports serving ``model`` (an ONNX classifier) and wait until it is ready."""
-    from blackbox_lime.evaluation.oip_server import free_port
+    from blackbox_lime.evaluation.demo_server import free_port
 
     exe = python or kserve_python()
     if exe is None:

@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from blackbox_lime.evaluation.demo_server import free_port
 
 MODEL_NAME = "model"
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -282,12 +283,6 @@ def serve(a: argparse.Namespace) -> None:
         tmp.replace(a.ready)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     http.serve_forever()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
