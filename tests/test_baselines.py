@@ -373,6 +373,8 @@ def test_bench_first_case_runs_held_out_cases_and_joins_runs_saved_before_it_exi
     assert (config.fill, config.stta, config.total_queries) == ("blur", True, 120) and config == ExplainConfig(
         n_samples=48, fill="blur", stta=True, lambda2=bench.LAMBDA2_PRIOR)
     assert bench.medlime_config("medlime_no_ebr", 120).lambda2 == bench.LAMBDA2_PRIOR  # same penalty, w_ref = 0
+    for kind in ("medlime", "medlime_no_stta", "medlime_no_ebr"):  # the benchmark measures the default: fill auto
+        assert bench.medlime_config(kind, 120).fill == ExplainConfig().fill == "auto"
     blur = Explainer(adapter, config, bank=bank).explain(image, target=target, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(diag, blur.saliency)
     assert not np.array_equal(diag, bench.run_method("MedLIME w/o GM (mean fill)", image, adapter, 120, 0, None, "cnn",
