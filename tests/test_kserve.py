@@ -86,3 +86,12 @@ def test_a_kserve_restart_during_a_run_leaves_the_map_bit_identical(linear_model
     assert timeline["up"] - timeline["down"] >= 2.0
     assert np.array_equal(exp.saliency, reference.saliency)
     assert exp.traffic["retries"] >= 1 and exp.traffic["images_asked"] == 120
+
+
+@pytest.mark.slow
+def test_a_version_path_on_kserve_rest_is_named(server: Any, tmp_path: Path) -> None:
+    p = tmp_path / "versioned.toml"
+    p.write_text(f'url = "{server.rest_url}/versions/1"\n[input]\nname = "image"\nsize = [224, 224]\n')
+    with pytest.raises(ConfigError, match=r"answered HTTP 501 Not Implemented: this server does not serve versioned "
+                                          r"routes \(/versions/1; KServe's REST server does not\)\. Drop the version"):
+        load_adapter(endpoint=str(p))
