@@ -171,3 +171,32 @@ def test_a_smaller_input_datatype_the_server_declares_shrinks_every_request(line
     header = log[0]["bytes"] - 8 * 3 * 224 * 224 * 4 // ratio  # the body: a JSON header, then the raw tensor
     assert 0 < header < 1000
     assert np.allclose(got, want, atol=2e-3 if dtype == "FP16" else 5e-3)  # the images' rounding, not the model's
+
+
+@pytest.mark.slow
+def test_an_audit_keeps_the_request_size_that_worked_and_reports_it(linear_model: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import cv2
+
+    from blackbox_lime.cli import main
+    from blackbox_lime.evaluation.phantoms import make_phantom
+
+    study = tmp_path / "study"
+    study.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(study / f"case{i}.png"), np.round(make_phantom("chest_xray", "test", i).image[..., 0] * 255)
+                    .astype(np.uint8))
+    with oip_server.start(linear_model, max_body_bytes=4_000_000, log=True) as server:
+        code = main(["audit", "run", str(study), "--model", server.rest_url, "--out", str(tmp_path / "audit"),
+                     "--fill", "mean", "--samples", "60", "--max-batch", "32", "--quiet"])
+        log = server.requests()
+    assert code == 0
+    assert [r["status"] for r in log].count(413) == 3  # 32, 16 and 8 refused once, for the whole audit
+    assert max(r["images"] or 0 for r in log) == 4
+    capsys.readouterr()
+    assert main(["audit", "summary", str(tmp_path / "audit"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["study"]["request_size"] == [4, 32]
+    assert main(["audit", "summary", str(tmp_path / "audit")]) == 0
+    assert "4 images per request, not 32: the endpoint refused larger requests" in capsys.readouterr().out

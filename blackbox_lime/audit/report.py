@@ -76,6 +76,7 @@ def study_summary(store: AuditStore) -> dict[str, Any]:
             "updated": store.get("updated"),
             "totals": store.totals(),
             "budget": store.get("budget"),
+            "request_size": store.get("request_size"),  # [used, max_batch] when the endpoint refused larger requests
         },
         "cases": rows,
     }

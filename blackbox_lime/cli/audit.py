@@ -154,6 +154,9 @@ def run_audit(a: argparse.Namespace) -> int:
                 finally:
                     bar.close()
                 store.put("updated", time.time())
+                if a.workers is None and a.scheduler is None:  # one adapter: the request size it settled on
+                    c = stored.counters()
+                    store.put("request_size", [c["request_size"], c["max_batch"]] if c["refused_for_size"] else None)
                 report = write_report(out, store)
                 digest = write_provenance(out, store, source_root(a.source))
                 totals = store.totals()
@@ -252,7 +255,9 @@ def _audit_read(a: argparse.Namespace) -> int:
     lines = [f"audit     {a.dir}: {st['cases']} cases; {st['done']} done, {st['failed']} failed, {st['pending']} pending"
              + (" (complete)" if st["complete"] else ""),
              f"queries   {t['sent']} images sent in {t['requests']} requests ({t['retries']} retries); "
-             f"{t['reused']} answers reused from the store" + (f"; budget {st['budget']}" if st["budget"] else ""),
+             f"{t['reused']} answers reused from the store" + (f"; budget {st['budget']}" if st["budget"] else "")
+             + (f"; {st['request_size'][0]} images per request, not {st['request_size'][1]}: the endpoint refused "
+                "larger requests" if st.get("request_size") else ""),
              f"flagged   {st['flagged_cases']} of {st['done']} explained cases"
              + (f" ({st['explained_findings']} findings explained)" if len(st["by_finding"]) > 1 else "")
              + "".join(f"; {f} {d['cases']}" for f, d in st["flags"].items() if d["cases"])]
