@@ -159,17 +159,15 @@ class OipGrpcTransport(Transport):
             req.outputs.append(pb.ModelInferRequest.InferRequestedOutputTensor(name=self.output_name))
         req.raw_input_contents.append(tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes())
         resp = self._call("ModelInfer", req)
-        out = decode_grpc_response(resp, self.output_name)
-        names = [o.name for o in resp.outputs]
-        self.output_datatype = resp.outputs[names.index(self.output_name) if self.output_name in names else 0].datatype
-        return out
+        return decode_grpc_response(resp, self.output_name, self)
 
     def close(self) -> None:
         self.channel.close()
 
 
-def decode_grpc_response(resp: Any, output_name: str | None) -> np.ndarray:
-    """A ModelInferResponse -> the chosen output, from raw_output_contents or typed contents."""
+def decode_grpc_response(resp: Any, output_name: str | None, into: Transport | None = None) -> np.ndarray:
+    """A ModelInferResponse -> the chosen output, from raw_output_contents or typed contents (and its datatype
+    into ``into.output_datatype``)."""
     outputs = list(resp.outputs)
     if not outputs:
         raise ResponseError("The gRPC inference response has no outputs.")
@@ -205,4 +203,6 @@ def decode_grpc_response(resp: Any, output_name: str | None) -> np.ndarray:
         if arr.size != want:
             raise ResponseError(f"The gRPC response field {field}.contents.{attr} has {arr.size} values but "
                                 f"{field}.shape {shape} needs {want}.")
+    if into is not None:
+        into.output_datatype = out.datatype
     return arr.reshape(shape)

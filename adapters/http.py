@@ -164,7 +164,7 @@ class OipRestTransport(HttpTransport):
         self.base = f"{self.url}/v2/models/{model}" + (f"/versions/{version}" if version else "")
         self._binary_setting = binary
         self._binary: bool | None = {"always": True, "never": False}.get(binary)
-        self._probing = False  # binary "auto" on a server that does not list the extension: the first request tries
+        self._checked_extensions = False  # binary "auto": /v2 read; if _binary is still None, the next request tries
 
     def describe(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "url": safe_url(self.url), "model": self.model,
@@ -222,15 +222,14 @@ class OipRestTransport(HttpTransport):
         return [str(e) for e in ext] if isinstance(ext, list) else []
 
     def _use_binary(self) -> bool:
-        if self._binary is None and not self._probing:
+        if self._binary is None and not self._checked_extensions:
             try:
                 listed = "binary_tensor_data" in self.server_extensions()
             except ResponseError:
                 listed = False
+            self._checked_extensions = True
             if listed:
                 self._binary = True
-            else:
-                self._probing = True
             log.info("%s: binary tensor extension %s", safe_url(self.url),
                      "listed: on" if listed else "not listed: the first request tries it")
         return self._binary is not False
@@ -249,21 +248,21 @@ class OipRestTransport(HttpTransport):
             try:
                 r = self._request("POST", self.base + "/infer", data=header + raw,
                                   headers={"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))})
-                if self._binary is None:  # the probe worked, unless the answer is not binary-aware
-                    out = decode_oip_response(r, self.output_name, self)
-                    self._binary, self._probing = True, False
-                    log.info("%s: binary tensors accepted; every request uses them", safe_url(self.url))
-                    return out
+                out = decode_oip_response(r, self.output_name, self)
             except AdapterError as exc:
                 status = getattr(exc, "status", None)
                 if self._binary is None and status not in (401, 403, 404, 413, 429, 502, 503, 504):
                     # refused (400, 415, 422, 501), not understood, or the connection dropped: a server that does
                     # not list the extension may not take it. JSON from now on; this request goes again as JSON.
-                    self._binary, self._probing = False, False
+                    self._binary = False
                     log.info("%s: binary tensors not taken (%s); JSON from now on", safe_url(self.url), exc)
                     raise ServerError(f"{safe_url(self.base)} did not take binary tensor data ({exc}); sent again as "
                                       "JSON", status=status, retry_after=0.0, retryable=True) from exc
                 raise
+            if self._binary is None:  # the first binary request was understood: every request uses them
+                self._binary = True
+                log.info("%s: binary tensors accepted; every request uses them", safe_url(self.url))
+            return out
         else:
             data = tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
             head["data"] = data.reshape(-1)
