@@ -238,15 +238,14 @@ class OipRestTransport(HttpTransport):
         head: dict[str, Any] = {"name": self.input_name, "shape": list(tensor.shape), "datatype": self.input_datatype}
         out_req: dict[str, Any] = {"name": self.output_name} if self.output_name else {}
         if self._use_binary():
-            raw = tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes()
-            head["parameters"] = {"binary_data_size": len(raw)}
+            head["parameters"] = {"binary_data_size": tensor.nbytes}
             if out_req:
                 out_req["parameters"] = {"binary_data": True}
             doc = {"inputs": [head], **({"outputs": [out_req]} if out_req else {}),
                    "parameters": {"binary_data_output": True}}
             header = orjson.dumps(doc)
             try:
-                r = self._request("POST", self.base + "/infer", data=header + raw,
+                r = self._request("POST", self.base + "/infer", data=_binary_body(header, tensor),
                                   headers={"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))})
                 out = decode_oip_response(r, self.output_name, self)
             except AdapterError as exc:
@@ -270,6 +269,16 @@ class OipRestTransport(HttpTransport):
             r = self._request("POST", self.base + "/infer", data=orjson.dumps(doc, option=_NUMPY),
                               headers={"Content-Type": "application/json"})
         return decode_oip_response(r, self.output_name, self)
+
+
+def _binary_body(header: bytes, tensor: np.ndarray) -> bytearray:
+    """The JSON header followed by the tensor's little-endian bytes, written once into one buffer (a 32-image
+    request is about 19 MB: tobytes() and a concatenation would copy it twice more on the client's cores)."""
+    body = bytearray(len(header) + tensor.nbytes)
+    body[:len(header)] = header
+    dest = np.frombuffer(body, tensor.dtype.newbyteorder("<"), offset=len(header)).reshape(tensor.shape)
+    np.copyto(dest, tensor)
+    return body
 
 
 def decode_oip_response(r: requests.Response, output_name: str | None, into: Transport | None = None) -> np.ndarray:

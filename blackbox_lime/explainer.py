@@ -198,9 +198,9 @@ class Explainer:
         bar = _progress(self.config.total_queries, progress)
         try:
             adaptation, transform, targets = self._adapt(run, targets, bar)
-            probs0 = self._answer(run, transform, bar)
-            targets = _resolve_targets(targets, probs0[0], threshold)
-            filler, choice, visible, probs = self._perturb(run, transform, targets, probs0, bar)
+            answer = _Answer(self, run, transform, targets, threshold, bar, lazy=bool(self.overlap))
+            filler, choice, visible, probs = self._perturb(run, transform, answer, bar)
+            targets = answer.targets()
         finally:
             bar.close()
         shared = self._shared(run, filler, choice, visible, probs, adaptation, keep_samples)
@@ -253,26 +253,19 @@ class Explainer:
         bar.update(adaptation.queries)
         return adaptation, transform, [adaptation.label] if targets is None else targets
 
-    def _answer(self, run: "_Run", transform: InputTransform | None, bar: Any) -> np.ndarray:
-        """The model's answer for the whole image (the design's row 0): probs (1, K)."""
-        t = time.perf_counter()
-        probs0 = self._query(run.canvas[None], transform)
-        run.timings["classifier"] += time.perf_counter() - t
-        bar.update(1)
-        return probs0
-
-    def _perturb(self, run: "_Run", transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
+    def _perturb(self, run: "_Run", transform: InputTransform | None, answer: "_Answer",
                  bar: Any) -> tuple[Filler, FillChoice | None, np.ndarray, np.ndarray]:
         """Masks -> fills -> composites -> queries. A fixed fill spends the whole budget on one design; fill
         "auto" first chooses (:meth:`_choose_fill`; the chosen candidate's pilot queries are kept) and spends
         the rest on the chosen fill. -> (filler, choice, visible bool (n, P), probs (n, K)), row 0 the image."""
         cfg = self.config
         n, choice = cfg.n_samples, None
-        pilot_visible, pilot_probs = np.ones((0, self.grid.n_patches), bool), np.zeros((0, probs0.shape[1]))
+        n_classes = len(self.adapter.info.class_names)
+        pilot_visible, pilot_probs = np.ones((0, self.grid.n_patches), bool), np.zeros((0, n_classes))
         if self.fillers is None:
             filler = self.filler
         else:
-            choice, pilot_visible, pilot_probs = self._choose_fill(run.canvas, transform, targets, probs0[0], run.gen,
+            choice, pilot_visible, pilot_probs = self._choose_fill(run.canvas, transform, answer.answered, run.gen,
                                                                    bar, run.timings)
             filler = self.fillers[choice.chosen]
             n -= len(pilot_visible) + choice.queries_spent
@@ -280,8 +273,9 @@ class Explainer:
         visible, group = draw_masks(run.gen, self.grid.n_patches, n, cfg.mask_ratios,
                                     cfg.nested_samples if filler.depends_on_mask() else 1)
         run.timings["masks"] += time.perf_counter() - t
-        probs = self._sample(run.canvas, filler, visible[1:], group[1:], transform, bar, run.timings)
-        return filler, choice, np.concatenate([visible, pilot_visible]), np.concatenate([probs0, probs, pilot_probs])
+        probs = self._sample(run.canvas, filler, visible[1:], group[1:], transform, bar, run.timings, answer.probs0)
+        return (filler, choice, np.concatenate([visible, pilot_visible]),
+                np.concatenate([answer.probs0(), probs, pilot_probs]))
 
     def _shared(self, run: "_Run", filler: Filler, choice: FillChoice | None, visible: np.ndarray, probs: np.ndarray,
                 adaptation: Adaptation | None, keep_samples: bool) -> "_Shared":
@@ -405,13 +399,13 @@ class Explainer:
         canvas = to_canvas(check_image(image), info.input_size, info.channels, [])
         gen = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
         probs0 = self._query(canvas[None], self.input_transform)[0]
-        target = int(np.argmax(probs0)) if target is None else target
+        targets = [int(np.argmax(probs0)) if target is None else target]
         timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
-        return self._choose_fill(canvas, self.input_transform, [target], probs0, gen, _NoBar(), timings)[0]
+        return self._choose_fill(canvas, self.input_transform, lambda: (targets, probs0), gen, _NoBar(), timings)[0]
 
-    def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
-                     gen: np.random.Generator, bar: Any, timings: dict[str, float]
-                     ) -> tuple[FillChoice, np.ndarray, np.ndarray]:
+    def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None,
+                     answered: Callable[[], tuple[list[int], np.ndarray]], gen: np.random.Generator, bar: Any,
+                     timings: dict[str, float]) -> tuple[FillChoice, np.ndarray, np.ndarray]:
         """Fill "auto" (blackbox_lime/fill_choice.py): first the MAE's reconstruction check, without queries;
         when the MAE reconstructs the image worse than a blur by more than ``recon_margin_db``, a coarse pilot
         per classic candidate scored by the evidence fit's held-out R^2 (or, with ``pilot_samples=0``, the
@@ -443,6 +437,7 @@ class Explainer:
             timings["fill_choice"] = time.perf_counter() - t0
             return FillChoice(chosen, {}, {}, 0, 0, timings["fill_choice"], chosen, cfg.fill_margin,
                               lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db), *none
+        targets, probs0 = answered()  # the targets and the image's answer (waits for the answer in flight)
         scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings, classic)
         chosen, reason = decide(scores, classic[0], cfg.fill_margin)
         timings["fill_choice"] = time.perf_counter() - t0
@@ -480,20 +475,26 @@ class Explainer:
         return psnr, psnr["blur"] - psnr["mae"]
 
     def _sample(self, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
-                transform: InputTransform | None, bar: Any, timings: dict[str, float]) -> np.ndarray:
+                transform: InputTransform | None, bar: Any, timings: dict[str, float],
+                before_queries: Callable[[], object] | None = None) -> np.ndarray:
         """Fill, composite and query a design: visible bool (n, P); group int (n,) of consecutive groups from 0
         that share one fill (MAE). -> probs float64 (n, K).
 
         Chunks of ``batch_size`` groups. With ``overlap`` (the default for a remote model) the next chunk's fills and composites
         are made on a worker thread while this chunk's queries are in flight (onnxruntime and the network
         release the GIL): at most two chunks are alive, and the answers are placed by row, so the result is
-        the serial one bit for bit."""
+        the serial one bit for bit. ``before_queries`` is called before the first query (the image's own
+        answer, asked while the first chunk is filled)."""
         probs = np.zeros((len(visible), len(self.adapter.info.class_names)))
         if len(visible) == 0:
+            if before_queries is not None:
+                before_queries()
             return probs
         chunks = _Chunks(self.grid, canvas, filler, visible, group, self.config.batch_size, timings)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-lime-fill") as pool:
             pending = pool.submit(chunks.make, 0) if self.overlap else None
+            if before_queries is not None:
+                before_queries()  # with overlap, while the first chunk is filled
             for i in range(len(chunks)):
                 rows, batch = pending.result() if pending is not None else chunks.make(i)
                 if pending is not None and i + 1 < len(chunks):
@@ -521,6 +522,37 @@ class Explainer:
         if transform is not None:
             batch = transform(batch)
         return self.adapter.predict(batch)
+
+
+class _Answer:
+    """The model's answer for the whole image (the design's row 0), and the targets it resolves. Asked at once,
+    or with ``lazy`` (overlap) at first use: the pipeline first uses it after the first chunk's fills have
+    been started on the worker thread, so that the request is in flight while they are made. The queries
+    stay on the caller's thread and in the serial order."""
+
+    def __init__(self, explainer: Explainer, run: _Run, transform: InputTransform | None,
+                 targets: "list[int] | str | None", threshold: float, bar: Any, lazy: bool) -> None:
+        self.explainer, self.run, self.transform, self.spec, self.threshold, self.bar = (explainer, run, transform,
+                                                                                         targets, threshold, bar)
+        self._probs0: np.ndarray | None = None
+        if not lazy:
+            self.probs0()
+
+    def probs0(self) -> np.ndarray:
+        """probs (1, K)."""
+        if self._probs0 is None:
+            t = time.perf_counter()
+            self._probs0 = self.explainer._query(self.run.canvas[None], self.transform)
+            self.run.timings["classifier"] += time.perf_counter() - t
+            self.bar.update(1)
+        return self._probs0
+
+    def targets(self) -> list[int]:
+        return _resolve_targets(self.spec, self.probs0()[0], self.threshold)
+
+    def answered(self) -> tuple[list[int], np.ndarray]:
+        """(the targets, probs (K,))."""
+        return self.targets(), self.probs0()[0]
 
 
 @dataclass

@@ -279,6 +279,35 @@ def test_overlapped_fills_give_the_serial_maps_bit_for_bit(linear_model: Path, p
     assert np.array_equal(maps[True].samples["probs"], maps[False].samples["probs"])
 
 
+def test_with_overlap_the_image_s_own_answer_is_asked_while_the_first_chunk_is_filled(
+        linear_model: Path, phantom_image: np.ndarray) -> None:
+    """The answer for the whole image (row 0) is the first query either way, on the caller's thread; with overlap
+    the first chunk's fills have started on the worker when it is asked, so a remote latency hides behind them."""
+    import threading
+
+    for overlap in (True, False):
+        started = threading.Event()
+        asked: list[tuple[str, int, bool]] = []
+
+        class Signalling(_RecordingFiller):
+            def fill(self, image: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+                started.set()
+                return super().fill(image, hidden)
+
+        class Watching(OnnxAdapter):
+            def predict(self, images: np.ndarray) -> np.ndarray:
+                filling = started.wait(5.0) if overlap and not asked else started.is_set()
+                asked.append((threading.current_thread().name, len(images), filling))
+                return super().predict(images)
+
+        with Watching(linear_model) as model:
+            exp = Explainer(model, ExplainConfig(n_samples=48, batch_size=8), filler=Signalling(),  # 2 chunks of 8 x 3
+                            overlap=overlap).explain(phantom_image, rng=5)
+        assert asked[0] == ("MainThread", 1, overlap)  # with overlap: asked while chunk 0 is being filled
+        assert [a[1] for a in asked[1:]] == [24, 23] and {a[0] for a in asked} == {"MainThread"}
+        assert exp.queries == 48 and exp.timings["classifier"] > 0
+
+
 def test_an_error_in_a_chunk_s_fill_reaches_the_caller(linear_model: Path, phantom_image: np.ndarray) -> None:
     class Broken(_RecordingFiller):
         def fill(self, image: np.ndarray, hidden: np.ndarray) -> np.ndarray:

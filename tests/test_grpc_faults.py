@@ -191,3 +191,25 @@ def test_a_message_limit_that_fits_two_images_gets_requests_of_two(scripted, tmp
     x = batch(5)
     assert np.allclose(a.predict(x), want(x), atol=1e-6)
     assert a.request_size == 2 and a.refused_for_size == 2 and servicer.calls == 3
+
+
+def test_the_infer_request_s_wire_bytes_are_protobuf_s_own() -> None:
+    """The tensor is written once into the request's wire bytes (its raw_input_contents appended after the other
+    fields): byte for byte what protobuf serialises, for FP32 and FP16, and the server parses it back."""
+    from blackbox_lime.adapters.grpc import OipGrpcTransport, _varint
+
+    assert [_varint(n) for n in (0, 1, 127, 128, 300, 2 ** 21)] == [b"\x00", b"\x01", b"\x7f", b"\x80\x01",
+                                                                   b"\xac\x02", b"\x80\x80\x80\x01"]
+    transport = OipGrpcTransport("grpc://127.0.0.1:1", "m", "2")
+    try:
+        for dtype, oip in ((np.float32, "FP32"), (np.float16, "FP16")):
+            x = np.random.default_rng(0).random((3, 3, 40, 40)).astype(dtype)  # 28.8 kB: a two-byte length
+            req = pb.ModelInferRequest(model_name="m", model_version="2")
+            req.inputs.append(pb.ModelInferRequest.InferInputTensor(name="image", datatype=oip, shape=list(x.shape)))
+            wire = transport._infer_bytes(req, x)
+            req.raw_input_contents.append(x.tobytes())
+            assert wire == req.SerializeToString()
+            back = pb.ModelInferRequest.FromString(wire)
+            assert np.array_equal(np.frombuffer(back.raw_input_contents[0], dtype).reshape(x.shape), x)
+    finally:
+        transport.close()

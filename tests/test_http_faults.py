@@ -165,7 +165,7 @@ def test_binary_tensor_extension_request_and_response(rsps: responses.RequestsMo
     def infer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], bytes]:
         n = int(request.headers[BINARY_HEADER])
         body = request.body
-        assert isinstance(body, bytes)
+        assert isinstance(body, (bytes, bytearray))  # the binary body is written once into a bytearray
         head = json.loads(body[:n])
         x = np.frombuffer(body[n:], "<f4").reshape(head["inputs"][0]["shape"])
         seen["head"], seen["x"] = head, x

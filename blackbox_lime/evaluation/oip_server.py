@@ -187,7 +187,7 @@ def rest_handler(model: Model, s: Settings) -> type[BaseHTTPRequestHandler]:
                 inp = head["inputs"][0]
                 dt = _NP[inp["datatype"]]
                 if header_len is not None:
-                    x = np.frombuffer(body[int(header_len):], np.dtype(dt).newbyteorder("<")).reshape(inp["shape"])
+                    x = np.frombuffer(body, np.dtype(dt).newbyteorder("<"), offset=int(header_len)).reshape(inp["shape"])
                 else:
                     x = np.asarray(inp["data"], dt).reshape(inp["shape"])
             except (KeyError, ValueError, TypeError, IndexError) as exc:
