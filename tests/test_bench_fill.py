@@ -37,3 +37,25 @@ def test_the_gate_keeps_the_mae_in_its_domain_and_leaves_it_elsewhere() -> None:
     # The gate with "mean" after it picks the best fill in both groups: ratio 1 everywhere, no pilot query.
     assert best["min_ratio"] == 1.0 and best["pilot_queries"] == 0 and best["scorer"].startswith("gate ")
     assert best["picks"] == {"mae": 3, "mean": 3, "blur": 0}
+
+
+def _report_record(index: int, auprc: dict[str, float]) -> dict:
+    methods = {m: {"auprc": v, "queries": 1000, "seconds": 5.0 + index, "r2_heldout": 0.3, "r2_evidence": 0.2,
+                   "low_fidelity": False, "chosen": "mae", "fill_choice_s": 0.1} for m, v in auprc.items()}
+    return {"model": "demo_vit", "family": "breast_us", "index": index, "methods": methods}
+
+
+def test_the_test_table_of_a_run_with_some_methods_says_which_fill_it_compares_with() -> None:
+    """--methods runs a subset: the table shows the methods that ran and the ratios it can compute, "–" for
+    the rest; the best fixed fill is named when not all four ran."""
+    recs = [_report_record(0, {"auto (default)": 0.6, "zero": 0.8}), _report_record(1, {"auto (default)": 0.8,
+                                                                                        "zero": 0.6})]
+    md = bench_fill.report_markdown({"records": recs, "calibrations": {}})
+    rows = md.splitlines()
+    assert rows[0] == "| method | demo_vit/breast_us | all |"
+    assert [r.split(" |")[0] for r in rows[2:4]] == ["| auto (default)", "| zero"] and "| mae |" not in md
+    assert rows[-1] == "| demo_vit/breast_us | – | mae 2 | 1.00 (zero) | – | – | 0/2; –; – | 5.50; – | 0.10 |"
+    full = {m: 0.5 for m in bench_fill.METHODS} | {"auto (default)": 0.7, "blur": 0.75, "lime": 0.35, "occlusion": 0.7}
+    md = bench_fill.report_markdown({"records": [_report_record(0, full)], "calibrations": {
+        "demo_vit/breast_us": {"fill": "blur"}}})
+    assert md.splitlines()[-1] == "| demo_vit/breast_us | blur | mae 1 | 0.93 | 2.00 | 1.00 | 0/1; 0/1; 0/1 | 5.00; 5.00 | 0.10 |"

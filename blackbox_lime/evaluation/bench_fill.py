@@ -269,15 +269,17 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         if a.groups and f"{model}/{family}" not in a.groups:
             continue
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
-            cal = calibrated_fill(adapter, family, a.calibrate_images, a.samples)
-            calibrations[f"{model}/{family}"] = cal
-            print(f"{model}/{family}: calibrate chose {cal['fill']} ({cal['evidence']['median_scores']})",
-                  file=sys.stderr, flush=True)
+            cal: dict[str, Any] = {"fill": "mae"}  # unused unless "calibrated" runs
+            if "calibrated" in a.methods:
+                cal = calibrated_fill(adapter, family, a.calibrate_images, a.samples)
+                calibrations[f"{model}/{family}"] = cal
+                print(f"{model}/{family}: calibrate chose {cal['fill']} ({cal['evidence']['median_scores']})",
+                      file=sys.stderr, flush=True)
             target = adapter.info.abnormal_index
-            for ph in abnormal_cases(family, "test", a.images):
+            for ph in abnormal_cases(family, "test", a.images, a.first_case):
                 rec: dict[str, Any] = {"model": model, "family": family, "index": ph.index, "methods": {}}
                 site_mae = a.site_mae.get(family)
-                for m in METHODS + (SITE_METHODS if site_mae else ()):
+                for m in [m for m in METHODS if m in a.methods] + list(SITE_METHODS if site_mae else ()):
                     t = time.perf_counter()
                     q0 = adapter.queries
                     extra: dict[str, Any] = {}
@@ -304,6 +306,8 @@ def report_markdown(result: dict[str, Any]) -> str:
     groups = [f"{m}/{f}" for m, f in GROUPS if any(r["model"] == m and r["family"] == f for r in recs)]
     lines = ["| method | " + " | ".join(groups) + " | all |", "|---|" + "---|" * (len(groups) + 1)]
     for m in METHODS + SITE_METHODS:
+        if not any(m in r["methods"] for r in recs):
+            continue
         cells = []
         for g in groups + ["all"]:
             vals = [r["methods"][m]["auprc"] for r in recs if (g == "all" or f"{r['model']}/{r['family']}" == g)
@@ -322,18 +326,29 @@ def report_markdown(result: dict[str, Any]) -> str:
     for g in groups:
         rs = [r for r in recs if f"{r['model']}/{r['family']}" == g]
 
+        ran = set(rs[0]["methods"])  # a run with --methods has a subset; "–" where a ratio needs one it lacks
+
         def group_mean(m: str) -> float:
             return float(np.mean([r["methods"][m]["auprc"] for r in rs]))
 
-        best_fixed = max(group_mean(f) for f in ("mae", "mean", "blur", "zero"))
+        def ratio(m: str) -> str:
+            return f"{group_mean('auto (default)') / max(group_mean(m), 1e-9):.2f}" if m in ran else "–"
+
+        if "auto (default)" not in ran:
+            continue
+        fixed = [f for f in ("mae", "mean", "blur", "zero") if f in ran]
+        best = max(fixed, key=group_mean) if fixed else None
         picks: dict[str, int] = {}
         for r in rs:
             picks[r["methods"]["auto (default)"]["chosen"]] = picks.get(r["methods"]["auto (default)"]["chosen"], 0) + 1
-        warn = "; ".join(f"{sum(r['methods'][m]['low_fidelity'] for r in rs)}/{len(rs)}" for m in ("auto (default)", "mae", "mean"))
-        wall = "; ".join(f"{np.median([r['methods'][m]['seconds'] for r in rs]):.2f}" for m in ("auto (default)", "mae"))
-        lines.append(f"| {g} | {result['calibrations'][g]['fill']} | {', '.join(f'{k} {v}' for k, v in sorted(picks.items()))} | "
-                     f"{group_mean('auto (default)') / best_fixed:.2f} | {group_mean('auto (default)') / max(group_mean('lime'), 1e-9):.2f} | "
-                     f"{group_mean('auto (default)') / max(group_mean('occlusion'), 1e-9):.2f} | {warn} | {wall} | "
+        warn = "; ".join(f"{sum(r['methods'][m]['low_fidelity'] for r in rs)}/{len(rs)}" if m in ran else "–"
+                         for m in ("auto (default)", "mae", "mean"))
+        wall = "; ".join(f"{np.median([r['methods'][m]['seconds'] for r in rs]):.2f}" if m in ran else "–"
+                         for m in ("auto (default)", "mae"))
+        cal = result["calibrations"].get(g, {}).get("fill", "–")
+        lines.append(f"| {g} | {cal} | {', '.join(f'{k} {v}' for k, v in sorted(picks.items()))} | "
+                     f"{ratio(best) if best else '–'}{f' ({best})' if best and len(fixed) < 4 else ''} | "
+                     f"{ratio('lime')} | {ratio('occlusion')} | {warn} | {wall} | "
                      f"{np.median([r['methods']['auto (default)']['fill_choice_s'] for r in rs]):.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -375,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=1000, help="queries per explanation")
     p.add_argument("--calibrate-images", type=int, default=8, help="test: val images per group for calibrate")
     p.add_argument("--groups", default="", help="comma list of model/family groups (default all)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="test: comma list of the methods to run (default all; 'auto (default)' is always run)")
+    p.add_argument("--first-case", type=int, default=0,
+                   help="test: start at this abnormal case of each group (more cases beyond an earlier run)")
     p.add_argument("--join", default=None, metavar="DIR",
                    help="test: keep the records of the groups this run does not run from DIR's results.json")
     p.add_argument("--site-mae", action="append", default=[], metavar="FAMILY=PATH",
@@ -390,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         return rescore(Path(a.out), a.add)
     a.groups = [g for g in a.groups.split(",") if g]
     a.site_mae = dict(item.split("=", 1) for item in a.site_mae)
+    a.methods = {"auto (default)"} | {m.strip() for m in a.methods.split(",") if m.strip()}
+    unknown = sorted(a.methods - set(METHODS))
+    if unknown:
+        p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
     t0 = time.perf_counter()
     result = tune(a) if a.split == "val" else report(a)
     if a.join:
@@ -410,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(header + md)
     result.update(commit=git_commit(), minutes=minutes, samples=a.samples, images=a.images, seed=a.seed,
+                  first_case=getattr(a, "first_case", 0),
                   low_fidelity_r2=LOW_FIDELITY_R2)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
     print(header + md)
