@@ -67,8 +67,9 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
     Returns ``{"fill": chosen, "evidence": {...}, "per_image": [FillChoice.summary(), ...]}``."""
     base = config or ExplainConfig()
     pilot = max(base.pilot_samples, CALIBRATION_PILOT) if base.pilot_samples else 0
-    cfg = replace(base, fill="auto", pilot_samples=pilot,
-                  n_samples=max(base.n_samples, 2 * base.pilot_candidates * pilot + 1))
+    challenger = max(base.challenger_samples, CALIBRATION_PILOT)
+    cfg = replace(base, fill="auto", pilot_samples=pilot, challenger_samples=challenger,
+                  n_samples=max(base.n_samples, 2 * base.pilot_candidates * pilot + 1, 4 * challenger + 1))
     explainer = Explainer(adapter, cfg, mae_path=None if mae_path is None else str(mae_path), **explainer_options)
     q0, t0 = adapter.queries, time.perf_counter()
     per_image = []
@@ -76,7 +77,7 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
         per_image.append(explainer.choose_fill(image, target=target, rng=seed + i).summary())
         if progress is not None:
             progress(1)
-    chosen, evidence = summarise_choices(per_image, cfg.fill_candidates, cfg.fill_margin)
+    chosen, evidence = summarise_choices(per_image, cfg.fill_candidates, cfg.fill_margin, cfg.challenger_margin)
     evidence.update(candidates=list(cfg.fill_candidates), pilot_samples_per_fill=cfg.pilot_per_fill,
                     margin=cfg.fill_margin, images=len(per_image), queries=adapter.queries - q0,
                     seconds=round(time.perf_counter() - t0, 2))

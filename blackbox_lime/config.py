@@ -59,6 +59,15 @@ class ExplainConfig:
     recon_margin_db : float, default 2.0
         "auto": the MAE is used when its PSNR on the image's own hidden pixels (8 fixed masks hiding half
         the patches) is at most this many dB below a blur's; no query is spent then.
+    mae_challenger : str or None, default None
+        "auto", when the MAE passes the check: a fixed fill piloted against the MAE (``challenger_samples``
+        each, masks over ``challenger_block`` x ``challenger_block`` patch blocks, the evidence fit's held-out
+        R^2); it replaces the MAE only when it scores more than ``challenger_margin`` higher. The MAE's pilot
+        samples are reused; the challenger's are the price. None keeps the MAE without a query.
+    challenger_samples, challenger_block, challenger_margin : int, int, float; default 24, 2, 0.5
+        The challenger's pilot (see ``mae_challenger``): on val (docs/tune_val/fill_zero/table.md) the setting
+        whose worst-group ratio holds best at its neighbouring margins. The challenger is off by default
+        because the val grid is unstable (docs/robust_fill.md).
     pilot_samples : int, default 32
         "auto", when the MAE fails the check: pilot samples per classic candidate (masks over blocks of
         ``pilot_block`` x ``pilot_block`` patches), scored by the evidence fit's held-out R^2. The
@@ -136,6 +145,10 @@ class ExplainConfig:
     pilot_block: int = 2
     fill_margin: float = 0.0
     recon_margin_db: float = 2.0
+    mae_challenger: str | None = None
+    challenger_samples: int = 24
+    challenger_block: int = 2
+    challenger_margin: float = 0.5
     nested_samples: int = 3
     kernel_width: float = 1.0
     lambda1: float = 0.07
@@ -171,6 +184,19 @@ class ExplainConfig:
         _check(_is_int(self.pilot_block) and self.pilot_block >= 1, "pilot_block", "an integer >= 1", self.pilot_block)
         _check(_is_real(self.fill_margin) and self.fill_margin >= 0, "fill_margin", "a float in the range [0, inf)",
                self.fill_margin)
+        _check(self.mae_challenger is None or self.mae_challenger in FIXED_FILLS[1:], "mae_challenger",
+               f"None or one of {', '.join(FIXED_FILLS[1:])}", self.mae_challenger)
+        _check(_is_int(self.challenger_samples) and self.challenger_samples >= MIN_PILOT, "challenger_samples",
+               f"an integer >= {MIN_PILOT}", self.challenger_samples)
+        _check(_is_int(self.challenger_block) and self.challenger_block >= 1, "challenger_block", "an integer >= 1",
+               self.challenger_block)
+        _check(_is_real(self.challenger_margin) and self.challenger_margin >= 0, "challenger_margin",
+               "a float in the range [0, inf)", self.challenger_margin)
+        if self.fill == "auto" and self.mae_challenger is not None and "mae" in self.fill_candidates:
+            _check(self.n_samples >= 4 * MIN_PILOT + 1, "n_samples",
+                   f"at least {4 * MIN_PILOT + 1} with fill 'auto' and an MAE challenger (the MAE's and the "
+                   f"challenger's pilots of {MIN_PILOT} or more, as many again for the chosen fill, and the image), "
+                   "or mae_challenger=None", self.n_samples)
         if self.fill == "auto" and self.pilot_samples:
             k = self.pilot_candidates
             need = 2 * k * MIN_PILOT + 1
@@ -210,6 +236,12 @@ class ExplainConfig:
         """Pilot samples per candidate that "auto" uses: ``pilot_samples``, lowered so that the chosen fill
         gets at least as many samples again as all pilots together (a small ``n_samples``)."""
         return min(self.pilot_samples, (self.n_samples - 1) // (2 * self.pilot_candidates))
+
+    @property
+    def challenger_per_fill(self) -> int:
+        """Pilot samples of the MAE and of its challenger: ``challenger_samples``, lowered so that the chosen
+        fill gets at least as many samples again as both pilots together."""
+        return min(self.challenger_samples, (self.n_samples - 1) // 4)
 
     def lambda2_for(self, prior: bool) -> float:
         """The lambda2 the surrogate uses, with (``prior``) or without an evidence prior."""

@@ -121,6 +121,10 @@ class Explainer:
         if filler is None and cfg.fill == "auto":
             self.fillers = {kind: make(kind) for kind in cfg.fill_candidates}
         self.filler = filler or (next(iter(self.fillers.values())) if self.fillers else make(cfg.fill))
+        # fill "auto": the fill piloted against the MAE where the MAE passes the reconstruction check
+        self.challenger: Filler | None = None
+        if self.fillers is not None and cfg.mae_challenger is not None and "mae" in self.fillers:
+            self.challenger = make(cfg.mae_challenger)
         self.input_transform = input_transform
         info = adapter.info
         mae = self.mae
@@ -267,7 +271,10 @@ class Explainer:
         else:
             choice, pilot_visible, pilot_probs = self._choose_fill(run.canvas, transform, answer.answered, run.gen,
                                                                    bar, run.timings)
-            filler = self.fillers[choice.chosen]
+            chosen_from = dict(self.fillers)
+            if self.challenger is not None and self.config.mae_challenger is not None:
+                chosen_from[self.config.mae_challenger] = self.challenger
+            filler = chosen_from[choice.chosen]
             n -= len(pilot_visible) + choice.queries_spent
         t = time.perf_counter()
         visible, group = draw_masks(run.gen, self.grid.n_patches, n, cfg.mask_ratios,
@@ -424,11 +431,13 @@ class Explainer:
         if gate is not None:
             psnr, gap = self._recon_check(canvas, fillers[gate])
             if gap <= cfg.recon_margin_db or not classic:
-                timings["fill_choice"] = time.perf_counter() - t0
                 reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
                           f"blur ({psnr['mae']:.2f} vs {psnr['blur']:.2f} dB)")
-                return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
-                                  cfg.recon_margin_db), *none
+                if self.challenger is None or cfg.mae_challenger is None:
+                    timings["fill_choice"] = time.perf_counter() - t0
+                    return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
+                                      cfg.recon_margin_db, gate="passed"), *none
+                return self._challenge(canvas, transform, answered, gen, bar, timings, t0, reason, psnr)
         lead = (f"the MAE reconstructs this image's hidden pixels {gap:.2f} dB worse than a blur; "
                 if gate is not None else "")
         n = cfg.pilot_per_fill
@@ -436,29 +445,50 @@ class Explainer:
             chosen = classic[0]
             timings["fill_choice"] = time.perf_counter() - t0
             return FillChoice(chosen, {}, {}, 0, 0, timings["fill_choice"], chosen, cfg.fill_margin,
-                              lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db), *none
-        targets, probs0 = answered()  # the targets and the image's answer (waits for the answer in flight)
-        scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings, classic)
+                              lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db,
+                              gate="failed" if gate else None), *none
+        targets, probs0 = answered()  # the targets and the image's answer
+        scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings,
+                                              {k: fillers[k] for k in classic}, n, cfg.pilot_block)
         chosen, reason = decide(scores, classic[0], cfg.fill_margin)
         timings["fill_choice"] = time.perf_counter() - t0
         choice = FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), timings["fill_choice"], classic[0],
-                            cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db)
+                            cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db, gate="failed" if gate else None)
         return choice, *pilots[chosen]
 
+    def _challenge(self, canvas: np.ndarray, transform: InputTransform | None,
+                   answered: Callable[[], tuple[list[int], np.ndarray]], gen: np.random.Generator, bar: Any,
+                   timings: dict[str, float], t0: float, reason: str, psnr: dict[str, float]
+                   ) -> tuple[FillChoice, np.ndarray, np.ndarray]:
+        """The MAE passed the reconstruction check: a pilot of the MAE against ``mae_challenger``, the MAE kept
+        unless the challenger's evidence fit scores more than ``challenger_margin`` higher (docs/robust_fill.md:
+        a ViT on ultrasound reads zero-filled patches as absent evidence better than MAE-filled ones)."""
+        cfg, n = self.config, self.config.challenger_per_fill
+        assert self.fillers is not None and self.challenger is not None and cfg.mae_challenger is not None
+        targets, probs0 = answered()
+        scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings,
+                                              {"mae": self.fillers["mae"], cfg.mae_challenger: self.challenger},
+                                              n, cfg.challenger_block)
+        chosen, why = decide(scores, "mae", cfg.challenger_margin)
+        timings["fill_choice"] = time.perf_counter() - t0
+        return FillChoice(chosen, scores, spread, n, n, timings["fill_choice"], "mae", cfg.challenger_margin,
+                          f"{reason}; piloted against {cfg.mae_challenger}: {why}", psnr, cfg.recon_margin_db,
+                          gate="passed"), *pilots[chosen]
+
     def _pilots(self, canvas: np.ndarray, transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
-                gen: np.random.Generator, bar: Any, timings: dict[str, float], classic: list[str]
+                gen: np.random.Generator, bar: Any, timings: dict[str, float], candidates: dict[str, Filler],
+                n: int, block: int
                 ) -> tuple[dict[str, float | None], dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
-        """A coarse pilot of ``pilot_per_fill`` queries per classic candidate, scored by the evidence fit's
-        held-out R^2 (the mean over the targets whose answer moved; None when none did) -> (scores, the
-        answers' spread per candidate, each pilot's (visible, probs))."""
-        cfg, n = self.config, self.config.pilot_per_fill
-        assert self.fillers is not None
+        """A coarse pilot of ``n`` queries per candidate (masks over ``block`` x ``block`` patches), scored by the
+        evidence fit's held-out R^2 (the mean over the targets whose answer moved; None when none did) ->
+        (scores, the answers' spread per candidate, each pilot's (visible, probs))."""
+        cfg = self.config
         scores: dict[str, float | None] = {}
         spread: dict[str, float] = {}
         pilots = {}
-        for name in classic:  # designs drawn in candidate order: deterministic for a seed
-            coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, cfg.pilot_block)
-            probs = self._sample(canvas, self.fillers[name], fine, np.arange(n), transform, bar, timings)
+        for name, filler in candidates.items():  # designs drawn in candidate order: deterministic for a seed
+            coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, block)
+            probs = self._sample(canvas, filler, fine, np.arange(n), transform, bar, timings)
             per = [score_pilot(coarse, probs[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
             moved = [sc for sc, _ in per if sc is not None]
             scores[name] = float(np.mean(moved)) if moved else None

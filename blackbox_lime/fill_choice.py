@@ -60,6 +60,8 @@ class FillChoice:
     preferred, margin : the pilot's rule: ``preferred`` unless another candidate's score exceeds its by ``margin``.
     reason : the decision in words.
     recon_psnr, recon_margin_db : the reconstruction check (PSNR in dB of the MAE and the blur) and its margin.
+    gate : "passed" or "failed" (the MAE's reconstruction check), None without an MAE candidate. When it
+        passed, a pilot (if any) was the MAE against its challenger (``ExplainConfig.mae_challenger``).
     """
 
     chosen: str
@@ -73,6 +75,7 @@ class FillChoice:
     reason: str = ""
     recon_psnr: dict[str, float] = field(default_factory=dict)
     recon_margin_db: float = float("nan")
+    gate: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"mode": "auto", "chosen": self.chosen,
@@ -82,7 +85,7 @@ class FillChoice:
                 "pilot_samples_per_fill": self.pilot_samples, "queries_spent_on_choice": self.queries_spent,
                 "seconds": round(self.seconds, 4),
                 "rule": {"recon_margin_db": self.recon_margin_db, "preferred": self.preferred, "margin": self.margin},
-                "reason": self.reason}
+                "gate": self.gate, "reason": self.reason}
 
 
 # The reconstruction check: masks over half the patches, drawn from a fixed seed so that the check (and with it
@@ -211,14 +214,15 @@ def score_pilot(coarse: np.ndarray, y: np.ndarray, y0: float, kernel_width: floa
     return heldout_r2(coarse, y, kernel, anchor, surrogate), sd
 
 
-def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...], margin: float
-                      ) -> tuple[str, dict[str, Any]]:
+def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...], margin: float,
+                      challenger_margin: float = 0.2) -> tuple[str, dict[str, Any]]:
     """One fill for a whole site from per-image ``FillChoice.summary()`` records.
 
-    The MAE when it passed the reconstruction check on more than half of the images;
-    otherwise :func:`decide` over the classic candidates' median pilot scores (an image where a candidate
-    did not move counts as 0), the first classic candidate preferred as in ``fill="auto"``; without pilot
-    scores, the fill most images chose."""
+    When the MAE passed the reconstruction check on more than half of the images: the MAE, or, where those
+    images piloted it against a challenger, :func:`decide` over the two fills' median scores on them (the MAE
+    preferred by ``challenger_margin``). Otherwise :func:`decide` over the classic candidates' median pilot
+    scores (an image where a candidate did not move counts as 0), the first classic candidate preferred as in
+    ``fill="auto"``; without pilot scores, the fill most images chose."""
     if not choices:
         raise ValueError("No image was scored; give at least one readable image.")
     votes: dict[str, int] = {}
@@ -227,9 +231,22 @@ def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...]
     psnr = {k: float(np.median([c["recon_psnr_db"][k] for c in choices if k in c["recon_psnr_db"]]))
             for k in choices[0].get("recon_psnr_db", {})}
     mae = "mae"
-    if psnr and votes.get(mae, 0) * 2 > len(choices):
-        return mae, {"median_recon_psnr_db": psnr, "median_scores": {}, "per_image_choices": votes,
-                     "reason": f"the MAE passed the reconstruction check on {votes[mae]} of {len(choices)} images"}
+    passed = [c for c in choices if c.get("gate", "passed" if c["chosen"] == mae else None) == "passed"]
+    if psnr and len(passed) * 2 > len(choices):
+        lead = f"the MAE passed the reconstruction check on {len(passed)} of {len(choices)} images"
+        rivals = sorted({k for c in passed for k in c["scores"] if k != mae})
+        if not rivals:
+            return mae, {"median_recon_psnr_db": psnr, "median_scores": {}, "per_image_choices": votes,
+                         "reason": lead}
+        def median(k: str) -> float | None:  # None (the answer did not move) on most images: no score, as per image
+            got = [c["scores"].get(k) for c in passed]
+            return None if sum(v is None for v in got) * 2 > len(got) else float(np.median([v or 0.0 for v in got]))
+
+        med_passed = {k: median(k) for k in [mae] + rivals}
+        chosen, reason = decide(med_passed, mae, challenger_margin)
+        return chosen, {"median_recon_psnr_db": psnr,
+                        "median_scores": {k: round(v, 4) for k, v in med_passed.items() if v is not None},
+                        "per_image_choices": votes, "reason": f"{lead}; piloted against {', '.join(rivals)}: {reason}"}
     classic = [k for k in candidates if k != mae and any(k in c["scores"] for c in choices)]
     med: dict[str, float | None] = {k: float(np.median([c["scores"].get(k) or 0.0 for c in choices])) for k in classic}
     if med:

@@ -117,6 +117,29 @@ def painter_mae(path: Path, value: float, size: int = 224, patch: int = 16) -> P
                                "channels": "3", "mean": "[0.0, 0.0, 0.0]", "std": "[1.0, 1.0, 1.0]"})
 
 
+def oracle_mae(path: Path, size: int = 224, patch: int = 16) -> Path:
+    """An "MAE" under the mae_recon.onnx contract that returns the image itself, hidden patches included: it
+    passes any reconstruction check, and hiding a patch never changes what the classifier sees."""
+    g = size // patch
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
+    m = helper.make_tensor_value_info("patch_mask", TensorProto.FLOAT, ["N", g * g])
+    y = helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", 3, size, size])
+    inits = [numpy_helper.from_array(np.array([0, 1, g, g], np.int64), "grid"),
+             numpy_helper.from_array(np.array([1, 1, patch, patch], np.float32), "scales"),
+             numpy_helper.from_array(np.array([1.0], np.float32), "one")]
+    nodes = [
+        helper.make_node("Reshape", ["patch_mask", "grid"], ["m4"]),
+        helper.make_node("Resize", ["m4", "", "scales"], ["mpx"], mode="nearest"),
+        helper.make_node("Sub", ["one", "mpx"], ["keep"]),
+        helper.make_node("Mul", ["image", "keep"], ["kept"]),
+        helper.make_node("Mul", ["image", "mpx"], ["hidden"]),  # the hidden pixels, as they were
+        helper.make_node("Add", ["kept", "hidden"], ["recon"]),
+    ]
+    graph = helper.make_graph(nodes, "oracle_mae", [x, m], [y], inits)
+    return _save(graph, path, {"blackbox_lime.kind": "mae", "image_size": str(size), "patch_size": str(patch),
+                               "channels": "3", "mean": "[0.0, 0.0, 0.0]", "std": "[1.0, 1.0, 1.0]"})
+
+
 def sine_model(path: Path, a: np.ndarray, frequency: float = 50.0, size: int = 224, patch: int = 16) -> Path:
     """P(abnormal | x) = 0.5 + 0.4 sin(frequency * sum_j a_j mean_j): the answer moves when patches are hidden,
     but no linear model of the patches predicts it (a map of low fidelity). a: (rows*cols,)."""

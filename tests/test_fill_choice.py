@@ -13,7 +13,7 @@ from blackbox_lime import cli
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.fill_choice import decide, heldout_r2
-from graphs import linear_patch_model, painter_mae, sine_model
+from graphs import linear_patch_model, oracle_mae, painter_mae, sine_model
 
 PLANTED = [3 * 14 + 4, 3 * 14 + 5, 9 * 14 + 10, 10 * 14 + 2]  # patches holding the bright trigger
 
@@ -73,6 +73,62 @@ def test_auto_keeps_the_mae_where_it_knows_the_images_and_then_costs_no_query(ph
     assert auto.fill["chosen"] == "mae" and auto.fill["queries_spent_on_choice"] == 0 and auto.fill["scores"] == {}
     assert auto.fill["recon_psnr_db"]["mae"] > auto.fill["recon_psnr_db"]["blur"]  # a chest phantom: its own domain
     np.testing.assert_array_equal(auto.saliency, mae.saliency)  # then the map is the MAE map, bit for bit
+
+
+def test_where_the_mae_passes_its_check_a_challenger_that_removes_the_evidence_replaces_it(trigger_case, tmp_path) -> None:
+    """An "MAE" that returns the hidden pixels as they were passes any reconstruction check, yet hiding a planted
+    patch then never moves the answer. Piloted against the zero fill (which removes the trigger), it loses, and
+    the map finds the planted patches; without a challenger auto keeps it and the map is flat."""
+    image, model_path, _ = trigger_case
+    oracle = oracle_mae(tmp_path / "oracle.onnx")
+    with OnnxAdapter(model_path) as model:
+        exp = Explainer(model, ExplainConfig(n_samples=300, mae_challenger="zero"), mae_path=oracle).explain(
+            image, target=1, rng=0)
+        kept = Explainer(model, ExplainConfig(n_samples=300, mae_challenger=None), mae_path=oracle).explain(
+            image, target=1, rng=0)
+    fill = exp.fill
+    assert fill["gate"] == "passed" and fill["chosen"] == "zero" and fill["recon_psnr_db"]["mae"] > 100
+    assert fill["scores"]["mae"] is None and fill["scores"]["zero"] > 0.3 and fill["response_sd"]["mae"] == 0.0
+    assert fill["rule"] == {"recon_margin_db": 2.0, "preferred": "mae", "margin": 0.5}
+    assert fill["reason"].endswith("dB); piloted against zero: the answer did not move with mae; zero scored highest")
+    n = ExplainConfig().challenger_per_fill
+    assert fill["pilot_samples_per_fill"] == n and fill["queries_spent_on_choice"] == n and exp.queries == 300
+    assert sorted(np.argsort(-exp.patch_weights.reshape(-1))[:4].tolist()) == sorted(PLANTED)
+    assert kept.fill["chosen"] == "mae" and kept.fill["scores"] == {} and kept.queries == 300
+    assert any("hardly moved under masking" in w for w in kept.warnings)
+
+
+def test_the_mae_keeps_its_place_unless_the_challenger_wins_by_the_margin() -> None:
+    from blackbox_lime.fill_choice import summarise_choices
+
+    def rec(chosen: str, gate: str, scores: dict) -> dict:
+        return {"chosen": chosen, "gate": gate, "scores": scores, "recon_psnr_db": {"mae": 20.0, "blur": 19.0}}
+
+    close = [rec("mae", "passed", {"mae": 0.30, "zero": 0.45}), rec("zero", "passed", {"mae": 0.2, "zero": 0.5}),
+             rec("mae", "passed", {"mae": 0.40, "zero": 0.35})]
+    chosen, ev = summarise_choices(close, ("mae", "mean", "blur"), 0.0, challenger_margin=0.2)
+    assert chosen == "mae" and ev["median_scores"] == {"mae": 0.3, "zero": 0.45}  # 0.45 is not 0.2 above 0.30
+    assert ev["reason"] == ("the MAE passed the reconstruction check on 3 of 3 images; piloted against zero: mae is "
+                            "within 0.2 of the best held-out R^2")
+    chosen, ev = summarise_choices(close, ("mae", "mean", "blur"), 0.0, challenger_margin=0.1)
+    assert chosen == "zero" and ev["per_image_choices"] == {"mae": 2, "zero": 1}
+    # images whose MAE failed the check do not count towards the MAE (a chosen "zero" there is not the challenger's)
+    flat = [rec("zero", "passed", {"mae": None, "zero": 0.3})] * 2 + close[:1]  # the MAE left the answer flat
+    chosen, ev = summarise_choices(flat, ("mae", "mean", "blur"), 0.0, challenger_margin=0.5)
+    assert chosen == "zero" and ev["median_scores"] == {"zero": 0.3}
+    failed = [rec("mean", "failed", {"mean": 0.3, "blur": 0.1})] * 2 + close[:1]
+    assert summarise_choices(failed, ("mae", "mean", "blur"), 0.0)[0] == "mean"
+
+
+def test_challenger_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"The 'mae_challenger' parameter must be None or one of mean, blur, zero\. "
+                                         r"Got 'mae' instead\."):
+        ExplainConfig(mae_challenger="mae")
+    with pytest.raises(ValueError, match=r"The 'n_samples' parameter must be at least 33 with fill 'auto' and an MAE "
+                                         r"challenger .* or mae_challenger=None\. Got 30 instead\."):
+        ExplainConfig(n_samples=30, mae_challenger="zero", pilot_samples=0)
+    assert ExplainConfig(n_samples=30, mae_challenger=None, pilot_samples=0).challenger_per_fill == 7
+    assert ExplainConfig(n_samples=1000).challenger_per_fill == 24 and ExplainConfig(n_samples=81).challenger_per_fill == 20
 
 
 def test_auto_is_deterministic_for_a_seed_and_stays_within_the_budget(trigger_case) -> None:
@@ -171,6 +227,32 @@ def test_calibrate_writes_the_choice_and_explain_uses_it(trigger_case, tmp_path:
     report = json.loads((out / "case0.json").read_text())
     assert report["fill"] == {"mode": "fixed", "chosen": cal["fill"]["chosen"]} and report["queries"] == 100
     assert report["models"]["calibration"]["file"] == "fill.toml"
+
+
+def test_the_cli_pilots_the_mae_against_a_challenger_in_explain_and_calibrate(trigger_case, tmp_path: Path,
+                                                                               capsys) -> None:
+    image, model_path, _ = trigger_case
+    oracle = oracle_mae(tmp_path / "oracle.onnx")
+    _write_pngs(tmp_path / "site", [image, np.flipud(image).copy()])
+    png = next((tmp_path / "site").glob("case0.png"))
+    assert cli.main(["explain", str(png), "--model", str(model_path), "--mae", str(oracle), "--mae-challenger", "zero",
+                     "--out", str(tmp_path / "out"), "--samples", "200", "--quiet"]) == 0
+    report = json.loads((tmp_path / "out" / "case0.json").read_text())
+    assert report["fill"]["chosen"] == "zero" and report["fill"]["gate"] == "passed" and report["queries"] == 200
+    fill_toml = tmp_path / "fill.toml"
+    assert cli.main(["calibrate", str(tmp_path / "site"), "--model", str(model_path), "--mae", str(oracle),
+                     "--mae-challenger", "zero", "--out", str(fill_toml), "--quiet"]) == 0
+    import tomllib
+
+    cal = tomllib.loads(fill_toml.read_text())
+    assert cal["fill"]["chosen"] == "zero" and cal["fill"]["per_image_choices"] == {"zero": 2}
+    assert cal["fill"]["reason"].startswith("the MAE passed the reconstruction check on 2 of 2 images; piloted "
+                                            "against zero: ")
+    assert cal["evidence"]["queries"] == 2 * (1 + 2 * 64)  # the larger calibration pilot, MAE and challenger
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["explain", str(png), "--model", str(model_path), "--mae-challenger", "mae"])
+    assert exit_.value.code == 2 and "argument --mae-challenger: invalid choice: 'mae'" in capsys.readouterr().err
 
 
 def test_calibration_errors(trigger_case, tmp_path: Path, capsys, linear_model: Path) -> None:

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the image within 2 dB of a blur, else mean or blur by a pilot share of --samples)")
         sp.add_argument("--calibration", default=None,
                         help="a site calibration (blackbox-lime calibrate): use its fill for every image, no pilot")
+        sp.add_argument("--mae-challenger", choices=["mean", "blur", "zero"], default=None,
+                        help="fill auto: where the MAE passes its check, pilot it against this fill (32 queries each) "
+                             "and use the challenger when its evidence fit is clearly better (off by default; see "
+                             "docs/robust_fill.md)")
         sp.add_argument("--lambda1", type=float, default=None,
                         help="surrogate L1 weight (default: tuned on the val split; lower keeps weaker evidence)")
         sp.add_argument("--lambda1-scale", choices=["response", "absolute"], default=None,
@@ -150,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--target", default=None, help="class whose answers judge the fills (default: each image's "
                                                    "predicted class)")
     ca.add_argument("--mae", default=None, help="MAE graph for the mae candidate (default: the bundled one)")
+    ca.add_argument("--mae-challenger", choices=["mean", "blur", "zero"], default=None,
+                    help="where the MAE passes its check, pilot it against this fill too (see explain --mae-challenger)")
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     remote_options(ca)

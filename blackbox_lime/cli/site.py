@@ -22,6 +22,7 @@ from blackbox_lime.cli.common import (
 def run_calibrate(a: argparse.Namespace) -> int:
     """Choose the fill for a site's images (pilot queries only) and write it with its evidence."""
     from blackbox_lime.calibration import calibrate, images_digest, to_toml
+    from blackbox_lime.config import ExplainConfig
     from blackbox_lime.explainer import _progress
     from blackbox_lime.outputs import atomic_write_bytes, check_writable
 
@@ -36,8 +37,8 @@ def run_calibrate(a: argparse.Namespace) -> int:
         target = target_index(a.target, adapter.info.class_names)
         bar = _progress(len(loaded), not a.quiet, unit="image")
         try:
-            result = calibrate(adapter, [x.pixels for x in loaded], target=target, seed=a.seed, mae_path=a.mae,
-                               progress=bar.update, device=a.device)
+            result = calibrate(adapter, [x.pixels for x in loaded], ExplainConfig(mae_challenger=a.mae_challenger),
+                               target=target, seed=a.seed, mae_path=a.mae, progress=bar.update, device=a.device)
         except ValueError as exc:
             raise as_typed(exc) from None
         finally:

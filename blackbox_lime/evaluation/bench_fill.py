@@ -41,6 +41,7 @@ from blackbox_lime.evaluation.bench import git_commit, read_results
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
 from blackbox_lime.fill_choice import coarse_design, decide, recon_psnr, score_pilot
+from blackbox_lime.generative_masking import make_filler
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.models import bundled_model
 from blackbox_lime.evaluation.phantoms import abnormal_cases, make_phantom
@@ -61,14 +62,14 @@ SCORERS: dict[str, dict[str, Any] | None] = {"l1": None, "ridge 0.05": {"lambda1
            "evidence 0.05": {"positive": True, "ridge": 5e-2}}
 
 
-def _tune_case(adapter: OnnxAdapter, image: np.ndarray, mask: np.ndarray, samples: int, seed: int
-               ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _tune_case(adapter: OnnxAdapter, image: np.ndarray, mask: np.ndarray, samples: int, seed: int,
+               fills: tuple[str, ...] = FIXED) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The fixed fills' maps and, per pilot block and fill, one pilot of max(PILOTS) samples: a design's first
     k rows are the design of k samples from the same generator (ratios cycle row by row), so smaller pilots
     are its prefixes. Returns the record and the raw pilots (coarse designs and answers)."""
     target = adapter.info.abnormal_index
     rec: dict[str, Any] = {"fixed": {}}
-    for fill in FIXED:
+    for fill in fills:
         e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=samples)).explain(image, target=target, rng=seed)
         rec["fixed"][fill] = {"auprc": pixel_auprc(e.saliency, mask), "r2": e.r2,
                               "r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
@@ -82,9 +83,10 @@ def _tune_case(adapter: OnnxAdapter, image: np.ndarray, mask: np.ndarray, sample
     timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
     raw = {}
     n = max(PILOTS)
+    candidates = dict(ex.fillers) | {f: make_filler(f, ex.config.patch_size) for f in fills if f not in ex.fillers}
     for block in BLOCKS:
         gen = np.random.default_rng(seed)
-        for fill, filler in ex.fillers.items():
+        for fill, filler in candidates.items():
             coarse, fine = coarse_design(gen, ex.grid, n, ex.config.mask_ratios, block)
             probs = ex._sample(canvas, filler, fine, np.arange(n), None, _NoBar(), timings)
             raw[f"{block}/{fill}/design"] = coarse
@@ -107,11 +109,25 @@ GATE_MARGINS = (-0.5, 0.0, 0.25, 0.5, 1.0, 2.0)
 STAGE2 = ("mean", "blur") + tuple(f"pilot {n}/{b}/{m:g}" for n in (16, 24, 32) for b in (2, 3) for m in (0.0, 0.1))
 
 
-def gated_choice(rec: dict[str, Any], raw: dict[str, np.ndarray], margin_db: float, stage2: str) -> tuple[str, int]:
+# With --zero (val runs that also measure the zero fill): what the gate does when the MAE passes it: keep the MAE,
+# or a pilot of the MAE against the zero fill (evidence scorer) with the MAE preferred.
+CHALLENGER_PILOTS = (16, 24, 32, 48)
+CHALLENGER_BLOCKS = (2, 3)
+CHALLENGER_MARGINS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+STAGE1_ZERO = ("mae",) + tuple(f"mae|zero {n}/{b}/{m:g}" for n in CHALLENGER_PILOTS for b in CHALLENGER_BLOCKS
+                               for m in CHALLENGER_MARGINS)
+
+
+def gated_choice(rec: dict[str, Any], raw: dict[str, np.ndarray], margin_db: float, stage2: str,
+                 stage1: str = "mae") -> tuple[str, int]:
     """(fill, pilot queries) of a gated rule on one val case."""
     psnr = rec["recon_psnr"]
     if psnr["blur"] - psnr["mae"] <= margin_db:
-        return "mae", 0
+        if stage1 == "mae":
+            return "mae", 0
+        n, b, m = stage1.split()[1].split("/")
+        scores = pilot_scores(rec, raw, "evidence 0.05", int(n), int(b), fills=("mae", "zero"))
+        return decide(scores, "mae", float(m))[0], 2 * int(n)
     if stage2 in ("mean", "blur"):
         return stage2, 0
     n, b, m = stage2.split()[1].split("/")
@@ -132,14 +148,15 @@ def tune(a: argparse.Namespace) -> dict[str, Any]:
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
             for ph in abnormal_cases(family, "val", a.images):
                 t = time.perf_counter()
-                rec, raw = _tune_case(adapter, ph.image, ph.mask, a.samples, a.seed)
+                rec, raw = _tune_case(adapter, ph.image, ph.mask, a.samples, a.seed, FIXED + (("zero",) if a.zero else ()))
                 rec.update(model=model, family=family, index=ph.index)
                 records.append(rec)
                 raws.append(raw)
-                best = max(FIXED, key=lambda f: rec["fixed"][f]["auprc"])
+                best = max(rec["fixed"], key=lambda f: rec["fixed"][f]["auprc"])
                 print(f"{model}/{family} #{ph.index}: " + ", ".join(
-                    f"{f} {rec['fixed'][f]['auprc']:.3f} (R2ho {rec['fixed'][f]['r2_heldout'] or float('nan'):.3f})"
-                    for f in FIXED) + f"; best {best}; {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+                    f"{f} {r['auprc']:.3f} (R2ho {r['r2_heldout'] or float('nan'):.3f})"
+                    for f, r in rec["fixed"].items()) + f"; best {best}; {time.perf_counter() - t:.0f}s",
+                    file=sys.stderr, flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "pilots.npz", allow_pickle=False, **{f"{i}/{k}": v for i, raw in enumerate(raws) for k, v in raw.items()})
@@ -149,8 +166,10 @@ def tune(a: argparse.Namespace) -> dict[str, Any]:
 def choose_rule(records: list[dict[str, Any]], raws: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Every (scorer, pilot samples, block, margin) applied to every case, scored per group (module docstring)."""
     group_of = [f"{r['model']}/{r['family']}" for r in records]
+    with_zero = all("zero" in r["fixed"] and "1/zero/y" in raw for r, raw in zip(records, raws))
+    measured = FIXED + (("zero",) if with_zero else ())  # the best fixed fill is the best one measured
     best_fixed = {g: max(np.mean([r["fixed"][f]["auprc"] for r, gg in zip(records, group_of) if gg == g])
-                         for f in FIXED) for g in set(group_of)}
+                         for f in measured) for g in set(group_of)}
     rules: list[dict[str, Any]] = []
     for scorer in SCORERS:
         for n in PILOTS:
@@ -165,19 +184,22 @@ def choose_rule(records: list[dict[str, Any]], raws: list[dict[str, np.ndarray]]
                     rules.append({"scorer": scorer, "pilot_samples": n, "pilot_block": block, "margin": margin,
                                   "pilot_queries": n * len(FIXED), "mean_ratio": float(np.mean(list(ratios.values()))),
                                   "min_ratio": float(np.min(list(ratios.values()))), "ratios": ratios,
-                                  "picks": {f: chosen.count(f) for f in FIXED}})
+                                  "picks": {f: chosen.count(f) for f in measured}})
     for margin_db in GATE_MARGINS:
         for stage2 in STAGE2:
-            picks = [gated_choice(r, raw, margin_db, stage2) for r, raw in zip(records, raws)]
-            per_group = {}
-            for r, g, (c, _) in zip(records, group_of, picks):
-                per_group.setdefault(g, []).append(r["fixed"][c]["auprc"])
-            ratios = {g: float(np.mean(v) / best_fixed[g]) for g, v in per_group.items()}
-            rules.append({"scorer": f"gate {margin_db:g} dB, then {stage2}", "pilot_samples": 0, "pilot_block": 0,
-                          "margin": margin_db, "pilot_queries": float(np.mean([q for _, q in picks])),
-                          "mean_ratio": float(np.mean(list(ratios.values()))),
-                          "min_ratio": float(np.min(list(ratios.values()))), "ratios": ratios,
-                          "picks": {f: sum(c == f for c, _ in picks) for f in FIXED}})
+            for stage1 in STAGE1_ZERO if with_zero else ("mae",):
+                picks = [gated_choice(r, raw, margin_db, stage2, stage1) for r, raw in zip(records, raws)]
+                per_group = {}
+                for r, g, (c, _) in zip(records, group_of, picks):
+                    per_group.setdefault(g, []).append(r["fixed"][c]["auprc"])
+                ratios = {g: float(np.mean(v) / best_fixed[g]) for g, v in per_group.items()}
+                first = "" if stage1 == "mae" else f" (passed: pilot {stage1})"
+                rules.append({"scorer": f"gate {margin_db:g} dB{first}, then {stage2}", "pilot_samples": 0,
+                              "pilot_block": 0, "margin": margin_db,
+                              "pilot_queries": float(np.mean([q for _, q in picks])),
+                              "mean_ratio": float(np.mean(list(ratios.values()))),
+                              "min_ratio": float(np.min(list(ratios.values()))), "ratios": ratios,
+                              "picks": {f: sum(c == f for c, _ in picks) for f in measured}})
     best = max(rules, key=lambda r: (round(r["min_ratio"], 2), round(r["mean_ratio"], 3), -r["pilot_queries"]))
     return {"rules": rules, "chosen": best}
 
@@ -211,15 +233,35 @@ def _threshold_table(records: list[dict[str, Any]]) -> list[str]:
                                                    if t == best else line for _, t, line in rows]
 
 
+def _stability_table(rules: list[dict[str, Any]], groups: list[str]) -> list[str]:
+    """With --zero: every setting of the MAE-against-zero pilot under the chosen gate and second stage, so that
+    a rule's neighbours can be seen (a setting far better than its neighbours is picked by noise)."""
+    stage2 = "pilot 32/2/0"
+    rows = [r for r in rules if r["scorer"].startswith("gate 2 dB (passed: pilot mae|zero ")
+            and r["scorer"].endswith(f", then {stage2}")]
+    if not rows:
+        return []
+    base = next(r for r in rules if r["scorer"] == f"gate 2 dB, then {stage2}")
+    out = ["", f"## The MAE piloted against zero: every setting (gate 2 dB, then {stage2}; ratio of the worst group, "
+           "then per group)", "", "| challenger pilot (samples/block/margin) | pilot queries | min ratio | mean ratio | "
+           + " | ".join(groups) + " |", "|---|---|---|---|" + "---|" * len(groups)]
+    for r in [base] + rows:
+        name = r["scorer"].split("pilot mae|zero ")[1].split(")")[0] if r is not base else "none (the MAE kept)"
+        out.append(f"| {name} | {r['pilot_queries']:g} | {r['min_ratio']:.3f} | {r['mean_ratio']:.3f} | "
+                   + " | ".join(f"{r['ratios'][g]:.3f}" for g in groups) + " |")
+    return out
+
+
 def tune_markdown(result: dict[str, Any]) -> str:
     recs = result["records"]
     groups = sorted({f"{r['model']}/{r['family']}" for r in recs}, key=lambda g: [f"{m}/{f}" for m, f in GROUPS].index(g))
+    fills = FIXED + (("zero",) if all("zero" in r["fixed"] for r in recs) else ())
     lines = ["## Fixed fills on val (mean AUPRC; mean held-out R^2 of the signed surrogate; of the evidence fit)", "",
-             "| group | cases | " + " | ".join(FIXED) + " |", "|---|---|" + "---|" * len(FIXED)]
+             "| group | cases | " + " | ".join(fills) + " |", "|---|---|" + "---|" * len(fills)]
     for g in groups:
         rs = [r for r in recs if f"{r['model']}/{r['family']}" == g]
         cells = []
-        for f in FIXED:
+        for f in fills:
             r2 = [r["fixed"][f]["r2_heldout"] for r in rs if r["fixed"][f]["r2_heldout"] is not None]
             ev = [r["fixed"][f]["r2_evidence"] for r in rs if r["fixed"][f].get("r2_evidence") is not None]
             cells.append(f"{np.mean([r['fixed'][f]['auprc'] for r in rs]):.3f} "
@@ -227,13 +269,14 @@ def tune_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {g} | {len(rs)} | " + " | ".join(cells) + " |")
     lines += ["", "## Rules (AUPRC of the picked fill / best fixed fill per group; the 25 best by the rule)", "",
               "| scorer | pilot samples | block | margin | pilot queries | mean ratio | min ratio | " + " | ".join(groups)
-              + " | picks (mae/mean/blur) |", "|---|---|---|---|---|---|---|" + "---|" * len(groups) + "---|"]
+              + f" | picks ({'/'.join(fills)}) |", "|---|---|---|---|---|---|---|" + "---|" * len(groups) + "---|"]
     for r in sorted(result["rules"], key=lambda r: (-round(r["min_ratio"], 2), -round(r["mean_ratio"], 3),
                                                     r["pilot_queries"]))[:25]:
         mark = " **chosen**" if r == result["chosen"] else ""
         lines.append(f"| {r['scorer']} | {r['pilot_samples']} | {r['pilot_block']} | {r['margin']:g}{mark} | {r['pilot_queries']:g} | "
                      f"{r['mean_ratio']:.3f} | {r['min_ratio']:.3f} | " + " | ".join(f"{r['ratios'][g]:.3f}" for g in groups)
-                     + f" | {r['picks']['mae']}/{r['picks']['mean']}/{r['picks']['blur']} |")
+                     + f" | {'/'.join(str(r['picks'].get(f, 0)) for f in fills)} |")
+    lines += _stability_table(result["rules"], groups)
     lines += ["", "## Low-fidelity threshold: maps flagged at each threshold", ""] + _threshold_table(recs)
     return "\n".join(lines) + "\n"
 
@@ -241,6 +284,7 @@ def tune_markdown(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- test report
 
 METHODS = ("auto (default)", "calibrated", "mae", "mean", "blur", "zero", "lime", "occlusion")
+OPTIONAL = ("auto, zero challenger",)  # --methods only: fill auto with ExplainConfig(mae_challenger="zero")
 SITE_METHODS = ("mae (site-fitted)", "auto (site-fitted MAE)")  # with --site-mae FAMILY=PATH
 
 
@@ -253,9 +297,9 @@ def calibrated_fill(adapter: OnnxAdapter, family: str, n: int, samples: int) -> 
 
 
 def _medlime(adapter: OnnxAdapter, image: np.ndarray, target: int, fill: str, samples: int, seed: int,
-             mae_path: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=samples), mae_path=mae_path).explain(
-        image, target=target, rng=seed)
+             mae_path: str | None = None, challenger: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    e = Explainer(adapter, ExplainConfig(fill=fill, n_samples=samples, mae_challenger=challenger),
+                  mae_path=mae_path).explain(image, target=target, rng=seed)
     return e.saliency, {"r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
                         "r2_evidence": None if not np.isfinite(e.r2_evidence) else e.r2_evidence,
                         "low_fidelity": any(w.startswith(("Low fidelity", "Fill off")) for w in e.warnings),
@@ -264,7 +308,12 @@ def _medlime(adapter: OnnxAdapter, image: np.ndarray, target: int, fill: str, sa
 
 def report(a: argparse.Namespace) -> dict[str, Any]:
     records = []
-    calibrations = {}
+    calibrations: dict[str, Any] = {}
+    before: dict[tuple[str, str, int], dict[str, Any]] = {}
+    if a.update:  # re-run only --methods on the cases of an earlier run; its other methods are kept
+        old = read_results(Path(a.update) / "results.json")
+        before = {(r["model"], r["family"], r["index"]): r for r in old["records"]}
+        calibrations = dict(old["calibrations"])
     for model, family in GROUPS:
         if a.groups and f"{model}/{family}" not in a.groups:
             continue
@@ -278,8 +327,10 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
             target = adapter.info.abnormal_index
             for ph in abnormal_cases(family, "test", a.images, a.first_case):
                 rec: dict[str, Any] = {"model": model, "family": family, "index": ph.index, "methods": {}}
+                if a.update:
+                    rec["methods"] = dict(before[(model, family, ph.index)]["methods"])
                 site_mae = a.site_mae.get(family)
-                for m in [m for m in METHODS if m in a.methods] + list(SITE_METHODS if site_mae else ()):
+                for m in [m for m in METHODS + OPTIONAL if m in a.methods] + list(SITE_METHODS if site_mae else ()):
                     t = time.perf_counter()
                     q0 = adapter.queries
                     extra: dict[str, Any] = {}
@@ -287,6 +338,8 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                         sal = baselines.lime_package(ph.image, adapter, target, a.samples, np.random.default_rng(a.seed))
                     elif m == "occlusion":
                         sal = baselines.occlusion(ph.image, adapter, target)
+                    elif m == OPTIONAL[0]:
+                        sal, extra = _medlime(adapter, ph.image, target, "auto", a.samples, a.seed, challenger="zero")
                     elif m in SITE_METHODS:
                         sal, extra = _medlime(adapter, ph.image, target, "mae" if m == SITE_METHODS[0] else "auto",
                                               a.samples, a.seed, site_mae)
@@ -305,7 +358,7 @@ def report_markdown(result: dict[str, Any]) -> str:
     recs = result["records"]
     groups = [f"{m}/{f}" for m, f in GROUPS if any(r["model"] == m and r["family"] == f for r in recs)]
     lines = ["| method | " + " | ".join(groups) + " | all |", "|---|" + "---|" * (len(groups) + 1)]
-    for m in METHODS + SITE_METHODS:
+    for m in METHODS + OPTIONAL + SITE_METHODS:
         if not any(m in r["methods"] for r in recs):
             continue
         cells = []
@@ -392,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", default="", help="comma list of model/family groups (default all)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="test: comma list of the methods to run (default all; 'auto (default)' is always run)")
+    p.add_argument("--update", default=None, metavar="DIR",
+                   help="test: the cases of DIR's results.json with --methods (and --site-mae) run again and the "
+                        "other methods kept (after a change to the default, say)")
     p.add_argument("--first-case", type=int, default=0,
                    help="test: start at this abnormal case of each group (more cases beyond an earlier run)")
     p.add_argument("--join", default=None, metavar="DIR",
@@ -399,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--site-mae", action="append", default=[], metavar="FAMILY=PATH",
                    help="test: also run GM with this MAE (blackbox-lime mae fit on the family's train split)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zero", action="store_true",
+                   help="val: also measure the zero fill (its map and pilots) and score rules that pilot the MAE "
+                        "against it where the MAE passes the reconstruction check")
     p.add_argument("--out", required=True, help="folder for table.md and results.json")
     p.add_argument("--rescore", action="store_true",
                    help="val: re-apply the rules to the pilots saved in --out (pilots.npz), without queries")
@@ -410,9 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     a.groups = [g for g in a.groups.split(",") if g]
     a.site_mae = dict(item.split("=", 1) for item in a.site_mae)
     a.methods = {"auto (default)"} | {m.strip() for m in a.methods.split(",") if m.strip()}
-    unknown = sorted(a.methods - set(METHODS))
+    unknown = sorted(a.methods - set(METHODS + OPTIONAL))
     if unknown:
-        p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+        p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS + OPTIONAL)}")
     t0 = time.perf_counter()
     result = tune(a) if a.split == "val" else report(a)
     if a.join:
