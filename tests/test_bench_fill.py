@@ -59,3 +59,21 @@ def test_the_test_table_of_a_run_with_some_methods_says_which_fill_it_compares_w
     md = bench_fill.report_markdown({"records": [_report_record(0, full)], "calibrations": {
         "demo_vit/breast_us": {"fill": "blur"}}})
     assert md.splitlines()[-1] == "| demo_vit/breast_us | blur | mae 1 | 0.93 | 2.00 | 1.00 | 0/1; 0/1; 0/1 | 5.00; 5.00 | 0.10 |"
+
+
+def test_an_optional_method_gets_a_paired_row_against_the_default(tmp_path, capsys) -> None:
+    recs = [_report_record(i, {"auto (default)": a, "auto + zero challenger": b, "zero": z})
+            for i, (a, b, z) in enumerate([(0.5, 0.7, 0.6), (0.3, 0.4, 0.2), (0.6, 0.6, 0.9)])]
+    md = bench_fill.report_markdown({"records": recs, "calibrations": {}})
+    row = [r for r in md.splitlines() if r.startswith("| auto + zero challenger | demo_vit/breast_us |")]
+    mean, lo, hi = bench_fill.bootstrap_ci([0.2, 0.1, 0.0])
+    assert row == [f"| auto + zero challenger | demo_vit/breast_us | 3 | 0.467 | 0.567 | 1.21 | {mean:+.3f} [{lo:+.3f}, "
+                   f"{hi:+.3f}] | mae 3 | 6.00; 6.00 |"] and abs(mean - 0.1) < 1e-9
+    import json
+
+    for i, part in enumerate((recs[:1], recs[1:])):  # two runs pooled: the same rows as one run of all cases
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps({"records": part}))
+    assert bench_fill.main(["--split", "test", "--pool", str(tmp_path / "0"), str(tmp_path / "1")]) == 0
+    out = capsys.readouterr().out
+    assert row[0] in out and "| zero | demo_vit/breast_us | 3 | 0.467 | 0.567 |" in out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -284,7 +285,7 @@ def tune_markdown(result: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- test report
 
 METHODS = ("auto (default)", "calibrated", "mae", "mean", "blur", "zero", "lime", "occlusion")
-OPTIONAL = ("auto, zero challenger",)  # --methods only: fill auto with ExplainConfig(mae_challenger="zero")
+OPTIONAL = ("auto + zero challenger",)  # --methods only: fill auto with ExplainConfig(mae_challenger="zero")
 SITE_METHODS = ("mae (site-fitted)", "auto (site-fitted MAE)")  # with --site-mae FAMILY=PATH
 
 
@@ -403,7 +404,46 @@ def report_markdown(result: dict[str, Any]) -> str:
                      f"{ratio(best) if best else '–'}{f' ({best})' if best and len(fixed) < 4 else ''} | "
                      f"{ratio('lime')} | {ratio('occlusion')} | {warn} | {wall} | "
                      f"{np.median([r['methods']['auto (default)']['fill_choice_s'] for r in rs]):.2f} |")
+    lines += paired_markdown(recs, groups)  # the optional methods, where they ran
     return "\n".join(lines) + "\n"
+
+
+def paired_markdown(recs: list[dict[str, Any]], groups: list[str], methods: tuple[str, ...] = OPTIONAL) -> list[str]:
+    """Per group, each of ``methods`` against the default on the same cases: means, the paired difference
+    (method - auto, bootstrap CI over the cases), what it picked, median wall times."""
+    rows = []
+    for m in methods:
+        for g in groups:
+            rs = [r for r in recs if f"{r['model']}/{r['family']}" == g and m in r["methods"]]
+            if not rs or "auto (default)" not in rs[0]["methods"]:
+                continue
+            a = np.array([r["methods"]["auto (default)"]["auprc"] for r in rs])
+            b = np.array([r["methods"][m]["auprc"] for r in rs])
+            d, lo, hi = bootstrap_ci(list(b - a))
+            picks: dict[str, int] = {}
+            for r in rs:
+                c = r["methods"][m].get("chosen", m)
+                picks[c] = picks.get(c, 0) + 1
+            wall = "; ".join(f"{np.median([r['methods'][k]['seconds'] for r in rs]):.2f}" for k in ("auto (default)", m))
+            rows.append(f"| {m} | {g} | {len(rs)} | {a.mean():.3f} | {b.mean():.3f} | {b.mean() / max(a.mean(), 1e-9):.2f} | "
+                        f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] | {', '.join(f'{k} {v}' for k, v in sorted(picks.items()))} | {wall} |")
+    if not rows:
+        return []
+    return ["", "| method | group | cases | auto (default) | method | ratio | paired difference (method - auto) | picks | "
+            "median wall s (auto; method) |", "|---|---|---|---|---|---|---|---|---|"] + rows
+
+
+def pool(folders: list[str]) -> int:
+    """The records of several test runs (say, 8 cases and 16 more) as one: the pooled tables."""
+    recs: list[dict[str, Any]] = []
+    for folder in folders:
+        recs += read_results(Path(folder) / "results.json")["records"]
+    groups = [f"{m}/{f}" for m, f in GROUPS if any(r["model"] == m and r["family"] == f for r in recs)]
+    print(f"Pooled {len(recs)} cases from {', '.join(folders)}:")
+    others = tuple(m for m in METHODS + OPTIONAL + SITE_METHODS if m != "auto (default)"
+                   and any(m in r["methods"] for r in recs))
+    print("\n".join(paired_markdown(recs, groups, others)))
+    return 0
 
 
 def _load_tuning(folder: Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
@@ -458,12 +498,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zero", action="store_true",
                    help="val: also measure the zero fill (its map and pilots) and score rules that pilot the MAE "
                         "against it where the MAE passes the reconstruction check")
-    p.add_argument("--out", required=True, help="folder for table.md and results.json")
+    p.add_argument("--out", required=False, help="folder for table.md and results.json")
+    p.add_argument("--pool", nargs="+", default=None, metavar="DIR",
+                   help="print the paired tables of these test runs' records pooled (no queries)")
     p.add_argument("--rescore", action="store_true",
                    help="val: re-apply the rules to the pilots saved in --out (pilots.npz), without queries")
     p.add_argument("--add", action="append", default=[], metavar="DIR",
                    help="with --rescore: join the cases of another val run into --out first")
     a = p.parse_args(argv)
+    if not a.pool and not a.out:
+        p.error("--out is required (except with --pool)")
+    if a.pool:
+        return pool(a.pool)
     if a.rescore:
         return rescore(Path(a.out), a.add)
     a.groups = [g for g in a.groups.split(",") if g]
@@ -483,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                 for r in old["records"]} - ran)}
     md = tune_markdown(result) if a.split == "val" else report_markdown(result)
     minutes = (time.perf_counter() - t0) / 60
-    header = (f"`python -m blackbox_lime.evaluation.bench_fill {' '.join(argv if argv is not None else sys.argv[1:])}` "
+    header = (f"`python -m blackbox_lime.evaluation.bench_fill {shlex.join(argv if argv is not None else sys.argv[1:])}` "
               f"at commit {git_commit()}, {minutes:.1f} min, {a.samples} queries per explanation.\n\n")
     if a.join:
         header += (f"Groups {', '.join(result['joined_from']['groups'])} are kept from `{a.join}` (commit "
