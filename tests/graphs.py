@@ -93,51 +93,40 @@ def brightness_model(path: Path, centre: float = 0.5, width: float = 0.1, size: 
     return _save(graph, path, {"class_names": '["normal", "abnormal"]', "abnormal_index": "1"})
 
 
-def painter_mae(path: Path, value: float, size: int = 224, patch: int = 16) -> Path:
-    """An "MAE" under the mae_recon.onnx contract that paints every hidden patch with ``value`` (pixels in
-    [0, 1]; mean 0, std 1): a fill that recreates a bright trigger wherever it hides one."""
+def _patch_fill_mae(path: Path, name: str, value: float | None, size: int = 224, patch: int = 16) -> Path:
+    """An "MAE" under the mae_recon.onnx contract that keeps the visible pixels and fills every hidden patch
+    with ``value`` (pixels in [0, 1]; mean 0, std 1), or with the hidden pixels as they were (``None``)."""
     g = size // patch
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
     m = helper.make_tensor_value_info("patch_mask", TensorProto.FLOAT, ["N", g * g])
     y = helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", 3, size, size])
     inits = [numpy_helper.from_array(np.array([0, 1, g, g], np.int64), "grid"),
              numpy_helper.from_array(np.array([1, 1, patch, patch], np.float32), "scales"),
-             numpy_helper.from_array(np.array([value], np.float32), "value"),
+             numpy_helper.from_array(np.array([0.0 if value is None else value], np.float32), "value"),
              numpy_helper.from_array(np.array([1.0], np.float32), "one")]
     nodes = [
         helper.make_node("Reshape", ["patch_mask", "grid"], ["m4"]),
         helper.make_node("Resize", ["m4", "", "scales"], ["mpx"], mode="nearest"),
         helper.make_node("Sub", ["one", "mpx"], ["keep"]),
         helper.make_node("Mul", ["image", "keep"], ["kept"]),
-        helper.make_node("Mul", ["mpx", "value"], ["painted"]),
+        helper.make_node("Mul", ["mpx", "image" if value is None else "value"], ["painted"]),
         helper.make_node("Add", ["kept", "painted"], ["recon"]),
     ]
-    graph = helper.make_graph(nodes, "painter_mae", [x, m], [y], inits)
+    graph = helper.make_graph(nodes, name, [x, m], [y], inits)
     return _save(graph, path, {"blackbox_lime.kind": "mae", "image_size": str(size), "patch_size": str(patch),
                                "channels": "3", "mean": "[0.0, 0.0, 0.0]", "std": "[1.0, 1.0, 1.0]"})
+
+
+def painter_mae(path: Path, value: float, size: int = 224, patch: int = 16) -> Path:
+    """An "MAE" that paints every hidden patch with ``value``: a fill that recreates a bright trigger wherever it
+    hides one."""
+    return _patch_fill_mae(path, "painter_mae", value, size, patch)
 
 
 def oracle_mae(path: Path, size: int = 224, patch: int = 16) -> Path:
-    """An "MAE" under the mae_recon.onnx contract that returns the image itself, hidden patches included: it
-    passes any reconstruction check, and hiding a patch never changes what the classifier sees."""
-    g = size // patch
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])
-    m = helper.make_tensor_value_info("patch_mask", TensorProto.FLOAT, ["N", g * g])
-    y = helper.make_tensor_value_info("recon", TensorProto.FLOAT, ["N", 3, size, size])
-    inits = [numpy_helper.from_array(np.array([0, 1, g, g], np.int64), "grid"),
-             numpy_helper.from_array(np.array([1, 1, patch, patch], np.float32), "scales"),
-             numpy_helper.from_array(np.array([1.0], np.float32), "one")]
-    nodes = [
-        helper.make_node("Reshape", ["patch_mask", "grid"], ["m4"]),
-        helper.make_node("Resize", ["m4", "", "scales"], ["mpx"], mode="nearest"),
-        helper.make_node("Sub", ["one", "mpx"], ["keep"]),
-        helper.make_node("Mul", ["image", "keep"], ["kept"]),
-        helper.make_node("Mul", ["image", "mpx"], ["hidden"]),  # the hidden pixels, as they were
-        helper.make_node("Add", ["kept", "hidden"], ["recon"]),
-    ]
-    graph = helper.make_graph(nodes, "oracle_mae", [x, m], [y], inits)
-    return _save(graph, path, {"blackbox_lime.kind": "mae", "image_size": str(size), "patch_size": str(patch),
-                               "channels": "3", "mean": "[0.0, 0.0, 0.0]", "std": "[1.0, 1.0, 1.0]"})
+    """An "MAE" that returns the image itself, hidden patches included: it passes any reconstruction check, and
+    hiding a patch never changes what the classifier sees."""
+    return _patch_fill_mae(path, "oracle_mae", None, size, patch)
 
 
 def sine_model(path: Path, a: np.ndarray, frequency: float = 50.0, size: int = 224, patch: int = 16) -> Path:
