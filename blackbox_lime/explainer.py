@@ -316,7 +316,7 @@ class Explainer:
         saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         warnings = _weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
-                                      self.adapter.info.class_names[target])
+                                      self.adapter.info.class_names[target], isinstance(shared.filler, MAEFiller))
         warnings += _low_fidelity_warnings(fit.r2_evidence, shared.filler.name, self.config)
         warnings += shared.fill_warnings
         for w in warnings:
@@ -705,6 +705,8 @@ def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig) ->
     tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
              "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
              f"more --samples (used {cfg.n_samples})"]
+    if fill == "mae" and cfg.fill == "auto" and cfg.mae_challenger is None:
+        tries.insert(1, "a challenger for the MAE (--mae-challenger zero)")
     return [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
             f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
             f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}."]
@@ -724,12 +726,17 @@ def _describe(filler: Filler) -> dict[str, Any]:
     return describe() if describe is not None else {"kind": filler.name}
 
 
-def _weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float, name: str) -> list[str]:
+def _weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float, name: str,
+                       mae: bool = False) -> list[str]:
     out = []
     if sd < WEAK_RESPONSE_SD:
+        # With the MAE fill a flat answer is also what a classifier that reads the MAE's fills as the evidence they
+        # hide gives (the demo ViT on ultrasound, docs/robust_fill.md).
+        also = (" The MAE's fills may put back what they hide: try --mae-challenger zero or another --fill."
+                if mae else "")
         out.append(f"P({name}) hardly moved under masking (kernel-weighted sd {sd:.4f}, range {y.min():.3f} to "
                    f"{y.max():.3f}): the map ranks small effects. Check that the image is in the model's domain, "
-                   "or try more --samples.")
+                   f"or try more --samples.{also}")
     if not np.any(coef):
         out.append(f"No patch's evidence survived the L1 penalty (effective lambda1 {lambda1:.3g}), so the map is "
                    "empty. Lower --lambda1, or --lambda1-cap below 1.")

@@ -95,7 +95,10 @@ def test_where_the_mae_passes_its_check_a_challenger_that_removes_the_evidence_r
     assert fill["pilot_samples_per_fill"] == n and fill["queries_spent_on_choice"] == n and exp.queries == 300
     assert sorted(np.argsort(-exp.patch_weights.reshape(-1))[:4].tolist()) == sorted(PLANTED)
     assert kept.fill["chosen"] == "mae" and kept.fill["scores"] == {} and kept.queries == 300
-    assert any("hardly moved under masking" in w for w in kept.warnings)
+    flat = [w for w in kept.warnings if "hardly moved under masking" in w]
+    assert len(flat) == 1 and flat[0].endswith("or try more --samples. The MAE's fills may put back what they hide: "
+                                               "try --mae-challenger zero or another --fill.")
+    assert not any("put back" in w for w in exp.warnings)
 
 
 def test_the_mae_keeps_its_place_unless_the_challenger_wins_by_the_margin() -> None:
@@ -191,6 +194,18 @@ def test_low_fidelity_warning_names_r2_and_what_to_try(tmp_path: Path) -> None:
                    "(below 0.02) with the zero fill, so the map's evidence is weak or the fill adds evidence of its own. "
                    "Try another --fill (auto chooses among mae, mean and blur), an MAE fitted on your images "
                    "(blackbox-lime mae fit) or more --samples (used 300)."]
+
+
+def test_a_low_fidelity_mae_map_under_auto_suggests_the_challenger(tmp_path: Path, phantom_image) -> None:
+    rng = np.random.default_rng(5)
+    with OnnxAdapter(sine_model(tmp_path / "sine.onnx", rng.normal(0, 1, 196))) as model:
+        exp = Explainer(model, ExplainConfig(n_samples=300)).explain(phantom_image, target=1, rng=0)
+    assert exp.fill["chosen"] == "mae" and exp.fill["gate"] == "passed"  # a chest phantom: the MAE's own domain
+    low = [w for w in exp.warnings if w.startswith("Low fidelity")]
+    assert len(low) == 1 and low[0].endswith(
+        "with the mae fill, so the map's evidence is weak or the fill adds evidence of its own. Try a site calibration "
+        "(blackbox-lime calibrate), a challenger for the MAE (--mae-challenger zero), an MAE fitted on your images "
+        "(blackbox-lime mae fit) or more --samples (used 300).")
 
 
 def _write_pngs(folder: Path, images: list[np.ndarray]) -> list[Path]:
