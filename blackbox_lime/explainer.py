@@ -121,10 +121,10 @@ class Explainer:
         if filler is None and cfg.fill == "auto":
             self.fillers = {kind: make(kind) for kind in cfg.fill_candidates}
         self.filler = filler or (next(iter(self.fillers.values())) if self.fillers else make(cfg.fill))
-        # fill "auto": the fill piloted against the MAE where the MAE passes the reconstruction check
-        self.challenger: Filler | None = None
+        # fill "auto": the fill piloted against the MAE where the MAE passes the reconstruction check ({} if none)
+        self.challenger: dict[str, Filler] = {}
         if self.fillers is not None and cfg.mae_challenger is not None and "mae" in self.fillers:
-            self.challenger = make(cfg.mae_challenger)
+            self.challenger = {cfg.mae_challenger: make(cfg.mae_challenger)}
         self.input_transform = input_transform
         info = adapter.info
         mae = self.mae
@@ -271,10 +271,7 @@ class Explainer:
         else:
             choice, pilot_visible, pilot_probs = self._choose_fill(run.canvas, transform, answer.answered, run.gen,
                                                                    bar, run.timings)
-            chosen_from = dict(self.fillers)
-            if self.challenger is not None and self.config.mae_challenger is not None:
-                chosen_from[self.config.mae_challenger] = self.challenger
-            filler = chosen_from[choice.chosen]
+            filler = {**self.fillers, **self.challenger}[choice.chosen]
             n -= len(pilot_visible) + choice.queries_spent
         t = time.perf_counter()
         visible, group = draw_masks(run.gen, self.grid.n_patches, n, cfg.mask_ratios,
@@ -433,7 +430,7 @@ class Explainer:
             if gap <= cfg.recon_margin_db or not classic:
                 reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
                           f"blur ({psnr['mae']:.2f} vs {psnr['blur']:.2f} dB)")
-                if self.challenger is None or cfg.mae_challenger is None:
+                if not self.challenger:
                     timings["fill_choice"] = time.perf_counter() - t0
                     return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
                                       cfg.recon_margin_db, gate="passed"), *none
@@ -464,15 +461,14 @@ class Explainer:
         unless the challenger's evidence fit scores more than ``challenger_margin`` higher (docs/robust_fill.md:
         a ViT on ultrasound reads zero-filled patches as absent evidence better than MAE-filled ones)."""
         cfg, n = self.config, self.config.challenger_per_fill
-        assert self.fillers is not None and self.challenger is not None and cfg.mae_challenger is not None
+        assert self.fillers is not None
         targets, probs0 = answered()
         scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings,
-                                              {"mae": self.fillers["mae"], cfg.mae_challenger: self.challenger},
-                                              n, cfg.challenger_block)
+                                              {"mae": self.fillers["mae"], **self.challenger}, n, cfg.challenger_block)
         chosen, why = decide(scores, "mae", cfg.challenger_margin)
         timings["fill_choice"] = time.perf_counter() - t0
         return FillChoice(chosen, scores, spread, n, n, timings["fill_choice"], "mae", cfg.challenger_margin,
-                          f"{reason}; piloted against {cfg.mae_challenger}: {why}", psnr, cfg.recon_margin_db,
+                          f"{reason}; piloted against {', '.join(self.challenger)}: {why}", psnr, cfg.recon_margin_db,
                           gate="passed"), *pilots[chosen]
 
     def _pilots(self, canvas: np.ndarray, transform: InputTransform | None, targets: list[int], probs0: np.ndarray,

@@ -215,7 +215,7 @@ def score_pilot(coarse: np.ndarray, y: np.ndarray, y0: float, kernel_width: floa
 
 
 def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...], margin: float,
-                      challenger_margin: float = 0.2) -> tuple[str, dict[str, Any]]:
+                      challenger_margin: float) -> tuple[str, dict[str, Any]]:
     """One fill for a whole site from per-image ``FillChoice.summary()`` records.
 
     When the MAE passed the reconstruction check on more than half of the images: the MAE, or, where those
@@ -231,7 +231,7 @@ def summarise_choices(choices: list[dict[str, Any]], candidates: tuple[str, ...]
     psnr = {k: float(np.median([c["recon_psnr_db"][k] for c in choices if k in c["recon_psnr_db"]]))
             for k in choices[0].get("recon_psnr_db", {})}
     mae = "mae"
-    passed = [c for c in choices if c.get("gate", "passed" if c["chosen"] == mae else None) == "passed"]
+    passed = [c for c in choices if c["gate"] == "passed"]
     if psnr and len(passed) * 2 > len(choices):
         lead = f"the MAE passed the reconstruction check on {len(passed)} of {len(choices)} images"
         rivals = sorted({k for c in passed for k in c["scores"] if k != mae})

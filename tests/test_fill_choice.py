@@ -120,7 +120,7 @@ def test_the_mae_keeps_its_place_unless_the_challenger_wins_by_the_margin() -> N
     chosen, ev = summarise_choices(flat, ("mae", "mean", "blur"), 0.0, challenger_margin=0.5)
     assert chosen == "zero" and ev["median_scores"] == {"zero": 0.3}
     failed = [rec("mean", "failed", {"mean": 0.3, "blur": 0.1})] * 2 + close[:1]
-    assert summarise_choices(failed, ("mae", "mean", "blur"), 0.0)[0] == "mean"
+    assert summarise_choices(failed, ("mae", "mean", "blur"), 0.0, 0.5)[0] == "mean"
 
 
 def test_challenger_settings_are_checked() -> None:

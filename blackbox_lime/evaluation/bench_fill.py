@@ -319,7 +319,6 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
         if a.groups and f"{model}/{family}" not in a.groups:
             continue
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
-            cal: dict[str, Any] = {"fill": "mae"}  # unused unless "calibrated" runs
             if "calibrated" in a.methods:
                 cal = calibrated_fill(adapter, family, a.calibrate_images, a.samples)
                 calibrations[f"{model}/{family}"] = cal
@@ -345,7 +344,9 @@ def report(a: argparse.Namespace) -> dict[str, Any]:
                         sal, extra = _medlime(adapter, ph.image, target, "mae" if m == SITE_METHODS[0] else "auto",
                                               a.samples, a.seed, site_mae)
                     else:
-                        fill = {"auto (default)": "auto", "calibrated": cal["fill"]}.get(m, m)
+                        fill = {"auto (default)": "auto"}.get(m, m)
+                        if m == "calibrated":
+                            fill = calibrations[f"{model}/{family}"]["fill"]
                         sal, extra = _medlime(adapter, ph.image, target, fill, a.samples, a.seed)
                     rec["methods"][m] = {"auprc": pixel_auprc(sal, ph.mask), "queries": adapter.queries - q0,
                                          "seconds": time.perf_counter() - t, **extra}
