@@ -12,7 +12,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -93,6 +93,9 @@ class ClassifierAdapter(ABC):
         self.images_asked = 0  # images the caller asked about (each once, however often it was sent)
         self.refused_for_size = 0  # requests the server refused for their size (remote adapters then split them)
         self.request_size = max_batch  # images per request now: max_batch, or less where a server refused it
+        #: Called with n before every send of n images, retries included, under the counting lock; it may raise
+        #: BudgetExhausted. An audit sets it so that a budget spans every image put on the wire (audit/answers.py).
+        self.charge: Callable[[int], None] | None = None
         self._count_lock = threading.Lock()
 
     # -- the one method a backend implements -------------------------------------------------
@@ -151,6 +154,8 @@ class ClassifierAdapter(ABC):
         """Check the budget and count one request of n images, atomically (adapters may send from threads)."""
         with self._count_lock:
             self._check_budget(n)
+            if self.charge is not None:
+                self.charge(n)
             self.requests += 1
             self.queries += n
 

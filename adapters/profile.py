@@ -55,6 +55,7 @@ variable or a file, and it is redacted from every log line, error and report.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,46 @@ def _check_values(doc: dict[str, Any], name: str) -> None:
             raise fail(f"[limits] {key}", "a number >= 0", lim[key])
     if "binary" in lim and lim["binary"] not in ("auto", "always", "never"):
         raise fail("[limits] binary", '"auto", "always" or "never"', lim["binary"])
+
+
+def read_secret_file(path: Path, key: str, source: str) -> str:
+    """A secret's file, refused unless it is a regular file that only its owner can read (as ssh does with keys):
+    a token_file pointing at any other file would send that file's first line to the endpoint as a token."""
+    name = path.name
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: the token file named by {key} does not exist: {name}.") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: the token file named by {key} cannot be read: {name} ({exc.strerror}).") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{source}: the token file named by {key} is not a regular file: {name}.")
+    if os.name == "posix":
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{source}: the token file {name} can be read or written by other users (mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}); make it yours alone: chmod 600 {name}.")
+        if st.st_uid not in (os.getuid(), 0):
+            raise ConfigError(f"{source}: the token file {name} belongs to another user (uid {st.st_uid}); use a file "
+                              "of your own, readable only by you (chmod 600).")
+    try:
+        value = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: the token file {name} is not UTF-8 text.") from None
+    if not value.strip():
+        raise ConfigError(f"{source}: the token file {name} is empty.")
+    return value
+
+
+def _one_line_token(value: str, where: str, source: str) -> str:
+    """The token stripped of surrounding white space; one with a control character inside (a line break that would
+    split the header, or a pasted second line) is refused without showing it."""
+    token = value.strip()
+    bad = [c for c in token if ord(c) < 0x20 or ord(c) == 0x7F]
+    if bad:
+        kind = "a line break" if any(c in "\r\n" for c in bad) else f"a control character (U+{ord(bad[0]):04X})"
+        raise ConfigError(f"{source}: {where} holds {kind} inside the token; a token is one line of printable "
+                          "characters. Fix the token (it is not shown here).")
+    return token
 
 
 @dataclass
@@ -246,6 +287,7 @@ class EndpointProfile:
     # -- secrets ------------------------------------------------------------------------------
 
     def token(self) -> str | None:
+        """The token from [auth] token_env or token_file (checked as ssh checks a key file), or None."""
         env, file = self.auth.get("token_env"), self.auth.get("token_file")
         if env and file:
             raise ConfigError(f"{self.source}: set either [auth] token_env or token_file, not both.")
@@ -253,15 +295,10 @@ class EndpointProfile:
             value = os.environ.get(str(env))
             if not value:
                 raise ConfigError(f"{self.source}: the environment variable {env} named by [auth] token_env is not set.")
-            return value.strip()
+            return _one_line_token(value, f"the environment variable {env}", self.source)
         if file:
-            p = Path(file)
-            if not p.is_file():
-                raise ConfigError(f"{self.source}: the token file named by [auth] token_file does not exist: {p.name}.")
-            value = p.read_text(encoding="utf-8").strip()
-            if not value:
-                raise ConfigError(f"{self.source}: the token file {p.name} is empty.")
-            return value
+            return _one_line_token(read_secret_file(Path(file), "[auth] token_file", self.source),
+                                   f"the token file {Path(file).name}", self.source)
         return None
 
     # -- the adapter ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ for one batch (as httpx's ``BaseTransport.handle_request``). The policy lives in
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import random
 import re
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import tenacity
@@ -42,10 +43,18 @@ REDACTED = "[REDACTED]"
 
 
 class Redactor:
-    """Replaces every known secret in a text with ``[REDACTED]``."""
+    """Replaces every known secret in a text with ``[REDACTED]``, also as it appears escaped: repr() and JSON
+    (``\\r\\n``), percent-encoded, and each of its lines alone."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        forms: set[str] = set()
+        for s in secrets:
+            if not s:
+                continue
+            forms.update({s, repr(s)[1:-1], json.dumps(s)[1:-1], quote(s, safe=""),
+                          s.encode("unicode_escape").decode("ascii")})
+            forms.update(line.strip() for line in s.splitlines())
+        self.secrets = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for s in self.secrets:

@@ -49,7 +49,41 @@ def parametric_map(source: bytes, saliency: np.ndarray, frame: int | None = None
     except ImportError as exc:
         raise DicomOutError("Writing DICOM Parametric Maps needs highdicom: pip install 'blackbox-lime[dicom]'.") \
             from exc
-    ds: Any = pydicom.dcmread(io.BytesIO(source))
+    try:
+        ds: Any = pydicom.dcmread(io.BytesIO(source))
+        _check_source(ds)
+        return _parametric_map(hd, ds, saliency, frame, label, series_entropy, generate_uid)
+    except DicomOutError:
+        raise
+    except Exception as exc:  # highdicom and pydicom raise many types on odd sources: each one is a named reason
+        text = " ".join(str(exc).split())[:160]
+        raise DicomOutError(f"highdicom cannot build a Parametric Map over this source ({type(exc).__name__}: {text}); "
+                            "the .npy and .png maps are written.") from exc
+
+
+# What a derived image copies from its source (patient, study, series and instance identity), and what placing a map
+# on the source's grid needs (patient coordinates): a Secondary Capture or a bare file lacks them.
+_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
+_GEOMETRY = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _check_source(ds: Any) -> None:
+    missing = [k for k in _IDENTITY if k not in ds]
+    if missing:
+        raise DicomOutError(f"the source lacks {', '.join(missing)}, which a Parametric Map must reference; the .npy "
+                            "and .png maps are written.")
+    if str(ds.SOPClassUID).startswith(_SECONDARY_CAPTURE):
+        raise DicomOutError("the source is a Secondary Capture image, which has no patient coordinates to place a "
+                            "Parametric Map on; the .npy and .png maps are written.")
+    if "PerFrameFunctionalGroupsSequence" not in ds and any(k not in ds for k in _GEOMETRY):
+        absent = [k for k in _GEOMETRY if k not in ds]
+        raise DicomOutError(f"the source has no patient coordinates ({', '.join(absent)} absent), so a Parametric Map "
+                            "cannot be placed on its grid; the .npy and .png maps are written.")
+
+
+def _parametric_map(hd: Any, ds: Any, saliency: np.ndarray, frame: int | None, label: str, series_entropy: str,
+                    generate_uid: Any) -> Any:
     rows, cols = int(ds.Rows), int(ds.Columns)
     sal = np.ascontiguousarray(saliency, dtype=np.float32)
     if sal.shape != (rows, cols):

@@ -7,7 +7,7 @@ means of a 32 x 32 image), over HTTP with the standard library's threaded server
 SHA-256 of each received image (float32, channels-last, as the client composed it) to ``--log``, one
 line per image, flushed before the answer is sent. Tests count those lines: what an audit paid for.
 The most infer requests it answered at once is written to ``LOG.inflight``.
-It writes its port to ``--ready`` once it listens.
+It writes its port to ``--ready`` once it listens. ``--status 503`` logs what it receives, then refuses it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def image_sha256(chw: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def serve(port: int, log: Path, ready: Path, delay: float) -> None:
+def serve(port: int, log: Path, ready: Path, delay: float, status: int = 200) -> None:
     lock = threading.Lock()
     out = open(log, "a")
     busy = {"now": 0, "max": 0}  # infer requests being answered at once; the most is written to LOG.inflight
@@ -89,6 +89,9 @@ def serve(port: int, log: Path, ready: Path, delay: float) -> None:
             finally:
                 with lock:
                     busy["now"] -= 1
+            if status != 200:  # an endpoint that receives the images, then fails (an overloaded server: 503)
+                self._send(status, {"error": "overloaded"})
+                return
             probs = linear_probs(x).astype(np.float32)
             self._send(200, {"model_name": MODEL, "outputs": [
                 {"name": "probs", "datatype": "FP32", "shape": list(probs.shape), "data": probs.ravel().tolist()}]})
@@ -104,8 +107,9 @@ def main() -> None:
     p.add_argument("--log", required=True)
     p.add_argument("--ready", required=True)
     p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--status", type=int, default=200, help="answer every infer request with this status (e.g. 503)")
     a = p.parse_args()
-    serve(a.port, Path(a.log), Path(a.ready), a.delay_ms / 1000)
+    serve(a.port, Path(a.log), Path(a.ready), a.delay_ms / 1000, a.status)
 
 
 if __name__ == "__main__":

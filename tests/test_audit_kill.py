@@ -23,11 +23,11 @@ MAX_BATCH, CONCURRENCY = 8, 2
 IN_FLIGHT = MAX_BATCH * CONCURRENCY
 
 
-def counting_server(tmp_path: Path, delay_ms: float):  # type: ignore[no-untyped-def]
+def counting_server(tmp_path: Path, delay_ms: float, status: int = 200):  # type: ignore[no-untyped-def]
     """Start tests/counting_server.py; yield (its model URL, the log of received images); stop it."""
     log, ready = tmp_path / "received.txt", tmp_path / "port.txt"
     proc = subprocess.Popen([sys.executable, str(HERE / "counting_server.py"), "--log", str(log), "--ready", str(ready),
-                             "--delay-ms", str(delay_ms)])
+                             "--delay-ms", str(delay_ms), "--status", str(status)])
     for _ in range(200):
         if ready.exists() and ready.read_text():
             break

@@ -96,6 +96,7 @@ def test_token_sources(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-
     monkeypatch.setenv("BBL_TOKEN_X", "  abc123token \n")
     assert prof.token() == "abc123token"
     (tmp_path / "tok").write_text("filetoken99\n")
+    (tmp_path / "tok").chmod(0o600)
     prof2 = EndpointProfile.from_toml(write(tmp_path, f'url = "{URL}"\n[auth]\ntoken_file = "tok"\nheader = "x-api-key"\nscheme = ""\n'))
     assert prof2.token() == "filetoken99"
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:

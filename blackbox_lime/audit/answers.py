@@ -42,6 +42,7 @@ class StoredAdapter(ClassifierAdapter):
         self.case_id: str | None = None  # the case being explained: its answers are stored under it
         self.sent = 0  # images sent by this process
         self.reused = 0  # images answered from the store by this process
+        self._used: int | None = None  # the audit's images sent, as the coordinator's budget check counts them
 
     @property
     def info(self) -> ModelInfo:
@@ -70,14 +71,18 @@ class StoredAdapter(ClassifierAdapter):
         for s in range(0, len(missing), self.in_flight):
             part = missing[s:s + self.in_flight]
             self._check_audit_budget(len(part))
-            r0, t0 = self.inner.requests, self.inner.retries
-            with (self.gate() if self.gate is not None else nullcontext()):
-                probs = self.inner.predict(images[[i for _, i in part]])
-            self.store.save_answers([k for k, _ in part], probs, len(part), self.inner.requests - r0,
-                                    self.inner.retries - t0, self.case_id)
-            self.sent += len(part)
-            self.requests += self.inner.requests - r0
-            self.retries += self.inner.retries - t0
+            q0, r0, t0 = self.inner.queries, self.inner.requests, self.inner.retries
+            self._used = None if hasattr(self.store, "reserve") else self.store.totals()["sent"]
+            self.inner.charge = self._charge  # every image put on the wire counts, retries and failures included
+            try:
+                with (self.gate() if self.gate is not None else nullcontext()):
+                    probs = self.inner.predict(images[[i for _, i in part]])
+            except BaseException:
+                self._settle([], np.zeros((0, 0)), q0, r0, t0)
+                raise
+            finally:
+                self.inner.charge = None
+            self._settle([k for k, _ in part], probs, q0, r0, t0)
             found.update({k: p for (k, _), p in zip(part, probs)})
         reused = n - len(missing)
         self.store.count_reused(reused)
@@ -93,14 +98,34 @@ class StoredAdapter(ClassifierAdapter):
         own, inner = super().counters(), self.inner.counters()
         return {**own, "refused_for_size": inner["refused_for_size"], "request_size": inner["request_size"]}
 
-    def _check_audit_budget(self, n: int) -> None:
+    def _settle(self, keys: list[bytes], probs: np.ndarray, q0: int, r0: int, t0: int) -> None:
+        """Store a slice's answers (none where it failed) with what it really put on the wire."""
+        sent, requests, retries = self.inner.queries - q0, self.inner.requests - r0, self.inner.retries - t0
+        self.store.save_answers(keys, probs, sent, requests, retries, self.case_id)
+        self.sent += sent
+        self.requests += requests
+        self.retries += retries
+
+    def _charge(self, n: int) -> None:
+        """Before every send of n images (the inner adapter's retries included): refuse it past the audit's budget.
+        Shared stores (Dask workers) count it at once across processes; the coordinator's own store takes it
+        with the slice's answers, or without them when the slice fails."""
         if self.audit_budget is None:
             return
         reserve = getattr(self.store, "reserve", None)
-        if reserve is not None:  # shared by several processes: check and count in one step
+        if reserve is not None:
             reserve(n, self.audit_budget)
             return
-        used = self.store.totals()["sent"]
+        assert self._used is not None  # set on the caller's thread before the slice is sent
+        if self._used + n > self.audit_budget:
+            raise budget_spent(self._used, self.audit_budget, n)
+        self._used += n
+
+    def _check_audit_budget(self, n: int) -> None:
+        """Refuse a slice at once where the budget cannot take it (nothing is sent)."""
+        if self.audit_budget is None:
+            return
+        used = self.store.used() if hasattr(self.store, "used") else self.store.totals()["sent"]
         if used + n > self.audit_budget:
             raise budget_spent(used, self.audit_budget, n)
 

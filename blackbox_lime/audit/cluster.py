@@ -114,6 +114,12 @@ class WorkerAnswers:
     def count_reused(self, n: int) -> None:
         pass
 
+    def used(self) -> int:
+        """Images sent so far by the whole audit (every worker, every run)."""
+        from distributed import Variable
+
+        return int(Variable(f"{self.prefix}-sent").get())
+
     def reserve(self, n: int, budget: int) -> None:
         """Count n images against the audit's budget, atomically across the cluster; raise when it is spent."""
         from distributed import Lock, Variable
@@ -188,7 +194,8 @@ def run_on_cluster(client: Any, out_dir: Path, store: AuditStore, s: WorkerSetti
 
     def drain() -> None:
         for item in answers.get(batch=True):
-            store.save_answers(item["keys"], np.stack([np.frombuffer(v, np.float64) for v in item["probs"]]),
+            probs = [np.frombuffer(v, np.float64) for v in item["probs"]]  # none where a slice failed
+            store.save_answers(item["keys"], np.stack(probs) if probs else np.zeros((0, 0)),
                                item["sent"], item["requests"], item["retries"], item["case"])
 
     for _ in range(window):

@@ -25,6 +25,9 @@ REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
 
 
+CASE_WARNINGS = ("dicom_out",)  # case-level warnings a record may carry, shown with each of its rows
+
+
 def _rows(case: Any) -> list[dict[str, Any]]:
     """One row per (case, explained finding); a failed or pending case is one row without a finding."""
     base = {"id": case.id, "state": case.state, **({"reason": case.reason} if case.reason else {}),
@@ -36,7 +39,8 @@ def _rows(case: Any) -> list[dict[str, Any]]:
     return [{**base, "finding": f["finding"], "target": f["target"], "target_name": f["finding"],
              "target_prob": f["target_prob"], "r2": f["r2"], "r2_evidence": f["r2_evidence"], "fill": rec.get("fill"),
              "queries": rec.get("queries"), "sent": rec.get("sent"), "reused": rec.get("reused"), "flags": f["flags"],
-             "shares": f["shares"], "outputs": f.get("outputs", []) + json_out} for f in rec["findings"]]
+             "shares": f["shares"], "outputs": f.get("outputs", []) + json_out,
+             **{k: rec[k] for k in CASE_WARNINGS if rec.get(k)}} for f in rec["findings"]]
 
 
 def study_summary(store: AuditStore) -> dict[str, Any]:

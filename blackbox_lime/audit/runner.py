@@ -115,6 +115,7 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
                                                                         for st, e in zip(stems, exps)], frame, salt)
         except DicomOutError as exc:
             dicom_note = f"no DICOM Parametric Map: {exc}"
+            head["dicom_out"] = dicom_note  # in the case's JSON too
     base = Path(CASES_DIR)
     if not several:
         summary, flagged = summaries[0]

@@ -103,14 +103,17 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
         "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
     }
     report["timings_s"]["read_image"] = round(t_io, 4)
-    pm = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
+    pm, note = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
     report["outputs"] += sorted(p.name for p in pm)
+    if note:
+        report["dicom_out"] = note
+        report["warnings"] = [*report["warnings"], note]
     write_all({**explanation_files(out, stem, loaded.pixels, exp, report), **pm})
     if a.json:
         print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
                                                  "r2_heldout", "r2_evidence", "fill", "warnings",
                                                  "queries", "requests", "retries", "traffic", "timings_s", "seed",
-                                                 "outputs")}))
+                                                 "outputs", "dicom_out") if k in report}))
     if not a.quiet:
         for warning in exp.warnings:
             print(f"blackbox-lime: warning: {path.name}: {warning}", file=sys.stderr)
@@ -125,22 +128,24 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
 
 
 def _dicom_maps(a: argparse.Namespace, path: Path, loaded: Any, maps: list[tuple[str, Any, str]],
-                out: Path) -> dict[Path, bytes]:
-    """--dicom-out: the Parametric Maps of a DICOM input ({} for other inputs, or where none can be written)."""
+                out: Path) -> tuple[dict[Path, bytes], str | None]:
+    """--dicom-out: the Parametric Maps of a DICOM input ({} for other inputs), and the named reason where none can
+    be written (the other files are written all the same; the reason goes into the JSON)."""
     if not getattr(a, "dicom_out", False):
-        return {}
+        return {}, None
     if loaded.format != "dicom":
         print(f"blackbox-lime: note: {path.name} is not DICOM; --dicom-out writes maps for DICOM inputs only.",
               file=sys.stderr)
-        return {}
+        return {}, None
     from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
 
     try:
         files = parametric_map_files(path.read_bytes(), maps, a.frame)
     except DicomOutError as exc:
-        print(f"blackbox-lime: warning: {path.name}: no DICOM Parametric Map: {exc}", file=sys.stderr)
-        return {}
-    return {out / name: data for name, data in files.items()}
+        note = f"no DICOM Parametric Map: {exc}"
+        print(f"blackbox-lime: warning: {path.name}: {note}", file=sys.stderr)
+        return {}, note
+    return {out / name: data for name, data in files.items()}, None
 
 
 def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exps: list[Any],
@@ -155,7 +160,10 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
               **shared_summary(exps), "retries": retries, "models": hashes}
     report["timings_s"]["read_image"] = round(t_io, 4)
     names = finding_stems([e.target_name for e in exps])
-    pm = _dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)], out)
+    pm, note = _dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)],
+                           out)
+    if note:
+        report["dicom_out"] = note
     files = {**findings_files(out, stem, loaded.pixels, exps, report, [p.name for p in pm]), **pm}
     report_doc = json.loads(files[out / f"{stem}.json"])
     write_all(files)

@@ -1,0 +1,231 @@
+"""The security review's findings (issue 34), each reproduced as an attack and checked closed.
+
+docs/security.md names each test here beside the claim it checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_audit_kill import _lines, _study, counting_server
+
+from blackbox_lime.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _profile(tmp_path: Path, url: str) -> Path:
+    """A profile with short retries: an overloaded server is retried for 3 s, not 60."""
+    p = tmp_path / "endpoint.toml"
+    p.write_text(f'url = "{url}"\n[limits]\nretry_deadline_s = 3\nbackoff_s = 0.05\nmax_batch = 8\nbinary = "never"\n')
+    return p
+
+
+# -- finding 4: the audit budget counts every image put on the wire -----------------------------------------
+
+
+@pytest.fixture()
+def overloaded(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real loopback server that logs every image it receives, then answers 503."""
+    yield from counting_server(tmp_path, 0, status=503)
+
+
+def _audit_503(url: str, tmp_path: Path, source: Path, out: Path, budget: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "blackbox_lime", "audit", "run", str(source), "--endpoint",
+            str(_profile(tmp_path, url)), "--out", str(out), "--patch-size", "8", "--fill", "mean", "--samples", "40",
+            "--budget", str(budget), "--quiet", *extra]
+
+
+def test_a_503_server_receives_at_most_the_budget_across_reruns_and_the_summary_counts_them(tmp_path, overloaded):
+    url, log = overloaded
+    source, out = _study(tmp_path / "study", 3), tmp_path / "audit"
+    codes = [_run(_audit_503(url, tmp_path, source, out, 2)).returncode for _ in range(3)]
+    assert codes == [4, 4, 4]  # the budget stops each run (EXIT_BUDGET), none crashes
+    assert len(_lines(log)) == 2  # counted at the server: failed sends and retries included
+    summary = subprocess.run([sys.executable, "-m", "blackbox_lime", "audit", "summary", str(out), "--json"],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    doc = json.loads(summary.stdout)
+    assert doc["study"]["totals"]["sent"] == 2
+
+
+def test_workers_count_failed_sends_against_the_shared_budget(tmp_path, overloaded):
+    pytest.importorskip("distributed")
+    url, log = overloaded
+    source, out = _study(tmp_path / "study", 4), tmp_path / "audit"
+    r = _run(_audit_503(url, tmp_path, source, out, 3, "--workers", "2"))
+    assert r.returncode == 4, r.stderr[-2000:]
+    r = _run(_audit_503(url, tmp_path, source, out, 3, "--workers", "2"))
+    assert r.returncode == 4, r.stderr[-2000:]
+    assert len(_lines(log)) <= 3
+    assert "3 images sent in all" in r.stderr
+
+
+def test_explain_budget_counts_retries_of_a_failing_server(tmp_path, overloaded, capsys):
+    url, log = overloaded
+    image = _study(tmp_path / "study", 1) / "img_00.png"
+    rc = main(["explain", str(image), "--endpoint", str(_profile(tmp_path, url)), "--out", str(tmp_path / "o"),
+               "--patch-size", "8", "--fill", "mean", "--samples", "40", "--budget", "2"])
+    assert rc == 2
+    assert len(_lines(log)) == 2
+    assert "Query budget exhausted: 2 of 2 queries used" in capsys.readouterr().err
+
+
+# -- finding 6: tokens with control characters, token files anyone can read, escaped forms ------------------
+
+CANARY = "tok-CANARY-51c0ffee"
+
+
+def _token_profile(tmp_path: Path, auth: str) -> Path:
+    p = tmp_path / "endpoint.toml"
+    p.write_text(f'url = "https://127.0.0.1:9/v2/models/m"\n[auth]\n{auth}\n')
+    return p
+
+
+def test_a_token_with_a_line_break_is_refused_at_load_without_being_shown(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BBL_SEC_TOKEN", f"{CANARY}\r\nX-Injected: 1")
+    rc = main(["endpoint", "check", "--endpoint", str(_token_profile(tmp_path, 'token_env = "BBL_SEC_TOKEN"'))])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip() == ("blackbox-lime: error: endpoint.toml: the environment variable BBL_SEC_TOKEN holds a line "
+                           "break inside the token; a token is one line of printable characters. Fix the token (it "
+                           "is not shown here).")
+    assert CANARY not in err
+
+
+def test_a_token_file_others_can_read_is_refused_and_one_only_its_owner_reads_is_taken(tmp_path, capsys):
+    from blackbox_lime.adapters.profile import EndpointProfile
+
+    secret = tmp_path / "vendor.token"
+    secret.write_text(CANARY + "\n")
+    secret.chmod(0o644)
+    prof = _token_profile(tmp_path, 'token_file = "vendor.token"')
+    rc = main(["endpoint", "check", "--endpoint", str(prof)])
+    err = capsys.readouterr().err
+    assert rc == 2 and CANARY not in err
+    assert err.strip() == ("blackbox-lime: error: endpoint.toml: the token file vendor.token can be read or written by "
+                           "other users (mode 0644); make it yours alone: chmod 600 vendor.token.")
+    secret.chmod(0o600)
+    assert EndpointProfile.from_toml(prof).token() == CANARY
+
+
+@pytest.mark.parametrize("target", ["../patients.txt", "/etc/passwd", "folder"])
+def test_token_file_cannot_read_another_file_as_a_token(tmp_path, target, capsys):
+    site = tmp_path / "site"
+    (site / "folder").mkdir(parents=True)
+    (tmp_path / "patients.txt").write_text("Doe^Jane 1960-01-01\n")  # a one-line patient list beside the profile
+    rc = main(["endpoint", "check", "--endpoint", str(_token_profile(site, f'token_file = "{target}"'))])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Doe^Jane" not in err and "root:" not in err
+    assert ("is not a regular file" if target == "folder" else "can be read or written by other users") in err
+
+
+def test_redaction_covers_the_escaped_forms_of_a_token() -> None:
+    from blackbox_lime.adapters.remote import Redactor
+
+    token = f"{CANARY}\r\nsecond-line"
+    r = Redactor([token])
+    for text in (f"Invalid header value b'Bearer {token!r}'", json.dumps({"auth": token}),
+                 f"https://x/?t={CANARY}%0D%0Asecond-line", f"echo: {CANARY}"):
+        assert CANARY not in r(text) and "[REDACTED]" in r(text), text
+
+
+# -- finding 5: a source a Parametric Map cannot be made for is a named warning, never a crash ------------------
+
+def _pydicom_test_files() -> list[Path]:
+    """Every file that ships in pydicom's test data (listed from its folder: get_testdata_files would download)."""
+    pydicom = pytest.importorskip("pydicom")
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _synthetic_secondary_capture(path: Path) -> Path:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "ID-CANARY-1", "OT"
+    ds.Rows = ds.Columns = 48
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.random.default_rng(3).integers(0, 255, (48, 48), dtype=np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_every_pydicom_test_file_gives_a_map_or_a_named_reason():
+    import warnings
+
+    import pydicom
+    from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
+
+    made = named = 0
+    for path in _pydicom_test_files():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                shape = (int(ds.Rows), int(ds.Columns))
+                frames = int(ds.get("NumberOfFrames", 1) or 1)
+            except Exception:  # not an image (SR, RT plan, DICOMDIR, JSON...): nothing to map
+                continue
+            sal = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+            try:
+                parametric_map_files(path.read_bytes(), [("m", sal, "abnormal")], 0 if frames > 1 else None)
+                made += 1
+            except DicomOutError as exc:
+                assert str(exc).endswith(".") and "Traceback" not in str(exc)
+                named += 1
+    assert made >= 30 and named >= 30  # both kinds are really exercised
+
+
+def test_secondary_captures_with_dicom_out_still_write_every_map_and_name_the_reason(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    from blackbox_lime.models import bundled_model
+
+    images = [Path(get_testdata_file("image_dfl.dcm")), Path(get_testdata_file("SC_rgb_jpeg.dcm")),
+              _synthetic_secondary_capture(tmp_path / "sc.dcm"), Path(get_testdata_file("CT_small.dcm"))]
+    out = tmp_path / "out"
+    rc = main(["explain", *map(str, images), "--model", str(bundled_model("shortcut_marker.onnx")), "--out", str(out),
+               "--samples", "30", "--fill", "mean", "--dicom-out", "--quiet"])
+    assert rc == 0
+    for p in images[:3]:
+        doc = json.loads((out / f"{p.stem}.json").read_text())
+        assert doc["dicom_out"].startswith("no DICOM Parametric Map: ") and doc["dicom_out"] in doc["warnings"]
+        assert (out / f"{p.stem}.saliency.npy").is_file() and (out / f"{p.stem}.overlay.png").is_file()
+    assert "Secondary Capture" in json.loads((out / "sc.json").read_text())["dicom_out"]
+    assert (out / "CT_small.pm.dcm").is_file()  # the later images of the call go on
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_audit_with_a_secondary_capture_case_completes(tmp_path, capsys):
+    from blackbox_lime.models import bundled_model
+
+    study = tmp_path / "study"
+    study.mkdir()
+    _synthetic_secondary_capture(study / "sc.dcm")
+    out = tmp_path / "audit"
+    argv = ["audit", "run", str(study), "--model", str(bundled_model("shortcut_marker.onnx")), "--out", str(out),
+            "--samples", "30", "--fill", "mean", "--quiet"]
+    assert main(argv) == 0
+    case = json.loads((out / "summary.json").read_text())["cases"][0]
+    assert case["state"] == "done" and "Secondary Capture" in case["dicom_out"]
+    assert main(argv) == 0  # a rerun finds it done
