@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .errors import (AdapterError, AdapterTimeout, ConfigError, ConnectionFailed, ModelLoadError, ResponseError,
@@ -52,14 +54,19 @@ class HttpTransport(Transport):
     headers : extra request headers, e.g. {"Authorization": "Bearer ..."}; never logged.
     verify : verify TLS certificates (default True); ``ca_bundle`` overrides the trust store.
     client_cert, client_key : PEM files for mutual TLS.
-    timeout, connect_timeout : seconds.
+    timeout, connect_timeout : seconds (timeout: the longest wait for the next bytes of an answer).
     pool : connections kept open (set to the adapter's concurrency).
+    response_deadline : seconds one whole request may take, its answer read in full (default: twice ``timeout``).
+        A server that keeps sending (an endless stream, one byte a second) is cut off there.
+    max_response_bytes : the largest answer to an inference request read (None: derived from the request, see
+        :meth:`infer_cap`). Metadata answers are capped at 1 MiB and error bodies are read up to 64 KiB.
     """
 
     def __init__(self, url: str, *, headers: Mapping[str, str] | None = None, verify: bool = True,
                  ca_bundle: str | None = None, client_cert: str | None = None, client_key: str | None = None,
                  timeout: float = 60.0, connect_timeout: float = 10.0, pool: int = 4,
-                 allow_insecure_http: bool = False) -> None:
+                 allow_insecure_http: bool = False, response_deadline: float | None = None,
+                 max_response_bytes: int | None = None) -> None:
         parts = check_endpoint_url(url, allow_insecure_http)
         if parts.scheme not in ("http", "https"):
             raise ConfigError(f"{safe_url(url)} is not an HTTP URL; use http(s):// with a REST protocol.")
@@ -76,11 +83,24 @@ class HttpTransport(Transport):
         if not verify:
             log.warning("TLS certificate verification is OFF for %s", safe_url(url))
         self.timeout = (connect_timeout, timeout)
+        self.response_deadline = float(response_deadline or 2 * timeout)
+        self.max_response_bytes = max_response_bytes
 
-    def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
+    def infer_cap(self, n: int) -> int:
+        """The most bytes an answer about n images may hold: n x classes x 32 bytes (a float in JSON) x 16 (other
+        outputs, white space), plus 1 MiB; ``[limits] max_response_mb`` replaces it."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        return METADATA_CAP + n * max(2, self.values_per_image) * 32 * 16
+
+    def _request(self, method: str, url: str, cap: int = 0, **kw: Any) -> requests.Response:
+        """Send one request; its answer is read in full, at most ``cap`` bytes (default: the metadata cap) and
+        within the response deadline, else a ResponseError (too large) or an AdapterTimeout (too slow)."""
         where = safe_url(url)
+        cap = cap or METADATA_CAP
+        start = time.monotonic()
         try:
-            r = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, **kw)
+            r = self.session.request(method, url, timeout=self.timeout, allow_redirects=False, stream=True, **kw)
         except requests.exceptions.SSLError as exc:
             raise ConnectionFailed(
                 f"TLS verification failed for {where}: {_first_line(exc)}. If the endpoint uses a private CA, set "
@@ -94,6 +114,10 @@ class HttpTransport(Transport):
             raise ConnectionFailed(f"Could not reach {where}: {reason}.", retryable=reason != "unknown host name") from exc
         except requests.exceptions.RequestException as exc:
             raise ConnectionFailed(f"Request to {where} failed: {_first_line(exc)}.", retryable=False) from exc
+        try:
+            self._read_body(r, where, ERROR_BODY_CAP if r.status_code >= 300 else cap, start)
+        finally:
+            r.close()  # the connection goes back to the pool only when it was read to its end
         if 300 <= r.status_code < 400:
             target = safe_url(r.headers.get("Location", "")) if r.headers.get("Location") else "(no Location)"
             raise ServerError(f"{where} answered HTTP {r.status_code}, a redirect to {target}. Redirects are not followed, "
@@ -104,9 +128,47 @@ class HttpTransport(Transport):
                                parse_retry_after(r.headers.get("Retry-After")))
         return r
 
+    def _read_body(self, r: requests.Response, where: str, cap: int, start: float) -> None:
+        """Read the streamed body into ``r.content``: at most ``cap`` bytes (an error body is cut there; any
+        other answer over it is refused), and only until the response deadline."""
+        error = r.status_code >= 300
+        declared = r.headers.get("Content-Length", "")
+        if not error and declared.isdigit() and int(declared) > cap:
+            raise ResponseError(f"{where} announced an answer of {int(declared):,} bytes, more than the {cap:,} this "
+                                f"request can legitimately return; refused unread. {_RAISE_CAP}")
+        body, ended = bytearray(), False
+        try:
+            while True:
+                if time.monotonic() - start > self.response_deadline:
+                    raise AdapterTimeout(f"{where} did not finish its answer within the response deadline of "
+                                         f"{self.response_deadline:g} s ({len(body):,} bytes received); the server "
+                                         "may be overloaded or misbehaving. Raise [limits] response_deadline_s if "
+                                         "its answers are really this slow.")
+                chunk = r.raw.read1(65536, decode_content=True)  # what one read of the socket brought
+                if not chunk:
+                    ended = True
+                    break
+                body += chunk
+                if len(body) > cap:
+                    if error:  # enough of an error body to quote
+                        del body[cap:]
+                        break
+                    raise ResponseError(f"{where} sent an answer of more than {cap:,} bytes, more than this request "
+                                        f"can legitimately return; the rest was not read. {_RAISE_CAP}")
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise AdapterTimeout(f"{where} stopped sending its answer for {self.timeout[1]:g}s (read timeout).") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ConnectionFailed(f"{where} broke off its answer: {_first_line(exc)}.") from exc
+        r._content = bytes(body)  # what requests' r.content returns from now on
+        r._content_consumed = ended  # read to its end: close() puts the connection back; a cut body drops it
+
     def close(self) -> None:
         self.session.close()
 
+
+METADATA_CAP = 1 << 20  # metadata, readiness and status answers
+ERROR_BODY_CAP = 64 << 10  # an error body is quoted, never parsed: its first 64 KiB are plenty
+_RAISE_CAP = "If this endpoint's answers are really that large, raise [limits] max_response_mb in the profile."
 
 _REASONS = (("Connection refused", "connection refused (is the server running, and is the port right?)"),
             ("Name or service not known", "unknown host name"),
@@ -245,7 +307,8 @@ class OipRestTransport(HttpTransport):
                    "parameters": {"binary_data_output": True}}
             header = orjson.dumps(doc)
             try:
-                r = self._request("POST", self.base + "/infer", data=_binary_body(header, tensor),
+                r = self._request("POST", self.base + "/infer", cap=self.infer_cap(len(tensor)),
+                                  data=_binary_body(header, tensor),
                                   headers={"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))})
                 out = decode_oip_response(r, self.output_name, self)
             except AdapterError as exc:
@@ -266,7 +329,8 @@ class OipRestTransport(HttpTransport):
             data = tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
             head["data"] = data.reshape(-1)
             doc = {"inputs": [head], **({"outputs": [out_req]} if out_req else {})}
-            r = self._request("POST", self.base + "/infer", data=orjson.dumps(doc, option=_NUMPY),
+            r = self._request("POST", self.base + "/infer", cap=self.infer_cap(len(tensor)),
+                              data=orjson.dumps(doc, option=_NUMPY),
                               headers={"Content-Type": "application/json"})
         return decode_oip_response(r, self.output_name, self)
 
@@ -378,7 +442,8 @@ class TFServingTransport(HttpTransport):
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         data = tensor.astype(np.float32) if tensor.dtype == np.float16 else tensor
         instances: Any = data if self.instance_key is None else [{self.instance_key: x} for x in data]
-        r = self._request("POST", self.url, data=orjson.dumps({"instances": instances}, option=_NUMPY),
+        r = self._request("POST", self.url, cap=self.infer_cap(len(tensor)),
+                          data=orjson.dumps({"instances": instances}, option=_NUMPY),
                           headers={"Content-Type": "application/json"})
         doc = _json(r, "The prediction response")
         if not isinstance(doc, dict) or "predictions" not in doc:

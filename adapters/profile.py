@@ -45,7 +45,9 @@ Example (every key but ``url`` is optional; the endpoint's metadata fills in wha
     retry_deadline_s = 60          # keep retrying one request this long (a server restart), waits included
     max_attempts = 20              # and at most this many tries (default: as many as the deadline allows)
     retry_after_cap_s = 60
-    max_message_mb = 256           # gRPC
+    max_message_mb = 256           # gRPC: the largest message either way
+    response_deadline_s = 120      # HTTP: one whole answer, read in full (default: twice timeout_s)
+    max_response_mb = 4            # HTTP: the largest inference answer read (default: derived from the request)
     binary = "auto"                # OIP REST binary tensors: auto | always | never
 
 A token is never written in the profile or on the command line: it comes from an environment
@@ -78,7 +80,8 @@ _KEYS: dict[str | None, set[str]] = {
     "auth": {"token_env", "token_file", "header", "scheme"},
     "tls": {"verify", "ca_bundle", "client_cert", "client_key"},
     "limits": {"timeout_s", "connect_timeout_s", "max_batch", "concurrency", "rate_per_s", "budget", "max_attempts",
-               "retry_after_cap_s", "retry_deadline_s", "max_message_mb", "binary", "backoff_s"},
+               "retry_after_cap_s", "retry_deadline_s", "max_message_mb", "binary", "backoff_s",
+               "response_deadline_s", "max_response_mb"},
 }
 PROTOCOLS = ("oip-rest", "tfserving", "oip-grpc")
 
@@ -122,7 +125,8 @@ def _check_values(doc: dict[str, Any], name: str) -> None:
     for key in ("max_batch", "concurrency", "budget", "max_attempts"):
         if key in lim and not (is_int(lim[key]) and lim[key] >= 1):
             raise fail(f"[limits] {key}", "an integer >= 1", lim[key])
-    for key in ("timeout_s", "connect_timeout_s", "max_message_mb", "retry_deadline_s"):
+    for key in ("timeout_s", "connect_timeout_s", "max_message_mb", "retry_deadline_s", "response_deadline_s",
+                "max_response_mb"):
         if key in lim and not (is_num(lim[key]) and lim[key] > 0):
             raise fail(f"[limits] {key}", "a number > 0", lim[key])
     for key in ("rate_per_s", "retry_after_cap_s", "backoff_s"):
@@ -318,6 +322,12 @@ class EndpointProfile:
             kw["rate"] = None
         return RemotePolicy(**kw)
 
+    def _http_limits(self, policy: RemotePolicy) -> dict[str, Any]:
+        mb = self.limits.get("max_response_mb")
+        return dict(connect_timeout=policy.connect_timeout, pool=policy.concurrency,
+                    response_deadline=self.limits.get("response_deadline_s"),
+                    max_response_bytes=None if mb is None else int(float(mb) * (1 << 20)))
+
     def build(self, *, budget: int | None = None, max_batch: int | None = None, concurrency: int | None = None,
               allow_insecure_http: bool = False, **overrides: Any) -> RemoteAdapter:
         """Make the adapter. Command-line values (budget, max_batch, concurrency) override the profile's."""
@@ -339,13 +349,12 @@ class EndpointProfile:
         elif self.protocol == "oip-rest":
             from .http import OipRestTransport
 
-            transport = OipRestTransport(self.url, self.model or "", self.version, connect_timeout=policy.connect_timeout,
-                                         pool=policy.concurrency, binary=str(self.limits.get("binary", "auto")), **common)
+            transport = OipRestTransport(self.url, self.model or "", self.version, binary=str(self.limits.get("binary", "auto")),
+                                         **self._http_limits(policy), **common)
         else:
             from .http import TFServingTransport
 
-            transport = TFServingTransport(self.url, connect_timeout=policy.connect_timeout, pool=policy.concurrency,
-                                           **common)
+            transport = TFServingTransport(self.url, **self._http_limits(policy), **common)
         inp, out = self.input, self.output
         try:
             return RemoteAdapter(

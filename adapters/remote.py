@@ -182,6 +182,7 @@ class Transport(ABC):
     input_datatype: str = "FP32"
     output_name: str | None = None
     output_datatype: str = "FP32"  # of the last answer: FP16 and BF16 round the probabilities
+    values_per_image: int = 2  # the classes or findings per image: an answer's legitimate size
 
     @property
     def output_field(self) -> str:
@@ -296,6 +297,7 @@ class RemoteAdapter(ClassifierAdapter):
         ab = len(names) - 1 if abnormal_index is None else abnormal_index
         transport.configure(input_name or (meta.input_name if meta else None), self.spec.oip_datatype,
                             output_name or (meta.output_name if meta else None))
+        transport.values_per_image = len(names)  # what an answer can legitimately hold (HTTP response caps)
         label = name or (meta.name if meta else None) or transport.describe().get("model") or transport.protocol
         self._info = ModelInfo(size, ch, names, ab, str(label),
                                {**transport.describe(), "layout": lay, "dtype": dt, "output": output,

@@ -229,3 +229,62 @@ def test_an_audit_with_a_secondary_capture_case_completes(tmp_path, capsys):
     case = json.loads((out / "summary.json").read_text())["cases"][0]
     assert case["state"] == "done" and "Secondary Capture" in case["dicom_out"]
     assert main(argv) == 0  # a rerun finds it done
+
+
+# -- finding 3: every HTTP answer is read with a size cap and within a whole-response deadline ------------------
+
+_RSS_RUN = ("import resource, sys\nfrom blackbox_lime.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")
+
+
+@pytest.mark.parametrize("mode", ["lie", "endless", "drip", "huge"])
+def test_a_server_that_attacks_memory_or_time_ends_in_one_line_within_the_deadline(tmp_path, mode):
+    import time
+
+    ready = tmp_path / "port.txt"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "evil_server.py"), "--mode", mode, "--ready",
+                             str(ready)])
+    try:
+        for _ in range(200):
+            if ready.exists() and ready.read_text():
+                break
+            time.sleep(0.05)
+        prof = tmp_path / "evil.toml"
+        prof.write_text(f'url = "http://127.0.0.1:{ready.read_text()}/v2/models/linear"\n[limits]\ntimeout_s = 3\n'
+                        'response_deadline_s = 5\nmax_attempts = 1\nbinary = "never"\n')
+        image = _study(tmp_path / "study", 1) / "img_00.png"
+        t0 = time.monotonic()
+        r = _run([sys.executable, "-c", _RSS_RUN, "explain", str(image), "--endpoint", str(prof), "--out",
+                  str(tmp_path / "out"), "--patch-size", "8", "--fill", "mean", "--samples", "40", "--quiet"], 60)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("peak-rss-kb")]
+    rss_mb = int(r.stderr.split("peak-rss-kb ")[1].split()[0]) / 1024
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("blackbox-lime: error: "), r.stderr
+    assert {"lie": "announced an answer of 2,147,483,648 bytes, more than the",
+            "endless": "sent an answer of more than", "huge": "sent an answer of more than",
+            "drip": "did not finish its answer within the response deadline of 5 s"}[mode] in lines[0]
+    assert elapsed < 5 + 10  # the deadline, plus the start of a Python process with numpy and onnxruntime
+    assert rss_mb < 300, rss_mb
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_error_body_is_read_only_up_to_its_cap(monkeypatch) -> None:
+    import responses as rsps_lib
+
+    import blackbox_lime.adapters.http as http
+    from blackbox_lime.adapters.errors import ServerError
+
+    seen: list[int] = []
+    real = http.server_error
+    monkeypatch.setattr(http, "server_error", lambda where, status, reason, body, *a: seen.append(len(body)) or
+                        real(where, status, reason, body, *a))
+    t = http.TFServingTransport("http://127.0.0.1:9/v1/models/m:predict")
+    with rsps_lib.RequestsMock() as rsps:
+        rsps.add(rsps_lib.POST, "http://127.0.0.1:9/v1/models/m:predict", status=500,
+                 body=b"E" * (10 * http.ERROR_BODY_CAP))
+        with pytest.raises(ServerError, match=r"answered HTTP 500"):
+            t.infer(np.zeros((1, 3, 4, 4), np.float32))
+    assert seen == [http.ERROR_BODY_CAP]
