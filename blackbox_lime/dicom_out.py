@@ -76,7 +76,8 @@ def _check_source(ds: Any) -> None:
     if str(ds.SOPClassUID).startswith(_SECONDARY_CAPTURE):
         raise DicomOutError("the source is a Secondary Capture image, which has no patient coordinates to place a "
                             "Parametric Map on; the .npy and .png maps are written.")
-    if "PerFrameFunctionalGroupsSequence" not in ds and any(k not in ds for k in _GEOMETRY):
+    single = str(ds.get("NumberOfFrames", 1) or 1).strip() in ("1", "")  # a multi-frame source: _frame_source checks
+    if single and "PerFrameFunctionalGroupsSequence" not in ds and any(k not in ds for k in _GEOMETRY):
         absent = [k for k in _GEOMETRY if k not in ds]
         raise DicomOutError(f"the source has no patient coordinates ({', '.join(absent)} absent), so a Parametric Map "
                             "cannot be placed on its grid; the .npy and .png maps are written.")

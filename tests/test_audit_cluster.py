@@ -71,30 +71,53 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_an_audit_joins_a_dask_scheduler_and_worker_started_apart(tmp_path, server):
+def _certificates(folder: Path) -> dict[str, str]:
+    """A CA and one certificate for the cluster's processes on loopback, made here (trustme): PEM file paths."""
+    import trustme
+
+    folder.mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    return {k: str(v) for k, v in files.items()}
+
+
+def test_an_audit_joins_a_tls_dask_scheduler_and_worker_started_apart(tmp_path, server):
     url, log = server
     source = _study(tmp_path / "study")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     bin_dir = Path(sys.executable).parent
+    pem = _certificates(tmp_path / "certs")
+    tls = ["--tls-ca-file", pem["ca"], "--tls-cert", pem["cert"], "--tls-key", pem["key"]]
     sched = subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                              "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen([str(bin_dir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
-                               "--no-dashboard", "--host", "127.0.0.1"], env=env, cwd=ROOT,
+                              "--protocol", "tls", "--no-dashboard", *tls], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([str(bin_dir / "dask"), "worker", f"tls://127.0.0.1:{port}", "--nthreads", "1",
+                               "--no-dashboard", "--host", "127.0.0.1", *tls], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client_tls = ["--dask-tls-ca", pem["ca"], "--dask-tls-cert", pem["cert"], "--dask-tls-key", pem["key"]]
     try:
-        r = _run(_audit(url, source, tmp_path / "joined", "--scheduler", f"tcp://127.0.0.1:{port}"))
+        r = _run(_audit(url, source, tmp_path / "joined", "--scheduler", f"tls://127.0.0.1:{port}", *client_tls))
         assert r.returncode == 0, r.stderr
         serial = _run(_audit(url, source, tmp_path / "serial"))
         assert serial.returncode == 0, serial.stderr
         assert [m.read_bytes() for m in _maps(tmp_path / "joined")] == \
             [m.read_bytes() for m in _maps(tmp_path / "serial")]
+        # without certificates, the TLS scheduler is refused before anything is written
+        r = _run(_audit(url, source, tmp_path / "nocert", "--scheduler", f"tls://127.0.0.1:{port}"))
+        assert r.returncode == 2 and "speaks TLS but no certificates are set" in r.stderr
+        assert not (tmp_path / "nocert").exists()
     finally:
         for p in (worker, sched):
             p.terminate()
             p.wait(timeout=30)
     bad = _run(_audit(url, source, tmp_path / "nowhere", "--scheduler", f"tcp://127.0.0.1:{_free_port()}"))
     assert bad.returncode == 2 and "Cannot reach the Dask scheduler" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_kill_9_of_the_coordinator_and_its_workers_then_resume_is_byte_identical(tmp_path, server):

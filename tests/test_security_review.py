@@ -288,3 +288,87 @@ def test_an_error_body_is_read_only_up_to_its_cap(monkeypatch) -> None:
         with pytest.raises(ServerError, match=r"answered HTTP 500"):
             t.infer(np.zeros((1, 3, 4, 4), np.float32))
     assert seen == [http.ERROR_BODY_CAP]
+
+
+# -- findings 1 and 2: Dask only over TLS off this machine; a peer that is not Dask --------------------------
+
+
+def _audit_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    from blackbox_lime.models import bundled_model
+
+    source = tmp_path / "study"
+    if not source.exists():
+        _study(source, 2)
+    return [sys.executable, "-m", "blackbox_lime", "audit", "run", str(source), "--model",
+            str(bundled_model("shortcut_marker.onnx")), "--out", str(tmp_path / "audit"), "--samples", "30",
+            "--fill", "mean", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("address", ["tcp://192.0.2.10:8786", "192.0.2.10:8786", "ws://192.0.2.10:8786"])
+def test_a_plain_scheduler_on_another_host_is_refused_before_anything_is_sent_or_written(tmp_path, address):
+    pytest.importorskip("distributed")
+    r = _run(_audit_cmd(tmp_path, "--scheduler", address), 60)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"blackbox-lime: error: Refusing the Dask scheduler {address}: over plain ")
+    assert "--dask-tls-ca" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "audit").exists()
+
+
+def test_a_tls_scheduler_on_another_host_is_accepted_with_certificates(tmp_path):
+    pytest.importorskip("distributed")
+    from blackbox_lime.audit.cluster import ClusterError, cluster_security
+
+    sec = cluster_security("tls://192.0.2.10:8786", "ca.pem", "cert.pem", "key.pem")
+    assert sec.require_encryption and sec.tls_ca_file == "ca.pem" and sec.tls_client_cert == "cert.pem"
+    with pytest.raises(ClusterError, match="go together"):
+        cluster_security("tls://192.0.2.10:8786", "ca.pem", None, None)
+    assert cluster_security("tcp://127.0.0.1:8786") is None  # plain only on this machine
+    assert cluster_security(None).require_encryption  # a LocalCluster: a certificate made for the run
+
+
+def test_the_local_cluster_speaks_tls_and_refuses_a_plain_client():
+    pytest.importorskip("distributed")
+    import logging
+
+    from distributed import Client
+
+    from blackbox_lime.audit.cluster import cluster_security, connect
+
+    client, cluster = connect(None, cluster_security(None), 1, logging.WARNING)
+    try:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert client.submit(sum, [1, 2]).result() == 3
+        plain = cluster.scheduler_address.replace("tls://", "tcp://")
+        with pytest.raises(Exception):  # noqa: B017 - a plain client cannot even say hello
+            Client(plain, timeout=3)
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_a_peer_that_does_not_speak_dask_is_one_line_exit_2_and_nothing_written(tmp_path):
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:  # a web server: whatever it is sent, a 400
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        r = _run(_audit_cmd(tmp_path, "--scheduler", f"tcp://127.0.0.1:{srv.getsockname()[1]}"), 120)
+    finally:
+        srv.close()
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("blackbox-lime: error: Cannot reach the Dask scheduler tcp://127.0.0.1:")
+    assert "nothing was written" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "audit").exists()

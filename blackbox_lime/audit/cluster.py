@@ -44,6 +44,76 @@ from blackbox_lime.outputs import write_all
 log = logging.getLogger(__name__)
 
 
+class ClusterError(ValueError):
+    """A Dask scheduler address or its TLS settings cannot be used as given (the message says how to fix it)."""
+
+
+_TLS_HOWTO = ("Start the scheduler and workers with TLS (dask scheduler --protocol tls --tls-ca-file CA --tls-cert "
+              "CERT --tls-key KEY, and the same options for dask worker) and pass tls://HOST:PORT with --dask-tls-ca, "
+              "--dask-tls-cert and --dask-tls-key (or Dask's distributed.comm.tls configuration); see docs/audit.md.")
+
+
+def cluster_security(address: str | None, ca: str | None = None, cert: str | None = None,
+                     key: str | None = None) -> Any:
+    """The Dask ``Security`` of an audit's cluster.
+
+    A LocalCluster (``address`` None) always speaks TLS with a temporary certificate made for this run, so no other
+    process on this machine can join it or run code on its workers. An existing scheduler must be ``tls://`` with a
+    CA, a client certificate and its key (these options, or Dask's own configuration); plain ``tcp://`` is accepted
+    only on loopback. Workers receive pixels and return Parametric Maps that carry patient fields, and whoever can
+    reach a plain scheduler can run code on them (``Client.run``).
+    """
+    from distributed.comm import parse_address, parse_host_port
+    from distributed.security import Security
+
+    given = [ca, cert, key]
+    if any(given) and not all(given):
+        raise ClusterError("--dask-tls-ca, --dask-tls-cert and --dask-tls-key go together: the CA that signed the "
+                           "cluster's certificates, and this client's certificate and key.")
+    if address is None:
+        return Security.temporary()
+    try:
+        scheme, loc = parse_address(address)
+        host, _ = parse_host_port(loc)
+    except (ValueError, TypeError):
+        raise ClusterError(f"--scheduler {address!r} is not a Dask address; use tls://HOST:PORT (or tcp://127.0.0.1:"
+                           "PORT on this machine).") from None
+    if scheme == "tls":
+        sec = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True) \
+            if all(given) else Security()  # Security() reads distributed.comm.tls.* from Dask's configuration
+        if not (sec.tls_ca_file and sec.tls_client_cert):
+            raise ClusterError(f"--scheduler {address} speaks TLS but no certificates are set. {_TLS_HOWTO}")
+        return sec
+    from blackbox_lime.adapters.remote import is_loopback
+
+    if scheme == "tcp" and is_loopback(host):
+        return None
+    raise ClusterError(f"Refusing the Dask scheduler {address}: over plain {scheme}:// to another host, the workers "
+                       "would receive patient pixels and send back Parametric Maps with patient fields in clear, and "
+                       f"anyone who can reach the scheduler could run code on them. {_TLS_HOWTO}")
+
+
+def connect(address: str | None, security: Any, workers: int | None, quiet: int) -> tuple[Any, Any]:
+    """(client, cluster or None): a TLS LocalCluster of ``workers`` processes, or the scheduler at ``address``.
+    Anything that is not a Dask scheduler answering there (a web server, a closed port) is a ClusterError."""
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    try:
+        if address is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address=None, silence_logs=quiet, security=security)
+            return Client(cluster, security=security), cluster
+        return Client(address, timeout=20, security=security), None
+    except Exception as exc:  # a peer that does not speak Dask ends in any error (a MemoryError from its bytes)
+        if cluster is not None:
+            cluster.close()
+        what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        raise ClusterError(f"Cannot reach the Dask scheduler {address or 'LocalCluster'}: {what}. Start it (dask "
+                           "scheduler / dask worker), check the address and its TLS settings; nothing was written.") \
+            from None
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """Everything a worker needs to rebuild the adapter and the explainer (plain values: it is pickled)."""

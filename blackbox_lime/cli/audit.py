@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from blackbox_lime.cli.common import (
     CONFIG_OPTIONS,
@@ -95,6 +96,7 @@ def run_audit(a: argparse.Namespace) -> int:
         cfg = config_from_options(a)
         adapter = adapter_from_options(a)  # before anything is written: a bad model or endpoint leaves nothing behind
         redact_logs(adapter)
+        stack = contextlib.ExitStack()  # the Dask client and cluster, if any: closed before the adapter
         try:
             explainer, target = explainer_and_target(a, adapter, cfg)
             model = model_record(a, adapter)
@@ -117,6 +119,7 @@ def run_audit(a: argparse.Namespace) -> int:
                                     f"{len(cases)} now. Audit the changed study in a new --out.")
                 old.close()
                 old = None
+            client = stack.enter_context(_cluster(a))  # before any file: a bad scheduler leaves nothing behind
             check_writable(out)
             if resuming:
                 store = AuditStore.open(store_path)
@@ -140,8 +143,11 @@ def run_audit(a: argparse.Namespace) -> int:
                     bar.update(1)
 
                 try:
-                    if a.workers is not None or a.scheduler is not None:
-                        result = _run_on_cluster(a, out, store, cfg, target, salt, budget, progress)
+                    if client is not None:
+                        from blackbox_lime.audit.cluster import run_on_cluster
+
+                        result = run_on_cluster(client, out, store, _cluster_settings(a, cfg, target, salt, budget),
+                                                progress)
                     else:
                         result = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
                                              target=target, frame=a.frame, salt=salt, threshold=a.threshold,
@@ -161,6 +167,7 @@ def run_audit(a: argparse.Namespace) -> int:
                 digest = write_provenance(out, store, source_root(a.source))
                 totals = store.totals()
         finally:
+            stack.close()
             adapter.close()
     finally:
         if old is not None:
@@ -181,18 +188,13 @@ def run_audit(a: argparse.Namespace) -> int:
     return EXIT_CASES_FAILED if result.failed else EXIT_OK
 
 
-def _run_on_cluster(a: argparse.Namespace, out: Path, store: Any, cfg: Any, target: Any, salt: str,
-                    budget: int | None, progress: Any) -> Any:
-    """audit run --workers N | --scheduler ADDR: the cases on Dask workers, this process the only writer."""
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise UserError("--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'.") from None
-    from blackbox_lime.audit.cluster import WorkerSettings, run_on_cluster
+def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, budget: int | None) -> Any:
+    """What every worker needs to rebuild the adapter and the explainer."""
+    from blackbox_lime.audit.cluster import WorkerSettings
     from blackbox_lime.audit.source import source_root
     from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
 
-    settings = WorkerSettings(
+    return WorkerSettings(
         model=None if a.model is None else (a.model if "://" in str(a.model) else str(Path(a.model).resolve())),
         endpoint=None if a.endpoint is None else str(Path(a.endpoint).resolve()), max_batch=a.max_batch,
         output_kind=a.output_kind, allow_insecure_http=a.allow_insecure_http, device=a.device, config=cfg,
@@ -200,22 +202,31 @@ def _run_on_cluster(a: argparse.Namespace, out: Path, store: Any, cfg: Any, targ
         bank=None if a.bank is None else str(Path(a.bank).resolve()), seed=a.seed, target=target,
         threshold=a.threshold, frame=a.frame, salt=salt, root=str(source_root(a.source).resolve()), budget=budget,
         concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
-    cluster = None
+
+
+@contextlib.contextmanager
+def _cluster(a: argparse.Namespace) -> Iterator[Any]:
+    """audit run --workers N | --scheduler ADDR: the Dask client (None for a serial audit), connected before
+    anything is written, so an unreachable or foreign scheduler leaves no store behind."""
+    if a.workers is None and a.scheduler is None:
+        yield None
+        return
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UserError("--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'.") from None
+    from blackbox_lime.audit.cluster import ClusterError, cluster_security, connect
+
     quiet = logging.INFO if a.verbose else logging.WARNING
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.http"):
         logging.getLogger(name).setLevel(quiet)
     try:
-        if a.workers is not None:
-            cluster = LocalCluster(n_workers=a.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=quiet)
-            client = Client(cluster)
-        else:
-            client = Client(a.scheduler, timeout=20)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise UserError(f"Cannot reach the Dask scheduler {a.scheduler or 'LocalCluster'}: {exc}. Start it (dask "
-                        "scheduler / dask worker) or check the address.") from None
+        security = cluster_security(a.scheduler, a.dask_tls_ca, a.dask_tls_cert, a.dask_tls_key)
+        client, cluster = connect(a.scheduler, security, a.workers, quiet)
+    except ClusterError as exc:
+        raise UserError(str(exc)) from None
     try:
-        return run_on_cluster(client, out, store, settings, progress)
+        yield client
     finally:
         client.close()
         if cluster is not None:

@@ -102,8 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run cases on a Dask LocalCluster of N worker processes on this machine (audit extra); "
                             "--concurrency and --budget hold for all of them together")
     where.add_argument("--scheduler", default=None,
-                       help="run cases on an existing Dask cluster (tcp://HOST:PORT); its workers must reach the "
-                            "model and read the source's paths")
+                       help="run cases on an existing Dask cluster: tls://HOST:PORT with the --dask-tls-* files "
+                            "(plain tcp:// only on loopback); its workers must reach the model and read the source's "
+                            "paths. A --workers LocalCluster speaks TLS with a certificate made for the run")
+    for opt, text in (("ca", "the CA file that signed the Dask cluster's certificates"),
+                      ("cert", "this client's certificate file for the Dask cluster (PEM)"),
+                      ("key", "the key of --dask-tls-cert (PEM)")):
+        ar.add_argument(f"--dask-tls-{opt}", default=None, help=f"{text}; with --scheduler tls://... (or set Dask's "
+                        "distributed.comm.tls configuration)")
     explain_options(ar)
     for name, text in (("summary", "the study summary and one record per case (also while an audit runs)"),
                        ("verify", "check every input and output against the provenance manifest (exit 1 if one "
