@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,9 @@ class LoadedImage:
     format: str
     sha256: str
     notes: list[str] = field(default_factory=list)
+    #: why the pixels may carry burnt-in text that identifies the patient (a DICOM that says so, or a Secondary
+    #: Capture that does not say), else None: see :func:`check_burned_in`.
+    burned_in: str | None = None
 
 
 def load_image(path: str | Path, frame: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -107,7 +112,40 @@ def _load(p: Path, frame: int | None, max_pixels: int) -> LoadedImage:
     if frame is not None and fmt != "dicom":
         raise ImageError(f"{p.name}: --frame applies to multi-frame DICOM files only.")
     pixels = _finish(p.name, pixels, notes)
-    return LoadedImage(pixels, fmt, digest, notes)
+    return LoadedImage(pixels, fmt, digest, notes, _burned_in(data) if fmt == "dicom" else None)
+
+
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame kinds, .7.1 to .7.4
+BURNED_IN_POLICIES = ("auto", "warn", "refuse")
+
+
+def _burned_in(data: bytes) -> str | None:
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    said = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if said == "YES":
+        return "the DICOM header says its pixels carry burnt-in annotation (BurnedInAnnotation YES)"
+    if not said and str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE):
+        return "a Secondary Capture whose header does not say whether its pixels carry burnt-in text"
+    return None
+
+
+def check_burned_in(name: str, loaded: LoadedImage, policy: str) -> str | None:
+    """The warning for an image whose pixels may carry burnt-in text (None where there is no sign of it).
+
+    policy : "warn" (send the pixels as they are, with the warning) or "refuse" (an ImageError: the image is skipped
+        and nothing of it is sent). The CLI's "auto" is "refuse" for a remote model and "warn" for a local one.
+    """
+    if loaded.burned_in is None:
+        return None
+    if policy == "refuse":
+        raise ImageError(f"{name}: refused: {loaded.burned_in}, which may identify the patient; nothing of it was "
+                         "sent (--burned-in refuse). Pass --burned-in warn to explain it all the same.")
+    return (f"{loaded.burned_in}: text in the pixels may identify the patient, and the pixels went to the model as "
+            "they are (--burned-in refuse keeps such images on the site)")
 
 
 def _finish(name: str, x: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -241,6 +279,23 @@ def _load_raster(name: str, data: bytes, notes: list[str], max_pixels: int = DEF
     return _to_unit(name, a, notes)
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def without_quoted_values(text: str) -> str:
+    """A DICOM library's message with every quoted value replaced by '...': they quote the field they found odd,
+    which may be a patient's name or birth date."""
+    return _QUOTED.sub("'...'", text)
+
+
+def silence_dicom_libraries() -> None:
+    """pydicom's and highdicom's own warnings and log lines quote the fields they find odd (a patient's name among
+    them): they never reach stderr, ``--quiet`` or not. The CLI and every audit worker call this once."""
+    for name in ("pydicom", "highdicom"):
+        warnings.filterwarnings("ignore", module=rf"{name}(\..*)?$")
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def _decode_dicom(name: str, data: bytes, frame: int | None, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Parse the file and decode its pixel data: (array of every frame, dataset, number of frames)."""
     import pydicom
@@ -294,7 +349,7 @@ def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str],
         warnings.simplefilter("always")
         arr, ds, n_frames = _decode_dicom(name, data, frame, max_pixels)
     for w in caught:
-        note = f"DICOM reader: {w.message}"
+        note = f"DICOM reader: {without_quoted_values(str(w.message))}"
         if note not in notes:
             notes.append(note)
     if n_frames > 1:

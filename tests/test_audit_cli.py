@@ -99,7 +99,10 @@ def test_verify_catches_a_changed_input_and_an_added_file(study, tmp_path, capsy
     first = sorted(src.glob("*[0-9].png"))[0]
     first.write_bytes(first.read_bytes() + b"\0")
     assert main(["audit", "verify", str(out)]) == 1
-    assert f"differs: {first}" in capsys.readouterr().err
+    assert f"differs: {first.name} (SHA-256 recorded" in capsys.readouterr().err  # relative: no study path
+    moved = tmp_path / "moved"
+    shutil.copytree(study, moved)  # the study, unchanged, in another place
+    assert main(["audit", "verify", str(out), "--source", str(moved)]) == 0
 
 
 def test_report_rewrites_the_report_and_verify_still_passes(study, tmp_path, capsys):

@@ -93,7 +93,7 @@ def test_a_new_process_resumes_from_the_answers_the_last_one_stored(tmp_path):
         inner = Counting()
         StoredAdapter(inner, s).predict(x)
         assert len(inner.seen) == 8  # only what was never answered
-        assert s.totals()["sent"] == 20
+        assert s.totals()["sent"] == 24  # the failed request's 4 images went on the wire too: they count
 
 
 def test_the_audit_budget_spans_resumes_and_stops_before_sending(tmp_path):

@@ -203,5 +203,6 @@ def test_dicom_reader_warning_on_a_readable_file_becomes_a_note(monkeypatch: pyt
 def test_dicom_header_never_reaches_pixels(tmp_path: Path) -> None:
     """Only the pixel array leaves the loader: the result carries no DICOM element."""
     img = load_image(get_testdata_file("CT_small.dcm"))
-    assert set(vars(img)) == {"pixels", "format", "sha256", "notes"}
+    assert set(vars(img)) == {"pixels", "format", "sha256", "notes", "burned_in"}
+    assert img.burned_in is None  # the one header fact it keeps: whether the pixels may carry burnt-in text
     assert isinstance(img.pixels, np.ndarray) and not any("Patient" in n for n in img.notes)

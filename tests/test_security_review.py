@@ -233,8 +233,10 @@ def test_an_audit_with_a_secondary_capture_case_completes(tmp_path, capsys):
 
 # -- finding 3: every HTTP answer is read with a size cap and within a whole-response deadline ------------------
 
-_RSS_RUN = ("import resource, sys\nfrom blackbox_lime.cli import main\nrc = main(sys.argv[1:])\n"
-            "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")
+# The client's peak RSS from /proc (VmHWM starts afresh at exec; getrusage's ru_maxrss keeps the forking parent's).
+_RSS_RUN = ("import sys\nfrom blackbox_lime.cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = [ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0]\n"
+            "print('peak-rss-kb', hwm, file=sys.stderr)\nsys.exit(rc)\n")
 
 
 @pytest.mark.parametrize("mode", ["lie", "endless", "drip", "huge"])
@@ -372,3 +374,109 @@ def test_a_peer_that_does_not_speak_dask_is_one_line_exit_2_and_nothing_written(
     assert len(lines) == 1 and lines[0].startswith("blackbox-lime: error: Cannot reach the Dask scheduler tcp://127.0.0.1:")
     assert "nothing was written" in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "audit").exists()
+
+
+# -- finding 7: no path or patient field in the shared outputs or on stderr -------------------------------------
+
+PATIENT = "Canary Jane Quux"  # one component: highdicom warns about it, quoting it
+
+
+def _patient_study(tmp_path: Path) -> Path:
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("highdicom")
+    from pydicom.data import get_testdata_file
+
+    study = tmp_path / "Quux_Canary_1960-01-01"  # a folder named after the patient, as sites do
+    study.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.PatientName, ds.PatientID, ds.InstitutionName = PATIENT, "PID-CANARY-77", "Canary General Hospital"
+        ds.save_as(study / name)
+    return study
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["serial", "dask"])
+def test_an_audit_s_shared_outputs_and_stderr_carry_no_path_or_patient_field(tmp_path, workers):
+    from blackbox_lime.models import bundled_model
+
+    study = _patient_study(tmp_path)
+    out = tmp_path / "audit"
+    r = _run([sys.executable, "-m", "blackbox_lime", "audit", "run", str(study), "--model",
+              str(bundled_model("shortcut_marker.onnx")), "--out", str(out), "--samples", "30", "--fill", "mean",
+              "--study-name", "chest-audit-2026-12", *workers])
+    assert r.returncode == 0, r.stderr
+    shared = [out / "report.html", out / "summary.json", out / "provenance.json", *sorted((out / "cases").glob("*.json"))]
+    for text, where in [(p.read_text(), p.name) for p in shared] + [(r.stderr, "stderr"), (r.stdout, "stdout")]:
+        # no absolute path in a shared file; on stderr only the --out folder the user typed
+        for canary in (PATIENT, "PID-CANARY-77", "Canary General", "Quux_Canary",
+                       str(study) if where.startswith("std") else str(tmp_path)):
+            assert canary not in text, (canary, where)
+    assert "chest-audit-2026-12" in (out / "report.html").read_text()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["source"]["name"] == "chest-audit-2026-12" and "root" not in prov["source"]
+    assert {i["image"] for i in prov["inputs"]} == {"CT_small.dcm", "MR_small.dcm"}  # relative paths
+    # the Parametric Maps do carry the patient module, by design: they are filed in the site's PACS
+    pm = sorted((out / "cases").glob("*.pm.dcm"))
+    assert pm and PATIENT.encode() in pm[0].read_bytes()
+    v = _run([sys.executable, "-m", "blackbox_lime", "audit", "verify", str(out)])
+    assert v.returncode == 0 and "all" in v.stdout and "match" in v.stdout
+
+
+def test_dicom_reader_notes_quote_no_values() -> None:
+    from blackbox_lime.image_io import without_quoted_values
+
+    assert without_quoted_values("Invalid value for VR PN: 'Doe^Jane' (tag \"PatientName\")") == \
+        "Invalid value for VR PN: '...' (tag '...')"
+
+
+# -- finding 8: pixels that may carry burnt-in text ------------------------------------------------------------
+
+
+def _burned_in_dicom(path: Path) -> Path:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(path)
+    return path
+
+
+def test_burnt_in_text_is_refused_before_anything_is_sent_to_a_remote_model_by_default(tmp_path, overloaded, capsys):
+    url, log = overloaded  # any image that reached it would be logged
+    image = _burned_in_dicom(tmp_path / "burned.dcm")
+    sc = _synthetic_secondary_capture(tmp_path / "sc.dcm")
+    out = tmp_path / "out"
+    rc = main(["explain", str(image), str(sc), "--endpoint", str(_profile(tmp_path, url)), "--out", str(out),
+               "--patch-size", "8", "--fill", "mean", "--samples", "30", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and _lines(log) == [] and not out.exists()
+    assert ("blackbox-lime: error: burned.dcm: refused: the DICOM header says its pixels carry burnt-in annotation "
+            "(BurnedInAnnotation YES), which may identify the patient; nothing of it was sent (--burned-in refuse). "
+            "Pass --burned-in warn to explain it all the same.") in err
+    assert "sc.dcm: refused: a Secondary Capture whose header does not say" in err
+
+
+def test_burnt_in_text_is_a_warning_in_the_json_and_the_audit_report_where_it_is_sent(tmp_path, capsys):
+    from blackbox_lime.models import bundled_model
+
+    model = str(bundled_model("shortcut_marker.onnx"))
+    study = tmp_path / "study"
+    study.mkdir()
+    _burned_in_dicom(study / "burned.dcm")
+    out = tmp_path / "out"
+    assert main(["explain", str(study / "burned.dcm"), "--model", model, "--out", str(out), "--samples", "30",
+                 "--fill", "mean", "--quiet"]) == 0  # a local model: auto warns (the pixels never leave)
+    warnings = json.loads((out / "burned.json").read_text())["warnings"]
+    assert any(w.startswith("the DICOM header says its pixels carry burnt-in annotation") for w in warnings)
+    audit = tmp_path / "audit"
+    assert main(["audit", "run", str(study), "--model", model, "--out", str(audit), "--samples", "30", "--fill",
+                 "mean", "--quiet"]) == 0
+    case = json.loads((audit / "summary.json").read_text())["cases"][0]
+    assert case["burned_in"].startswith("the DICOM header says")
+    assert "burnt-in text?" in (audit / "report.html").read_text()
+    refused = tmp_path / "refused"
+    assert main(["audit", "run", str(study), "--model", model, "--out", str(refused), "--samples", "30", "--fill",
+                 "mean", "--quiet", "--burned-in", "refuse"]) == 3  # the case is skipped with its reason
+    case = json.loads((refused / "summary.json").read_text())["cases"][0]
+    assert case["state"] == "failed" and case["reason"].startswith("the image: refused: the DICOM header says")

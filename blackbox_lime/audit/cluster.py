@@ -136,6 +136,7 @@ class WorkerSettings:
     budget: int | None
     concurrency: int
     max_pixels: int = 100_000_000
+    burned_in: str = "warn"
     prefix: str = field(default_factory=lambda: f"blackbox-lime-{uuid.uuid4().hex[:12]}")
 
 
@@ -146,6 +147,9 @@ def _worker_state(s: WorkerSettings) -> tuple[Any, Any]:
     if s.prefix not in _STATE:
         from blackbox_lime.adapters import load_adapter
         from blackbox_lime.explainer import Explainer
+        from blackbox_lime.image_io import silence_dicom_libraries
+
+        silence_dicom_libraries()  # a worker's stderr is the coordinator's (LocalCluster) or a log: no patient name
 
         kw: dict[str, Any] = {}
         if s.endpoint is None and "://" not in str(s.model):
@@ -225,7 +229,7 @@ def work_case(case: Case, s: WorkerSettings, known: dict[bytes, bytes]) -> dict[
     out: dict[str, Any] = {"id": case.id}
     try:
         outcome = explain_case(case, Path(s.root), explainer, stored, seed=s.seed, target=s.target, frame=s.frame,
-                               salt=s.salt, threshold=s.threshold, max_pixels=s.max_pixels)
+                               salt=s.salt, threshold=s.threshold, max_pixels=s.max_pixels, burned_in=s.burned_in)
         out.update(status="done", files=outcome.files, record=outcome.record)
     except BudgetExhausted as exc:
         out.update(status="budget", reason=str(exc))

@@ -1,8 +1,10 @@
 """Provenance: ``DIR/provenance.json`` lists the SHA-256 of every input and output of an audit, with the
 configuration, the model, the versions and the totals; ``audit verify`` recomputes every hash.
 
-It is the one file of an audit that holds the inputs' paths (relative to the source folder): verify
-needs them to re-read the inputs. The report and the summary name cases only by their ids.
+It is the one file of an audit that holds the inputs' paths, relative to the source folder: verify
+needs them to re-read the inputs. The folder itself (whose path may carry a patient's name) is only in
+the local store, audit.sqlite; the manifest names the study by its --study-name. The report and the
+summary name cases only by their ids.
 The run prints the SHA-256 of provenance.json itself; keep it apart from the folder to prove later
 that the manifest was not changed either.
 """
@@ -55,8 +57,10 @@ def output_files(out_dir: Path) -> list[str]:
                   if p.is_file() and p.name not in _NOT_OUTPUTS and not p.name.endswith(".part"))
 
 
-def write_provenance(out_dir: Path, store: AuditStore, root: Path) -> str:
+def write_provenance(out_dir: Path, store: AuditStore) -> str:
     """(Re)write DIR/provenance.json; returns its SHA-256."""
+    from blackbox_lime.audit.report import public_config, study_name
+
     inputs = []
     for c in store.cases():
         rec = c.record or {}
@@ -68,8 +72,10 @@ def write_provenance(out_dir: Path, store: AuditStore, root: Path) -> str:
         "tool": "blackbox-lime",
         "versions": versions(),
         "model": store.get("model"),
-        "config": store.config,
-        "source": {"root": str(root.resolve()), "kind": store.get("source_kind")},
+        "config": public_config(store),
+        "source": {"name": study_name(store), "kind": store.get("source_kind"),
+                   "paths": "inputs[].image and .mask are relative to the study's folder, which only audit.sqlite "
+                            "records (audit verify --source FOLDER reads them from another place)"},
         "started": store.get("created"),
         "written": store.get("updated"),
         "totals": store.totals(),
@@ -84,10 +90,11 @@ def write_provenance(out_dir: Path, store: AuditStore, root: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def verify(out_dir: Path) -> tuple[bool, str, int]:
+def verify(out_dir: Path, source: Path | None = None) -> tuple[bool, str, int]:
     """Recompute every hash in DIR/provenance.json. -> (all match, message, files checked).
 
-    The message names the first file that differs, is missing or is not in the manifest."""
+    The inputs are read from ``source``, else from the folder the audit's store records (older manifests name it
+    themselves). The message names the first file that differs, is missing or is not in the manifest."""
     path = out_dir / PROVENANCE_NAME
     try:
         doc = json.loads(path.read_text())
@@ -95,7 +102,10 @@ def verify(out_dir: Path) -> tuple[bool, str, int]:
         return False, f"{path} is missing: nothing to verify against (audit run writes it).", 0
     except (OSError, ValueError) as exc:
         return False, f"{path} is not readable provenance ({exc}).", 0
-    root = Path(doc["source"]["root"])
+    root = source if source is not None else _recorded_root(out_dir, doc)
+    if root is None:
+        return False, (f"the study's folder is not recorded here ({STORE_NAME} is missing); name it: audit verify DIR "
+                       "--source FOLDER."), 0
     checked = 0
     for item in doc["inputs"]:
         for key, sha in (("image", item.get("sha256")), ("mask", item.get("mask_sha256"))):
@@ -103,11 +113,11 @@ def verify(out_dir: Path) -> tuple[bool, str, int]:
                 continue
             p = root / item[key]
             if not p.is_file():
-                return False, f"input of case {item['case']} is missing: {p}", checked
+                return False, f"input of case {item['case']} is missing: {item[key]}", checked
             now = file_sha256(p)
             checked += 1
             if now != sha:
-                return False, (f"input of case {item['case']} differs: {p} (SHA-256 recorded {sha[:16]}..., now "
+                return False, (f"input of case {item['case']} differs: {item[key]} (SHA-256 recorded {sha[:16]}..., now "
                                f"{now[:16]}...)"), checked
     recorded = doc["outputs"]
     for name, sha in recorded.items():
@@ -122,6 +132,16 @@ def verify(out_dir: Path) -> tuple[bool, str, int]:
     if extra:
         return False, f"output not in the provenance manifest: {extra[0]}", checked
     return True, f"all {checked} files match {PROVENANCE_NAME}", checked
+
+
+def _recorded_root(out_dir: Path, doc: dict[str, Any]) -> Path | None:
+    if "root" in doc.get("source", {}):  # a manifest written before the root left it
+        return Path(doc["source"]["root"])
+    if not (out_dir / STORE_NAME).is_file():
+        return None
+    with AuditStore.open(out_dir / STORE_NAME, readonly=True) as store:
+        root = store.get("root")
+    return None if root is None else Path(root)
 
 
 def refresh_report_hashes(out_dir: Path) -> None:

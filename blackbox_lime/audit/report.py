@@ -25,7 +25,8 @@ REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
 
 
-CASE_WARNINGS = ("dicom_out",)  # case-level warnings a record may carry, shown with each of its rows
+CASE_WARNINGS = ("burned_in", "dicom_out")  # case-level warnings a record may carry, shown with each of its rows
+CASE_WARNING_LABELS = {"burned_in": "burnt-in text?", "dicom_out": "no Parametric Map"}
 
 
 def _rows(case: Any) -> list[dict[str, Any]]:
@@ -65,6 +66,7 @@ def study_summary(store: AuditStore) -> dict[str, Any]:
             d["flags"][f] += 1
     return {
         "study": {
+            "name": study_name(store),
             "cases": len(cases), **counts,
             "complete": counts["pending"] == 0 and counts["failed"] == 0,
             "explained_findings": len(done),
@@ -84,6 +86,17 @@ def study_summary(store: AuditStore) -> dict[str, Any]:
         },
         "cases": rows,
     }
+
+
+def study_name(store: AuditStore) -> str:
+    """The name the audit's outputs give the study (--study-name): never its folder's path, which may carry a
+    patient's name."""
+    return str(store.get("study_name") or "study")
+
+
+def public_config(store: AuditStore) -> dict[str, Any]:
+    """The audit's configuration as its shared outputs show it: the source is the study's name, not its path."""
+    return {**store.config, "source": study_name(store)}
 
 
 def mean_evidence_maps(store: AuditStore) -> dict[str, np.ndarray]:
@@ -173,7 +186,7 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width,initial-scale=1'>",
              "<title>blackbox-lime audit report</title>", f"<style>{_CSS}</style>", f"<script>{_SCRIPT}</script>",
-             "</head><body>", "<h1>Audit report</h1>"]
+             "</head><body>", f"<h1>Audit report: {html.escape(study_name(store))}</h1>"]
     status = "complete" if st["complete"] else ("incomplete: " + ", ".join(
         f"{st[k]} {k}" for k in ("pending", "failed") if st[k]))
     parts.append(f"<p class='muted'>blackbox-lime {e(versions()['blackbox-lime'])} · {st['cases']} cases · "
@@ -232,7 +245,8 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
     for c in s["cases"]:
         flags = c.get("flags") or []
         fl = " ".join(flags + ([f"finding:{_attr(str(c['finding']))}"] if several and c.get("finding") else []))
-        badges = "".join(f"<span class='flag'>{e(f)}</span>" for f in flags)
+        badges = "".join(f"<span class='flag'>{e(f)}</span>" for f in flags) + "".join(
+            f"<span class='flag' title='{e(c[k])}'>{e(CASE_WARNING_LABELS[k])}</span>" for k in CASE_WARNINGS if c.get(k))
         state = c["state"] if c["state"] != "failed" else f"failed: {c.get('reason', '')}"
         parts.append(f"<tr data-flags='{e(fl)}'><td>{e(c['id'])}</td><td>{e(state)}</td><td>{_fmt(c.get('target_name'))}</td>"
                      f"<td class='num'>{_fmt(c.get('target_prob'))}</td><td class='num'>{_fmt(c.get('r2_evidence'))}</td>"
@@ -245,7 +259,7 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
                          f"p={_fmt(c.get('target_prob'))}<br>{badges or '<span class=ok>no flag</span>'}</div>")
     parts.append("</tbody></table><h2>Overlays</h2><div class='cards'>" + "".join(cards) + "</div>")
 
-    cfg = store.config
+    cfg = public_config(store)
     prov = {"tool": versions(), "model": st["model"], "seed": st["seed"], "started": _when(st["started"]),
             "written": _when(st["updated"]), "totals": st["totals"], "budget": st["budget"], "configuration": cfg}
     parts.append("<h2>Provenance</h2><p class='muted'>Every input's and output's SHA-256 is in provenance.json; "

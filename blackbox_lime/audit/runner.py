@@ -30,7 +30,7 @@ from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.flags import anatomy_mask, case_flags
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
-from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
+from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image
 from blackbox_lime.explanation import ExplanationSet
 from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, shared_summary, write_all
 
@@ -63,15 +63,17 @@ def _private(salt: str, value: str) -> str:
 
 def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAdapter, *, seed: int,
                  target: "int | list[int] | str | None", frame: int | None, salt: str,
-                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS) -> CaseOutcome:
+                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, burned_in: str = "warn") -> CaseOutcome:
     """Explain and flag one case. Raises ImageError or ValueError for a bad image or mask, AdapterError when
     the model cannot answer. Writes nothing.
 
     ``target`` as for ``Explainer.explain``: one class, or several findings (a list, "all", "positive")
     explained from one set of queries. The record always has a ``findings`` list, one entry per explained
     class with its own flags; a single class keeps explain's file names, several get one map and overlay per
-    finding, one JSON and an overview (as ``explain`` writes them)."""
+    finding, one JSON and an overview (as ``explain`` writes them). ``burned_in``: "warn" or "refuse" an image
+    whose pixels may carry burnt-in text (see :func:`~blackbox_lime.image_io.check_burned_in`)."""
     loaded = load_image(root / case.image, frame=frame, max_pixels=max_pixels)
+    burned = check_burned_in("the image", loaded, burned_in)
     roi, mask_sha = None, None
     if case.mask is not None:
         m = load_image(root / case.mask, max_pixels=max_pixels)
@@ -104,7 +106,8 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
                          "patch_weights": summary["patch_weights"]})
     head = {"tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
             "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),
-                      "notes": loaded.notes, "mask_sha256": mask_sha}}
+                      "notes": loaded.notes, "mask_sha256": mask_sha},
+            **({"burned_in": burned} if burned else {})}
     stems = [case.id] if not several else [f"{case.id}.{n}" for n in finding_stems([e.target_name for e in exps])]
     pm, dicom_note = {}, None
     if loaded.format == "dicom":  # the maps back into PACS: a Parametric Map per map, over the source image
@@ -137,7 +140,7 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
         "queries": first.queries, "sent": adapter.sent - sent0, "reused": adapter.reused - reused0,
         "retries": adapter.retries - retries0, "outputs": names, "input_sha256": loaded.sha256,
         "mask_sha256": mask_sha, "seconds": round(max(e.timings["total"] for e in exps), 3),
-        **({"dicom_out": dicom_note} if dicom_note else {}),
+        **({"dicom_out": dicom_note} if dicom_note else {}), **({"burned_in": burned} if burned else {}),
     }
     return CaseOutcome(files, record)
 
@@ -165,11 +168,11 @@ class AuditRunner:
 
     def __init__(self, out_dir: Path, store: AuditStore, adapter: StoredAdapter, explainer: Explainer, *, root: Path,
                  seed: int, target: "int | list[int] | str | None", frame: int | None, salt: str,
-                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, burned_in: str = "warn",
                  progress: Callable[[Case, str], None] | None = None) -> None:
         self.out_dir, self.store, self.adapter, self.explainer = out_dir, store, adapter, explainer
         self.root, self.seed, self.target, self.frame, self.salt = root, seed, target, frame, salt
-        self.threshold, self.max_pixels = threshold, max_pixels
+        self.threshold, self.max_pixels, self.burned_in = threshold, max_pixels, burned_in
         self.progress = progress
 
     def run(self) -> RunResult:
@@ -182,7 +185,7 @@ class AuditRunner:
             try:
                 outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
                                        target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold,
-                                       max_pixels=self.max_pixels)
+                                       max_pixels=self.max_pixels, burned_in=self.burned_in)
             except BudgetExhausted as exc:
                 stopped = str(exc)
                 break

@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER
     logging.basicConfig(level=logging.INFO if getattr(a, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from blackbox_lime.image_io import silence_dicom_libraries
+
+    silence_dicom_libraries()  # their warnings quote DICOM fields: no patient name on stderr
     from blackbox_lime.adapters.errors import AdapterError
     from blackbox_lime.outputs import OutputError
 

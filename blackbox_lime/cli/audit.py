@@ -19,6 +19,7 @@ from blackbox_lime.cli.common import (
     EXIT_OK,
     UserError,
     adapter_from_options,
+    burned_in_policy,
     check_calibration,
     config_from_options,
     explainer_and_target,
@@ -51,6 +52,7 @@ def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explai
     for option, field in CONFIG_OPTIONS.items():
         config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
     config.update({"--seed": a.seed, "--target": a.target, "--threshold": a.threshold, "--frame": a.frame,
+                   **({"--burned-in": a.burned_in_resolved} if a.burned_in_resolved != "warn" else {}),
                    "--output-kind": a.output_kind,
                    "--mae": None if explainer.mae is None else file_sha256(explainer.mae.path),
                    "--bank": None if a.bank is None else file_sha256(a.bank),
@@ -96,6 +98,7 @@ def run_audit(a: argparse.Namespace) -> int:
         cfg = config_from_options(a)
         adapter = adapter_from_options(a)  # before anything is written: a bad model or endpoint leaves nothing behind
         redact_logs(adapter)
+        a.burned_in_resolved = burned_in_policy(a, adapter)
         stack = contextlib.ExitStack()  # the Dask client and cluster, if any: closed before the adapter
         try:
             explainer, target = explainer_and_target(a, adapter, cfg)
@@ -127,8 +130,10 @@ def run_audit(a: argparse.Namespace) -> int:
                 kind = "folder" if Path(a.source).is_dir() else "manifest"
                 store = AuditStore.create(store_path, config, cases, {
                     "salt": salt, "model": model, "source_kind": kind,
-                    "root": str(source_root(a.source).resolve())})
+                    "root": str(source_root(a.source).resolve())})  # the store stays on the site: outputs name the study
             with store:
+                if a.study_name is not None or not resuming:
+                    store.put("study_name", a.study_name or "study")
                 store.put("budget", budget)
                 stored = StoredAdapter(adapter, store, budget)
                 explainer.adapter = stored  # every query of the audit goes through the store
@@ -151,7 +156,8 @@ def run_audit(a: argparse.Namespace) -> int:
                     else:
                         result = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
                                              target=target, frame=a.frame, salt=salt, threshold=a.threshold,
-                                             max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, progress=progress).run()
+                                             max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS,
+                                             burned_in=a.burned_in_resolved, progress=progress).run()
                 except KeyboardInterrupt:
                     bar.close()  # before the message, so the bar does not overwrite it
                     print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
@@ -164,7 +170,7 @@ def run_audit(a: argparse.Namespace) -> int:
                     c = stored.counters()
                     store.put("request_size", [c["request_size"], c["max_batch"]] if c["refused_for_size"] else None)
                 report = write_report(out, store)
-                digest = write_provenance(out, store, source_root(a.source))
+                digest = write_provenance(out, store)
                 totals = store.totals()
         finally:
             stack.close()
@@ -201,7 +207,7 @@ def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, b
         mae=None if a.mae is None else str(Path(a.mae).resolve()),
         bank=None if a.bank is None else str(Path(a.bank).resolve()), seed=a.seed, target=target,
         threshold=a.threshold, frame=a.frame, salt=salt, root=str(source_root(a.source).resolve()), budget=budget,
-        concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
+        concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, burned_in=a.burned_in_resolved)
 
 
 @contextlib.contextmanager
@@ -243,7 +249,7 @@ def _audit_read(a: argparse.Namespace) -> int:
 
         if not out.is_dir():
             raise UserError(f"{a.dir} is not an audit folder (audit run --out).")
-        ok, message, _ = verify(out)
+        ok, message, _ = verify(out, None if a.source is None else Path(a.source))
         print(f"{a.dir}: {message}" if ok else f"blackbox-lime: verify: {message}", file=sys.stdout if ok else sys.stderr)
         return EXIT_OK if ok else EXIT_INTERNAL
     with AuditStore.open(out / STORE_NAME, readonly=a.audit_command == "summary") as store:

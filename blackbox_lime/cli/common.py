@@ -142,6 +142,13 @@ def redact_logs(adapter: Any) -> None:
         h.addFilter(_Scrub())
 
 
+def burned_in_policy(a: argparse.Namespace, adapter: Any) -> str:
+    """--burned-in auto: refuse where pixels leave this machine (a remote model), warn where they do not."""
+    if a.burned_in == "auto":
+        return "warn" if adapter.computes_locally else "refuse"
+    return str(a.burned_in)
+
+
 def model_record(a: argparse.Namespace, adapter: Any) -> dict[str, Any]:
     from blackbox_lime.outputs import file_sha256
 

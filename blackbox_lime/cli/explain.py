@@ -13,6 +13,7 @@ from blackbox_lime.cli.common import (
     EXIT_OK,
     EXIT_USER,
     adapter_from_options,
+    burned_in_policy,
     check_calibration,
     config_from_options,
     explainer_and_target,
@@ -53,18 +54,20 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
 def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, explainer: Any, target: Any,
                     hashes: dict[str, Any], out: Path) -> int:
     from blackbox_lime.explanation import ExplanationSet
-    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, load_image
+    from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image
     from blackbox_lime.outputs import OutputError, file_sha256
 
     if a.bank is not None:
         hashes["evidence_bank"] = {"file": Path(a.bank).name, "sha256": file_sha256(a.bank)}
     failed = 0
     stems: set[str] = set()
+    burned_in = burned_in_policy(a, adapter)
     for path in images:
         t0 = time.perf_counter()
         r0 = adapter.retries
         try:
             loaded = load_image(path, frame=a.frame, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS)
+            burned = check_burned_in(path.name, loaded, burned_in)  # refused: an ImageError, nothing sent
             t_io = time.perf_counter() - t0
             if not a.quiet:
                 for note in loaded.notes:  # what was done to the pixels, said once (also in the JSON)
@@ -78,9 +81,12 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
         try:
+            exps = list(exp) if isinstance(exp, ExplanationSet) else [exp]
+            if burned:
+                for e in exps:
+                    e.warnings.append(burned)
             if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
-                _write_findings(a, out, stem, path, loaded, list(exp) if isinstance(exp, ExplanationSet) else [exp],
-                                hashes, adapter.retries - r0, t_io)
+                _write_findings(a, out, stem, path, loaded, exps, hashes, adapter.retries - r0, t_io)
             else:
                 _write_one(a, out, stem, path, loaded, exp, hashes, adapter.retries - r0, t_io)
         except OutputError as exc:

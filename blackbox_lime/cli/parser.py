@@ -64,7 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default 100000000: 10^8, rows x columns x frames)")
         sp.add_argument("--dicom-out", action="store_true",
                         help="for DICOM inputs, also write each map as a DICOM Parametric Map on the source's grid "
-                             "(STEM.pm.dcm), referencing the source instance for PACS viewers (dicom extra)")
+                             "(STEM.pm.dcm), referencing the source instance for PACS viewers (dicom extra). The map "
+                             "carries the source's patient and study modules, as DICOM requires: it is for the "
+                             "site's PACS, not for sharing (audit run always writes them)")
+        sp.add_argument("--burned-in", choices=["auto", "warn", "refuse"], default="auto",
+                        help="DICOM images whose pixels may carry burnt-in text (BurnedInAnnotation YES, or a "
+                             "Secondary Capture that does not say): refuse skips them and sends nothing of them, warn "
+                             "explains them with a warning (default auto: refuse for a remote model, warn for a "
+                             "local one, whose pixels never leave this machine)")
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where onnxruntime runs")
         remote_options(sp)
         sp.add_argument("--json", action="store_true", help="print each summary as one JSON line on stdout")
@@ -110,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("key", "the key of --dask-tls-cert (PEM)")):
         ar.add_argument(f"--dask-tls-{opt}", default=None, help=f"{text}; with --scheduler tls://... (or set Dask's "
                         "distributed.comm.tls configuration)")
+    ar.add_argument("--study-name", default=None,
+                    help="what the report, summary and provenance call the study (default: study); the source "
+                         "folder's path, which may carry a patient's name, appears in none of them")
     explain_options(ar)
     for name, text in (("summary", "the study summary and one record per case (also while an audit runs)"),
                        ("verify", "check every input and output against the provenance manifest (exit 1 if one "
@@ -119,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("dir", help="the audit folder (audit run --out)")
         if name == "summary":
             sp.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+        if name == "verify":
+            sp.add_argument("--source", default=None, help="the study's folder, where it is not where the audit read "
+                                                            "it (the default is the folder audit.sqlite records)")
 
     bk = sub.add_parser("bank", help="build an evidence bank of historical cases for EBR")
     bk_sub = bk.add_subparsers(dest="bank_command")
