@@ -237,9 +237,9 @@ class OipRestTransport(HttpTransport):
         """Whether requests go as binary tensors (None until the first request decided it)."""
         return self._binary
 
-    def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
+    def _request(self, method: str, url: str, cap: int = 0, **kw: Any) -> requests.Response:
         try:
-            return super()._request(method, url, **kw)
+            return super()._request(method, url, cap, **kw)
         except ServerError as exc:
             if exc.status == 501 and self.version and "/versions/" in url:
                 raise ConfigError(f"{safe_url(url)} answered HTTP 501 Not Implemented: this server does not serve "

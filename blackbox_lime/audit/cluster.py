@@ -81,7 +81,7 @@ def cluster_security(address: str | None, ca: str | None = None, cert: str | Non
     if scheme == "tls":
         sec = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True) \
             if all(given) else Security()  # Security() reads distributed.comm.tls.* from Dask's configuration
-        if not (sec.tls_ca_file and sec.tls_client_cert):
+        if not (getattr(sec, "tls_ca_file", None) and getattr(sec, "tls_client_cert", None)):
             raise ClusterError(f"--scheduler {address} speaks TLS but no certificates are set. {_TLS_HOWTO}")
         return sec
     from blackbox_lime.adapters.remote import is_loopback
