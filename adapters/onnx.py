@@ -44,6 +44,11 @@ def make_session(path: str | Path, threads: int | None = None, device: str = "au
     """
     ort = import_onnxruntime()
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.onnx"))
+        listed = (f" It holds {', '.join(inside[:8])}{' ...' if len(inside) > 8 else ''}: pass one of them."
+                  if inside else " It holds no .onnx file.")
+        raise ModelLoadError(f"{path} is a folder, not a model file.{listed}")
     if not path.is_file():
         raise ModelLoadError(f"Model file not found: {path}. Pass the path to an .onnx file.")
     if device not in ("auto", "cpu", "cuda"):

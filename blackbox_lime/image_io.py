@@ -260,6 +260,10 @@ def _load_raster(name: str, data: bytes, notes: list[str], max_pixels: int = DEF
     except UnidentifiedImageError as exc:
         if data.startswith((b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*")):
             raise ImageError(f"{name} is truncated or corrupt (its header is damaged). Re-export the image.") from exc
+        suffix = Path(name).suffix.lower()
+        if suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):  # the name says image, the bytes do not
+            raise ImageError(f"{name} is named {suffix} but its content is not a {suffix[1:].upper()} image (nor "
+                             f"any kind this tool reads: {SUPPORTED}). Check the file, or re-export it.") from exc
         raise ImageError(f"{name} is not an image file this tool can read (supported: {SUPPORTED}).") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name} is truncated or corrupt ({exc}). Re-export the image.") from exc

@@ -62,8 +62,8 @@ def test_npy_float_int_and_channels_first(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("writer", "message"), [
     (lambda p: p.write_bytes(b""), r"x\.png is empty \(0 bytes\)\. Re-export or re-copy the image\."),
     (lambda p: p.write_bytes(b"this is not an image at all" * 10),
-     r"x\.png is not an image file this tool can read \(supported: .png, .jpg/.jpeg, .tif/.tiff, .bmp, .gif, .npy, "
-     r".dcm \(DICOM\)\)\."),
+     r"x\.png is named \.png but its content is not a PNG image \(nor any kind this tool reads: \.png, \.jpg/\.jpeg, "
+     r"\.tif/\.tiff, \.bmp, \.gif, \.npy, \.dcm \(DICOM\)\)\. Check the file, or re-export it\."),
 ])
 def test_empty_and_garbage_files(tmp_path: Path, writer, message: str) -> None:
     p = tmp_path / "x.png"

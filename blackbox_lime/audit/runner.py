@@ -194,7 +194,7 @@ class AuditRunner:
                 private = _without_names(reason, case, self.root)  # the store feeds the report: no file names
                 self.store.fail_case(case.id, private)
                 failures.append((case.id, reason))
-                log.warning("case %s failed: %s", case.id, private)
+                log.info("case %s failed: %s", case.id, private)  # the command prints each failure once
                 if self.progress:
                     self.progress(case, "failed")
                 continue

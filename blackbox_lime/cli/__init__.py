@@ -25,6 +25,7 @@ on); audit verify: 1 when a file differs from the provenance manifest.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,17 @@ from blackbox_lime.cli.site import run_calibrate, run_mae_fit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command. A reader that closes the pipe early (``audit summary DIR | head -3``) ends it quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is caught below
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say, and nobody to hear
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["bench"]:  # the benchmark has its own options: blackbox-lime bench --help
         from blackbox_lime.evaluation.bench import main as bench_main

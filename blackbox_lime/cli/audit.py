@@ -138,6 +138,9 @@ def run_audit(a: argparse.Namespace) -> int:
                 stored = StoredAdapter(adapter, store, budget)
                 explainer.adapter = stored  # every query of the audit goes through the store
                 counts = store.counts()
+                if resuming and not a.quiet:
+                    print(f"resuming: {counts['done']} of {len(cases)} cases done"
+                          + (f", {counts['failed']} failed (tried again)" if counts["failed"] else ""), file=sys.stderr)
                 bar = _progress(len(cases), not a.quiet, unit="case")
                 if hasattr(bar, "update"):
                     bar.update(counts["done"])

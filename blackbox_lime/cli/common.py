@@ -207,9 +207,16 @@ def traffic_note(exp: Any) -> str:
 
 
 def fill_line(exp: Any) -> str:
-    """'fill=mae' or, for fill auto, 'fill=auto->mean (mae 0.12, mean 0.58, blur 0.40; 64 queries)'."""
+    """'fill=mae'; for fill auto, what decided it: the pilot's scores ('fill=auto->mean (mean 0.58, blur 0.40;
+    64 queries)'), or the reconstruction check where the MAE passed it ('fill=auto->mae (reconstruction mae 27.1 dB,
+    blur 26.5 dB; no query)')."""
     fill = exp.fill
     if fill.get("mode") != "auto":
         return f"fill={fill.get('chosen')}"
-    scores = ", ".join(f"{k} {'flat' if v is None else format(v, '.2f')}" for k, v in fill["scores"].items())
-    return f"fill=auto->{fill['chosen']} ({scores}; {fill['queries_spent_on_choice']} queries)"
+    spent = fill["queries_spent_on_choice"]
+    cost = f"{spent} queries" if spent else "no query"
+    if fill["scores"]:
+        scores = ", ".join(f"{k} {'flat' if v is None else format(v, '.2f')}" for k, v in fill["scores"].items())
+        return f"fill=auto->{fill['chosen']} ({scores}; {cost})"
+    psnr = ", ".join(f"{k} {v:.1f} dB" for k, v in (fill.get("recon_psnr_db") or {}).items())
+    return f"fill=auto->{fill['chosen']} (reconstruction {psnr}; {cost})" if psnr else f"fill=auto->{fill['chosen']}"

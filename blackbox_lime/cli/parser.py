@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a mistyped option: "unrecognized arguments: --sampels (did you mean
+    --samples?)"."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            known = sorted(_option_strings(self))
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                if word.startswith("--"):
+                    close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+                    if close:
+                        hints.append(f"{word}: did you mean {close[0]}?")
+            if hints:
+                message += " (" + "; ".join(hints) + ")"
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long option of a parser and of its subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(s for s in action.option_strings if s.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="blackbox-lime", description="Black-box saliency maps for medical image classifiers (MedLIME).")
+    p = _Parser(prog="blackbox-lime", description="Black-box saliency maps for medical image classifiers (MedLIME).")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
 

@@ -1,0 +1,73 @@
+"""What a new user meets on a first audit (issue 36): messages printed once, a quiet closed pipe, resuming said,
+a folder given as a model, a mistyped option, the fill line of a default run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_audit_kill import _study
+
+from blackbox_lime.cli import main
+from blackbox_lime.cli.common import fill_line
+from blackbox_lime.models import bundled_model
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = str(bundled_model("shortcut_marker.onnx"))
+
+
+def _audit(source: Path, out: Path, *extra: str) -> list[str]:
+    return ["audit", "run", str(source), "--model", MODEL, "--out", str(out), "--samples", "30", "--fill", "mean",
+            *extra]
+
+
+def test_the_fill_line_of_an_mae_that_passed_its_check_names_the_reconstruction():
+    exp = SimpleNamespace(fill={"mode": "auto", "chosen": "mae", "scores": {}, "queries_spent_on_choice": 0,
+                                "recon_psnr_db": {"mae": 27.14, "blur": 26.51}})
+    assert fill_line(exp) == "fill=auto->mae (reconstruction mae 27.1 dB, blur 26.5 dB; no query)"
+    exp.fill.update(chosen="mean", scores={"mean": 0.581, "blur": None}, queries_spent_on_choice=64)
+    assert fill_line(exp) == "fill=auto->mean (mean 0.58, blur flat; 64 queries)"
+
+
+def test_a_summary_read_through_a_closed_pipe_ends_quietly(tmp_path):
+    out = tmp_path / "audit"
+    assert main(_audit(_study(tmp_path / "study", 2), out, "--quiet")) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "blackbox_lime", "audit", "summary", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head -1` does once it has its line: here before the summary is written, every time
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+
+
+def test_a_failed_case_is_printed_once_and_a_resume_says_where_it_stands(tmp_path, capsys):
+    source = _study(tmp_path / "study", 2)
+    (source / "broken.png").write_bytes(b"not a png at all" * 8)
+    out = tmp_path / "audit"
+    assert main(_audit(source, out, "--quiet")) == 3
+    err = capsys.readouterr().err
+    failures = [ln for ln in err.splitlines() if "failed:" in ln and "case" in ln]
+    assert len(failures) == 1 and "is named .png but its content is not a PNG image" in failures[0]
+    assert main(_audit(source, out)) == 3
+    assert "resuming: 2 of 3 cases done, 1 failed (tried again)" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_the_model_is_named_a_folder_with_its_models(tmp_path, capsys):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "a.onnx").write_bytes(Path(MODEL).read_bytes())
+    image = _study(tmp_path / "study", 1) / "img_00.png"
+    assert main(["explain", str(image), "--model", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (f"blackbox-lime: error: {folder} is a folder, not a model file. It "
+                                               "holds a.onnx: pass one of them.")
+
+
+def test_a_mistyped_option_gets_the_nearest_one(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["explain", "x.png", "--model", MODEL, "--out", "o", "--sampels", "100"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --sampels 100 (--sampels: did you mean --samples?)" in capsys.readouterr().err
