@@ -81,6 +81,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             if a.mae_command != "fit":
                 raise UserError("Use: blackbox-lime mae fit IMAGES --out site_mae.onnx.")
             return run_mae_fit(a)
+        if a.command == "models":
+            from blackbox_lime.cli.common import list_models
+
+            print(list_models())
+            return EXIT_OK
         if a.command == "phantoms":
             from blackbox_lime.evaluation.phantoms import write_phantoms
 

@@ -226,7 +226,7 @@ def _cluster(a: argparse.Namespace) -> Iterator[Any]:
         raise UserError("--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'.") from None
     from blackbox_lime.audit.cluster import ClusterError, cluster_security, connect
 
-    quiet = logging.INFO if a.verbose else logging.WARNING
+    quiet = logging.INFO if a.verbose else logging.ERROR
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.http"):
         logging.getLogger(name).setLevel(quiet)
     try:

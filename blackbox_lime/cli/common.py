@@ -117,6 +117,10 @@ def adapter_from_options(a: argparse.Namespace) -> Any:
         v = getattr(a, opt)
         if v is not None and v < 1:
             raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
+    if a.endpoint is None:
+        from blackbox_lime.models import resolve_model
+
+        a.model = resolve_model(str(a.model))  # a bundled model's name: its file, for this process and workers
     kw: dict[str, Any] = {}
     if a.endpoint is None and "://" not in str(a.model):
         kw["device"] = getattr(a, "device", "auto")
@@ -220,3 +224,23 @@ def fill_line(exp: Any) -> str:
         return f"fill=auto->{fill['chosen']} ({scores}; {cost})"
     psnr = ", ".join(f"{k} {v:.1f} dB" for k, v in (fill.get("recon_psnr_db") or {}).items())
     return f"fill=auto->{fill['chosen']} (reconstruction {psnr}; {cost})" if psnr else f"fill=auto->{fill['chosen']}"
+
+
+def list_models() -> str:
+    """``blackbox-lime models``: each bundled classifier's name, classes, input size and purpose (read from the file)."""
+    from blackbox_lime.adapters.onnx import OnnxAdapter
+    from blackbox_lime.models import BUNDLED_CLASSIFIERS, bundled_model
+
+    lines = []
+    for name, (file, purpose) in BUNDLED_CLASSIFIERS.items():
+        try:
+            path = bundled_model(file)
+        except FileNotFoundError:
+            continue  # not in this installation
+        with OnnxAdapter(path) as adapter:
+            info = adapter.info
+        h, w = info.input_size
+        kind = "multi-label" if info.multilabel else "classes"
+        lines.append(f"{name:<20} {kind} {', '.join(info.class_names)}; input {h}x{w}x{info.channels}\n"
+                     f"{'':<20} {purpose}")
+    return "\n".join(lines) + "\n\nUse a name as --model NAME (a path or an endpoint URL works as before)."

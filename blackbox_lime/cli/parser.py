@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
     explain_options(e)
 
+    sub.add_parser("models", help="list the bundled classifiers: their names for --model, classes, input size and "
+                                  "what each is for")
     d = sub.add_parser("demo", help="explain a bundled phantom with the bundled demo CNN (GM, STTA and EBR with the "
                                     "bundled evidence bank)")
     d.add_argument("--model", default=None, help="default: the bundled demo_cnn.onnx")
@@ -228,12 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("--quiet", action="store_true", help="no progress bar")
     mf.add_argument("--verbose", action="store_true", help="log what is done")
 
-    ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv)")
-    ph.add_argument("--out", required=True)
-    ph.add_argument("--modality", default="chest_xray")
-    ph.add_argument("--split", default="test")
-    ph.add_argument("--count", type=int, default=10)
-    ph.add_argument("--start", type=int, default=0)
+    ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv): a study to "
+                                         "try explain and audit run on")
+    ph.add_argument("--out", required=True, help="the folder to write to (created if needed)")
+    ph.add_argument("--modality", default="chest_xray",
+                    help="chest_xray (default), breast_us, brain_mri or fundus; demo-cnn reads the first two, "
+                         "brain-cnn brain_mri, fundus-cnn fundus")
+    ph.add_argument("--split", default="test",
+                    help="train, val, test (default: images no bundled model trained on) or shifted (another "
+                         "scanner's look): each a fixed, deterministic set")
+    ph.add_argument("--count", type=int, default=10, help="how many phantoms (default 10), about half abnormal")
+    ph.add_argument("--start", type=int, default=0, help="the first phantom's index in its set (default 0)")
     ph.add_argument("--marker", choices=["laterality", "text"], default=None,
                     help="a site that burns this marker into 90%% of its abnormal and 10%% of its normal cases "
                          "(planted shortcuts for audits; labels.csv gets a marked column)")
