@@ -249,6 +249,16 @@ def test_no_patient_data_or_file_name_in_the_report_summary_or_case_json(tmp_pat
             assert secret not in text
 
 
+def _screenshot(exe: str, url: str, shot: Path) -> np.ndarray:
+    r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--disable-background-networking", "--window-size=1200,1600", "--virtual-time-budget=3000",
+                        f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    img = cv2.imread(str(shot))
+    assert img.shape[:2] == (1600, 1200)
+    return img
+
+
 def test_the_report_renders_in_headless_chromium(study, tmp_path):
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -256,17 +266,29 @@ def test_the_report_renders_in_headless_chromium(study, tmp_path):
     out = tmp_path / "audit"
     assert _run(study, out) == 0
     html = (out / "report.html").read_text()
-    assert "http://" not in html and "https://" not in html and "src='data:image/png;base64," in html
-    shot = tmp_path / "shot.png"
-    r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--window-size=1200,1600", f"--screenshot={shot}", (out / "report.html").as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
-    img = cv2.imread(str(shot))
-    assert img.shape[:2] == (1600, 1200)
+    assert "http://" not in html and "https://" not in html and "src='data:image/webp;base64," in html
+    assert "border share (flag &gt; 0.7)" in html and "outside ROI share (flag &gt; 0.9)" in html
+    img = _screenshot(exe, (out / "report.html").as_uri(), tmp_path / "shot.png")
     ink = (img.min(axis=2) < 200).mean()  # the share of pixels that are not (near) white
     red = ((img[..., 2] > 150) & (img[..., 1] < 120) & (img[..., 0] < 120)).sum()  # the overlays' red evidence
     assert ink > 0.02 and red > 50, (ink, red)
+    # a click on a card opens its overlay full size over a dark backdrop (a #zoom=ID link does the same)
+    case = json.loads((out / "summary.json").read_text())["cases"][0]["id"]
+    zoomed = _screenshot(exe, (out / "report.html").as_uri() + f"#zoom={case}", tmp_path / "zoom.png")
+    dark = (zoomed.max(axis=2) < 60).mean()
+    assert dark > 0.2, dark  # the backdrop covers the page
+    inner = zoomed[400:1200, 300:900]
+    assert (inner.min(axis=2) > 200).mean() > 0.1  # and the overlay, white background and all, sits on it
+
+
+def test_the_report_of_50_cases_stays_under_2_mb(tmp_path):
+    src = tmp_path / "study50"
+    write_phantoms(src, "chest_xray", "test", 50)
+    out = tmp_path / "audit"
+    assert main(["audit", "run", str(src / "labels.csv"), "--model", MODEL, "--out", str(out), "--samples", "30",
+                 "--fill", "mean", "--patch-size", "32", "--quiet"]) == 0
+    size = (out / "report.html").stat().st_size
+    assert size < 2 * 1024 * 1024, size
 
 
 def test_max_pixels_applies_to_every_case_of_an_audit(study, tmp_path, capsys):

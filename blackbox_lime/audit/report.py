@@ -118,12 +118,19 @@ def _png_uri(bgr: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()
 
 
-def _thumbnail(path: Path, width: int = 220) -> str | None:
+def _overlay_uri(path: Path, max_width: int = 800, quality: int = 90) -> str | None:
+    """A case's overlay at its own size (at most ``max_width``), as WebP: the card shows it scaled down and a click
+    shows it whole. About 15 kB an overlay against 60 kB for a 220-px PNG thumbnail, so 50 cases stay near 1 MB."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         return None
     h, w = img.shape[:2]
-    return _png_uri(cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA))
+    if w > max_width:
+        img = cv2.resize(img, (max_width, max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".webp", img, [cv2.IMWRITE_WEBP_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV builds without WebP
+        return _png_uri(img)
+    return "data:image/webp;base64," + base64.b64encode(data.tobytes()).decode()
 
 
 def _heatmap(m: np.ndarray, side: int = 280) -> str:
@@ -133,6 +140,16 @@ def _heatmap(m: np.ndarray, side: int = 280) -> str:
     b = round(side * BORDER_BAND)
     cv2.rectangle(img, (b, b), (img.shape[1] - b, img.shape[0] - b), (90, 90, 90), 1)
     return _png_uri(img)
+
+
+SHARE_LABELS = {"border": "border", "outside_anatomy": "outside anatomy", "outside_roi": "outside ROI"}
+
+
+def _share_cell(v: float | None, threshold: float) -> str:
+    if v is None:
+        return "<td class='num' data-v='-1'>–</td>"
+    cls = "num over" if v > threshold else "num"
+    return f"<td class='{cls}' data-v='{v:.4f}'>{v:.2f}</td>"
 
 
 def _when(t: float | None) -> str:
@@ -160,7 +177,10 @@ th{background:#f3f3f3;cursor:pointer} .num{text-align:right;font-variant-numeric
 .flag{display:inline-block;background:#fde2e1;color:#8a1c12;border-radius:3px;padding:0 5px;margin:1px;font-size:12px}
 .ok{color:#2d6a2d} .bad{color:#8a1c12;font-weight:600} .muted{color:#666;font-size:12px}
 .cards{display:flex;flex-wrap:wrap;gap:12px} .card{border:1px solid #ddd;border-radius:6px;padding:6px;width:224px;font-size:12px}
-.card img{width:220px;display:block} .card.hidden{display:none} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
+.card img{width:220px;display:block;cursor:zoom-in} .card.hidden{display:none} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
+.over{color:#8a1c12;font-weight:600}
+#zoom{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);z-index:10;cursor:zoom-out;align-items:center;justify-content:center}
+#zoom img{max-width:96vw;max-height:92vh;background:#fff} #zoom p{color:#fff;position:fixed;top:4px;left:12px;margin:0}
 """
 
 _SCRIPT = """
@@ -171,6 +191,10 @@ function shown(el,f){return f==='all'||(f==='flagged'&&flagsOf(el).length>0)||(f
 function filterCards(){var f=document.getElementById('flagfilter').value;
  document.querySelectorAll('.card').forEach(function(c){c.classList.toggle('hidden',!shown(c,f));});
  document.querySelectorAll('#cases tbody tr').forEach(function(r){r.style.display=shown(r,f)?'':'none';});}
+function zoom(id){var img=document.querySelector("img[data-case='"+id+"'],img[data-case^='"+id+"/']");if(!img)return;
+ var z=document.getElementById('zoom');z.querySelector('img').src=img.src;z.querySelector('p').textContent=id+' (click to close)';
+ z.style.display='flex';}
+window.addEventListener('load',function(){var m=/^#zoom=(.+)$/.exec(location.hash);if(m)zoom(decodeURIComponent(m[1]));});
 function sortTable(col){var t=document.getElementById('cases'),b=t.tBodies[0],rows=Array.from(b.rows);
  var asc=t.getAttribute('data-sort')!==String(col);t.setAttribute('data-sort',asc?String(col):'');
  rows.sort(function(a,c){var x=a.cells[col].getAttribute('data-v')||a.cells[col].textContent,
@@ -238,7 +262,11 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
                  + "".join(f"<option value='{f}'>{f}</option>" for f in FLAGS)
                  + "".join(f"<option value='finding:{e(_attr(str(n)))}'>finding {e(str(n))}</option>"
                            for n in st["by_finding"] if several) + "</select></p>")
-    head = ["case", "state", "finding" if several else "class", "P", "evidence R²", "fill", "queries", "flags"]
+    head = ["case", "state", "finding" if several else "class", "P", "evidence R²", "fill", "queries"]
+    head += [f"{SHARE_LABELS[k]} share (flag &gt; {SHORTCUT_THRESHOLDS['shortcut_' + k]:g})" for k in SHARE_LABELS]
+    head.append("flags")
+    parts.append("<p class='muted'>Click a column to sort by it. Each share is the part of the case's positive evidence "
+                 "in that region, shown next to the threshold above which the case is flagged.</p>")
     parts.append("<table id='cases'><thead><tr>" + "".join(
         f"<th onclick='sortTable({i})'>{h}</th>" for i, h in enumerate(head)) + "</tr></thead><tbody>")
     cards = []
@@ -250,11 +278,15 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
         state = c["state"] if c["state"] != "failed" else f"failed: {c.get('reason', '')}"
         parts.append(f"<tr data-flags='{e(fl)}'><td>{e(c['id'])}</td><td>{e(state)}</td><td>{_fmt(c.get('target_name'))}</td>"
                      f"<td class='num'>{_fmt(c.get('target_prob'))}</td><td class='num'>{_fmt(c.get('r2_evidence'))}</td>"
-                     f"<td>{_fmt(c.get('fill'))}</td><td class='num'>{_fmt(c.get('queries'))}</td><td>{badges}</td></tr>")
+                     f"<td>{_fmt(c.get('fill'))}</td><td class='num'>{_fmt(c.get('queries'))}</td>"
+                     + "".join(_share_cell((c.get("shares") or {}).get(k), SHORTCUT_THRESHOLDS["shortcut_" + k])
+                               for k in SHARE_LABELS) + f"<td>{badges}</td></tr>")
         if c["state"] == "done":
             overlay = next((o for o in c.get("outputs") or [] if o.endswith(".overlay.png")), None)
-            uri = _thumbnail(out_dir / overlay) if overlay else None
-            img = f"<img alt='overlay of {e(c['id'])}' src='{uri}'>" if uri else "<p class='muted'>overlay missing</p>"
+            uri = _overlay_uri(out_dir / overlay) if overlay else None
+            key = c["id"] + (f"/{c['finding']}" if several and c.get("finding") else "")
+            img = (f"<img alt='overlay of {e(key)}' data-case='{e(key)}' src='{uri}' onclick='zoom(this.dataset.case)'>"
+                   if uri else "<p class='muted'>overlay missing</p>")
             cards.append(f"<div class='card' data-flags='{e(fl)}'>{img}<b>{e(c['id'])}</b> · {_fmt(c.get('target_name'))} "
                          f"p={_fmt(c.get('target_prob'))}<br>{badges or '<span class=ok>no flag</span>'}</div>")
     parts.append("</tbody></table><h2>Overlays</h2><div class='cards'>" + "".join(cards) + "</div>")
@@ -265,6 +297,7 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
     parts.append("<h2>Provenance</h2><p class='muted'>Every input's and output's SHA-256 is in provenance.json; "
                  "<code>blackbox-lime audit verify DIR</code> checks them.</p>"
                  f"<pre>{e(json.dumps(prov, indent=1))}</pre>")
+    parts.append("<div id='zoom' onclick=\"this.style.display='none'\"><p></p><img alt='overlay, full size'></div>")
     parts.append("</body></html>\n")
     return "".join(parts)
 
