@@ -108,11 +108,12 @@ def _diverging_lut() -> np.ndarray:
 _LUT = _diverging_lut()
 
 
-def render_overlay(image: np.ndarray, saliency: np.ndarray, title: str) -> np.ndarray:
+def render_overlay(image: np.ndarray, saliency: np.ndarray, title: str, colour_bar: bool = True) -> np.ndarray:
     """The saliency as a colour overlay on the image, with a colour bar and a title. -> BGR uint8.
 
     image: float (H, W, C) in [0, 1]; saliency: (H, W). Colours are symmetric around zero (red =
-    evidence for the target class, blue = against); opacity grows with |saliency|.
+    evidence for the target class, blue = against); opacity grows with |saliency|. ``colour_bar=False`` leaves the
+    bar's place blank (the input panel of an overview, which has no map), so panels still line up.
     """
     up = max(1, 512 // max(saliency.shape))  # small images are drawn larger so the labels stay legible
     if up > 1:
@@ -134,10 +135,11 @@ def render_overlay(image: np.ndarray, saliency: np.ndarray, title: str) -> np.nd
     top = int(28 * scale) + 8
     canvas = np.full((h + top, w + pad * 2 + bar_w + label_w, 3), 255, np.uint8)
     canvas[top:, :w] = over
-    ramp = np.linspace(255, 0, h).astype(np.int64)
-    canvas[top:, w + pad:w + pad + bar_w] = _LUT[ramp][:, None, :]
     font = cv2.FONT_HERSHEY_SIMPLEX
-    for frac, text in ((0.0, f"+{vmax:.3g}"), (0.5, "0"), (1.0, f"-{vmax:.3g}")):
+    ramp = np.linspace(255, 0, h).astype(np.int64)
+    if colour_bar:
+        canvas[top:, w + pad:w + pad + bar_w] = _LUT[ramp][:, None, :]
+    for frac, text in ((0.0, f"+{vmax:.3g}"), (0.5, "0"), (1.0, f"-{vmax:.3g}")) if colour_bar else ():
         y = top + int(frac * (h - 1))
         y = min(max(y + int(5 * scale), top + int(12 * scale)), h + top - 3)
         cv2.putText(canvas, text, (w + pad * 2 + bar_w, y), font, 0.45 * scale, (0, 0, 0), thick, cv2.LINE_AA)
@@ -195,7 +197,7 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
     (written by the caller beside them) included."""
     files: dict[Path, bytes] = {}
     names = finding_stems([e.target_name for e in explanations])
-    panels = [render_overlay(image, np.zeros(image.shape[:2], np.float32), "input")]
+    panels = [render_overlay(image, np.zeros(image.shape[:2], np.float32), "input", colour_bar=False)]
     findings: list[dict[str, Any]] = []
     for exp, name in zip(explanations, names):
         buf = io.BytesIO()

@@ -71,3 +71,15 @@ def test_a_mistyped_option_gets_the_nearest_one(capsys):
         main(["explain", "x.png", "--model", MODEL, "--out", "o", "--sampels", "100"])
     assert info.value.code == 2
     assert "unrecognized arguments: --sampels 100 (--sampels: did you mean --samples?)" in capsys.readouterr().err
+
+
+def test_the_overview_s_input_panel_has_no_colour_bar():
+    import numpy as np
+
+    from blackbox_lime.outputs import render_overlay
+
+    grey, flat = np.full((64, 64, 3), 0.5, np.float32), np.zeros((64, 64), np.float32)
+    panel, mapped = render_overlay(grey, flat, "input", colour_bar=False), render_overlay(grey, flat, "map")
+    assert panel.shape == mapped.shape  # the panels still line up
+    beside = np.s_[40:, 512:]  # right of the (drawn 512 px wide) image: the bar and its labels
+    assert (panel[beside].min(axis=2) < 250).mean() == 0.0 and (mapped[beside].min(axis=2) < 250).mean() > 0.1
