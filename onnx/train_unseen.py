@@ -43,14 +43,14 @@ class ResBlock(nn.Module):
 class LabelOnlyCNN(nn.Module):
     """Stem (stride 2) then four residual stages to a 14x14x96 map, global max pooling, linear head.
 
-    Input: float32 (N, 3, 224, 224) in [0, 1]. Output: logits (N, 2)."""
+    Input: float32 (N, 3, 224, 224) in [0, 1]. Output: logits (N, classes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, classes: int = 2) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 24, 5, 2, 2, bias=False), nn.GroupNorm(8, 24), nn.GELU())
         self.features = nn.Sequential(ResBlock(24, 32, 2), ResBlock(32, 48, 2), ResBlock(48, 64, 1),
                                       ResBlock(64, 96, 2))
-        self.head = nn.Linear(96, 2)
+        self.head = nn.Linear(96, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(self.stem((x - 0.3) / 0.25))  # (N, 96, 14, 14)

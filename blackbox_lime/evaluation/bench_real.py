@@ -1,0 +1,203 @@
+"""The real-image benchmark: maps of a real classifier on real images, scored against expert lesion boxes.
+
+    python -m blackbox_lime.evaluation.bench_real --figshare DATA/dataset-brain-tumor/categorized \\
+        --split val --per-class 10 --out docs/bench_real/figshare_val
+
+Family ``figshare_brain``: the figshare brain-tumour MRI slices (blackbox_lime/evaluation/real_data.py) and
+``onnx/figshare_brain_cnn.onnx``, a three-class tumour-type CNN trained on the train split with the image label
+alone (``python onnx/train_real.py``). The explained class is the true one, on the first ``--per-class`` images of
+each class that the model classifies correctly; the evidence for "pituitary tumour" should be the tumour, which the
+expert box bounds. ``val`` is where anything is tuned; ``test`` is held out and run once per change.
+
+Methods (queries in brackets): the default map, ``blackbox-lime explain`` at its defaults (500; fill auto); the
+same with each fixed fill (MAE, mean, blur; 500), to see what auto chose and what it could have had; lime at its
+defaults (1000, quickshift) and at equal queries (500); occlusion (16-px patches, mean fill; 197); RISE (500);
+the box's prevalence (a random map's expected AUPRC). Score: pixel AUPRC against the box, mean with a bootstrap
+95 % CI over images; the default's ratio to lime's mean with a paired bootstrap CI.
+
+Writes ``results.json`` (every record) and ``table.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.evaluation import baselines
+from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
+from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, RealCase, figshare_brain
+from blackbox_lime.explainer import Explainer
+from blackbox_lime.models import bundled_model
+
+METHODS = ("default", "fill=mae", "fill=mean", "fill=blur", "lime", "lime@500", "occlusion", "rise")
+
+
+def _rgb(case: RealCase) -> np.ndarray:
+    return np.repeat((case.image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
+
+
+def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, seed: int,
+               mae: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One method's map and what it says about itself (the default's fill choice, R^2). ``mae``: a site MAE
+    (``blackbox-lime mae fit``) in place of the bundled one."""
+    rng = np.random.default_rng(seed)
+    if name == "default" or name.startswith("fill="):
+        cfg = ExplainConfig() if name == "default" else ExplainConfig(fill=name.split("=", 1)[1])
+        exp = Explainer(adapter, cfg, mae_path=mae).explain(image, target=target, rng=rng)
+        fill = exp.fill or {}
+        return exp.saliency, {"fill": fill.get("chosen"), "recon_psnr_db": fill.get("recon_psnr_db"),
+                              "r2": exp.r2, "r2_heldout": exp.r2_heldout}
+    if name == "lime":
+        return baselines.lime_package(image, adapter, target, 1000, rng), {}
+    if name == "lime@500":
+        return baselines.lime_package(image, adapter, target, 500, rng), {}
+    if name == "occlusion":
+        return baselines.occlusion(image, adapter, target), {}
+    if name == "rise":
+        return baselines.rise(image, adapter, target, 500, rng), {}
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+
+
+def select(cases: list[RealCase], adapter: OnnxAdapter, per_class: int) -> list[tuple[RealCase, float]]:
+    """The first ``per_class`` cases of each class that the model gets right, with P(true class)."""
+    chosen: list[tuple[RealCase, float]] = []
+    counts = [0] * len(FIGSHARE_CLASSES)
+    for i in range(0, len(cases), 64):
+        part = cases[i:i + 64]
+        probs = adapter.predict(np.stack([_rgb(c) for c in part]))
+        for c, p in zip(part, probs):
+            if int(np.argmax(p)) == c.label and counts[c.label] < per_class:
+                chosen.append((c, float(p[c.label])))
+                counts[c.label] += 1
+        if min(counts) >= per_class:
+            break
+    return chosen
+
+
+def run(figshare: Path, split: str, per_class: int, methods: tuple[str, ...], seed: int = 0,
+        log: Callable[[str], None] = print, mae: str | None = None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    adapter = OnnxAdapter(bundled_model("figshare_brain_cnn.onnx"))
+    cases = figshare_brain(figshare, split)
+    seen = len(cases)
+    correct = sum(int(np.argmax(p)) == c.label for c, p in
+                  ((c, adapter.predict(_rgb(c)[None])[0]) for c in cases))
+    chosen = select(cases, adapter, per_class)
+    log(f"{split}: {seen} images, model accuracy {correct / seen:.3f}; explaining {len(chosen)} correct ones")
+    records = []
+    for case, prob in tqdm(chosen, unit="image", file=sys.stderr):
+        image = _rgb(case)
+        rec: dict[str, Any] = {"id": case.id, "label": FIGSHARE_CLASSES[case.label], "prob": prob,
+                               "box_fraction": float(case.mask.mean()), "methods": {}}
+        for name in methods:
+            q0, t0 = adapter.queries, time.perf_counter()
+            sal, facts = run_method(name, image, adapter, case.label, seed, mae)
+            rec["methods"][name] = {"auprc": pixel_auprc(sal, case.mask), "queries": adapter.queries - q0,
+                                    "wall_s": round(time.perf_counter() - t0, 3), **facts}
+        records.append(rec)
+    return {"family": "figshare_brain", "split": split, "per_class": per_class, "seed": seed,
+            "mae": "bundled" if mae is None else Path(mae).name,
+            "model_accuracy": correct / seen, "images_in_split": seen, "methods": list(methods),
+            "records": records}
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    recs = result["records"]
+    out: dict[str, Any] = {"n": len(recs), "prevalence": bootstrap_ci([r["box_fraction"] for r in recs])}
+    for m in result["methods"]:
+        out[m] = {"auprc": bootstrap_ci([r["methods"][m]["auprc"] for r in recs]),
+                  "queries": float(np.median([r["methods"][m]["queries"] for r in recs]))}
+    if "default" in result["methods"]:
+        fills = [r["methods"]["default"].get("fill") for r in recs]
+        out["auto_fill"] = {f: fills.count(f) for f in sorted({str(f) for f in fills})}
+        for ref in ("lime", "occlusion"):
+            if ref in result["methods"]:
+                out[f"default/{ref}"] = _ratio_ci([r["methods"]["default"]["auprc"] for r in recs],
+                                                  [r["methods"][ref]["auprc"] for r in recs])
+    return out
+
+
+def _ratio_ci(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """The ratio of two means over the same images, with a paired bootstrap 95 % CI."""
+    x, y = np.asarray(a), np.asarray(b)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), (n_boot, len(x)))
+    boots = x[idx].mean(axis=1) / np.maximum(y[idx].mean(axis=1), 1e-12)
+    return float(x.mean() / max(y.mean(), 1e-12)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> str:
+    def ci(t: tuple[float, float, float]) -> str:
+        return f"{t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}]"
+
+    lines = [f"# Real-image benchmark: {result['family']}, {result['split']} split (MAE: {result.get('mae', 'bundled')})",
+             "", f"`{command}`", "",
+             f"{summary['n']} images the model classifies correctly ({result['per_class']} per class; the model's "
+             f"accuracy on all {result['images_in_split']} {result['split']} images: {result['model_accuracy']:.3f}). "
+             "Pixel AUPRC against the expert box, mean [95 % bootstrap CI].", "",
+             "| method | AUPRC | median queries |", "|---|---|---|"]
+    for m in result["methods"]:
+        lines.append(f"| {m} | {ci(summary[m]['auprc'])} | {summary[m]['queries']:.0f} |")
+    lines.append(f"| box prevalence (random map) | {ci(summary['prevalence'])} | 0 |")
+    lines.append("")
+    for key in ("default/lime", "default/occlusion"):
+        if key in summary:
+            lines.append(f"- {key.replace('/', ' / ')}: {ci(summary[key])} (ratio of means, paired bootstrap)")
+    if "auto_fill" in summary:
+        lines.append(f"- fill chosen by auto: {', '.join(f'{k} {v}' for k, v in summary['auto_fill'].items())}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_real", description=__doc__.split("\n")[0])
+    p.add_argument("--figshare", required=True, help="the figshare brain-tumour folder holding 0/, 1/ and 2/")
+    p.add_argument("--split", choices=["val", "test"], required=True)
+    p.add_argument("--per-class", type=int, default=10, help="correctly classified images explained per class")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mae", default=None, help="a site MAE (blackbox-lime mae fit) in place of the bundled one")
+    p.add_argument("--export-train", default=None, metavar="DIR",
+                   help="instead of benchmarking, write the train split's images as PNG files to DIR (what a site "
+                        "would give blackbox-lime mae fit) and stop")
+    p.add_argument("--out", default=None, help="folder for results.json and table.md")
+    a = p.parse_args(argv)
+    if a.export_train:
+        folder = Path(a.export_train)
+        folder.mkdir(parents=True, exist_ok=True)
+        cases = figshare_brain(a.figshare, "train")
+        for c in cases:
+            cv2.imwrite(str(folder / f"{c.id}.png"), c.image)
+        print(f"{len(cases)} train images written to {folder}", file=sys.stderr)
+        return 0
+    if a.out is None:
+        p.error("--out is required (the folder for results.json and table.md)")
+    methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    result = run(Path(a.figshare), a.split, a.per_class, methods, a.seed, log=lambda s: print(s, file=sys.stderr),
+                 mae=a.mae)
+    summary = summarize(result)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m blackbox_lime.evaluation.bench_real " + " ".join(
+        x if not x.startswith("/") else "DATA" for x in (argv if argv is not None else sys.argv[1:]))
+    (out / "results.json").write_text(json.dumps({**result, "summary": summary, "command": command}, indent=1) + "\n")
+    table = markdown(result, summary, command)
+    (out / "table.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Train a classifier on real images and export it to ONNX: the real-image benchmark's own model.
+
+    python onnx/train_real.py --figshare DATA/dataset-brain-tumor/categorized
+        # -> onnx/figshare_brain_cnn.onnx (+ .pt): pituitary / meningioma / glioma on T1-CE brain MRI
+
+The data is the figshare brain-tumour set (see blackbox_lime/evaluation/real_data.py), which is not bundled:
+give a local copy. The model is the unseen families' residual CNN (onnx/train_unseen.py) with a three-class
+head, trained with the image label alone (never the tumour boxes, which only the benchmark reads), on the train
+split; the epoch with the best val accuracy is kept; test is never seen. Seeded; CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import HERE, Softmaxed, classifier_metadata, export_onnx, optimise, to_tensor
+from train_unseen import LabelOnlyCNN
+
+from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, figshare_brain  # noqa: E402  (common puts ROOT on the path)
+
+NAME = "figshare_brain_cnn"
+
+
+def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch: int = 128) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = np.concatenate([model(to_tensor(images[i:i + batch])).argmax(-1).numpy()
+                               for i in range(0, len(labels), batch)])
+    return float((pred == labels).mean())
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flips, a brightness gain and a shift of up to 16 px: what varies between scanners and slices."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x = x * (0.85 + 0.3 * torch.rand(n, 1, 1, 1, generator=gen))
+    dy, dx = (int(v) for v in torch.randint(-16, 17, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3)).clamp(0, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--figshare", required=True, help="the folder holding 0/, 1/ and 2/ (ID.jpg + ID.txt)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    gen = torch.Generator().manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    train, val = figshare_brain(a.figshare, "train"), figshare_brain(a.figshare, "val")
+    xt, yt = np.stack([c.image for c in train]), np.array([c.label for c in train])
+    xv, yv = np.stack([c.image for c in val]), np.array([c.label for c in val])
+    print(f"train {len(yt)} (per class {np.bincount(yt).tolist()}), val {len(yv)}", flush=True)
+    model = LabelOnlyCNN(classes=len(FIGSHARE_CLASSES))
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=1e-4)
+    steps_per_epoch = len(yt) // a.batch
+    total = a.epochs * steps_per_epoch
+    weights = torch.tensor(len(yt) / (len(FIGSHARE_CLASSES) * np.bincount(yt)), dtype=torch.float32)
+    best, best_state, step, t0 = -1.0, None, 0, time.time()
+    for epoch in range(a.epochs):
+        model.train()
+        order = rng.permutation(len(yt))
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = np.sort(order[b * a.batch:(b + 1) * a.batch])
+            x = augment(to_tensor(xt[idx]), gen)
+            loss = F.cross_entropy(model(x), torch.from_numpy(yt[idx]), weight=weights)
+            losses.append(optimise(model, opt, loss, step, total, a.lr, warmup=steps_per_epoch // 2))
+            step += 1
+        acc = evaluate(model, xv, yv)
+        print(f"epoch {epoch + 1}/{a.epochs} loss {np.mean(losses):.4f} val accuracy {acc:.4f}  "
+              f"{time.time() - t0:.0f}s", flush=True)
+        if acc > best:
+            best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    torch.save(best_state, HERE / f"{NAME}.pt")
+    meta = classifier_metadata("LabelOnlyCNN")
+    meta.update({"class_names": list(FIGSHARE_CLASSES), "abnormal_index": 0, "family": "figshare_brain",
+                 "intended_use": "benchmarking explanation methods on real MRI; never diagnosis",
+                 "training": {"seed": a.seed, "epochs": a.epochs, "train_cases": int(len(yt)),
+                              "best_val_accuracy": round(best, 4), "train_seconds": round(time.time() - t0),
+                              "supervision": "image label only", "data": "figshare brain tumour, train split"}})
+    export_onnx(Softmaxed(model), (torch.rand(2, 3, 224, 224),), HERE / f"{NAME}.onnx", ["image"], ["probs"], meta)
+    print(f"done in {time.time() - t0:.0f}s; best val accuracy {best:.4f}")
+
+
+if __name__ == "__main__":
+    main()
