@@ -147,12 +147,19 @@ def render_overlay(image: np.ndarray, saliency: np.ndarray, title: str, colour_b
     return canvas
 
 
+def fidelity_text(exp: Explanation) -> str:
+    """The one fidelity figure every output shows (console, overlay title, report): the evidence fit's held-out R^2,
+    what the low-fidelity flag reads ("fidelity -" where the answer did not move)."""
+    r2 = exp.r2_evidence
+    return f"fidelity {r2:.2f}" if np.isfinite(r2) else "fidelity -"
+
+
 def explanation_files(out_dir: Path, stem: str, image: np.ndarray, exp: Explanation,
                       report: dict[str, Any]) -> dict[Path, bytes]:
     """The three output files of one explanation, as bytes, keyed by their final paths."""
     buf = io.BytesIO()
     np.save(buf, exp.saliency.astype(np.float32))
-    title = f"{exp.target_name}  p={exp.target_prob:.3f}  R2={exp.r2:.2f}"
+    title = f"{exp.target_name}  p={exp.target_prob:.3f}  {fidelity_text(exp)}"
     ok, png = cv2.imencode(".png", render_overlay(image, exp.saliency, title))
     if not ok:  # pragma: no cover
         raise OutputError("OpenCV could not encode the overlay PNG.")
@@ -202,7 +209,7 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
     for exp, name in zip(explanations, names):
         buf = io.BytesIO()
         np.save(buf, exp.saliency.astype(np.float32))
-        title = f"{exp.target_name}  p={exp.target_prob:.3f}  R2={exp.r2:.2f}"
+        title = f"{exp.target_name}  p={exp.target_prob:.3f}  {fidelity_text(exp)}"
         panel = render_overlay(image, exp.saliency, title)
         panels.append(panel)
         ok, png = cv2.imencode(".png", panel)

@@ -109,3 +109,15 @@ def test_bench_audit_chooses_the_middle_of_the_thresholds_that_separate_best():
     # every threshold from 0.45 to 0.8 separates perfectly (J = 1): the middle is 0.6 (0.625 to 0.05 steps)
     assert c["tied_range"] == [0.45, 0.8] and c["youden_j"] == 1.0 and c["threshold"] == 0.6
     assert choose(records)["outside_anatomy"] is None
+
+
+def test_an_answer_no_region_explains_is_no_focal_evidence_not_low_fidelity():
+    """Measured on val (docs/bench_flags/val/table.md): the chest CNN's confident 'normal' answers move under
+    masking, but as no patch-wise effect (held-out R^2 ~0.03); the evidence R^2 alone read them as unreliable maps."""
+    img = np.full((224, 224, 3), 0.5, np.float32)
+    sal = np.zeros((224, 224), np.float32)
+    sal[100:120, 100:120] = 1.0
+    base = {"response_sd": 0.18, "probs": [0.99, 0.01]}
+    assert case_flags(img, sal, {**base, "r2_evidence": -0.016, "r2_heldout": 0.033})["flags"] == ["no_focal_evidence"]
+    assert case_flags(img, sal, {**base, "r2_evidence": -0.016, "r2_heldout": 0.6})["flags"] == ["low_fidelity"]
+    assert case_flags(img, sal, {**base, "r2_evidence": 0.4, "r2_heldout": 0.45})["flags"] == []

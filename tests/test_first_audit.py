@@ -83,3 +83,14 @@ def test_the_overview_s_input_panel_has_no_colour_bar():
     assert panel.shape == mapped.shape  # the panels still line up
     beside = np.s_[40:, 512:]  # right of the (drawn 512 px wide) image: the bar and its labels
     assert (panel[beside].min(axis=2) < 250).mean() == 0.0 and (mapped[beside].min(axis=2) < 250).mean() > 0.1
+
+
+def test_the_console_and_the_json_show_the_same_fidelity_figure(tmp_path, capsys):
+    import json
+
+    image = Path(__file__).resolve().parent.parent / "examples" / "chest_xray_test_00001.png"
+    out = tmp_path / "o"
+    assert main(["explain", str(image), "--model", "demo-cnn", "--out", str(out), "--samples", "150"]) == 0
+    r2e = json.loads((out / "chest_xray_test_00001.json").read_text())["r2_evidence"]
+    assert r2e is not None  # the answer moved: there is a figure to show
+    assert f"fidelity {r2e:.2f} (evidence R2, held-out; R2 " in capsys.readouterr().err

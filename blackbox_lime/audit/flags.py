@@ -15,7 +15,11 @@ phantoms with planted shortcuts (``python -m blackbox_lime.evaluation.bench_audi
 docs/audit.md): a model that reads a burnt-in laterality marker against the demo models on clean
 phantoms. The other flags come from the explanation itself:
 
-- ``low_fidelity``: the evidence fit's held-out R^2 is below the explainer's ``LOW_FIDELITY_R2``;
+- ``no_focal_evidence``: the answer moved under masking, but no patch-wise effect explains how (the signed fit's
+  held-out R^2 below the explainer's ``NO_FOCAL_R2``): the answer rests on no one region of this image, a finding
+  about the model (typical of confident "normal" answers), not a failure of the map;
+- ``low_fidelity``: some region does move the answer, but the evidence fit's held-out R^2 is below
+  ``LOW_FIDELITY_R2``: the map's evidence does not explain it (the map is unreliable);
 - ``flat_answer``: P(target) hardly moved under masking (sd below ``WEAK_RESPONSE_SD``);
 - ``stta_changed_class``: STTA's adapted input changed the predicted class.
 """
@@ -28,7 +32,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from blackbox_lime.explainer import LOW_FIDELITY_R2, WEAK_RESPONSE_SD
+from blackbox_lime.explainer import LOW_FIDELITY_R2, NO_FOCAL_R2, WEAK_RESPONSE_SD
 
 BORDER_BAND = 0.125  # of each side: 28 px of a 224 px image
 
@@ -39,7 +43,10 @@ FLAG_HELP = {
     "shortcut_border": "a large share of the positive evidence lies in the image's border band (markers, text, frame)",
     "shortcut_outside_anatomy": "a large share of the positive evidence lies outside the anatomy",
     "shortcut_outside_roi": "a large share of the positive evidence lies outside the manifest's region of interest",
-    "low_fidelity": f"the evidence fit's held-out R^2 is below {LOW_FIDELITY_R2:g}: the map is weak",
+    "no_focal_evidence": f"the answer moved under masking but no region explains how (held-out R^2 below "
+                         f"{NO_FOCAL_R2:g}): it rests on no one region of the image, a finding about the model",
+    "low_fidelity": f"a region moves the answer but the map's evidence does not explain it (fidelity, the evidence "
+                    f"fit's held-out R^2, below {LOW_FIDELITY_R2:g}): the map is unreliable",
     "flat_answer": f"P(target) hardly moved under masking (sd below {WEAK_RESPONSE_SD:g})",
     "stta_changed_class": "STTA's adapted input changed the predicted class",
 }
@@ -116,9 +123,9 @@ def case_flags(image: np.ndarray, saliency: np.ndarray, summary: dict[str, Any],
     flat = summary.get("response_sd", 1.0) < WEAK_RESPONSE_SD
     flags = [] if flat else [f"shortcut_{k}" for k, v in shares.items()  # a flat answer's map places only noise
                              if v is not None and v > SHORTCUT_THRESHOLDS[f"shortcut_{k}"]]
-    r2e = summary.get("r2_evidence")
+    r2e, r2h = summary.get("r2_evidence"), summary.get("r2_heldout")
     if r2e is not None and r2e < LOW_FIDELITY_R2:
-        flags.append("low_fidelity")
+        flags.append("no_focal_evidence" if r2h is not None and r2h < NO_FOCAL_R2 else "low_fidelity")
     if flat:
         flags.append("flat_answer")
     if predicted_before_stta is not None and predicted_before_stta != int(np.argmax(summary["probs"])):

@@ -219,7 +219,7 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
     parts.append("<h2>Study summary</h2><table>")
     rows = [("cases", st["cases"]), ("explained", st["done"]), ("failed", st["failed"]), ("pending", st["pending"]),
             ("flagged cases", f"{st['flagged_cases']} ({_fmt(st['flagged_fraction'], 3)})"),
-            ("median evidence R²", _fmt(st["median_r2_evidence"])),
+            ("median fidelity (evidence R²)", _fmt(st["median_r2_evidence"])),
             ("images sent", st["totals"]["sent"]), ("answers reused from the store", st["totals"]["reused"]),
             ("requests", st["totals"]["requests"]), ("retries", st["totals"]["retries"]),
             ("budget", st["budget"] if st["budget"] is not None else "none")]
@@ -262,7 +262,7 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
                  + "".join(f"<option value='{f}'>{f}</option>" for f in FLAGS)
                  + "".join(f"<option value='finding:{e(_attr(str(n)))}'>finding {e(str(n))}</option>"
                            for n in st["by_finding"] if several) + "</select></p>")
-    head = ["case", "state", "finding" if several else "class", "P", "evidence R²", "fill", "queries"]
+    head = ["case", "state", "finding" if several else "class", "P", "fidelity (evidence R²)", "fill", "queries"]
     head += [f"{SHARE_LABELS[k]} share (flag &gt; {SHORTCUT_THRESHOLDS['shortcut_' + k]:g})" for k in SHARE_LABELS]
     head.append("flags")
     parts.append("<p class='muted'>Click a column to sort by it. Each share is the part of the case's positive evidence "

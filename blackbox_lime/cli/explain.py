@@ -99,7 +99,7 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
                hashes: dict[str, Any], retries: int, t_io: float) -> None:
     """One image's three files (all or nothing), its JSON line and its summary lines."""
     from blackbox_lime import __version__
-    from blackbox_lime.outputs import explanation_files, write_all
+    from blackbox_lime.outputs import explanation_files, fidelity_text, write_all
 
     report = {
         "tool": "blackbox-lime", "version": __version__,
@@ -129,7 +129,8 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
                   f"{exp.adaptation['p_label_before']:.3f} -> {exp.adaptation['p_label_after']:.3f}",
                   file=sys.stderr)
         print(f"{path.name}: {exp.target_name} p={exp.target_prob:.3f} {fill_line(exp)} "
-              f"R2={exp.r2:.3f} held-out R2={exp.r2_heldout:.3f} evidence R2={exp.r2_evidence:.3f} {exp.queries} queries{traffic_note(exp)} "
+              f"{fidelity_text(exp)} (evidence R2, held-out; R2 {exp.r2:.3f}, held-out R2 {exp.r2_heldout:.3f}) "
+              f"{exp.queries} queries{traffic_note(exp)} "
               f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
 
 
@@ -158,7 +159,7 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
                     hashes: dict[str, Any], retries: int, t_io: float) -> None:
     """Several findings of one image from one set of queries: their files, the JSON line and the summary lines."""
     from blackbox_lime import __version__
-    from blackbox_lime.outputs import finding_stems, findings_files, shared_summary, write_all
+    from blackbox_lime.outputs import fidelity_text, finding_stems, findings_files, shared_summary, write_all
 
     report = {"tool": "blackbox-lime", "version": __version__,
               "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
@@ -183,6 +184,6 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
             for warning in exp.warnings:
                 print(f"blackbox-lime: warning: {path.name}: {exp.target_name}: {warning}", file=sys.stderr)
     if not a.json and not a.quiet:
-        found = ", ".join(f"{e.target_name} p={e.target_prob:.3f} R2={e.r2:.3f}" for e in exps)
+        found = ", ".join(f"{e.target_name} p={e.target_prob:.3f} {fidelity_text(e)}" for e in exps)
         print(f"{path.name}: {len(exps)} finding(s) from one set of {exps[0].queries} queries{traffic_note(exps[0])}: {found} -> "
               f"{out / (stem + '.findings.png')}", file=sys.stderr)
