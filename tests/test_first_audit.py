@@ -3,6 +3,7 @@ a folder given as a model, a mistyped option, the fill line of a default run."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,45 @@ def test_the_console_and_the_json_show_the_same_fidelity_figure(tmp_path, capsys
     r2e = json.loads((out / "chest_xray_test_00001.json").read_text())["r2_evidence"]
     assert r2e is not None  # the answer moved: there is a figure to show
     assert f"fidelity {r2e:.2f} (evidence R2, held-out; R2 " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_s_first_audit_runs_verbatim(tmp_path):
+    """README's three lines, as a new user pastes them (the third, which opens a browser, only checked for its file)."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"A first audit, on a fresh install.*?```bash\n(.*?)```", text, re.S)
+    assert block is not None
+    lines = [ln for ln in block.group(1).splitlines() if ln.strip()]
+    assert len(lines) == 3 and lines[2] == "python -m webbrowser audit/report.html"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for line in lines[:2]:
+        argv = shlex.split(line)
+        assert argv[0] == "blackbox-lime"
+        r = subprocess.run([sys.executable, "-m", "blackbox_lime", *argv[1:]], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())["study"]
+    assert summary["cases"] == 16 and summary["complete"] and summary["flags"]["shortcut_border"]["cases"] >= 1
+    assert (tmp_path / "audit" / "report.html").is_file()
+
+
+def test_workers_without_the_audit_extra_exit_2_and_leave_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask[distributed] were not installed
+    out = tmp_path / "audit"
+    assert main(_audit(_study(tmp_path / "study", 1), out, "--workers", "2", "--quiet")) == 2
+    assert "--workers and --scheduler need Dask: pip install 'blackbox-lime[audit]'." in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_quiet_audit_on_workers_prints_only_its_result(tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "audit"
+    r = subprocess.run([sys.executable, "-m", "blackbox_lime", *_audit(_study(tmp_path / "study", 2), out, "--workers",
+                                                                        "2", "--quiet")],
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{out}: 2 of 2 cases explained"), r.stderr
