@@ -67,6 +67,17 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
+def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
+    """Does the model read the finding? P(true class) on the image minus P with the expert box filled with the image's
+    mean (one query). Near zero: the answer does not rest on the lesion, so the class is an audit case (what does it
+    read?), not a test of faithfulness to the lesion."""
+    image = _rgb(case)
+    hidden = image.copy()
+    hidden[case.mask] = image.mean(axis=(0, 1))
+    p = adapter.predict(np.stack([image, hidden]))[:, case.label]
+    return float(p[0] - p[1])
+
+
 def select(cases: list[RealCase], adapter: OnnxAdapter, per_class: int) -> list[tuple[RealCase, float]]:
     """The first ``per_class`` cases of each class that the model gets right, with P(true class)."""
     chosen: list[tuple[RealCase, float]] = []
@@ -98,7 +109,8 @@ def run(figshare: Path, split: str, per_class: int, methods: tuple[str, ...], se
     for case, prob in tqdm(chosen, unit="image", file=sys.stderr):
         image = _rgb(case)
         rec: dict[str, Any] = {"id": case.id, "label": FIGSHARE_CLASSES[case.label], "prob": prob,
-                               "box_fraction": float(case.mask.mean()), "methods": {}}
+                               "box_fraction": float(case.mask.mean()), "box_drop": box_drop(case, adapter),
+                               "methods": {}}
         for name in methods:
             q0, t0 = adapter.queries, time.perf_counter()
             sal, facts = run_method(name, image, adapter, case.label, seed, mae)
@@ -155,13 +167,34 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
             lines.append(f"- {key.replace('/', ' / ')}: {ci(summary[key])} (ratio of means, paired bootstrap)")
     if "auto_fill" in summary:
         lines.append(f"- fill chosen by auto: {', '.join(f'{k} {v}' for k, v in summary['auto_fill'].items())}")
+        recs = result["records"]
+        by_fill = [("mae", [r for r in recs if r["methods"]["default"].get("fill") == "mae"]),
+                   ("another fill", [r for r in recs if r["methods"]["default"].get("fill") != "mae"])]
+        fixed = [m for m in result["methods"] if m.startswith("fill=")]
+        for name, sel in by_fill:
+            if sel and fixed:
+                means = ", ".join(f"{m} {np.mean([r['methods'][m]['auprc'] for r in sel]):.3f}" for m in fixed)
+                lines.append(f"- images where auto chose {name} ({len(sel)}): default "
+                             f"{np.mean([r['methods']['default']['auprc'] for r in sel]):.3f}; {means}")
+    lines += ["", "Per class (mean AUPRC; the box's mean share of the image is the random map's score; box drop: "
+              "P(class) minus P(class) with the expert box filled with the image's mean, median over the images: "
+              "does the model read the finding at all?):", "",
+              "| class | images | box share | box drop | " + " | ".join(result["methods"]) + " |",
+              "|---|---|---|---|" + "---|" * len(result["methods"])]
+    for label in FIGSHARE_CLASSES:
+        sel = [r for r in result["records"] if r["label"] == label]
+        if sel:
+            drop = (f"{np.median([r['box_drop'] for r in sel]):.3f}" if all("box_drop" in r for r in sel) else "–")
+            lines.append(f"| {label} | {len(sel)} | {np.mean([r['box_fraction'] for r in sel]):.3f} | {drop} | "
+                         + " | ".join(f"{np.mean([r['methods'][m]['auprc'] for r in sel]):.3f}"
+                                      for m in result["methods"]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_real", description=__doc__.split("\n")[0])
-    p.add_argument("--figshare", required=True, help="the figshare brain-tumour folder holding 0/, 1/ and 2/")
-    p.add_argument("--split", choices=["val", "test"], required=True)
+    p.add_argument("--figshare", default=None, help="the figshare brain-tumour folder holding 0/, 1/ and 2/")
+    p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--per-class", type=int, default=10, help="correctly classified images explained per class")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--seed", type=int, default=0)
@@ -170,7 +203,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of benchmarking, write the train split's images as PNG files to DIR (what a site "
                         "would give blackbox-lime mae fit) and stop")
     p.add_argument("--out", default=None, help="folder for results.json and table.md")
+    p.add_argument("--render", action="store_true", help="rewrite --out's table.md from its results.json, no run")
     a = p.parse_args(argv)
+    if a.render:
+        saved = json.loads((Path(a.out) / "results.json").read_text())
+        if a.figshare is not None and any("box_drop" not in r for r in saved["records"]):  # runs before box_drop
+            adapter = OnnxAdapter(bundled_model("figshare_brain_cnn.onnx"))
+            cases = {c.id: c for c in figshare_brain(a.figshare, saved["split"])}
+            for r in saved["records"]:
+                r["box_drop"] = box_drop(cases[r["id"]], adapter)
+            (Path(a.out) / "results.json").write_text(json.dumps(saved, indent=1) + "\n")
+        table = markdown(saved, summarize(saved), saved["command"])
+        (Path(a.out) / "table.md").write_text(table)
+        print(table)
+        return 0
+    if a.figshare is None:
+        p.error("--figshare is required (the folder holding 0/, 1/ and 2/)")
     if a.export_train:
         folder = Path(a.export_train)
         folder.mkdir(parents=True, exist_ok=True)
