@@ -72,7 +72,8 @@ class StoredAdapter(ClassifierAdapter):
             part = missing[s:s + self.in_flight]
             self._check_audit_budget(len(part))
             q0, r0, t0 = self.inner.queries, self.inner.requests, self.inner.retries
-            self._used = None if hasattr(self.store, "reserve") else self.store.totals()["sent"]
+            shared = self.audit_budget is None or hasattr(self.store, "reserve")
+            self._used = None if shared else self.store.totals()["sent"]  # read here: SQLite stays on this thread
             self.inner.charge = self._charge  # every image put on the wire counts, retries and failures included
             try:
                 with (self.gate() if self.gate is not None else nullcontext()):
