@@ -137,3 +137,26 @@ def test_a_quiet_audit_on_workers_prints_only_its_result(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{out}: 2 of 2 cases explained"), r.stderr
+
+
+def test_a_quiet_audit_on_workers_says_nothing_when_another_cluster_holds_port_8787(tmp_path):
+    pytest.importorskip("distributed")
+    import socket
+
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("127.0.0.1", 8787))  # as another cluster's dashboard would
+    except OSError:
+        pytest.skip("port 8787 is taken on this machine already")
+    holder.listen()
+    try:
+        out = tmp_path / "audit"
+        r = subprocess.run([sys.executable, "-m", "blackbox_lime", *_audit(_study(tmp_path / "study", 1), out,
+                                                                            "--workers", "1", "--quiet")],
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.close()
+    assert r.returncode == 0, r.stderr
+    assert "Perhaps you already have a cluster running" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -101,8 +101,10 @@ def connect(address: str | None, security: Any, workers: int | None, quiet: int)
     cluster = None
     try:
         if address is None:
+            # the scheduler's HTTP server on a free loopback port: never 8787 taken by another cluster (Dask warns
+            # then, --quiet or not), never on every interface
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=None, silence_logs=quiet, security=security)
+                                   dashboard_address="127.0.0.1:0", silence_logs=quiet, security=security)
             return Client(cluster, security=security), cluster
         return Client(address, timeout=20, security=security), None
     except Exception as exc:  # a peer that does not speak Dask ends in any error (a MemoryError from its bytes)

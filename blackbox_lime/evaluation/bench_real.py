@@ -50,8 +50,9 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
     """One method's map and what it says about itself (the default's fill choice, R^2). ``mae``: a site MAE
     (``blackbox-lime mae fit``) in place of the bundled one."""
     rng = np.random.default_rng(seed)
-    if name == "default" or name.startswith("fill="):
-        cfg = ExplainConfig() if name == "default" else ExplainConfig(fill=name.split("=", 1)[1])
+    if name == "default" or name.startswith(("fill=", "cfg:")):
+        cfg = (ExplainConfig() if name == "default" else ExplainConfig(fill=name.split("=", 1)[1])
+               if name.startswith("fill=") else variant(name))
         exp = Explainer(adapter, cfg, mae_path=mae).explain(image, target=target, rng=rng)
         fill = exp.fill or {}
         return exp.saliency, {"fill": fill.get("chosen"), "recon_psnr_db": fill.get("recon_psnr_db"),
@@ -76,6 +77,16 @@ def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
     hidden[case.mask] = image.mean(axis=(0, 1))
     p = adapter.predict(np.stack([image, hidden]))[:, case.label]
     return float(p[0] - p[1])
+
+
+def variant(name: str) -> ExplainConfig:
+    """``cfg:lambda1=0.02+patch_size=8``: the default configuration with these fields changed (val exploration)."""
+    fields: dict[str, Any] = {}
+    for part in name[len("cfg:"):].split("+"):
+        key, _, value = part.partition("=")
+        default = getattr(ExplainConfig(), key)  # an unknown field is an AttributeError naming it
+        fields[key] = type(default)(value) if default is not None else float(value)
+    return ExplainConfig(**fields)
 
 
 def select(cases: list[RealCase], adapter: OnnxAdapter, per_class: int) -> list[tuple[RealCase, float]]:
@@ -196,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figshare", default=None, help="the figshare brain-tumour folder holding 0/, 1/ and 2/")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--per-class", type=int, default=10, help="correctly classified images explained per class")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated, from {', '.join(METHODS)}, or cfg:FIELD=VALUE+FIELD=VALUE (the default "
+                        "with ExplainConfig fields changed; for val only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mae", default=None, help="a site MAE (blackbox-lime mae fit) in place of the bundled one")
     p.add_argument("--export-train", default=None, metavar="DIR",
@@ -230,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         p.error("--out is required (the folder for results.json and table.md)")
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and not m.startswith("cfg:")]
     if unknown:
         p.error(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
     result = run(Path(a.figshare), a.split, a.per_class, methods, a.seed, log=lambda s: print(s, file=sys.stderr),
