@@ -7,6 +7,7 @@ uses them too) and are re-exported here for the training scripts.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -53,6 +54,25 @@ def patch_fill_augment(x: torch.Tensor, masks: torch.Tensor, gen: torch.Generato
     hide &= torch.rand(n, 1, 1, 1, generator=gen) < p
     hide_px = F.interpolate(hide.float(), scale_factor=PATCH, mode="nearest").bool()
     return torch.where(hide_px, blurred, x)
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def training_options(ap: "argparse.ArgumentParser", epochs: int) -> None:
+    """The options every classifier script shares: epochs, batch, learning rate, seed, CPU threads."""
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def seeded(a: "argparse.Namespace") -> tuple[torch.Generator, np.random.Generator]:
+    """Seed torch, fix its threads; the run's torch and numpy generators."""
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(a.threads)
+    return torch.Generator().manual_seed(a.seed), np.random.default_rng(a.seed)
 
 
 # ----------------------------------------------------------------------------- classifiers

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import HERE, Softmaxed, classifier_metadata, export_onnx, optimise, to_tensor
+from common import HERE, Softmaxed, classifier_metadata, export_onnx, optimise, seeded, to_tensor, training_options
 from train_unseen import LabelOnlyCNN
 
 from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, figshare_brain  # noqa: E402  (common puts ROOT on the path)
@@ -47,16 +47,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--figshare", required=True, help="the folder holding 0/, 1/ and 2/ (ID.jpg + ID.txt)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    training_options(ap, epochs=10)
     a = ap.parse_args()
-    torch.manual_seed(a.seed)
-    torch.set_num_threads(a.threads)
-    gen = torch.Generator().manual_seed(a.seed)
-    rng = np.random.default_rng(a.seed)
+    gen, rng = seeded(a)
     train, val = figshare_brain(a.figshare, "train"), figshare_brain(a.figshare, "val")
     xt, yt = np.stack([c.image for c in train]), np.array([c.label for c in train])
     xv, yv = np.stack([c.image for c in val]), np.array([c.label for c in val])

@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import HERE, Softmaxed, auroc, classifier_metadata, export_onnx, load_split, optimise, to_tensor
+from common import (HERE, Softmaxed, auroc, classifier_metadata, export_onnx, load_split, optimise, seeded, to_tensor,
+                    training_options)
 
 NAMES = {"brain_mri": "brain_cnn", "fundus": "fundus_cnn"}
 
@@ -70,16 +71,9 @@ def main() -> None:
     ap.add_argument("--family", choices=sorted(NAMES), required=True)
     ap.add_argument("--train", type=int, default=2000)
     ap.add_argument("--val", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    training_options(ap, epochs=12)
     a = ap.parse_args()
-    torch.manual_seed(a.seed)
-    torch.set_num_threads(a.threads)
-    gen = torch.Generator().manual_seed(a.seed)
-    rng = np.random.default_rng(a.seed)
+    gen, rng = seeded(a)
     family = (a.family,)
     train = load_split("train", a.train, modalities=family)
     val = load_split("val", a.val, modalities=family)

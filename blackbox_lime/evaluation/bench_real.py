@@ -222,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((Path(a.out) / "results.json").read_text())
         if a.figshare is not None and any("box_drop" not in r for r in saved["records"]):  # runs before box_drop
             adapter = OnnxAdapter(bundled_model("figshare_brain_cnn.onnx"))
-            cases = {c.id: c for c in figshare_brain(a.figshare, saved["split"])}
+            by_id = {c.id: c for c in figshare_brain(a.figshare, saved["split"])}
             for r in saved["records"]:
-                r["box_drop"] = box_drop(cases[r["id"]], adapter)
+                r["box_drop"] = box_drop(by_id[r["id"]], adapter)
             (Path(a.out) / "results.json").write_text(json.dumps(saved, indent=1) + "\n")
         table = markdown(saved, summarize(saved), saved["command"])
         (Path(a.out) / "table.md").write_text(table)
