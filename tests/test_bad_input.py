@@ -67,7 +67,7 @@ IMG = np.random.default_rng(1).uniform(0, 255, (64, 64)).astype(np.uint8)
 # (id, file name, bytes or a builder(tmp) -> path, the text the message must contain)
 FILES: list[tuple[str, str, Callable[[Path], bytes] | bytes, str]] = [
     ("empty png", "a.png", b"", "a.png is empty"),
-    ("garbage png", "a.png", b"hello world" * 20, "a.png is not an image file"),
+    ("garbage png", "a.png", b"hello world" * 20, "a.png is named .png but its content is not a PNG image"),
     ("png magic only", "a.png", b"\x89PNG\r\n\x1a\n", "a.png is truncated or corrupt"),
     ("truncated png", "a.png", lambda t: _enc(".png", IMG)[:60], "a.png"),
     ("png bomb", "a.png", lambda t: png_claiming(100000, 100000),

@@ -104,7 +104,7 @@ def test_classifier_contract(name: str) -> None:
 
 def test_shipped_models_stay_small() -> None:
     shipped = [p for p in ONNX_DIR.iterdir() if p.suffix in (".onnx", ".pt")]
-    assert len(shipped) == 13
+    assert len(shipped) == 15  # figshare_brain_cnn.onnx and .pt, the real-image benchmark's classifier, included
     assert sum(p.stat().st_size for p in shipped) < 60e6
 
 
@@ -161,3 +161,12 @@ def test_the_multilabel_classifier_declares_its_findings_and_tells_each_apart() 
     for k, name in enumerate(FINDINGS):
         labels = np.array([c.labels[name] for c in cases])
         assert roc_auc_score(labels, p[:, k]) > 0.85, name
+
+
+def test_the_real_image_classifier_declares_its_three_tumour_types() -> None:
+    from blackbox_lime.adapters.onnx import OnnxAdapter
+
+    with OnnxAdapter(ONNX_DIR / "figshare_brain_cnn.onnx") as model:
+        assert model.info.class_names == ("pituitary", "meningioma", "glioma") and model.info.input_size == (224, 224)
+        p = model.predict(np.full((2, 224, 224, 3), 0.3, np.float32))
+    assert p.shape == (2, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
