@@ -68,6 +68,23 @@ def training_options(ap: "argparse.ArgumentParser", epochs: int) -> None:
     ap.add_argument("--threads", type=int, default=2)
 
 
+class BestEpoch:
+    """The epoch with the best validation score so far: its weights, restored into the model after training."""
+
+    def __init__(self) -> None:
+        self.score, self.state = -math.inf, None
+
+    def offer(self, score: float, model: nn.Module) -> None:
+        if score > self.score:
+            self.score, self.state = score, {k: v.clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> dict:
+        if self.state is None:
+            raise RuntimeError("no epoch was scored")
+        model.load_state_dict(self.state)
+        return self.state
+
+
 def seeded(a: "argparse.Namespace") -> tuple[torch.Generator, np.random.Generator]:
     """Seed torch, fix its threads; the run's torch and numpy generators."""
     torch.manual_seed(a.seed)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import HERE, Softmaxed, classifier_metadata, export_onnx, optimise, seeded, to_tensor, training_options
+from common import HERE, BestEpoch, Softmaxed, classifier_metadata, export_onnx, optimise, seeded, to_tensor, training_options
 from train_unseen import LabelOnlyCNN
 
 from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, figshare_brain  # noqa: E402  (common puts ROOT on the path)
@@ -59,7 +59,7 @@ def main() -> None:
     steps_per_epoch = len(yt) // a.batch
     total = a.epochs * steps_per_epoch
     weights = torch.tensor(len(yt) / (len(FIGSHARE_CLASSES) * np.bincount(yt)), dtype=torch.float32)
-    best, best_state, step, t0 = -1.0, None, 0, time.time()
+    best, step, t0 = BestEpoch(), 0, time.time()
     for epoch in range(a.epochs):
         model.train()
         order = rng.permutation(len(yt))
@@ -73,19 +73,17 @@ def main() -> None:
         acc = evaluate(model, xv, yv)
         print(f"epoch {epoch + 1}/{a.epochs} loss {np.mean(losses):.4f} val accuracy {acc:.4f}  "
               f"{time.time() - t0:.0f}s", flush=True)
-        if acc > best:
-            best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
-    assert best_state is not None
-    model.load_state_dict(best_state)
+        best.offer(acc, model)
+    best_state = best.restore(model)
     torch.save(best_state, HERE / f"{NAME}.pt")
     meta = classifier_metadata("LabelOnlyCNN")
     meta.update({"class_names": list(FIGSHARE_CLASSES), "abnormal_index": 0, "family": "figshare_brain",
                  "intended_use": "benchmarking explanation methods on real MRI; never diagnosis",
                  "training": {"seed": a.seed, "epochs": a.epochs, "train_cases": int(len(yt)),
-                              "best_val_accuracy": round(best, 4), "train_seconds": round(time.time() - t0),
+                              "best_val_accuracy": round(best.score, 4), "train_seconds": round(time.time() - t0),
                               "supervision": "image label only", "data": "figshare brain tumour, train split"}})
     export_onnx(Softmaxed(model), (torch.rand(2, 3, 224, 224),), HERE / f"{NAME}.onnx", ["image"], ["probs"], meta)
-    print(f"done in {time.time() - t0:.0f}s; best val accuracy {best:.4f}")
+    print(f"done in {time.time() - t0:.0f}s; best val accuracy {best.score:.4f}")
 
 
 if __name__ == "__main__":

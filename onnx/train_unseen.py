@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (HERE, Softmaxed, auroc, classifier_metadata, export_onnx, load_split, optimise, seeded, to_tensor,
+from common import (HERE, BestEpoch, Softmaxed, auroc, classifier_metadata, export_onnx, load_split, optimise, seeded, to_tensor,
                     training_options)
 
 NAMES = {"brain_mri": "brain_cnn", "fundus": "fundus_cnn"}
@@ -82,7 +82,7 @@ def main() -> None:
     n = len(train["labels"])
     steps_per_epoch = n // a.batch
     total = a.epochs * steps_per_epoch
-    best, best_state, step, t0 = -1.0, None, 0, time.time()
+    best, step, t0 = BestEpoch(), 0, time.time()
     for epoch in range(a.epochs):
         model.train()
         order = rng.permutation(n)
@@ -101,18 +101,16 @@ def main() -> None:
         score = evaluate(model, val)
         print(f"epoch {epoch + 1}/{a.epochs} loss {np.mean(losses):.4f} val AUROC {score:.4f}  "
               f"{time.time() - t0:.0f}s", flush=True)
-        if score > best:
-            best, best_state = score, {k: v.clone() for k, v in model.state_dict().items()}
-    assert best_state is not None
-    model.load_state_dict(best_state)
+        best.offer(score, model)
+    best_state = best.restore(model)
     name = NAMES[a.family]
     torch.save(best_state, HERE / f"{name}.pt")
     meta = classifier_metadata("LabelOnlyCNN")  # brain_cnn.onnx records "BrainCNN", this class's first name
     meta["family"] = a.family
-    meta["training"] = {"seed": a.seed, "epochs": a.epochs, "train_cases": n, "best_val_auroc": round(best, 4),
+    meta["training"] = {"seed": a.seed, "epochs": a.epochs, "train_cases": n, "best_val_auroc": round(best.score, 4),
                         "train_seconds": round(time.time() - t0), "supervision": "image label only"}
     export_onnx(Softmaxed(model), (torch.rand(2, 3, 224, 224),), HERE / f"{name}.onnx", ["image"], ["probs"], meta)
-    print(f"done in {time.time() - t0:.0f}s; best val AUROC {best:.4f}")
+    print(f"done in {time.time() - t0:.0f}s; best val AUROC {best.score:.4f}")
 
 
 if __name__ == "__main__":
