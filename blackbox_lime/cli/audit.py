@@ -43,7 +43,8 @@ def run_audit_command(a: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
 
 
-def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explainer: Any) -> dict[str, Any]:
+def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explainer: Any,
+                  burned_in: str) -> dict[str, Any]:
     """What an audit's maps depend on, by option name: a resume must give the same values."""
     from blackbox_lime.outputs import file_sha256
 
@@ -52,7 +53,7 @@ def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explai
     for option, field in CONFIG_OPTIONS.items():
         config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
     config.update({"--seed": a.seed, "--target": a.target, "--threshold": a.threshold, "--frame": a.frame,
-                   **({"--burned-in": a.burned_in_resolved} if a.burned_in_resolved != "warn" else {}),
+                   **({"--burned-in": burned_in} if burned_in != "warn" else {}),
                    "--output-kind": a.output_kind,
                    "--mae": None if explainer.mae is None else file_sha256(explainer.mae.path),
                    "--bank": None if a.bank is None else file_sha256(a.bank),
@@ -98,7 +99,7 @@ def run_audit(a: argparse.Namespace) -> int:
         cfg = config_from_options(a)
         adapter = adapter_from_options(a)  # before anything is written: a bad model or endpoint leaves nothing behind
         redact_logs(adapter)
-        a.burned_in_resolved = burned_in_policy(a, adapter)
+        burned_in = burned_in_policy(a, adapter)  # auto resolved: what the maps and the config depend on
         stack = contextlib.ExitStack()  # the Dask client and cluster, if any: closed before the adapter
         try:
             explainer, target = explainer_and_target(a, adapter, cfg)
@@ -110,7 +111,7 @@ def run_audit(a: argparse.Namespace) -> int:
                 model["endpoint"]["metadata"] = {
                     "name": meta.name, "input": [meta.input_name, meta.input_datatype, list(meta.input_shape)],
                     "output": [meta.output_name, list(meta.output_shape or [])]}
-            config = _audit_config(a, cfg, model_key(model), explainer)
+            config = _audit_config(a, cfg, model_key(model), explainer, burned_in)
             if old is not None:
                 diff = config_difference(old.config, config)
                 if diff is not None:
@@ -154,13 +155,13 @@ def run_audit(a: argparse.Namespace) -> int:
                     if client is not None:
                         from blackbox_lime.audit.cluster import run_on_cluster
 
-                        result = run_on_cluster(client, out, store, _cluster_settings(a, cfg, target, salt, budget),
-                                                progress)
+                        settings = _cluster_settings(a, cfg, target, salt, budget, burned_in)
+                        result = run_on_cluster(client, out, store, settings, progress)
                     else:
                         result = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
                                              target=target, frame=a.frame, salt=salt, threshold=a.threshold,
                                              max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS,
-                                             burned_in=a.burned_in_resolved, progress=progress).run()
+                                             burned_in=burned_in, progress=progress).run()
                 except KeyboardInterrupt:
                     bar.close()  # before the message, so the bar does not overwrite it
                     print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
@@ -197,7 +198,8 @@ def run_audit(a: argparse.Namespace) -> int:
     return EXIT_CASES_FAILED if result.failed else EXIT_OK
 
 
-def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, budget: int | None) -> Any:
+def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, budget: int | None,
+                      burned_in: str) -> Any:
     """What every worker needs to rebuild the adapter and the explainer."""
     from blackbox_lime.audit.cluster import WorkerSettings
     from blackbox_lime.audit.source import source_root
@@ -210,7 +212,7 @@ def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, b
         mae=None if a.mae is None else str(Path(a.mae).resolve()),
         bank=None if a.bank is None else str(Path(a.bank).resolve()), seed=a.seed, target=target,
         threshold=a.threshold, frame=a.frame, salt=salt, root=str(source_root(a.source).resolve()), budget=budget,
-        concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, burned_in=a.burned_in_resolved)
+        concurrency=a.concurrency or 1, max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS, burned_in=burned_in)
 
 
 @contextlib.contextmanager
