@@ -3,7 +3,7 @@
 Example (every key but ``url`` is optional; the endpoint's metadata fills in what it can)::
 
     url = "https://models.vendor.example/v2/models/chest-cls"   # OIP REST; :predict URLs are TF-Serving
-    protocol = "oip-rest"          # oip-rest | tfserving | oip-grpc (default: from the URL)
+    protocol = "oip-rest"          # oip-rest | tfserving | oip-grpc | file (default: from the URL)
     model = "chest-cls"            # OIP model name, if not in the URL
     version = "3"
     calibration = "fill.toml"      # a site calibration (blackbox-lime calibrate), relative to this file: its fill
@@ -50,6 +50,9 @@ Example (every key but ``url`` is optional; the endpoint's metadata fills in wha
     max_response_mb = 4            # HTTP: the largest inference answer read (default: derived from the request)
     binary = "auto"                # OIP REST binary tensors: auto | always | never
 
+A vendor file API (one encoded image in, labelled scores out) is ``protocol = "file"`` with a ``preset`` and
+``[request]`` / ``[response]`` sections: see :mod:`blackbox_lime.adapters.file_api`.
+
 A token is never written in the profile or on the command line: it comes from an environment
 variable or a file, and it is redacted from every log line, error and report.
 """
@@ -61,10 +64,11 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Callable
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import ConfigError
+from .file_api import REQUEST_KEYS, RESPONSE_KEYS, FileRequest, FileResponse, resolve_preset
 from .remote import RemoteAdapter, RemotePolicy, check_endpoint_url, safe_url
 
 if sys.version_info >= (3, 11):
@@ -74,7 +78,9 @@ else:  # pragma: no cover - Python 3.10
 
 _KEYS: dict[str | None, set[str]] = {
     None: {"url", "protocol", "model", "version", "allow_insecure_http", "calibration", "input", "output", "auth", "tls",
-           "limits"},
+           "limits", "preset", "request", "response"},
+    "request": REQUEST_KEYS,
+    "response": RESPONSE_KEYS,
     "input": {"size", "channels", "layout", "dtype", "mean", "std", "name"},
     "output": {"kind", "class_names", "abnormal_index", "name"},
     "auth": {"token_env", "token_file", "header", "scheme"},
@@ -83,7 +89,6 @@ _KEYS: dict[str | None, set[str]] = {
                "retry_after_cap_s", "retry_deadline_s", "max_message_mb", "binary", "backoff_s",
                "response_deadline_s", "max_response_mb"},
 }
-PROTOCOLS = ("oip-rest", "tfserving", "oip-grpc")
 
 
 def _check_values(doc: dict[str, Any], name: str) -> None:
@@ -192,6 +197,9 @@ class EndpointProfile:
     limits: dict[str, Any] = field(default_factory=dict)
     source: str = "the command line"
     calibration: str | None = None  # the site calibration's path (resolved against the profile's folder)
+    preset: str | None = None  # protocol "file": a vendor's documented request and answer
+    request: dict[str, Any] = field(default_factory=dict)  # protocol "file": [request], the preset's keys included
+    response: dict[str, Any] = field(default_factory=dict)  # protocol "file": [response], likewise
 
     # -- construction --------------------------------------------------------------------------
 
@@ -226,7 +234,12 @@ class EndpointProfile:
             if v:
                 doc[section][key] = str((base / Path(v).expanduser()) if not Path(v).expanduser().is_absolute()
                                         else Path(v).expanduser())
-        prof = cls.from_url(str(doc["url"]), protocol=doc.get("protocol"), model=doc.get("model"),
+        file_keys = [k for k in ("preset", "request", "response") if k in doc]
+        protocol = doc.get("protocol") or ("file" if file_keys else None)
+        if file_keys and protocol != "file":
+            raise ConfigError(f"{path.name}: {file_keys[0]!r} is for protocol = \"file\" (a vendor file API), but the "
+                              f"profile says protocol = {protocol!r}. Remove it, or set protocol = \"file\".")
+        prof = cls.from_url(str(doc["url"]), protocol=protocol, model=doc.get("model"),
                             version=None if doc.get("version") is None else str(doc["version"]),
                             allow_insecure_http=allow_insecure_http or bool(doc.get("allow_insecure_http", False)))
         prof.input, prof.output = dict(doc.get("input", {})), dict(doc.get("output", {}))
@@ -240,7 +253,21 @@ class EndpointProfile:
             c = Path(cal).expanduser()
             prof.calibration = str(c if c.is_absolute() else base / c)
         _check_values(doc, path.name)  # before anything reaches the network
+        if prof.protocol == "file":
+            preset = doc.get("preset")
+            if preset is not None and not isinstance(preset, str):
+                raise ConfigError(f"{path.name}: preset must be a string. Got {preset!r} instead.")
+            try:
+                prof.request, prof.response, _ = resolve_preset(preset, doc.get("request", {}), doc.get("response", {}), {})
+                FileRequest(**prof.request), FileResponse(**prof.response)
+            except ConfigError as exc:
+                raise ConfigError(f"{path.name}: {exc.args[0]}") from None
+            prof.preset = preset
         return prof
+
+    def auth_settings(self) -> dict[str, Any]:
+        """[auth] with a file preset's defaults (Custom Vision's Prediction-Key header) under the profile's own."""
+        return resolve_preset(self.preset, {}, {}, self.auth)[2] if self.protocol == "file" else dict(self.auth)
 
     @classmethod
     def from_url(cls, url: str, protocol: str | None = None, model: str | None = None, version: str | None = None,
@@ -253,37 +280,16 @@ class EndpointProfile:
         """
         check_endpoint_url(url, allow_insecure_http)
         parts = urlsplit(url)
-        if parts.scheme in ("grpc", "grpcs"):
-            guess = "oip-grpc"
-            segs = [s for s in parts.path.split("/") if s]
-            if segs:
-                model = model or segs[0]
-                version = version or (segs[1] if len(segs) > 1 else None)
-            base = f"{parts.scheme}://{parts.netloc}"
-        elif parts.path.endswith(":predict"):
-            guess, base = "tfserving", url
-        else:
-            guess = "oip-rest"
-            path = parts.path
-            if "/v2/models/" in path:
-                prefix, rest = path.split("/v2/models/", 1)
-                segs = [s for s in rest.split("/") if s]
-                if segs and segs[-1] in ("infer", "ready"):
-                    segs = segs[:-1]
-                if segs:
-                    model = model or segs[0]
-                if len(segs) >= 3 and segs[1] == "versions":
-                    version = version or segs[2]
-                path = prefix
-            base = f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}"
-        protocol = protocol or guess
+        if protocol is None:
+            protocol = next(p.name for p in PROTOCOLS.values() if p.claims(parts))
         if protocol not in PROTOCOLS:
             raise ConfigError(f"The 'protocol' setting must be one of {', '.join(PROTOCOLS)}. Got {protocol!r} instead.")
-        if protocol == "oip-grpc" and parts.scheme not in ("grpc", "grpcs"):
-            raise ConfigError(f"protocol 'oip-grpc' needs a grpc:// or grpcs:// URL. Got {safe_url(url)}.")
-        if protocol != "oip-grpc" and parts.scheme not in ("http", "https"):
-            raise ConfigError(f"protocol {protocol!r} needs an http:// or https:// URL. Got {safe_url(url)}.")
-        if protocol == "oip-rest" and not model:
+        entry = PROTOCOLS[protocol]
+        if parts.scheme not in entry.schemes:
+            raise ConfigError(f"protocol {protocol!r} needs a {' or '.join(s + '://' for s in entry.schemes)} URL. Got "
+                              f"{safe_url(url)}.")
+        base, model, version = entry.parse(url, parts, model, version)
+        if entry.needs_model and not model:
             raise ConfigError(f"No model name in {safe_url(url)}: use http(s)://host:port/v2/models/NAME, or a profile "
                               "with 'model'.")
         return cls(url=base, protocol=protocol, model=model, version=version, allow_insecure_http=allow_insecure_http)
@@ -322,50 +328,126 @@ class EndpointProfile:
             kw["rate"] = None
         return RemotePolicy(**kw)
 
-    def _http_limits(self, policy: RemotePolicy) -> dict[str, Any]:
-        mb = self.limits.get("max_response_mb")
-        return dict(connect_timeout=policy.connect_timeout, pool=policy.concurrency,
-                    response_deadline=self.limits.get("response_deadline_s"),
-                    max_response_bytes=None if mb is None else int(float(mb) * (1 << 20)))
-
     def build(self, *, budget: int | None = None, max_batch: int | None = None, concurrency: int | None = None,
               allow_insecure_http: bool = False, **overrides: Any) -> RemoteAdapter:
         """Make the adapter. Command-line values (budget, max_batch, concurrency) override the profile's."""
         insecure = allow_insecure_http or self.allow_insecure_http
         token = self.token()
-        scheme = self.auth.get("scheme", "Bearer")
-        header = str(self.auth.get("header", "Authorization"))
+        auth = self.auth_settings()
+        scheme = auth.get("scheme", "Bearer")
+        header = str(auth.get("header", "Authorization"))
         headers = {header: f"{scheme} {token}" if scheme else token} if token else {}
         policy = overrides.pop("policy", None) or self.policy(concurrency)
         tls = self.tls
         common: dict[str, Any] = dict(headers=headers, verify=bool(tls.get("verify", True)), ca_bundle=tls.get("ca_bundle"),
                       client_cert=tls.get("client_cert"), client_key=tls.get("client_key"),
                       timeout=policy.timeout, allow_insecure_http=insecure)
-        if self.protocol == "oip-grpc":
-            from .grpc import OipGrpcTransport
+        adapter_kw: dict[str, Any] = dict(
+            input_size=self.input.get("size"), channels=self.input.get("channels"), output=str(self.output.get("kind", "probabilities")),
+            class_names=self.output.get("class_names"), abnormal_index=self.output.get("abnormal_index"),
+            max_batch=int(max_batch or self.limits.get("max_batch", 32)),
+            budget=budget if budget is not None else self.limits.get("budget"),
+            policy=policy, secrets=[token] if token else [], **overrides)
+        return PROTOCOLS[self.protocol].build(self, common, policy, adapter_kw)
 
-            transport: Any = OipGrpcTransport(self.url, self.model or "", self.version,
-                                              max_message_mb=float(self.limits.get("max_message_mb", 256)), **common)
-        elif self.protocol == "oip-rest":
-            from .http import OipRestTransport
 
-            transport = OipRestTransport(self.url, self.model or "", self.version, binary=str(self.limits.get("binary", "auto")),
-                                         **self._http_limits(policy), **common)
-        else:
-            from .http import TFServingTransport
+# -- protocols ---------------------------------------------------------------------------------------
 
-            transport = TFServingTransport(self.url, **self._http_limits(policy), **common)
-        inp, out = self.input, self.output
-        try:
-            return RemoteAdapter(
-                transport, input_size=inp.get("size"), channels=inp.get("channels"), layout=inp.get("layout"),
-                dtype=inp.get("dtype"), mean=inp.get("mean"), std=inp.get("std"), input_name=inp.get("name"),
-                output=str(out.get("kind", "probabilities")), output_name=out.get("name"),
-                class_names=out.get("class_names"), abnormal_index=out.get("abnormal_index"),
-                max_batch=int(max_batch or self.limits.get("max_batch", 32)),
-                budget=budget if budget is not None else self.limits.get("budget"),
-                policy=policy, secrets=[token] if token else [],
-                discover=self.protocol != "tfserving", **overrides)
-        except BaseException:
-            transport.close()
-            raise
+
+@dataclass(frozen=True)
+class Protocol:
+    """One transport: which URLs it claims when the profile names no protocol, how its URL splits into base,
+    model and version, and how its adapter is built. A new protocol is one entry of :data:`PROTOCOLS`."""
+
+    name: str
+    schemes: tuple[str, ...]
+    claims: Callable[[SplitResult], bool]
+    parse: Callable[[str, SplitResult, str | None, str | None], tuple[str, str | None, str | None]]
+    build: Callable[[EndpointProfile, dict[str, Any], RemotePolicy, dict[str, Any]], RemoteAdapter]
+    needs_model: bool = False
+
+
+def _tensor_adapter(prof: EndpointProfile, transport: Any, adapter_kw: dict[str, Any], discover: bool) -> RemoteAdapter:
+    inp = prof.input
+    try:
+        return RemoteAdapter(transport, layout=inp.get("layout"), dtype=inp.get("dtype"), mean=inp.get("mean"),
+                             std=inp.get("std"), input_name=inp.get("name"), output_name=prof.output.get("name"),
+                             discover=discover, **adapter_kw)
+    except BaseException:
+        transport.close()
+        raise
+
+
+def _http_limits(prof: EndpointProfile, policy: RemotePolicy) -> dict[str, Any]:
+    mb = prof.limits.get("max_response_mb")
+    return dict(connect_timeout=policy.connect_timeout, pool=policy.concurrency,
+                response_deadline=prof.limits.get("response_deadline_s"),
+                max_response_bytes=None if mb is None else int(float(mb) * (1 << 20)))
+
+
+def _parse_grpc(url: str, parts: SplitResult, model: str | None, version: str | None
+                ) -> tuple[str, str | None, str | None]:
+    segs = [s for s in parts.path.split("/") if s]
+    if segs:
+        model = model or segs[0]
+        version = version or (segs[1] if len(segs) > 1 else None)
+    return f"{parts.scheme}://{parts.netloc}", model, version
+
+
+def _parse_oip_rest(url: str, parts: SplitResult, model: str | None, version: str | None
+                    ) -> tuple[str, str | None, str | None]:
+    path = parts.path
+    if "/v2/models/" in path:
+        prefix, rest = path.split("/v2/models/", 1)
+        segs = [s for s in rest.split("/") if s]
+        if segs and segs[-1] in ("infer", "ready"):
+            segs = segs[:-1]
+        if segs:
+            model = model or segs[0]
+        if len(segs) >= 3 and segs[1] == "versions":
+            version = version or segs[2]
+        path = prefix
+    return f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}", model, version
+
+
+def _build_grpc(prof: EndpointProfile, common: dict[str, Any], policy: RemotePolicy, kw: dict[str, Any]) -> RemoteAdapter:
+    from .grpc import OipGrpcTransport
+
+    transport = OipGrpcTransport(prof.url, prof.model or "", prof.version,
+                                 max_message_mb=float(prof.limits.get("max_message_mb", 256)), **common)
+    return _tensor_adapter(prof, transport, kw, discover=True)
+
+
+def _build_oip_rest(prof: EndpointProfile, common: dict[str, Any], policy: RemotePolicy,
+                    kw: dict[str, Any]) -> RemoteAdapter:
+    from .http import OipRestTransport
+
+    transport = OipRestTransport(prof.url, prof.model or "", prof.version, binary=str(prof.limits.get("binary", "auto")),
+                                 **_http_limits(prof, policy), **common)
+    return _tensor_adapter(prof, transport, kw, discover=True)
+
+
+def _build_tfserving(prof: EndpointProfile, common: dict[str, Any], policy: RemotePolicy,
+                     kw: dict[str, Any]) -> RemoteAdapter:
+    from .http import TFServingTransport
+
+    return _tensor_adapter(prof, TFServingTransport(prof.url, **_http_limits(prof, policy), **common), kw, discover=False)
+
+
+def _build_file(prof: EndpointProfile, common: dict[str, Any], policy: RemotePolicy, kw: dict[str, Any]) -> RemoteAdapter:
+    from .file_api import build_file_adapter
+
+    request, response, _ = resolve_preset(prof.preset, prof.request, prof.response, {})
+    return build_file_adapter(prof.url, request, response, preset=prof.preset,
+                              transport_kw={**_http_limits(prof, policy), **common}, adapter_kw=kw)
+
+
+#: Every protocol, in the order they claim a URL that names none (the last, OIP REST, claims any http(s) URL).
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("oip-grpc", ("grpc", "grpcs"), lambda u: u.scheme in ("grpc", "grpcs"), _parse_grpc, _build_grpc),
+    Protocol("tfserving", ("http", "https"), lambda u: u.path.endswith(":predict"),
+             lambda url, parts, m, v: (url, m, v), _build_tfserving),
+    Protocol("file", ("http", "https"), lambda u: False, lambda url, parts, m, v: (url, m, v), _build_file),
+    Protocol("oip-rest", ("http", "https"), lambda u: u.scheme in ("http", "https"), _parse_oip_rest, _build_oip_rest,
+             needs_model=True),
+)}

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter
+from blackbox_lime.adapters.censoring import censoring_of
 from blackbox_lime import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
@@ -34,10 +35,12 @@ from blackbox_lime.fill_choice import (FillChoice, coarse_design, decide, eviden
                                       score_pilot)
 from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
-from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
+from blackbox_lime.surrogate import SparseSurrogate, censored_fit, proximity_kernel
 from blackbox_lime.test_time_adaptation import Adaptation, adapt
 
 log = logging.getLogger(__name__)
+
+CENSORED_WARN = 0.5  # warn when the endpoint omitted the explained label from more than this share of its answers
 
 InputTransform = Callable[[np.ndarray], np.ndarray]
 
@@ -108,6 +111,7 @@ class Explainer:
                  reference: Callable[[np.ndarray], tuple[np.ndarray, list[dict]]] | None = None,
                  device: str = "auto", threads: int | None = None, overlap: bool | None = None) -> None:
         self.adapter = adapter
+        self.censoring = censoring_of(adapter.info.extra)  # an endpoint that omits labels from its answers, or None
         self.overlap = not adapter.computes_locally if overlap is None else overlap
         self.config = config or ExplainConfig()
         cfg = self.config
@@ -299,8 +303,9 @@ class Explainer:
         traffic = {k: now[k] - run.counters[k] for k in ("queries", "images_asked", "requests", "retries",
                                                            "refused_for_size")}
         traffic.update(request_size=now["request_size"], max_batch=now["max_batch"])
-        return _Shared(run, filler, fill_record, fill_warnings, visible, probs,
-                       proximity_kernel(visible, self.config.kernel_width), adaptation, traffic, keep_samples)
+        upper = self.censoring.bounds(probs) if self.censoring is not None else None
+        return _Shared(run, filler, fill_record, fill_warnings, visible, self._complete(probs),
+                       proximity_kernel(visible, self.config.kernel_width), adaptation, traffic, keep_samples, upper)
 
     def _fit_one(self, shared: "_Shared", target: int) -> Explanation:
         """One target's evidence prior, surrogate and map, from the shared queried samples."""
@@ -309,7 +314,8 @@ class Explainer:
         ref, neighbours, evidence = self._prior(shared.run.canvas, target, notes)
         timings["evidence"] = time.perf_counter() - t
         t = time.perf_counter()
-        fit = self._surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence)
+        upper = None if shared.upper is None else shared.upper[:, target]
+        fit = self._surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence, upper)
         saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2])
         timings["surrogate"] = time.perf_counter() - t
         warnings = _weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
@@ -317,9 +323,21 @@ class Explainer:
         warnings += _low_fidelity_warnings(fit.r2_evidence, shared.filler.name, self.config, fit.r2_heldout,
                                            self.adapter.info.class_names[target])
         warnings += shared.fill_warnings
+        warnings += self._censored_warnings(fit.censored, len(fit.y), self.adapter.info.class_names[target])
         for w in warnings:
             log.info("weak map: %s", w)
         return self._explanation(shared, target, fit, saliency, neighbours, evidence, timings, notes, warnings)
+
+    def _censored_warnings(self, censored: int, n: int, name: str) -> list[str]:
+        """A censoring endpoint that left the explained label out of most answers: the map rests on bounds."""
+        if self.censoring is None or censored <= CENSORED_WARN * n:
+            return []
+        limit = " and ".join(p for p in (f"its top {self.censoring.top_k}" if self.censoring.top_k else "",
+                                         f"scores above {self.censoring.threshold:g}" if self.censoring.threshold else "")
+                             if p)
+        return [f"the endpoint listed {name!r} in only {n - censored} of its {n} answers (it lists {limit}); elsewhere "
+                "its score is known only as a bound, so this map rests on few measured answers. Ask the endpoint for "
+                "more labels per answer if it can (a higher top_k or a lower threshold)."]
 
     def _prior(self, canvas: np.ndarray, target: int, notes: list[str]
                ) -> tuple[np.ndarray, list[dict], dict[str, Any] | None]:
@@ -337,21 +355,29 @@ class Explainer:
         return np.asarray(ref, np.float64).reshape(-1), neighbours, evidence
 
     def _surrogate(self, visible: np.ndarray, y: np.ndarray, weights: np.ndarray, ref: np.ndarray,
-                   evidence: dict[str, Any] | None) -> "_Fit":
-        """The sparse surrogate on the design and its fidelity (R^2 in-sample, held out, and of the evidence fit)."""
+                   evidence: dict[str, Any] | None, upper: np.ndarray | None = None) -> "_Fit":
+        """The sparse surrogate on the design and its fidelity (R^2 in-sample, held out, and of the evidence fit).
+        ``upper``: the bounds of answers a censoring endpoint omitted (+inf where measured); those answers are
+        fitted as bounds (:func:`~blackbox_lime.surrogate.censored_fit`) and the fidelity is read on the completed
+        answers."""
         cfg = self.config
         lambda2 = cfg.lambda2_for(prior=evidence is not None)
         options: dict[str, Any] = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref,
                                        lambda1_scale=cfg.lambda1_scale, lambda1_cap=cfg.lambda1_cap,
                                        reference_scale="fit")
         X = visible.astype(np.float64)
-        model = SparseSurrogate(**options).fit(X, y, weights)
+        censored = 0
+        if upper is not None and np.isfinite(upper).any():
+            model, y, _ = censored_fit(lambda: SparseSurrogate(**options), X, y, upper, weights)
+            censored = int(np.isfinite(upper).sum())
+        else:
+            model = SparseSurrogate(**options).fit(X, y, weights)
         moved = model.response_sd_ >= WEAK_RESPONSE_SD
         r2_heldout = heldout_r2(X[1:], y[1:], weights[1:], (X[0], y[0]), options) if moved else float("nan")
         r2_evidence = evidence_r2(X[1:], y[1:], weights[1:], (X[0], y[0])) if moved else float("nan")
         if evidence is not None:
             evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
-        return _Fit(model, y, lambda2, r2_heldout, r2_evidence)
+        return _Fit(model, y, lambda2, r2_heldout, r2_evidence, censored)
 
     def _explanation(self, shared: "_Shared", target: int, fit: "_Fit", saliency: np.ndarray, neighbours: list[dict],
                      evidence: dict[str, Any] | None, timings: dict[str, float], notes: list[str],
@@ -386,6 +412,8 @@ class Explainer:
             lambda1_capped=model.lambda1_capped_,
             adaptation=None if shared.adaptation is None else shared.adaptation.summary(),
             evidence=evidence,
+            censoring=(None if self.censoring is None else
+                       {**self.censoring.describe(), "answers": len(fit.y), "censored": fit.censored}),
             r2_heldout=fit.r2_heldout,
             r2_evidence=fit.r2_evidence,
             fill=shared.fill_record,
@@ -403,7 +431,7 @@ class Explainer:
         info = self.adapter.info
         canvas = to_canvas(check_image(image), info.input_size, info.channels, [])
         gen = np.random.default_rng(rng) if isinstance(rng, (int, np.integer)) else rng
-        probs0 = self._query(canvas[None], self.input_transform)[0]
+        probs0 = self._complete(self._query(canvas[None], self.input_transform))[0]
         targets = [int(np.argmax(probs0)) if target is None else target]
         timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
         return self._choose_fill(canvas, self.input_transform, lambda: (targets, probs0), gen, _NoBar(), timings)[0]
@@ -486,7 +514,8 @@ class Explainer:
         for name, filler in candidates.items():  # designs drawn in candidate order: deterministic for a seed
             coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, block)
             probs = self._sample(canvas, filler, fine, np.arange(n), transform, bar, timings)
-            per = [score_pilot(coarse, probs[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
+            filled = self._complete(probs)
+            per = [score_pilot(coarse, filled[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
             moved = [sc for sc, _ in per if sc is not None]
             scores[name] = float(np.mean(moved)) if moved else None
             spread[name] = max(sd for _, sd in per)
@@ -546,9 +575,18 @@ class Explainer:
         return out
 
     def _query(self, batch: np.ndarray, transform: InputTransform | None) -> np.ndarray:
+        """The adapter's answers: NaN where a censoring endpoint omitted a label (see :meth:`_complete`)."""
         if transform is not None:
             batch = transform(batch)
         return self.adapter.predict(batch)
+
+    def _complete(self, probs: np.ndarray) -> np.ndarray:
+        """Answers with a value in every cell: an omitted score (NaN) imputed within its bound
+        (:meth:`~blackbox_lime.adapters.censoring.Censoring.impute`) for the target choice, the fill pilots and
+        the report; the surrogate fits those cells as bounds instead (:func:`~blackbox_lime.surrogate.censored_fit`)."""
+        if self.censoring is None or not np.isnan(probs).any():
+            return probs
+        return self.censoring.impute(probs)
 
 
 class _Answer:
@@ -575,11 +613,11 @@ class _Answer:
         return self._probs0
 
     def targets(self) -> list[int]:
-        return _resolve_targets(self.spec, self.probs0()[0], self.threshold)
+        return _resolve_targets(self.spec, self.explainer._complete(self.probs0())[0], self.threshold)
 
     def answered(self) -> tuple[list[int], np.ndarray]:
         """(the targets, probs (K,))."""
-        return self.targets(), self.probs0()[0]
+        return self.targets(), self.explainer._complete(self.probs0())[0]
 
 
 @dataclass
@@ -609,6 +647,7 @@ class _Shared:
     adaptation: Adaptation | None
     traffic: dict[str, int]  # what this explanation sent: ClassifierAdapter.counters(), as differences
     keep_samples: bool
+    upper: np.ndarray | None = None  # (n, K) bounds of the scores a censoring endpoint omitted (+inf: measured)
 
 
 @dataclass
@@ -618,6 +657,7 @@ class _Fit:
     lambda2: float
     r2_heldout: float
     r2_evidence: float
+    censored: int = 0  # answers in which a censoring endpoint omitted the target's score
 
 
 class _Chunks:

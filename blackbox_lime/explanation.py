@@ -84,6 +84,7 @@ class Explanation:
     fill: dict[str, Any] = field(default_factory=dict)
     shared_with: list[str] = field(default_factory=list)
     traffic: dict[str, int] = field(default_factory=dict)
+    censoring: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -109,6 +110,7 @@ class Explanation:
             "config": self.config,
             "adaptation": self.adaptation,
             "evidence": self.evidence,
+            **({"censoring": self.censoring} if self.censoring is not None else {}),
             "neighbours": self.neighbours,
             "notes": self.notes,
             "warnings": self.warnings,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from typing import Callable
 
 import numpy as np
 from scipy import linalg, optimize
@@ -207,3 +208,37 @@ class SparseSurrogate:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, np.float64) @ self.coef_ + self.intercept_
+
+
+def censored_fit(make: Callable[[], SparseSurrogate], X: np.ndarray, y: np.ndarray, upper: np.ndarray,
+                 sample_weight: np.ndarray, max_rounds: int = 30, tol: float = 1e-6
+                 ) -> tuple[SparseSurrogate, np.ndarray, int]:
+    """The surrogate where some answers are known only as bounds: an endpoint that lists its top k labels, or
+    those above a threshold, leaves the explained label's score out of some answers, and that score is then only
+    known to lie in [0, ``upper``] (``upper`` finite there, +inf where the score was measured).
+
+    The fit minimises the kernel-weighted squared error on measured answers plus, on censored ones, the squared
+    distance of the prediction from [0, upper] (zero inside it: a one-sided, Tobit-like loss without a noise model),
+    with the same L1 and prior terms. It does so by majorisation: each round sets every censored answer to its
+    prediction projected onto [0, upper] and refits, which can only lower that objective; it stops when no censored
+    value moves by more than ``tol`` (or after ``max_rounds``). A missing score is therefore never read as 0, nor as
+    the bound: it takes the value the measured answers predict, within what the endpoint's answer allows.
+
+    ``y`` holds a starting value for every censored answer (:meth:`Censoring.impute
+    <blackbox_lime.adapters.censoring.Censoring.impute>`). Returns the model, the completed answers and the rounds
+    run (0: nothing censored).
+    """
+    censored = np.isfinite(upper)
+    y = np.clip(np.asarray(y, np.float64).copy(), 0.0, np.where(censored, upper, np.inf))
+    model = make().fit(X, y, sample_weight)
+    if not censored.any():
+        return model, y, 0
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        new = np.clip(model.predict(X[censored]), 0.0, upper[censored])
+        moved = float(np.max(np.abs(new - y[censored])))
+        y[censored] = new
+        if moved <= tol:
+            break
+        model = make().fit(X, y, sample_weight)
+    return model, y, rounds

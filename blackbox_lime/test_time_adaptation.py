@@ -56,6 +56,7 @@ import cv2
 import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter
+from blackbox_lime.adapters.censoring import predict_complete
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def adapt(adapter: ClassifierAdapter, image: np.ndarray, label: int | None, rng:
     def query(points: list[np.ndarray]) -> np.ndarray:
         """Every view at every point, in one call -> probabilities (len(points), S, K)."""
         batch = np.concatenate([PhotometricTransform.from_normalised(u, gray)(stack) for u in points])
-        return adapter.predict(batch).reshape(len(points), views, -1)
+        return predict_complete(adapter, batch).reshape(len(points), views, -1)
 
     u = np.zeros(d)
     probs0 = query([u])[0]  # (S, K) at the identity
@@ -276,7 +277,7 @@ def adapt(adapter: ClassifierAdapter, image: np.ndarray, label: int | None, rng:
                         p_after=best_p, queries=query_cost(views, iterations), iterations=iterations, views=views,
                         history=history, probes=k)
     if k and probes is not None and not transform.is_identity():
-        both = adapter.predict(np.concatenate([probes, transform(probes)]))[:, y]
+        both = predict_complete(adapter, np.concatenate([probes, transform(probes)]))[:, y]
         result.queries += 2 * k
         result.sensitivity_before, result.sensitivity_after = float(both[:k].std()), float(both[k:].std())
         if result.sensitivity_after < MIN_SENSITIVITY * result.sensitivity_before:

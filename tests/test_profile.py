@@ -74,7 +74,7 @@ timeout_s = 12
     ('url = "https://h.example/v2/models/m"\nprotocl = "oip-rest"\n', r"unknown key 'protocl' in the top level"),
     ('[input]\nsize = [1, 2]\n', r"endpoint\.toml has no 'url'"),
     ('url = "https://h.example/v2/models/m"\nprotocol = "soap"\n',
-     r"The 'protocol' setting must be one of oip-rest, tfserving, oip-grpc\. Got 'soap' instead\."),
+     r"The 'protocol' setting must be one of oip-grpc, tfserving, file, oip-rest\. Got 'soap' instead\."),
     ('url = \n', r"endpoint\.toml is not valid TOML"),
     ('url = "https://h.example/v2/models/m"\nprotocol = "oip-grpc"\n', r"protocol 'oip-grpc' needs a grpc:// or grpcs:// URL"),
 ])

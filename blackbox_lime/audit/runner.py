@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from blackbox_lime.adapters.censoring import predict_complete
 from blackbox_lime.adapters.errors import AdapterError, BudgetExhausted
 from blackbox_lime import __version__
 from blackbox_lime.audit.answers import StoredAdapter
@@ -90,7 +91,7 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
     before = None
     if first.adaptation is not None and first.adaptation["adapted"]:  # the class on the unadapted image
         info = adapter.info
-        before = int(np.argmax(adapter.predict(to_canvas(loaded.pixels, info.input_size, info.channels, [])[None])[0]))
+        before = int(np.argmax(predict_complete(adapter, to_canvas(loaded.pixels, info.input_size, info.channels, [])[None])[0]))
     findings, summaries = [], []
     anatomy = anatomy_mask(loaded.pixels)  # one image: one mask for all its findings
     for exp in exps:

@@ -39,13 +39,19 @@ def run_endpoint_check(a: argparse.Namespace) -> int:
         t = time.perf_counter()
         probs = adapter.predict(image[None])
         one = time.perf_counter() - t
-        result["test_prediction"] = {"image": DEMO_IMAGE, "probs": [round(float(p), 6) for p in probs[0]],
+        omitted = np.isnan(probs[0])
+        result["test_prediction"] = {"image": DEMO_IMAGE,
+                                     "probs": [None if np.isnan(p) else round(float(p), 6) for p in probs[0]],
                                      "latency_s": round(one, 4), "batch_size": 1}
+        size = getattr(adapter.transport, "last_size", None)
+        if size is not None:  # a file endpoint: what one request carried, and whether the answer was cut
+            result["test_prediction"].update(labels_listed=int((~omitted).sum()), truncated=bool(omitted.any()),
+                                             request_bytes=int(size))
         n = adapter.max_batch
         t = time.perf_counter()
         batch_probs = adapter.predict(np.repeat(image[None], n, axis=0))
         full = time.perf_counter() - t
-        agree = bool(np.allclose(batch_probs, probs[0], atol=1e-5))
+        agree = bool(np.allclose(batch_probs, probs[0], atol=1e-5, equal_nan=True))
         result["batch_prediction"] = {"batch_size": n, "latency_s": round(full, 4),
                                       "per_image_s": round(full / n, 5), "matches_single": agree}
         result["counters"] = adapter.counters()
@@ -62,8 +68,16 @@ def run_endpoint_check(a: argparse.Namespace) -> int:
         else:
             lines.append("metadata  none (declared in the profile)")
         tp, bp = result["test_prediction"], result["batch_prediction"]
-        lines.append(f"predict   {DEMO_IMAGE}: " + ", ".join(f"{c}={p:.4f}" for c, p in zip(info.class_names, tp["probs"]))
+        lines.append(f"predict   {DEMO_IMAGE}: " + ", ".join(f"{c}={'not listed' if p is None else f'{p:.4f}'}"
+                                                             for c, p in zip(info.class_names, tp["probs"]))
                      + f" in {tp['latency_s'] * 1000:.0f} ms (batch 1)")
+        if "request_bytes" in tp:
+            cut = info.extra.get("censoring") or {}
+            lines.append(f"answer    {tp['labels_listed']} of {len(info.class_names)} labels listed"
+                         + (f" (truncated; the profile declares top_k {cut.get('top_k')}, threshold "
+                            f"{cut.get('threshold')})" if tp["truncated"] else " (complete)")
+                         + f"; the request carried {tp['request_bytes'] / 1024:.1f} KiB of "
+                         f"{result['endpoint'].get('encoding', 'image').upper()}")
         lines.append(f"batch     {bp['batch_size']} images in {bp['latency_s'] * 1000:.0f} ms "
                      f"({bp['per_image_s'] * 1000:.1f} ms/image); same answer as batch 1: {'yes' if agree else 'NO'}")
         print("\n".join(lines))
