@@ -329,3 +329,19 @@ def test_every_body_reaches_the_server(tmp_path: Path, body: str, field: str) ->
             got = adapter.predict(x)
         want = Quantised(resolve_model("demo-cnn")).predict(x)
     assert np.array_equal(got, want)
+
+
+def test_the_readme_and_docs_profiles_are_valid(tmp_path: Path) -> None:
+    """The file-endpoint profiles shown in README.md and docs/remote.md parse as written."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    blocks = []
+    for doc in ("README.md", "docs/remote.md"):
+        text = (root / doc).read_text()
+        blocks += [re.sub(r"^  ", "", b, flags=re.M) for b in re.findall(r"```toml\n(.*?)```", text, re.S)
+                   if 'protocol = "file"' in b or "preset" in b]
+    assert len(blocks) >= 2
+    for block in blocks:
+        prof = EndpointProfile.from_toml(profile(tmp_path, block))
+        assert prof.protocol == "file" and prof.response["format"] == "label-score-list"
