@@ -345,3 +345,43 @@ def test_the_readme_and_docs_profiles_are_valid(tmp_path: Path) -> None:
     for block in blocks:
         prof = EndpointProfile.from_toml(profile(tmp_path, block))
         assert prof.protocol == "file" and prof.response["format"] == "label-score-list"
+
+
+def test_an_audit_through_a_file_endpoint_and_its_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime.cli import main
+    from blackbox_lime.evaluation.phantoms import write_phantoms
+
+    study = tmp_path / "study"
+    write_phantoms(study, "chest_xray", "test", 3)
+    out = tmp_path / "audit"
+    with FileApiServer(resolve_model("demo-cnn"), top_k=1) as server:
+        prof = file_profile(tmp_path, server.url, 'preset = "huggingface"\n[response]\ntop_k = 1')
+        args = ["audit", "run", str(study), "--endpoint", str(prof), "--out", str(out), "--samples", "40",
+                "--fill", "mean", "--quiet"]
+        assert main(args) == 0
+        sent = server.requests
+        assert main(args) == 0  # a resume: every case is done, nothing is asked again
+        assert server.requests == sent
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["state"] for c in summary["cases"]] == ["done"] * 3
+    for c in summary["cases"]:
+        record = json.loads((out / next(o for o in c["outputs"] if o.endswith(".json"))).read_text())
+        # two exclusive classes, top 1 listed: the omitted one is what the listed one leaves, so nothing is censored
+        assert record["censoring"] == {"top_k": 1, "threshold": 0.0, "answers": 40, "censored": 0}
+        assert record["model"]["protocol"] == "file" and record["model"]["url"] == server.url
+
+
+def test_a_bad_answer_exits_2_naming_the_label_and_writes_nothing(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime.cli import main
+    from blackbox_lime.models import bundled_example
+
+    out = tmp_path / "out"
+    with FileApiServer(resolve_model("demo-cnn"), top_k=1) as server:
+        prof = file_profile(tmp_path, server.url, "")  # no preset: label-score-list, and no top_k declared
+        code = main(["explain", str(bundled_example("chest_xray_test_00001.png")), "--endpoint", str(prof),
+                     "--out", str(out), "--samples", "40", "--fill", "mean", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "omits the label" in err and "declares neither [response] top_k nor threshold" in err
+    assert "Traceback" not in err
