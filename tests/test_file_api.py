@@ -385,3 +385,16 @@ def test_a_bad_answer_exits_2_naming_the_label_and_writes_nothing(tmp_path: Path
     assert code == 2 and not out.exists()
     assert "omits the label" in err and "declares neither [response] top_k nor threshold" in err
     assert "Traceback" not in err
+
+
+def test_the_truncation_benchmark_cuts_answers_as_an_endpoint_does() -> None:
+    from blackbox_lime.evaluation.bench_truncation import TopK
+
+    inner = OnnxAdapter(Path(resolve_model("multilabel-cnn")))
+    x = np.random.default_rng(0).random((3, 224, 224, 3)).astype(np.float32)
+    full = inner.predict(x)
+    cut, zero = TopK(inner, 1, True).predict(x), TopK(inner, 1, False).predict(x)
+    top = np.argmax(full, axis=1)
+    assert np.array_equal(cut[np.arange(3), top], full[np.arange(3), top])
+    assert (np.isnan(cut).sum(axis=1) == 2).all() and (zero == 0).sum() == 6
+    assert TopK(inner, 1, True).info.extra["censoring"] == {"top_k": 1, "threshold": 0.0}
