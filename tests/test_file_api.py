@@ -398,3 +398,21 @@ def test_the_truncation_benchmark_cuts_answers_as_an_endpoint_does() -> None:
     assert np.array_equal(cut[np.arange(3), top], full[np.arange(3), top])
     assert (np.isnan(cut).sum(axis=1) == 2).all() and (zero == 0).sum() == 6
     assert TopK(inner, 1, True).info.extra["censoring"] == {"top_k": 1, "threshold": 0.0}
+
+
+def test_endpoint_check_on_a_file_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from blackbox_lime.cli import main
+
+    names = ("nodule", "consolidation", "effusion")
+    with FileApiServer(resolve_model("multilabel-cnn"), top_k=1) as server:
+        prof = file_profile(tmp_path, server.url, 'preset = "huggingface"\n[response]\ntop_k = 1', names, "multilabel")
+        assert main(["endpoint", "check", "--endpoint", str(prof), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert main(["endpoint", "check", "--endpoint", str(prof)]) == 0
+        text = capsys.readouterr().out
+    tp = doc["test_prediction"]
+    assert tp["labels_listed"] == 1 and tp["truncated"] is True and tp["probs"].count(None) == 2
+    assert 10_000 < tp["request_bytes"] < 224 * 224 * 3  # a PNG of the canvas, compressed
+    assert doc["endpoint"]["protocol"] == "file" and doc["endpoint"]["preset"] == "huggingface"
+    assert "=not listed" in text and "1 of 3 labels listed (truncated; the profile declares top_k 1, threshold 0.0)" in text
+    assert "KiB of PNG" in text
