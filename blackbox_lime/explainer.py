@@ -316,7 +316,7 @@ class Explainer:
         t = time.perf_counter()
         upper = None if shared.upper is None else shared.upper[:, target]
         fit = self._surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence, upper)
-        saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2])
+        saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2], self.config.map_sigma)
         timings["surrogate"] = time.perf_counter() - t
         warnings = _weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
                                       self.adapter.info.class_names[target], isinstance(shared.filler, MAEFiller))

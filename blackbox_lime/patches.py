@@ -91,15 +91,18 @@ class PatchGrid:
             copy_rows(0, n)
         return out
 
-    def upsample(self, weights: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    def upsample(self, weights: np.ndarray, out_hw: tuple[int, int], sigma: float = 0.0) -> np.ndarray:
         """Patch weights (P,) -> a smooth float32 map (out_h, out_w) without block edges.
 
         Each weight sits at its patch centre; the map between centres is bicubic, so a patch's
-        value is reached at its centre and blends into its neighbours.
+        value is reached at its centre and blends into its neighbours. ``sigma`` > 0 then smooths the
+        canvas-sized map with a Gaussian of ``sigma`` patches (reflected at the border).
         """
         grid = np.asarray(weights, np.float32).reshape(self.rows, self.cols)
         # Resize to the canvas first (centres align: cv2 maps pixel centres), then to the output.
         canvas = cv2.resize(grid, (self.width, self.height), interpolation=cv2.INTER_CUBIC)
+        if sigma > 0:
+            canvas = cv2.GaussianBlur(canvas, (0, 0), sigma * self.patch, borderType=cv2.BORDER_REFLECT_101)
         if (self.height, self.width) != tuple(out_hw):
             canvas = cv2.resize(canvas, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
         return canvas.astype(np.float32)

@@ -250,3 +250,17 @@ def test_bank_build_from_explanations_stores_the_explainer_s_patch_weights(tmp_p
         first = load_image(tmp_path / "hist" / b.case_ids[0]).pixels
         w = Explainer(model, ExplainConfig(n_samples=60)).explain(first, target=1, rng=0).patch_weights.reshape(-1)
     np.testing.assert_allclose(b.maps[0], w / np.abs(w).max(), atol=1e-6)
+
+
+def test_map_sigma_option(png: Path, linear_model: Path, tmp_path: Path) -> None:
+    maps = {}
+    for sigma in ("0", "1"):
+        out = tmp_path / sigma
+        assert cli.main(["explain", str(png), "--model", str(linear_model), "--out", str(out), "--map-sigma", sigma,
+                         *FAST]) == 0
+        assert json.loads((out / "case.json").read_text())["config"]["map_sigma"] == float(sigma)
+        maps[sigma] = np.load(out / "case.saliency.npy")
+    smoothed = cv2.GaussianBlur(maps["0"], (0, 0), 16.0, borderType=cv2.BORDER_REFLECT_101)
+    assert np.allclose(maps["1"], smoothed, atol=1e-7)
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--map-sigma", "9", *FAST)
+    assert r.returncode == 2 and "--map-sigma must be a float in the range [0, 8]. Got 9.0 instead." in r.stderr

@@ -84,16 +84,25 @@ def test_target_override_flips_the_sign(linear_model: Path, phantom_image: np.nd
 
 
 def test_saliency_is_smooth_not_blocky(linear_model: Path, phantom_image: np.ndarray) -> None:
+    import cv2
+
     with OnnxAdapter(linear_model) as model:
-        exp = Explainer(model, ExplainConfig(fill="zero", n_samples=300)).explain(phantom_image, target=1, rng=0)
-    s = exp.saliency
+        plain = Explainer(model, ExplainConfig(fill="zero", n_samples=300, map_sigma=0.0)).explain(phantom_image,
+                                                                                                    target=1, rng=0)
+        smooth = Explainer(model, ExplainConfig(fill="zero", n_samples=300)).explain(phantom_image, target=1, rng=0)
+    s = plain.saliency
     jumps = np.abs(np.diff(s, axis=1))
     # A nearest-neighbour upsampling puts all change on patch borders; a smooth map spreads it.
     border = jumps[:, 15::16].mean()
     inside = np.delete(jumps, np.s_[15::16], axis=1).mean()
     assert border < 3 * inside
     centres = s[8::16, 8::16]
-    assert np.corrcoef(centres.ravel(), exp.patch_weights.ravel())[0, 1] > 0.95
+    assert np.corrcoef(centres.ravel(), plain.patch_weights.ravel())[0, 1] > 0.95
+    # map_sigma (default one patch) smooths that map with a Gaussian of one patch; the fit is the same
+    assert np.array_equal(smooth.patch_weights, plain.patch_weights)
+    want = cv2.GaussianBlur(plain.saliency, (0, 0), 16.0, borderType=cv2.BORDER_REFLECT_101)
+    assert np.allclose(smooth.saliency, want, atol=1e-7)
+    assert not np.allclose(smooth.saliency, plain.saliency, atol=1e-3)
 
 
 class RecordingFiller(Filler):

@@ -22,7 +22,8 @@ class UserError(Exception):
 CONFIG_OPTIONS = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
                    "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width",
                    "stta": "stta", "stta_iterations": "stta_iterations", "stta_views": "stta_views",
-                   "neighbours": "n_neighbours", "lambda2": "lambda2", "mae_challenger": "mae_challenger"}
+                   "neighbours": "n_neighbours", "lambda2": "lambda2", "mae_challenger": "mae_challenger",
+                   "map_sigma": "map_sigma"}
 
 
 def as_typed(exc: ValueError) -> UserError:

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--lambda1-cap", type=float, default=None,
                         help="use at most this fraction (0, 1] of the L1 weight that would empty the map (default 0.5; 1: no cap)")
         sp.add_argument("--kernel-width", type=float, default=None, help="proximity kernel width (default 1.0)")
+        sp.add_argument("--map-sigma", type=float, default=None,
+                        help="smooth the map with a Gaussian of this many patches (default 1.0; 0: not smoothed)")
         sp.add_argument("--stta", action=argparse.BooleanOptionalAction, default=None,
                         help="STTA: adapt the input's photometry to the model first (costs views*(2*iterations+2) "
                              "queries; default: off)")

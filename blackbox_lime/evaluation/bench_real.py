@@ -11,7 +11,8 @@ expert box bounds. ``val`` is where anything is tuned; ``test`` is held out and 
 
 Methods (queries in brackets): the default map, ``blackbox-lime explain`` at its defaults (500; fill auto); the
 same with each fixed fill (MAE, mean, blur; 500), to see what auto chose and what it could have had; lime at its
-defaults (1000, quickshift) and at equal queries (500); occlusion (16-px patches, mean fill; 197); RISE (500);
+defaults (1000, quickshift) and at equal queries (500); occlusion (16-px patches, mean fill; 197), also smoothed as the
+default map is (``map_sigma``: is the smoothing all the default adds?); RISE (500);
 the box's prevalence (a random map's expected AUPRC). Score: pixel AUPRC against the box, mean with a bootstrap
 95 % CI over images; the default's ratio to lime's mean with a paired bootstrap CI.
 
@@ -38,7 +39,7 @@ from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, RealCase, figsh
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.models import bundled_model
 
-METHODS = ("default", "fill=mae", "fill=mean", "fill=blur", "lime", "lime@500", "occlusion", "rise")
+METHODS = ("default", "fill=mae", "fill=mean", "fill=blur", "lime", "lime@500", "occlusion", "occlusion+smooth", "rise")
 
 
 def _rgb(case: RealCase) -> np.ndarray:
@@ -63,6 +64,9 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
         return baselines.lime_package(image, adapter, target, 500, rng), {}
     if name == "occlusion":
         return baselines.occlusion(image, adapter, target), {}
+    if name == "occlusion+smooth":  # the default map's smoothing (map_sigma) applied to occlusion: is smoothing all?
+        sigma = ExplainConfig().map_sigma * 16
+        return cv2.GaussianBlur(baselines.occlusion(image, adapter, target), (0, 0), sigma), {}
     if name == "rise":
         return baselines.rise(image, adapter, target, 500, rng), {}
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
