@@ -224,6 +224,7 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
                          "warnings": exp.warnings, "files": maps,
                          **{k: s[k] for k in ("response_sd", "lambda1_effective", "lambda1_capped", "intercept",
                                                "evidence", "neighbours", "patch_grid", "patch_weights", "patch_stderr")},
+                         **({"censoring": s["censoring"]} if "censoring" in s else {}),
                          **(per_finding[len(findings)] if per_finding else {})})
     h = max(p.shape[0] for p in panels)
     row = np.full((h, sum(p.shape[1] for p in panels), 3), 255, np.uint8)
