@@ -416,3 +416,27 @@ def test_endpoint_check_on_a_file_endpoint(tmp_path: Path, capsys: pytest.Captur
     assert doc["endpoint"]["protocol"] == "file" and doc["endpoint"]["preset"] == "huggingface"
     assert "=not listed" in text and "1 of 3 labels listed (truncated; the profile declares top_k 1, threshold 0.0)" in text
     assert "KiB of PNG" in text
+
+
+def test_a_multilabel_audit_reports_censoring_per_finding(tmp_path: Path) -> None:
+    """Findings answered top 1 of 3: the answers (NaN where omitted) go through the audit's answer store, a rerun
+    asks nothing again, and each finding's record says how many answers omitted it."""
+    from blackbox_lime.cli import main
+    from blackbox_lime.evaluation.phantoms import write_multilabel_phantoms
+
+    write_multilabel_phantoms(tmp_path / "study", "test", 2)
+    out = tmp_path / "audit"
+    with FileApiServer(resolve_model("multilabel-cnn"), top_k=1) as server:
+        prof = file_profile(tmp_path, server.url, 'preset = "huggingface"\n[response]\ntop_k = 1',
+                            ("nodule", "consolidation", "effusion"), "multilabel")
+        args = ["audit", "run", str(tmp_path / "study"), "--endpoint", str(prof), "--out", str(out), "--samples", "40",
+                "--fill", "mean", "--quiet"]
+        assert main(args) == 0
+        sent = server.requests
+        assert main(args) == 0 and server.requests == sent == 80
+    summary = json.loads((out / "summary.json").read_text())
+    for c in summary["cases"]:
+        record = json.loads((out / next(o for o in c["outputs"] if o.endswith(".json"))).read_text())
+        for f in record["findings"]:
+            assert f["censoring"]["top_k"] == 1 and f["censoring"]["answers"] == 40
+            assert 0 < f["censoring"]["censored"] <= 40
