@@ -71,6 +71,18 @@ class Censoring:
                                 f"than [response] top_k = {self.top_k}: the endpoint also cuts by a score threshold. "
                                 "Set [response] threshold to that score.")
 
+    def fill_known(self, probs: np.ndarray) -> np.ndarray:
+        """Exclusive probabilities with one label omitted: that label's score is what the others leave, so it is
+        filled in and is not censored. Other rows, and multi-label answers, are returned as they are."""
+        probs = np.asarray(probs, np.float64)
+        one = np.isnan(probs).sum(axis=1) == 1
+        if not self.sums_to_one or not one.any():
+            return probs
+        out = probs.copy()
+        rows = np.flatnonzero(one)
+        out[rows, np.argmax(np.isnan(out[rows]), axis=1)] = np.clip(1.0 - np.nansum(out[rows], axis=1), 0.0, 1.0)
+        return out
+
     def bounds(self, probs: np.ndarray) -> np.ndarray:
         """(N, K) answers with NaN where omitted -> (N, K) upper bounds: the bound of each omitted cell, +inf where
         the score was listed."""
@@ -122,7 +134,7 @@ def predict_complete(adapter: "ClassifierAdapter", images: np.ndarray) -> np.nda
     (:meth:`Censoring.impute`). For code that needs one number per class (STTA's loss, the model's answer)."""
     probs = adapter.predict(images)
     c = censoring_of(adapter.info.extra)
-    return probs if c is None or not np.isnan(probs).any() else c.impute(probs)
+    return probs if c is None else c.impute(probs)
 
 
 __all__ = ["Censoring", "censoring_of", "predict_complete"]

@@ -456,13 +456,7 @@ class FileAdapter(RemoteAdapter):
                 raise ResponseError(f"{who}: the listed probabilities sum to {sums.max():.4g}, more than 1, so the "
                                     "classes are not exclusive. If each label is its own finding, declare [output] "
                                     "kind = \"multilabel\".")
-            # one label omitted from exclusive probabilities: its score is what the others leave, not a bound
-            one = np.isnan(p).sum(axis=1) == 1
-            if one.any():
-                p = p.copy()
-                rows = np.flatnonzero(one)
-                cols = np.argmax(np.isnan(p[rows]), axis=1)
-                p[rows, cols] = np.clip(1.0 - np.nansum(p[rows], axis=1), 0.0, 1.0)
+            p = self.transport.censoring.fill_known(p)  # type: ignore[attr-defined]
         return np.where(np.isnan(p), np.nan, np.clip(p, 0.0, 1.0))
 
 

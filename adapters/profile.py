@@ -437,8 +437,7 @@ def _build_tfserving(prof: EndpointProfile, common: dict[str, Any], policy: Remo
 def _build_file(prof: EndpointProfile, common: dict[str, Any], policy: RemotePolicy, kw: dict[str, Any]) -> RemoteAdapter:
     from .file_api import build_file_adapter
 
-    request, response, _ = resolve_preset(prof.preset, prof.request, prof.response, {})
-    return build_file_adapter(prof.url, request, response, preset=prof.preset,
+    return build_file_adapter(prof.url, prof.request, prof.response, preset=prof.preset,
                               transport_kw={**_http_limits(prof, policy), **common}, adapter_kw=kw)
 
 

@@ -584,9 +584,7 @@ class Explainer:
         """Answers with a value in every cell: an omitted score (NaN) imputed within its bound
         (:meth:`~blackbox_lime.adapters.censoring.Censoring.impute`) for the target choice, the fill pilots and
         the report; the surrogate fits those cells as bounds instead (:func:`~blackbox_lime.surrogate.censored_fit`)."""
-        if self.censoring is None or not np.isnan(probs).any():
-            return probs
-        return self.censoring.impute(probs)
+        return probs if self.censoring is None else self.censoring.impute(probs)
 
 
 class _Answer:

@@ -200,10 +200,12 @@ def kernel_shap_values(image: np.ndarray, adapter: ClassifierAdapter, target: in
     return np.r_[phi_head, total - phi_head.sum()]
 
 
-def occlusion(image: np.ndarray, adapter: ClassifierAdapter, target: int, patch: int = 16) -> np.ndarray:
-    """One query per patch (mean fill) plus the image: P(image) - P(patch occluded)."""
+def occlusion(image: np.ndarray, adapter: ClassifierAdapter, target: int, patch: int = 16,
+              sigma: float = 0.0) -> np.ndarray:
+    """One query per patch (mean fill) plus the image: P(image) - P(patch occluded). ``sigma``: smoothed as the
+    default map is (``ExplainConfig.map_sigma``, in patches)."""
     d = occlusion_deltas(image, adapter, target, patch)
-    return PatchGrid(image.shape[0], image.shape[1], patch).upsample(d, image.shape[:2])
+    return PatchGrid(image.shape[0], image.shape[1], patch).upsample(d, image.shape[:2], sigma)
 
 
 def occlusion_deltas(image: np.ndarray, adapter: ClassifierAdapter, target: int | None, patch: int = 16) -> np.ndarray:

@@ -65,8 +65,7 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
     if name == "occlusion":
         return baselines.occlusion(image, adapter, target), {}
     if name == "occlusion+smooth":  # the default map's smoothing (map_sigma) applied to occlusion: is smoothing all?
-        sigma = ExplainConfig().map_sigma * 16
-        return cv2.GaussianBlur(baselines.occlusion(image, adapter, target), (0, 0), sigma), {}
+        return baselines.occlusion(image, adapter, target, sigma=ExplainConfig().map_sigma), {}
     if name == "rise":
         return baselines.rise(image, adapter, target, 500, rng), {}
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")

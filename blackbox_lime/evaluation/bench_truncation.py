@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
+from blackbox_lime.adapters.censoring import censoring_of
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
@@ -59,11 +60,8 @@ class TopK(ClassifierAdapter):
         cut = np.argsort(-p, axis=1, kind="stable")[:, self.k:]
         out = p.copy()
         np.put_along_axis(out, cut, np.nan if self.censored else 0.0, axis=1)
-        if self.censored and not self.info.multilabel:  # one exclusive label omitted: known (file_api does this)
-            one = np.isnan(out).sum(axis=1) == 1
-            rows = np.flatnonzero(one)
-            out[rows, np.argmax(np.isnan(out[rows]), axis=1)] = 1.0 - np.nansum(out[rows], axis=1)
-        return out
+        censoring = censoring_of(self.info.extra)
+        return out if censoring is None else censoring.fill_known(out)  # as FileAdapter does
 
     def _check_probs(self, raw: Any, n: int) -> np.ndarray:
         p = np.asarray(raw, np.float64)

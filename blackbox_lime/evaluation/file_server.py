@@ -73,7 +73,7 @@ class FileApiServer:
         self.format, self.top_k, self.threshold = format, top_k, threshold
         self.status, self.fail_first, self.retry_after = status, fail_first, retry_after
         self.not_json, self.delay, self.token = not_json, delay, token
-        self.bodies: list[bytes] = [] if record else []
+        self.bodies: list[bytes] = []  # every request body, with ``record``
         self.record = record
         self.requests = 0
         self.content_types: list[str] = []
