@@ -244,7 +244,6 @@ def encode_image(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> b
 EMPTY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "InstanceNumber",
                "PatientOrientation", "Laterality")
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def secondary_capture(pixels: np.ndarray) -> bytes:
@@ -252,20 +251,20 @@ def secondary_capture(pixels: np.ndarray) -> bytes:
     pixels only: new UIDs (a random UUID each, 2.25 form), modality OT, conversion type WSD, the Type 2 patient and
     study attributes empty, no date, institution, device or description of any kind."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import UID, ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
     def uid() -> UID:
         return UID(f"2.25.{uuid.uuid4().int}")
 
     h, w, c = pixels.shape
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = UID("2.25.139663593870935431370950211328358633305")  # blackbox-lime's, fixed
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = UID(SECONDARY_CAPTURE)
+    ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(), uid()
     for name in EMPTY_TYPE2:

@@ -65,15 +65,16 @@ def parametric_map(source: bytes, saliency: np.ndarray, frame: int | None = None
 # on the source's grid needs (patient coordinates): a Secondary Capture or a bare file lacks them.
 _IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns")
 _GEOMETRY = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def _check_source(ds: Any) -> None:
+    from pydicom.uid import SecondaryCaptureImageStorage
+
     missing = [k for k in _IDENTITY if k not in ds]
     if missing:
         raise DicomOutError(f"the source lacks {', '.join(missing)}, which a Parametric Map must reference; the .npy "
                             "and .png maps are written.")
-    if str(ds.SOPClassUID).startswith(_SECONDARY_CAPTURE):
+    if str(ds.SOPClassUID).startswith(SecondaryCaptureImageStorage):
         raise DicomOutError("the source is a Secondary Capture image, which has no patient coordinates to place a "
                             "Parametric Map on; the .npy and .png maps are written.")
     single = str(ds.get("NumberOfFrames", 1) or 1).strip() in ("1", "")  # a multi-frame source: _frame_source checks

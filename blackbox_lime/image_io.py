@@ -23,6 +23,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,32 +104,30 @@ def _load(p: Path, frame: int | None, max_pixels: int) -> LoadedImage:
     digest = hashlib.sha256(data).hexdigest()
     suffix = p.suffix.lower()
     notes: list[str] = []
+    burned_in = None
     if suffix == ".npy" or data[:6] == b"\x93NUMPY":
         pixels, fmt = _load_npy(p.name, data, notes, max_pixels), "npy"
     elif suffix in (".dcm", ".dicom") or data[128:132] == b"DICM":
-        pixels, fmt = _load_dicom(p.name, data, frame, notes, max_pixels), "dicom"
+        (pixels, burned_in), fmt = _load_dicom(p.name, data, frame, notes, max_pixels), "dicom"
     else:
         pixels, fmt = _load_raster(p.name, data, notes, max_pixels), "raster"
     if frame is not None and fmt != "dicom":
         raise ImageError(f"{p.name}: --frame applies to multi-frame DICOM files only.")
     pixels = _finish(p.name, pixels, notes)
-    return LoadedImage(pixels, fmt, digest, notes, _burned_in(data) if fmt == "dicom" else None)
+    return LoadedImage(pixels, fmt, digest, notes, burned_in)
 
 
-_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame kinds, .7.1 to .7.4
 BURNED_IN_POLICIES = ("auto", "warn", "refuse")
 
 
-def _burned_in(data: bytes) -> str | None:
-    import pydicom
+def _burned_in(ds: Any) -> str | None:
+    """Why a DICOM dataset's pixels may carry burnt-in text, or None."""
+    from pydicom.uid import SecondaryCaptureImageStorage  # its multi-frame kinds are .7.1 to .7.4 under it
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
     said = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
     if said == "YES":
         return "the DICOM header says its pixels carry burnt-in annotation (BurnedInAnnotation YES)"
-    if not said and str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE):
+    if not said and str(ds.get("SOPClassUID", "")).startswith(SecondaryCaptureImageStorage):
         return "a Secondary Capture whose header does not say whether its pixels carry burnt-in text"
     return None
 
@@ -341,10 +340,10 @@ def _decode_dicom(name: str, data: bytes, frame: int | None, max_pixels: int = D
 
 
 def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str],
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str | None]:
+    """The pixels of one DICOM file in [0, 1], and why they may carry burnt-in text (None: no sign of it)."""
     try:
-        import pydicom
-        from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+        import pydicom  # noqa: F401
     except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
         raise ImageError("Reading DICOM needs pydicom: pip install pydicom.") from exc
     # pydicom warns about tolerated deviations (VR mismatches, odd lengths). Those warnings become
@@ -359,13 +358,22 @@ def _load_dicom(name: str, data: bytes, frame: int | None, notes: list[str],
     if n_frames > 1:
         arr = arr[frame]
         notes.append(f"frame {frame} of {n_frames}")
+    return _dicom_pixels(name, arr, ds, notes), _burned_in(ds)
+
+
+def _dicom_pixels(name: str, arr: np.ndarray, ds: Any, notes: list[str]) -> np.ndarray:
+    """One frame's stored values -> [0, 1]: the modality and VOI LUTs (or a window) for greyscale, the palette for
+    PALETTE COLOR."""
+    from pydicom.multival import MultiValue
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric.startswith("MONOCHROME"):
         x = apply_modality_lut(arr, ds).astype(np.float64)
         if "WindowCenter" in ds and "WindowWidth" in ds:
             wc, ww = ds.WindowCenter, ds.WindowWidth
-            wc = float(wc[0] if isinstance(wc, pydicom.multival.MultiValue) else wc)
-            ww = max(float(ww[0] if isinstance(ww, pydicom.multival.MultiValue) else ww), 1.0)
+            wc = float(wc[0] if isinstance(wc, MultiValue) else wc)
+            ww = max(float(ww[0] if isinstance(ww, MultiValue) else ww), 1.0)
             # The linear VOI function of DICOM PS3.3 C.11.2.1.2, onto [0, 1].
             x = np.clip((x - (wc - 0.5)) / (ww - 1.0 if ww > 1 else 1.0) + 0.5, 0.0, 1.0)
             notes.append(f"DICOM VOI window centre {wc:g} width {ww:g}")
