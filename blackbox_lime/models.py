@@ -37,6 +37,8 @@ BUNDLED_CLASSIFIERS: dict[str, tuple[str, str]] = {
                                                 "shortcut for a first audit (phantoms --marker text)"),
     "multilabel-cnn": ("multilabel_cnn.onnx", "multi-label chest phantoms: nodule, consolidation, effusion "
                                               "(phantoms --multilabel)"),
+    "chest4-cnn": ("chest4_cnn.onnx", "four exclusive classes on chest phantoms: normal, nodule, consolidation, "
+                                      "effusion (for top-k answer benchmarks)"),
     "brain-cnn": ("brain_cnn.onnx", "brain MRI phantoms (an unseen family for the MAE)"),
     "fundus-cnn": ("fundus_cnn.onnx", "colour fundus phantoms (an unseen family for the MAE)"),
     "figshare-brain-cnn": ("figshare_brain_cnn.onnx", "real T1-CE brain MRI: pituitary, meningioma or glioma "

@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     from blackbox_lime.patches import PatchGrid
 
 __all__ = ["ALL_MODALITIES", "MARKER_KINDS", "MODALITIES", "UNSEEN_MODALITIES", "SPLITS", "SIZE", "Phantom", "abnormal_cases",
-           "FINDINGS", "MultiPhantom", "burn_in_marker", "is_marked", "make_multilabel_phantom", "iter_abnormal_cases", "make_phantom", "marked_phantom", "phantom_bank",
+           "EXCLUSIVE_CLASSES", "FINDINGS", "MultiPhantom", "burn_in_marker", "is_marked", "make_exclusive_phantom", "make_multilabel_phantom", "iter_abnormal_cases", "make_phantom", "marked_phantom", "phantom_bank",
            "write_phantoms"]
 
 MODALITIES: tuple[str, ...] = ("chest_xray", "breast_us")  # the families the bundled MAE and demo models know
@@ -458,6 +458,25 @@ def make_multilabel_phantom(split: str, index: int) -> MultiPhantom:
     image = np.repeat(np.clip(gray, 0, 1).astype(np.float32)[..., None], 3, axis=2)
     full = {k: masks.get(k, np.zeros((SIZE, SIZE), bool)) for k in FINDINGS}
     return MultiPhantom(image, full, {k: int(full[k].any()) for k in FINDINGS}, split, int(index), lesions)
+
+
+EXCLUSIVE_CLASSES: tuple[str, ...] = ("normal",) + FINDINGS
+
+
+def make_exclusive_phantom(split: str, index: int) -> tuple[MultiPhantom, int]:
+    """The four-class chest phantom ``(split, index)`` and its class in :data:`EXCLUSIVE_CLASSES`: normal or
+    exactly one of :data:`FINDINGS`, each a quarter of the cases, drawn as the multi-label family draws a finding
+    (the family of ``chest4_cnn``, an exclusive-softmax model for benchmarks that need four or more classes).
+    Deterministic; its stream is its own."""
+    _check_key("chest_xray", split, index)
+    rng = np.random.default_rng(np.random.SeedSequence([_SEED_SALT, 4, SPLITS.index(split), int(index)]))
+    label = int(rng.integers(len(EXCLUSIVE_CLASSES)))
+    present = () if label == 0 else (EXCLUSIVE_CLASSES[label],)
+    masks: dict[str, np.ndarray] = {}
+    gray, _, lesions = _chest_xray(rng, False, split == "shifted", _Noise(rng, None), present, masks)
+    image = np.repeat(np.clip(gray, 0, 1).astype(np.float32)[..., None], 3, axis=2)
+    full = {k: masks.get(k, np.zeros((SIZE, SIZE), bool)) for k in FINDINGS}
+    return MultiPhantom(image, full, {k: int(full[k].any()) for k in FINDINGS}, split, int(index), lesions), label
 
 
 # ----------------------------------------------------------------------------- breast ultrasound
