@@ -32,6 +32,14 @@ request and 4 requests in flight. Two served models: the demo CNN, and a latency
 224 x 224 input. Writes ``results.json`` and ``table.md`` beside ``--out``::
 
     python -m blackbox_lime.evaluation.bench_remote --part overlap --reps 3 --out docs/bench_remote/overlap/results.json
+
+``--part file`` (vendor file APIs): the default explanation locally and through a file endpoint, one PNG per
+request with every label listed: the loopback file-API server (``evaluation/file_server.py``, in its own process)
+at 0 and 100 ms of delay per request, and TorchServe 0.12 (``evaluation/torchserve_server.py``, one worker) where
+it is installed. It also times the PNG encoding of one 224 x 224 image, and gives the floor that latency sets
+(requests x delay / requests in flight)::
+
+    python -m blackbox_lime.evaluation.bench_remote --part file --reps 3 --out docs/bench_remote/file/results.json
 """
 
 from __future__ import annotations
@@ -247,6 +255,113 @@ def part_overlap(image: np.ndarray, reps: int, delays_ms: list[float], concurren
     return out
 
 
+def png_cost(reps: int = 200) -> float:
+    """Seconds to PNG-encode one 224 x 224 RGB phantom with its patches partly blurred, median of ``reps``."""
+    from blackbox_lime.adapters.file_api import encode_image
+
+    px = np.round(make_phantom("chest_xray", "test", 1).image * 255).astype(np.uint8)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        encode_image(px, "png")
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _file_profile(folder: Path, name: str, url: str, class_names: list[str], concurrency: int,
+                  auth: str = "") -> str:
+    path = folder / f"{name}.toml"
+    path.write_text(f'url = "{url}"\nprotocol = "file"\npreset = "torchserve"\n{auth}\n[limits]\n'
+                    f"concurrency = {concurrency}\n[output]\nkind = \"probabilities\"\n"
+                    f"class_names = {json.dumps(class_names)}\n")
+    return str(path)
+
+
+def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list[int],
+              torchserve: bool) -> list[dict[str, Any]]:
+    """Local onnx against file endpoints (label-score-map answers listing every label, PNG requests), each setup
+    in every round, the order alternating."""
+    import sys
+
+    from blackbox_lime.adapters.onnx import OnnxAdapter
+
+    model = bundled_model("demo_cnn.onnx")
+    names = list(OnnxAdapter(model).info.class_names)
+    setups: list[tuple[str, float, int, str]] = [("local onnx", 0.0, 0, str(model))]
+    servers: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        try:
+            for delay in delays_ms:
+                ready = folder / f"ready-{delay:g}"
+                proc = subprocess.Popen([sys.executable, "-m", "blackbox_lime.evaluation.file_server", "--model",
+                                         str(model), "--format", "label-score-map", "--delay-ms", str(delay),
+                                         "--ready", str(ready)], stdout=subprocess.DEVNULL)
+                servers.append(proc)
+                t0 = time.monotonic()
+                while not ready.is_file() or not ready.read_text():
+                    if proc.poll() is not None or time.monotonic() - t0 > 60:
+                        raise RuntimeError("the loopback file-API server did not start")
+                    time.sleep(0.1)
+                for c in levels:
+                    setups.append((f"file API (loopback server), {c} in flight", delay, c,
+                                   _file_profile(folder, f"file-{delay:g}-{c}", ready.read_text(), names, c)))
+            if torchserve:
+                from blackbox_lime.evaluation import torchserve_server
+
+                ts = torchserve_server.start(model, folder / "torchserve", {"demo": 5})
+                servers.append(ts)
+                os.environ["BBL_BENCH_TORCHSERVE_KEY"] = ts.key("inference")
+                for c in levels:
+                    setups.append((f"TorchServe 0.12 (1 worker), {c} in flight", 0.0, c,
+                                   _file_profile(folder, f"ts-{c}", ts.url("demo"), names, c,
+                                                 '[auth]\ntoken_env = "BBL_BENCH_TORCHSERVE_KEY"')))
+            runs: dict[tuple[str, float], list[dict[str, Any]]] = {(n, d): [] for n, d, _, _ in setups}
+            for rep in range(reps):
+                for name, delay, c, target in (setups if rep % 2 == 0 else setups[::-1]):
+                    if target.endswith(".toml"):
+                        with load_adapter(endpoint=target) as adapter:
+                            t0 = time.perf_counter()
+                            exp = Explainer(adapter, ExplainConfig()).explain(image, rng=0)
+                            wall = time.perf_counter() - t0
+                        row = {"wall": wall, "classifier": exp.timings["classifier"], "queries": exp.queries,
+                               "requests": exp.requests}
+                    else:
+                        row = explain_once(target, image)
+                    runs[(name, delay)].append(row)
+                    print(f"  file rep {rep + 1}/{reps} {name} {delay:g} ms: {row['wall']:.2f}s", flush=True)
+        finally:
+            for s in servers:
+                if isinstance(s, subprocess.Popen):
+                    s.terminate()
+                    s.wait()
+                else:
+                    s.stop()
+    base = median(runs[("local onnx", 0.0)], "wall")
+    out = []
+    for name, delay, c, _ in setups:
+        rs = runs[(name, delay)]
+        requests = rs[0]["requests"]
+        out.append({"setup": name, "delay_ms": delay, "in_flight": c, "wall_s": median(rs, "wall"),
+                    "ratio_to_local": median(rs, "wall") / base, "classifier_s": median(rs, "classifier"),
+                    "requests": requests, "queries": rs[0]["queries"],
+                    "latency_floor_s": requests * delay / 1000 / c if c else 0.0,
+                    "walls": [round(r["wall"], 3) for r in rs]})
+    return out
+
+
+def file_markdown(rows: list[dict[str, Any]], png_s: float) -> str:
+    lines = ["Default explanation (MAE fill, 500 samples) of one chest phantom with the demo CNN; answers list every "
+             f"label (label-score-map, as TorchServe's). PNG encoding of one 224 x 224 image: {png_s * 1000:.2f} ms "
+             "(median of 200).", "",
+             "| endpoint | delay per request | wall (median) | ratio to local | classifier stage | requests | "
+             "latency floor (requests x delay / in flight) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setup']} | {r['delay_ms']:g} ms | {r['wall_s']:.2f} s | {r['ratio_to_local']:.2f} | "
+                     f"{r['classifier_s']:.2f} s | {r['requests']} | {r['latency_floor_s']:.2f} s |")
+    return "\n".join(lines)
+
+
 def overlap_markdown(rows: list[dict[str, Any]], concurrency: int) -> str:
     lines = [f"Concurrency {concurrency}, default explanation (MAE fill, 500 samples); ratios to the same model run "
              "locally in the same round:", "",
@@ -285,11 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=16, help="images per request in part 2")
     p.add_argument("--levels", default="1,2,4", help="concurrency levels in part 2")
     p.add_argument("--out", default="bench_out/remote.json")
-    p.add_argument("--part", choices=["all", "server-decode", "overlap"], default="all",
+    p.add_argument("--part", choices=["all", "server-decode", "overlap", "file"], default="all",
                    help="server-decode: only time MLServer's request conversion (seconds, no server started); "
                         "overlap: only the fills overlapped with requests in flight, against one stage after the other")
     p.add_argument("--overlap-delays-ms", default="0,100", help="server delays per request for --part overlap")
     p.add_argument("--overlap-concurrency", type=int, default=4, help="requests in flight for --part overlap")
+    p.add_argument("--file-delays-ms", default="0,100", help="server delays per request for --part file")
+    p.add_argument("--file-levels", default="8,32", help="requests in flight for --part file")
+    p.add_argument("--no-torchserve", action="store_true", help="--part file without its TorchServe rows")
     a = p.parse_args(argv)
     if a.part == "server-decode":
         cost = server_decode_cost()
@@ -298,6 +416,21 @@ def main(argv: list[str] | None = None) -> int:
               f"NumpyCodec.decode_input {cost['decode_input'] * 1000:.0f} ms (median of 5)")
         return 0
     image = make_phantom("chest_xray", "test", 1).image
+    if a.part == "file":
+        from blackbox_lime.evaluation.torchserve_server import torchserve_bin
+
+        png_s = png_cost()
+        rows = part_file(image, a.reps, [float(d) for d in a.file_delays_ms.split(",")],
+                         [int(c) for c in a.file_levels.split(",")], not a.no_torchserve and torchserve_bin() is not None)
+        table = file_markdown(rows, png_s)
+        print(table)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                                   "commit": _commit(), "reps": a.reps, "png_encode_s": png_s, "file": rows,
+                                   "table": table}, indent=2))
+        (out.parent / "table.md").write_text(table + "\n")
+        return 0
     if a.part == "overlap":
         rows = part_overlap(image, a.reps, [float(d) for d in a.overlap_delays_ms.split(",")], a.overlap_concurrency)
         table = overlap_markdown(rows, a.overlap_concurrency)

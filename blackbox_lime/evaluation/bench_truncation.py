@@ -2,6 +2,8 @@
 
     python -m blackbox_lime.evaluation.bench_truncation --figshare DATA --split test --per-class 10 --top-k 1 \\
         --out docs/bench_truncation/figshare_test
+    python -m blackbox_lime.evaluation.bench_truncation --family chest4 --split test --per-class 10 --top-k 2 \\
+        --out docs/bench_truncation/chest4_test
 
 A vendor file API that answers its top k labels omits the explained label whenever hiding patches pushes it out
 of the top k. This benchmark explains the same images with the same seeds three ways, through the same local
@@ -14,7 +16,9 @@ tests/test_file_api.py):
 
 Family ``figshare_brain`` (real T1 MRI, three exclusive tumour classes, expert boxes; blackbox_lime/evaluation/
 real_data.py): the explained class is the true one on correctly classified images, scored by pixel AUPRC against the
-box. Family ``multilabel`` (chest phantoms with up to three findings, ``multilabel-cnn``): every finding present is
+box. Family ``chest4`` (chest phantoms, four exclusive classes: normal, nodule, consolidation, effusion;
+``chest4-cnn``): every abnormal case's true class is explained, scored against its finding's exact mask. Family
+``multilabel`` (chest phantoms with up to three findings, ``multilabel-cnn``): every finding present is
 explained, scored against its exact mask. Also reported: each map's correlation with the full-answer map, and the
 share of answers that omitted the explained label.
 """
@@ -80,8 +84,22 @@ def cases(family: str, figshare: str | None, split: str, per_class: int) -> tupl
         model = str(bundled_model("figshare_brain_cnn.onnx"))
         chosen = select(figshare_brain(figshare, split), OnnxAdapter(Path(model)), per_class)
         return model, [(c.id, _rgb(c), c.label, c.mask) for c, _ in chosen]
-    from blackbox_lime.evaluation.phantoms import FINDINGS, make_multilabel_phantom
+    from blackbox_lime.evaluation.phantoms import EXCLUSIVE_CLASSES, FINDINGS, make_exclusive_phantom, make_multilabel_phantom
 
+    if family == "chest4":
+        model = str(bundled_model("chest4_cnn.onnx"))
+        per = {k: 0 for k in range(1, len(EXCLUSIVE_CLASSES))}
+        out4 = []
+        for i in range(2000):
+            ph, label = make_exclusive_phantom(split, i)
+            if label == 0 or per[label] >= per_class:
+                continue
+            per[label] += 1
+            out4.append((f"chest4-{split}-{i}-{EXCLUSIVE_CLASSES[label]}", ph.image, label,
+                         ph.masks[EXCLUSIVE_CLASSES[label]]))
+            if all(v >= per_class for v in per.values()):
+                break
+        return model, out4
     out = []
     for i in range(200):
         ph = make_multilabel_phantom(split, i)
@@ -147,7 +165,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_truncation",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--family", choices=["figshare_brain", "multilabel"], default="figshare_brain")
+    p.add_argument("--family", choices=["figshare_brain", "multilabel", "chest4"], default="figshare_brain")
     p.add_argument("--figshare", default=None, help="the figshare brain-tumour folder holding 0/, 1/ and 2/")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--per-class", type=int, default=10, help="cases per class (multilabel: 3x this many findings)")
