@@ -53,7 +53,7 @@ class OnnxImageClassifier:
             data = base64.b64decode(data)
         image = Image.open(io.BytesIO(bytes(data))).convert("RGB")
         if image.size != (self.size[1], self.size[0]):
-            image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+            image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
         return np.asarray(image, np.float32).transpose(2, 0, 1) / np.float32(255.0)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, float]]:
