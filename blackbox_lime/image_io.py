@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageError", "LoadedImage", "load_image", "SUPPORTED"]
+__all__ = ["ImageError", "LoadedImage", "load_image", "load_image_bytes", "SUPPORTED"]
 
 SUPPORTED = ".png, .jpg/.jpeg, .tif/.tiff, .bmp, .gif, .npy, .dcm (DICOM)"
 DEFAULT_MAX_PIXELS = 100_000_000  # 10^8: a 10000 x 10000 image; raise it with --max-pixels
@@ -98,22 +98,32 @@ def _too_large(name: str, claimed: int, what: str, max_pixels: int) -> ImageErro
 
 
 def _load(p: Path, frame: int | None, max_pixels: int) -> LoadedImage:
-    data = p.read_bytes()
+    return load_image_bytes(p.read_bytes(), p.name, frame, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, frame: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """:func:`load_image` for a file already in memory (one retrieved from PACS); ``name`` names it in errors
+    and its suffix, if any, says its kind."""
     if len(data) == 0:
-        raise ImageError(f"{p.name} is empty (0 bytes). Re-export or re-copy the image.")
+        raise ImageError(f"{name} is empty (0 bytes). Re-export or re-copy the image.")
     digest = hashlib.sha256(data).hexdigest()
-    suffix = p.suffix.lower()
+    suffix = Path(name).suffix.lower()
     notes: list[str] = []
     burned_in = None
-    if suffix == ".npy" or data[:6] == b"\x93NUMPY":
-        pixels, fmt = _load_npy(p.name, data, notes, max_pixels), "npy"
-    elif suffix in (".dcm", ".dicom") or data[128:132] == b"DICM":
-        (pixels, burned_in), fmt = _load_dicom(p.name, data, frame, notes, max_pixels), "dicom"
-    else:
-        pixels, fmt = _load_raster(p.name, data, notes, max_pixels), "raster"
+    try:
+        if suffix == ".npy" or data[:6] == b"\x93NUMPY":
+            pixels, fmt = _load_npy(name, data, notes, max_pixels), "npy"
+        elif suffix in (".dcm", ".dicom") or data[128:132] == b"DICM":
+            (pixels, burned_in), fmt = _load_dicom(name, data, frame, notes, max_pixels), "dicom"
+        else:
+            pixels, fmt = _load_raster(name, data, notes, max_pixels), "raster"
+    except MemoryError:
+        raise ImageError(f"{name} is too large to decode in this machine's memory. Downscale it, or explain it on "
+                         "a machine with more memory.") from None
     if frame is not None and fmt != "dicom":
-        raise ImageError(f"{p.name}: --frame applies to multi-frame DICOM files only.")
-    pixels = _finish(p.name, pixels, notes)
+        raise ImageError(f"{name}: --frame applies to multi-frame DICOM files only.")
+    pixels = _finish(name, pixels, notes)
     return LoadedImage(pixels, fmt, digest, notes, burned_in)
 
 

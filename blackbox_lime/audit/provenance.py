@@ -74,8 +74,10 @@ def write_provenance(out_dir: Path, store: AuditStore) -> str:
         "model": store.get("model"),
         "config": public_config(store),
         "source": {"name": study_name(store), "kind": store.get("source_kind"),
-                   "paths": "inputs[].image and .mask are relative to the study's folder, which only audit.sqlite "
-                            "records (audit verify --source FOLDER reads them from another place)"},
+                   "paths": "inputs[].image is STUDY/SERIES/INSTANCE UIDs in the PACS; audit.sqlite records which"
+                   if store.get("source_kind") == "pacs" else
+                   "inputs[].image and .mask are relative to the study's folder, which only audit.sqlite "
+                   "records (audit verify --source FOLDER reads them from another place)"},
         "started": store.get("created"),
         "written": store.get("updated"),
         "totals": store.totals(),
@@ -102,12 +104,15 @@ def verify(out_dir: Path, source: Path | None = None) -> tuple[bool, str, int]:
         return False, f"{path} is missing: nothing to verify against (audit run writes it).", 0
     except (OSError, ValueError) as exc:
         return False, f"{path} is not readable provenance ({exc}).", 0
+    in_pacs = doc.get("source", {}).get("kind") == "pacs"
     root = source if source is not None else _recorded_root(out_dir, doc)
-    if root is None:
+    if in_pacs:
+        root = None
+    elif root is None:
         return False, (f"the study's folder is not recorded here ({STORE_NAME} is missing); name it: audit verify DIR "
                        "--source FOLDER."), 0
     checked = 0
-    for item in doc["inputs"]:
+    for item in [] if in_pacs else doc["inputs"]:
         for key, sha in (("image", item.get("sha256")), ("mask", item.get("mask_sha256"))):
             if key not in item or sha is None:
                 continue
@@ -131,7 +136,8 @@ def verify(out_dir: Path, source: Path | None = None) -> tuple[bool, str, int]:
     extra = [n for n in output_files(out_dir) if n not in recorded]
     if extra:
         return False, f"output not in the provenance manifest: {extra[0]}", checked
-    return True, f"all {checked} files match {PROVENANCE_NAME}", checked
+    where = " (the inputs are in PACS: their SHA-256 are recorded, not read again)" if in_pacs else ""
+    return True, f"all {checked} files match {PROVENANCE_NAME}{where}", checked
 
 
 def _recorded_root(out_dir: Path, doc: dict[str, Any]) -> Path | None:

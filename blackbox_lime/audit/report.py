@@ -67,6 +67,9 @@ def study_summary(store: AuditStore) -> dict[str, Any]:
     return {
         "study": {
             "name": study_name(store),
+            "source": source_description(store),
+            "skipped": (store.get("pacs") or {}).get("skipped", []),
+            "stow": _stow_counts(store),
             "cases": len(cases), **counts,
             "complete": counts["pending"] == 0 and counts["failed"] == 0,
             "explained_findings": len(done),
@@ -92,6 +95,30 @@ def study_name(store: AuditStore) -> str:
     """The name the audit's outputs give the study (--study-name): never its folder's path, which may carry a
     patient's name."""
     return str(store.get("study_name") or "study")
+
+
+def source_description(store: AuditStore) -> str:
+    """Where the cases came from, as the shared outputs say it: a folder or manifest (never its path), or the PACS's
+    host and the study UIDs (never the URL's query, which may carry a patient's name, nor credentials)."""
+    kind = store.get("source_kind")
+    if kind != "pacs":
+        return f"a {kind or 'folder'} on this site"
+    p = store.get("pacs") or {}
+    studies = p.get("studies") or []
+    which = f"study {studies[0]}" if len(studies) == 1 else f"{len(studies)} studies"
+    return f"PACS {p.get('host', '?')} (DICOMweb), {which}"
+
+
+def _stow_counts(store: AuditStore) -> dict[str, int] | None:
+    """How many done cases' maps were stored to PACS (--stow), and how many were not; None without --stow."""
+    outcomes = [(c.record or {}).get("stow") for c in store.cases(states=("done",))]
+    if not any(outcomes):
+        return None
+    out: dict[str, int] = {}
+    for o in outcomes:
+        state = (o or {}).get("state", "not tried")
+        out[state] = out.get(state, 0) + 1
+    return out
 
 
 def public_config(store: AuditStore) -> dict[str, Any]:
@@ -217,7 +244,10 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
                  f"<span class='{'ok' if st['complete'] else 'bad'}'>{e(status)}</span> · written {e(_when(st['updated']))}</p>")
 
     parts.append("<h2>Study summary</h2><table>")
-    rows = [("cases", st["cases"]), ("explained", st["done"]), ("failed", st["failed"]), ("pending", st["pending"]),
+    rows = [("source", st["source"]), ("cases", st["cases"]),
+            *([("skipped instances (no image)", len(st["skipped"]))] if st["skipped"] else []), ("explained", st["done"]),
+            *([("maps stored to PACS (STOW-RS)", ", ".join(f"{n} {k}" for k, n in st["stow"].items()))]
+              if st["stow"] else []), ("failed", st["failed"]), ("pending", st["pending"]),
             ("flagged cases", f"{st['flagged_cases']} ({_fmt(st['flagged_fraction'], 3)})"),
             ("median fidelity (evidence R²)", _fmt(st["median_r2_evidence"])),
             ("images sent", st["totals"]["sent"]), ("answers reused from the store", st["totals"]["reused"]),

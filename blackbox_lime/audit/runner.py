@@ -31,7 +31,7 @@ from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.flags import anatomy_mask, case_flags
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
-from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image
+from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image, load_image_bytes
 from blackbox_lime.explanation import ExplanationSet
 from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, shared_summary, write_all
 
@@ -64,7 +64,8 @@ def _private(salt: str, value: str) -> str:
 
 def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAdapter, *, seed: int,
                  target: "int | list[int] | str | None", frame: int | None, salt: str,
-                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, burned_in: str = "warn") -> CaseOutcome:
+                 threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, burned_in: str = "warn",
+                 data: bytes | None = None) -> CaseOutcome:
     """Explain and flag one case. Raises ImageError or ValueError for a bad image or mask, AdapterError when
     the model cannot answer. Writes nothing.
 
@@ -72,8 +73,12 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
     explained from one set of queries. The record always has a ``findings`` list, one entry per explained
     class with its own flags; a single class keeps explain's file names, several get one map and overlay per
     finding, one JSON and an overview (as ``explain`` writes them). ``burned_in``: "warn" or "refuse" an image
-    whose pixels may carry burnt-in text (see :func:`~blackbox_lime.image_io.check_burned_in`)."""
-    loaded = load_image(root / case.image, frame=frame, max_pixels=max_pixels)
+    whose pixels may carry burnt-in text (see :func:`~blackbox_lime.image_io.check_burned_in`). ``data``: the image
+    file's bytes when they come from elsewhere than ``root / case.image`` (an instance retrieved from PACS)."""
+    if data is None:
+        loaded = load_image(root / case.image, frame=frame, max_pixels=max_pixels)
+    else:
+        loaded = load_image_bytes(data, "the image.dcm", frame=frame, max_pixels=max_pixels)
     burned = check_burned_in("the image", loaded, burned_in)
     roi, mask_sha = None, None
     if case.mask is not None:
@@ -115,7 +120,7 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
         from blackbox_lime.dicom_out import DicomOutError, parametric_map_files
 
         try:
-            pm = parametric_map_files((root / case.image).read_bytes(), [(st, e.saliency, e.target_name)
+            pm = parametric_map_files((root / case.image).read_bytes() if data is None else data, [(st, e.saliency, e.target_name)
                                                                         for st, e in zip(stems, exps)], frame, salt)
         except DicomOutError as exc:
             dicom_note = f"no DICOM Parametric Map: {exc}"
@@ -170,40 +175,106 @@ class AuditRunner:
     def __init__(self, out_dir: Path, store: AuditStore, adapter: StoredAdapter, explainer: Explainer, *, root: Path,
                  seed: int, target: "int | list[int] | str | None", frame: int | None, salt: str,
                  threshold: float = 0.5, max_pixels: int = DEFAULT_MAX_PIXELS, burned_in: str = "warn",
-                 progress: Callable[[Case, str], None] | None = None) -> None:
+                 progress: Callable[[Case, str], None] | None = None, fetch: Callable[[Case], bytes] | None = None,
+                 stow: Callable[[list[bytes]], dict[str, Any]] | None = None) -> None:
         self.out_dir, self.store, self.adapter, self.explainer = out_dir, store, adapter, explainer
         self.root, self.seed, self.target, self.frame, self.salt = root, seed, target, frame, salt
         self.threshold, self.max_pixels, self.burned_in = threshold, max_pixels, burned_in
-        self.progress = progress
+        self.progress, self.fetch, self.stow = progress, fetch, stow
+
+    def _store_maps(self, case_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """STOW-RS of a done case's Parametric Maps (read back from the audit folder); its outcome, also kept in the
+        case's record, so that a resume retries only what was not stored."""
+        assert self.stow is not None
+        maps = [n for n in record.get("outputs", []) if n.endswith(".pm.dcm")]
+        if not maps:
+            outcome: dict[str, Any] = {"state": "nothing to store", "reason": record.get("dicom_out") or
+                                       "the case has no Parametric Map (its image is not DICOM)"}
+        else:
+            try:
+                outcome = self.stow([(self.out_dir / n).read_bytes() for n in maps])
+            except (ValueError, OSError) as exc:
+                outcome = {"state": "failed", "reason": str(exc)}
+        self.store.update_record(case_id, "stow", outcome)
+        return outcome
 
     def run(self) -> RunResult:
         (self.out_dir / CASES_DIR).mkdir(exist_ok=True)
+        if self.stow is not None:  # maps made before but not stored (the PACS refused, or was down): stored now
+            for done in self.store.cases(states=("done",)):
+                if done.record is not None and (done.record.get("stow") or {}).get("state") not in ("stored", "nothing to store"):
+                    self._store_maps(done.id, done.record)
         todo = self.store.cases(states=("pending", "failed"))  # failed cases get another try on resume
-        stopped, explained, failures = None, 0, []
-        for case in todo:
-            self.store.start_case(case.id)
-            self.adapter.case_id = case.id
-            try:
-                outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
-                                       target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold,
-                                       max_pixels=self.max_pixels, burned_in=self.burned_in)
-            except BudgetExhausted as exc:
-                stopped = str(exc)
-                break
-            except (ImageError, ValueError, AdapterError) as exc:
-                reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, AdapterError) else str(exc)
-                private = _without_names(reason, case, self.root)  # the store feeds the report: no file names
-                self.store.fail_case(case.id, private)
-                failures.append((case.id, reason))
-                log.info("case %s failed: %s", case.id, private)  # the command prints each failure once
-                if self.progress:
-                    self.progress(case, "failed")
-                continue
-            write_all({self.out_dir / name: data for name, data in outcome.files.items()})
-            self.store.finish_case(case.id, outcome.record)  # after its files: a done case always has them
-            explained += 1
-            if self.progress:
-                self.progress(case, "done")
+        stopped, explained = None, 0
+        failures: list[tuple[str, str]] = []
+        prefetch = _Prefetch(self.fetch, todo) if self.fetch is not None else None
+        try:
+            for case in todo:
+                outcome_or_stop = self._one(case, prefetch, failures)
+                if isinstance(outcome_or_stop, str):
+                    stopped = outcome_or_stop
+                    break
+                explained += outcome_or_stop
+        finally:
+            if prefetch is not None:
+                prefetch.close()
         counts = self.store.counts()
         return RunResult(counts["done"], counts["failed"], counts["pending"], stopped, explained, failures)
+
+    def _one(self, case: Case, prefetch: "_Prefetch | None", failures: list[tuple[str, str]]) -> int | str:
+        """One case: 1 when explained, 0 when failed, the reason when the budget stopped the run."""
+        self.store.start_case(case.id)
+        self.adapter.case_id = case.id
+        try:
+            data = prefetch.get(case) if prefetch is not None else None
+            outcome = explain_case(case, self.root, self.explainer, self.adapter, seed=self.seed,
+                                   target=self.target, frame=self.frame, salt=self.salt, threshold=self.threshold,
+                                   max_pixels=self.max_pixels, burned_in=self.burned_in, data=data)
+        except BudgetExhausted as exc:
+            return str(exc)
+        except (ImageError, ValueError, AdapterError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, AdapterError) else str(exc)
+            private = _without_names(reason, case, self.root)  # the store feeds the report: no file names
+            self.store.fail_case(case.id, private)
+            failures.append((case.id, reason))
+            log.info("case %s failed: %s", case.id, private)  # the command prints each failure once
+            if self.progress:
+                self.progress(case, "failed")
+            return 0
+        write_all({self.out_dir / name: blob for name, blob in outcome.files.items()})
+        self.store.finish_case(case.id, outcome.record)  # after its files: a done case always has them
+        if self.stow is not None:
+            self._store_maps(case.id, outcome.record)
+        if self.progress:
+            self.progress(case, "done")
+        return 1
+
+
+class _Prefetch:
+    """Retrieval of the next cases (``lookahead`` of them) in a thread while the current one is explained."""
+
+    def __init__(self, fetch: Callable[[Case], bytes], todo: list[Case], lookahead: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fetch, self.todo, self.lookahead = fetch, todo, lookahead
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-lime-retrieve")
+        self.futures: dict[str, Any] = {}
+        self.next = 0
+
+    def _fill(self, upto: int) -> None:
+        while self.next < min(upto, len(self.todo)):
+            case = self.todo[self.next]
+            self.futures[case.id] = self.pool.submit(self.fetch, case)
+            self.next += 1
+
+    def get(self, case: Case) -> bytes:
+        index = self.todo.index(case)
+        self._fill(index + 1 + self.lookahead)
+        data: bytes = self.futures.pop(case.id).result()
+        return data
+
+    def close(self) -> None:
+        for f in self.futures.values():
+            f.cancel()
+        self.pool.shutdown(wait=True)
 

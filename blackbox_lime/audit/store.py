@@ -225,6 +225,16 @@ class AuditStore:
             self.db.execute("UPDATE cases SET state = 'done', reason = NULL, record = ?, updated = ? WHERE id = ?",
                             (json.dumps(record), time.time(), case_id))
 
+    def update_record(self, case_id: str, key: str, value: Any) -> None:
+        """Set one key of a done case's record (the outcome of storing its maps to PACS)."""
+        with self.transaction():
+            row = self.db.execute("SELECT record FROM cases WHERE id = ?", (case_id,)).fetchone()
+            if row is None or row[0] is None:
+                raise StoreError(f"case {case_id} has no record to update")
+            record = json.loads(row[0])
+            record[key] = value
+            self.db.execute("UPDATE cases SET record = ? WHERE id = ?", (json.dumps(record), case_id))
+
     def fail_case(self, case_id: str, reason: str) -> None:
         with self.transaction():
             self.db.execute("UPDATE cases SET state = 'failed', reason = ?, record = NULL, updated = ? WHERE id = ?",

@@ -48,7 +48,9 @@ def _audit_config(a: argparse.Namespace, cfg: Any, model: dict[str, Any], explai
     """What an audit's maps depend on, by option name: a resume must give the same values."""
     from blackbox_lime.outputs import file_sha256
 
-    config: dict[str, Any] = {"source": str(Path(a.source).resolve()),
+    from blackbox_lime.audit.pacs import is_pacs_url
+
+    config: dict[str, Any] = {"source": a.source if is_pacs_url(a.source) else str(Path(a.source).resolve()),
                               "--model" if a.endpoint is None else "--endpoint": model}
     for option, field in CONFIG_OPTIONS.items():
         config[f"--{option.replace('_', '-')}"] = getattr(cfg, field)
@@ -92,8 +94,9 @@ def run_audit(a: argparse.Namespace) -> int:
     old = AuditStore.open(store_path) if resuming else None  # read-write: closing it leaves no -wal/-shm behind
     try:
         salt = old.get("salt") if old is not None else secrets.token_hex(16)
+        pacs = _pacs_source(a, salt, old)
         try:
-            cases = read_source(a.source, salt)
+            cases = pacs.cases if pacs is not None else read_source(a.source, salt)
         except SourceError as exc:
             raise UserError(f"{exc} Nothing was written.") from None
         cfg = config_from_options(a)
@@ -124,9 +127,14 @@ def run_audit(a: argparse.Namespace) -> int:
                 old.close()
                 old = None
             client = stack.enter_context(_cluster(a))  # before any file: a bad scheduler leaves nothing behind
+            fetch, stow = _pacs_io(a, stack)  # likewise a bad --stow URL or --pacs-auth file
             check_writable(out)
             if resuming:
                 store = AuditStore.open(store_path)
+            elif pacs is not None:
+                store = AuditStore.create(store_path, config, cases, {
+                    "salt": salt, "model": model, "source_kind": "pacs", "root": str(out.resolve()),
+                    "pacs": {"host": pacs.host, "studies": pacs.studies, "skipped": pacs.skipped}})
             else:
                 kind = "folder" if Path(a.source).is_dir() else "manifest"
                 store = AuditStore.create(store_path, config, cases, {
@@ -158,10 +166,11 @@ def run_audit(a: argparse.Namespace) -> int:
                         settings = _cluster_settings(a, cfg, target, salt, budget, burned_in)
                         result = run_on_cluster(client, out, store, settings, progress)
                     else:
-                        result = AuditRunner(out, store, stored, explainer, root=source_root(a.source), seed=a.seed,
+                        result = AuditRunner(out, store, stored, explainer,
+                                             root=out if pacs is not None else source_root(a.source), seed=a.seed,
                                              target=target, frame=a.frame, salt=salt, threshold=a.threshold,
                                              max_pixels=a.max_pixels or DEFAULT_MAX_PIXELS,
-                                             burned_in=burned_in, progress=progress).run()
+                                             burned_in=burned_in, progress=progress, fetch=fetch, stow=stow).run()
                 except KeyboardInterrupt:
                     bar.close()  # before the message, so the bar does not overwrite it
                     print(f"blackbox-lime: interrupted; every answered query is stored. Run the same command to "
@@ -176,6 +185,8 @@ def run_audit(a: argparse.Namespace) -> int:
                 report = write_report(out, store)
                 digest = write_provenance(out, store)
                 totals = store.totals()
+                unstored = [(c.id, c.record["stow"].get("reason", "")) for c in store.cases(states=("done",))
+                            if a.stow is not None and c.record and (c.record.get("stow") or {}).get("state") == "failed"]
         finally:
             stack.close()
             adapter.close()
@@ -192,10 +203,80 @@ def run_audit(a: argparse.Namespace) -> int:
     print(f"{a.out}: {result.done} of {len(cases)} cases explained, {result.failed} failed, {result.pending} pending; "
           f"{totals['sent']} images sent in all ({totals['reused']} answers reused from the store). Report: {report}. "
           f"provenance.json SHA-256 {digest}.", file=sys.stderr)
+    if unstored:
+        print(f"blackbox-lime: the maps of {len(unstored)} case(s) were not stored to PACS: {unstored[0][1]} Rerun the "
+              "same command (with a --stow that works) to store them; no query is sent again.", file=sys.stderr)
     if result.stopped is not None:
         print(f"blackbox-lime: stopped: {result.stopped}", file=sys.stderr)
         return EXIT_BUDGET
-    return EXIT_CASES_FAILED if result.failed else EXIT_OK
+    return EXIT_CASES_FAILED if result.failed or unstored else EXIT_OK
+
+
+def _pacs_auth(a: argparse.Namespace) -> Any:
+    from blackbox_lime.adapters import ConfigError
+    from blackbox_lime.audit.pacs import PacsAuth
+
+    if a.pacs_auth is None:
+        return None
+    try:
+        auth = PacsAuth.from_toml(a.pacs_auth)
+        auth.secrets()  # a missing variable or a bad token file is named before anything is written
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return auth
+
+
+def _pacs_source(a: argparse.Namespace, salt: str, old: Any) -> Any:
+    """A DICOMweb source's cases (read from the store on a resume: the list is fixed when the audit starts), else
+    None for a folder or manifest."""
+    from blackbox_lime.audit.pacs import PacsCases, PacsError, is_pacs_url, read_pacs
+
+    if a.pacs_auth is not None and not is_pacs_url(a.source) and a.stow is None:
+        raise UserError("--pacs-auth is for a DICOMweb source or --stow; the source is a folder or manifest.")
+    if not is_pacs_url(a.source):
+        return None
+    if a.workers is not None or a.scheduler is not None:
+        raise UserError("A DICOMweb source is audited in one process for now: drop --workers / --scheduler (the "
+                        "retrieval of the next cases overlaps with the explanation already).")
+    if old is not None and old.get("source_kind") == "pacs":
+        p = old.get("pacs") or {}
+        return PacsCases(old.cases(), p.get("skipped", []), p.get("studies", []), p.get("host", ""))
+    try:
+        return read_pacs(a.source, salt, _pacs_auth(a), a.allow_insecure_http)
+    except PacsError as exc:
+        raise UserError(f"{exc} Nothing was written.") from None
+
+
+def _pacs_io(a: argparse.Namespace, stack: contextlib.ExitStack) -> tuple[Any, Any]:
+    """(fetch, stow) for the runner: WADO-RS retrieval of a PACS source's cases, STOW-RS of the maps."""
+    from blackbox_lime.audit.pacs import Pacs, PacsError, is_pacs_url, pacs_reference, parse_pacs_url
+
+    fetch = stow = None
+    auth = _pacs_auth(a) if (is_pacs_url(a.source) or a.stow) else None
+    try:
+        if is_pacs_url(a.source):
+            source = stack.enter_context(Pacs(parse_pacs_url(a.source, a.allow_insecure_http).root, auth,
+                                              allow_insecure_http=a.allow_insecure_http))
+            fetch = lambda case: source.retrieve(*pacs_reference(case.image))  # noqa: E731
+        if a.stow is not None:
+            root, study = _dicomweb_root(a.stow)
+            target = stack.enter_context(Pacs(root, auth, allow_insecure_http=a.allow_insecure_http))
+            stow = lambda files: target.store(files, study)  # noqa: E731
+    except PacsError as exc:
+        raise UserError(str(exc)) from None
+    return fetch, stow
+
+
+def _dicomweb_root(url: str) -> tuple[str, str | None]:
+    """--stow URL: a DICOMweb root (the maps go to POST ROOT/studies), or a study under it (POST ROOT/studies/UID,
+    which a server refuses for maps of another study)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    cut = next((i for i, s in enumerate(segments) if s in ("studies", "series", "instances")), len(segments))
+    study = segments[cut + 1] if len(segments) > cut + 1 and segments[cut] == "studies" else None
+    return urlunsplit((parts.scheme, parts.netloc, "/" + "/".join(segments[:cut]), "", "")).rstrip("/"), study
 
 
 def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, budget: int | None,

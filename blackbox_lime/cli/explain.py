@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from blackbox_lime.cli.common import (
+    UserError,
     EXIT_OK,
     EXIT_USER,
     adapter_from_options,
@@ -42,17 +43,38 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
             check_calibration(a, hashes)
             hashes["calibration"] = {"file": Path(a.calibration).name, "sha256": file_sha256(a.calibration),
                                      "fill": cfg.fill}
+        stow = _stow_target(a)  # a bad --stow URL or --pacs-auth file: named before anything is written
         created = not Path(a.out).exists()
         out = check_writable(a.out)  # only once every check passed: a refused call leaves no folder behind
         try:
-            return _explain_images(images, a, adapter, explainer, target, hashes, out)
+            return _explain_images(images, a, adapter, explainer, target, hashes, out, stow)
         finally:
+            if stow is not None:
+                stow[0].close()
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # every image failed: leave no empty folder behind
 
 
+def _stow_target(a: argparse.Namespace) -> Any:
+    """--stow URL: (the PACS, the study to post to or None), or None without --stow."""
+    if getattr(a, "stow", None) is None:
+        if getattr(a, "pacs_auth", None) is not None:
+            raise UserError("--pacs-auth is for --stow (the PACS the maps are stored to).")
+        return None
+    if not a.dicom_out:
+        raise UserError("--stow stores the DICOM Parametric Maps of --dicom-out: add --dicom-out.")
+    from blackbox_lime.audit.pacs import Pacs, PacsError
+    from blackbox_lime.cli.audit import _dicomweb_root, _pacs_auth
+
+    root, study = _dicomweb_root(a.stow)
+    try:
+        return Pacs(root, _pacs_auth(a), allow_insecure_http=a.allow_insecure_http), study
+    except PacsError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, explainer: Any, target: Any,
-                    hashes: dict[str, Any], out: Path) -> int:
+                    hashes: dict[str, Any], out: Path, stow: Any = None) -> int:
     from blackbox_lime.explanation import ExplanationSet
     from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image
     from blackbox_lime.outputs import OutputError, file_sha256
@@ -86,18 +108,31 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
                 for e in exps:
                     e.warnings.append(burned)
             if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
-                _write_findings(a, out, stem, path, loaded, exps, hashes, adapter.retries - r0, t_io)
+                pm = _write_findings(a, out, stem, path, loaded, exps, hashes, adapter.retries - r0, t_io)
             else:
-                _write_one(a, out, stem, path, loaded, exp, hashes, adapter.retries - r0, t_io)
+                pm = _write_one(a, out, stem, path, loaded, exp, hashes, adapter.retries - r0, t_io)
         except OutputError as exc:
             print(f"blackbox-lime: error: {path.name}: {exc}", file=sys.stderr)
             failed += 1
+            continue
+        if stow is not None and pm:
+            from blackbox_lime.audit.pacs import PacsError
+
+            pacs, study = stow
+            try:
+                pacs.store(list(pm.values()), study)
+                if not a.quiet:
+                    print(f"{path.name}: {len(pm)} Parametric Map(s) stored to PACS {pacs.host}", file=sys.stderr)
+            except PacsError as exc:
+                print(f"blackbox-lime: error: {path.name}: its maps are written to {out} but not stored: {exc}",
+                      file=sys.stderr)
+                failed += 1
     return EXIT_USER if failed else EXIT_OK
 
 
 def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exp: Any,
-               hashes: dict[str, Any], retries: int, t_io: float) -> None:
-    """One image's three files (all or nothing), its JSON line and its summary lines."""
+               hashes: dict[str, Any], retries: int, t_io: float) -> dict[Path, bytes]:
+    """One image's three files (all or nothing), its JSON line and its summary lines; returns its Parametric Maps."""
     from blackbox_lime import __version__
     from blackbox_lime.outputs import explanation_files, fidelity_text, write_all
 
@@ -132,6 +167,7 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
               f"{fidelity_text(exp)} (evidence R2, held-out; R2 {exp.r2:.3f}, held-out R2 {exp.r2_heldout:.3f}) "
               f"{exp.queries} queries{traffic_note(exp)} "
               f"{exp.timings['total']:.1f}s -> {out / (stem + '.overlay.png')}", file=sys.stderr)
+    return pm
 
 
 def _dicom_maps(a: argparse.Namespace, path: Path, loaded: Any, maps: list[tuple[str, Any, str]],
@@ -156,8 +192,9 @@ def _dicom_maps(a: argparse.Namespace, path: Path, loaded: Any, maps: list[tuple
 
 
 def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exps: list[Any],
-                    hashes: dict[str, Any], retries: int, t_io: float) -> None:
-    """Several findings of one image from one set of queries: their files, the JSON line and the summary lines."""
+                    hashes: dict[str, Any], retries: int, t_io: float) -> dict[Path, bytes]:
+    """Several findings of one image from one set of queries: their files, the JSON line and the summary lines;
+    returns their Parametric Maps."""
     from blackbox_lime import __version__
     from blackbox_lime.outputs import fidelity_text, finding_stems, findings_files, shared_summary, write_all
 
@@ -187,3 +224,4 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
         found = ", ".join(f"{e.target_name} p={e.target_prob:.3f} {fidelity_text(e)}" for e in exps)
         print(f"{path.name}: {len(exps)} finding(s) from one set of {exps[0].queries} queries{traffic_note(exps[0])}: {found} -> "
               f"{out / (stem + '.findings.png')}", file=sys.stderr)
+    return pm

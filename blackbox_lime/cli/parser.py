@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(STEM.pm.dcm), referencing the source instance for PACS viewers (dicom extra). The map "
                              "carries the source's patient and study modules, as DICOM requires: it is for the "
                              "site's PACS, not for sharing (audit run always writes them)")
+        if sp.prog.endswith("explain"):
+            sp.add_argument("--stow", default=None,
+                            help="with --dicom-out: store the Parametric Maps to this DICOMweb server with STOW-RS "
+                                 "(its root, e.g. https://pacs/dicom-web, or a study under it)")
+            sp.add_argument("--pacs-auth", default=None,
+                            help="a TOML file with the PACS's [auth] and [tls] for --stow (see docs/audit.md)")
         sp.add_argument("--burned-in", choices=["auto", "warn", "refuse"], default="auto",
                         help="DICOM images whose pixels may carry burnt-in text (BurnedInAnnotation YES, or a "
                              "Secondary Capture that does not say): refuse skips them and sends nothing of them, warn "
@@ -136,8 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "flags, an HTML report and provenance")
     au_sub = au.add_subparsers(dest="audit_command")
     ar = au_sub.add_parser("run", help="explain and flag every case of a study; rerun the same command to resume")
-    ar.add_argument("source", help="a folder of images (searched recursively) or a CSV manifest with the columns "
-                                   "image and optionally id, mask (region of interest), label")
+    ar.add_argument("source", help="a folder of images (searched recursively), a CSV manifest with the columns "
+                                   "image and optionally id, mask (region of interest), label, or a DICOMweb study, "
+                                   "series or search URL (https://pacs/dicom-web/studies/UID, .../studies?...)")
+    ar.add_argument("--pacs-auth", default=None,
+                    help="a TOML file with the PACS's [auth] (token_env/token_file, or username with "
+                         "password_env/password_file) and [tls] (ca_bundle, client_cert, client_key, verify)")
+    ar.add_argument("--stow", default=None,
+                    help="store each case's Parametric Maps to this DICOMweb server with STOW-RS as they are made "
+                         "(its root, e.g. https://pacs/dicom-web; --pacs-auth applies); a resume retries what was "
+                         "not stored")
     ar.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
     where = ar.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=None,
