@@ -336,3 +336,27 @@ def test_explain_dicom_out_stows_a_single_file(pacs: Any, linear_model: Path, tm
                  pacs.dicomweb, *FAST]) == 2
     assert "--stow stores the DICOM Parametric Maps of --dicom-out: add --dicom-out." in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.slow
+def test_a_pacs_with_basic_authentication_takes_the_pacs_auth_file_and_never_prints_the_password(
+        linear_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    password = "canary-pacs-password-31"
+    with orthanc_server.start(tmp_path / "orthanc", users={"audit": password}) as server:
+        server.upload(_bytes(study_files()["ct"]))
+        url = f"{server.dicomweb}/studies/{STUDY}"
+        auth = tmp_path / "pacs.toml"
+        auth.write_text('[auth]\nusername = "audit"\npassword_env = "BBL_TEST_PACS_PASSWORD"\n')
+        monkeypatch.setenv("BBL_TEST_PACS_PASSWORD", "not-the-password")
+        assert main(["audit", "run", url, "--model", str(linear_model), "--out", str(tmp_path / "refused"),
+                     "--pacs-auth", str(auth), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert "refused the instance search (401): check the credentials in the --pacs-auth file" in err
+        assert "not-the-password" not in err and not (tmp_path / "refused").exists()
+        monkeypatch.setenv("BBL_TEST_PACS_PASSWORD", password)
+        out = tmp_path / "audit"
+        assert main(["audit", "run", url, "--model", str(linear_model), "--out", str(out), "--pacs-auth", str(auth),
+                     "--stow", server.dicomweb, *FAST]) == 0
+        captured = capsys.readouterr()
+        assert _summary(out)["study"]["stow"] == {"stored": 1}
+        assert password not in captured.out + captured.err + _everything(out)
