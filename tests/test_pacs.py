@@ -360,3 +360,32 @@ def test_a_pacs_with_basic_authentication_takes_the_pacs_auth_file_and_never_pri
         captured = capsys.readouterr()
         assert _summary(out)["study"]["stow"] == {"stored": 1}
         assert password not in captured.out + captured.err + _everything(out)
+
+
+
+def test_the_pacs_auth_file_sets_tls_and_refuses_secrets_in_clear(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS settings reach the session the PACS is queried with (Debian's Orthanc 1.10.1 crashes on its first HTTPS
+    request on this machine, so no HTTPS PACS is started here)."""
+    from blackbox_lime.adapters import ConfigError
+    from blackbox_lime.audit.pacs import PacsAuth
+
+    for name in ("ca.pem", "me.pem", "me.key"):
+        (tmp_path / name).write_text("x")
+    good = tmp_path / "pacs.toml"
+    good.write_text('[auth]\ntoken_env = "BBL_TEST_PACS_TOKEN"\n[tls]\nca_bundle = "ca.pem"\nclient_cert = "me.pem"\n'
+                    'client_key = "me.key"\n')
+    monkeypatch.setenv("BBL_TEST_PACS_TOKEN", "canary-pacs-token")
+    with Pacs("https://pacs.example/dicom-web", PacsAuth.from_toml(good)) as p:
+        assert p.session.verify == str(tmp_path / "ca.pem")
+        assert p.session.cert == (str(tmp_path / "me.pem"), str(tmp_path / "me.key"))
+        assert p.session.headers["Authorization"] == "Bearer canary-pacs-token" and p.session.trust_env is False
+    clear = tmp_path / "clear.toml"
+    clear.write_text('[auth]\nusername = "audit"\npassword = "hunter2"\n')
+    with pytest.raises(ConfigError, match=r"clear.toml holds a secret in clear"):
+        PacsAuth.from_toml(clear)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('[tls]\nverify_hostname = false\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'verify_hostname' in \[tls\]; known keys: ca_bundle, "
+                                          r"client_cert, client_key, verify"):
+        PacsAuth.from_toml(unknown)

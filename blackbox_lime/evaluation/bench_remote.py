@@ -278,14 +278,13 @@ def _file_profile(folder: Path, name: str, url: str, class_names: list[str], con
 
 
 def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list[int],
-              torchserve: bool) -> list[dict[str, Any]]:
-    """Local onnx against file endpoints (label-score-map answers listing every label, PNG requests), each setup
-    in every round, the order alternating."""
+              torchserve: bool, model: Path, label: str) -> list[dict[str, Any]]:
+    """Local onnx against file endpoints (label-score-map answers listing every label, PNG requests) serving
+    ``model``, each setup in every round, the order alternating."""
     import sys
 
     from blackbox_lime.adapters.onnx import OnnxAdapter
 
-    model = bundled_model("demo_cnn.onnx")
     names = list(OnnxAdapter(model).info.class_names)
     setups: list[tuple[str, float, int, str]] = [("local onnx", 0.0, 0, str(model))]
     servers: list[Any] = []
@@ -342,7 +341,7 @@ def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list
     for name, delay, c, _ in setups:
         rs = runs[(name, delay)]
         requests = rs[0]["requests"]
-        out.append({"setup": name, "delay_ms": delay, "in_flight": c, "wall_s": median(rs, "wall"),
+        out.append({"model": label, "setup": name, "delay_ms": delay, "in_flight": c, "wall_s": median(rs, "wall"),
                     "ratio_to_local": median(rs, "wall") / base, "classifier_s": median(rs, "classifier"),
                     "requests": requests, "queries": rs[0]["queries"],
                     "latency_floor_s": requests * delay / 1000 / c if c else 0.0,
@@ -351,13 +350,15 @@ def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list
 
 
 def file_markdown(rows: list[dict[str, Any]], png_s: float) -> str:
-    lines = ["Default explanation (MAE fill, 500 samples) of one chest phantom with the demo CNN; answers list every "
-             f"label (label-score-map, as TorchServe's). PNG encoding of one 224 x 224 image: {png_s * 1000:.2f} ms "
-             "(median of 200).", "",
-             "| endpoint | delay per request | wall (median) | ratio to local | classifier stage | requests | "
-             "latency floor (requests x delay / in flight) |", "|---|---|---|---|---|---|---|"]
+    lines = ["Default explanation (MAE fill, 500 samples) of one chest phantom; answers list every label "
+             f"(label-score-map, as TorchServe's). PNG encoding of one 224 x 224 image: {png_s * 1000:.2f} ms "
+             "(median of 200). Served models: the demo CNN, whose one-image inferences the server runs on the "
+             "client's 2 cores, and a latency-only classifier (linear in the 16 px patch means of the same input).",
+             "", "| served model | endpoint | delay per request | wall (median) | ratio to local | classifier stage | "
+             "requests | latency floor (requests x delay / in flight) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setup']} | {r['delay_ms']:g} ms | {r['wall_s']:.2f} s | {r['ratio_to_local']:.2f} | "
+        lines.append(f"| {r['model']} | {r['setup']} | {r['delay_ms']:g} ms | {r['wall_s']:.2f} s | "
+                     f"{r['ratio_to_local']:.2f} | "
                      f"{r['classifier_s']:.2f} s | {r['requests']} | {r['latency_floor_s']:.2f} s |")
     return "\n".join(lines)
 
@@ -420,8 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         from blackbox_lime.evaluation.torchserve_server import torchserve_bin
 
         png_s = png_cost()
-        rows = part_file(image, a.reps, [float(d) for d in a.file_delays_ms.split(",")],
-                         [int(c) for c in a.file_levels.split(",")], not a.no_torchserve and torchserve_bin() is not None)
+        delays, levels = [float(d) for d in a.file_delays_ms.split(",")], [int(c) for c in a.file_levels.split(",")]
+        rows = part_file(image, a.reps, delays, levels, not a.no_torchserve and torchserve_bin() is not None,
+                         bundled_model("demo_cnn.onnx"), "demo CNN")
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += part_file(image, a.reps, delays, levels, False,
+                              linear_model(Path(tmp) / "linear224.onnx", size=224, patch=16), "latency-only")
         table = file_markdown(rows, png_s)
         print(table)
         out = Path(a.out)
