@@ -440,3 +440,57 @@ def test_a_multilabel_audit_reports_censoring_per_finding(tmp_path: Path) -> Non
         for f in record["findings"]:
             assert f["censoring"]["top_k"] == 1 and f["censoring"]["answers"] == 40
             assert 0 < f["censoring"]["censored"] <= 40
+
+
+
+def test_a_file_endpoint_restarting_mid_run_leaves_the_map_bit_identical(tmp_path: Path) -> None:
+    """The vendor's server process is killed in the middle of a map and started again a second later on the same
+    port: the refused requests are retried until it answers, and the map equals the local one on the same PNG
+    pixels."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from blackbox_lime.evaluation.demo_server import free_port
+    from blackbox_lime.evaluation.phantoms import iter_abnormal_cases
+
+    model = resolve_model("demo-cnn")
+    image = next(iter_abnormal_cases("chest_xray", "test")).image
+    cfg = ExplainConfig(n_samples=120, fill="mean")
+    local = Explainer(Quantised(model), cfg).explain(image, target=1, rng=0)
+    port = free_port()
+
+    def serve(n: int) -> subprocess.Popen[bytes]:
+        ready = tmp_path / f"ready-{n}"
+        proc = subprocess.Popen([sys.executable, "-m", "blackbox_lime.evaluation.file_server", "--model", model,
+                                 "--format", "label-score-map", "--delay-ms", "50", "--port", str(port), "--ready",
+                                 str(ready)], stdout=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while not (ready.is_file() and ready.read_text()):
+            assert proc.poll() is None and time.monotonic() - t0 < 60, "the file-API server did not start"
+            time.sleep(0.05)
+        return proc
+
+    lives = [serve(1)]
+
+    def restart() -> None:
+        time.sleep(0.6)  # 120 requests of 50 ms, 4 in flight: the map needs 1.5 s at least
+        lives[0].kill()
+        lives[0].wait()
+        time.sleep(1.0)
+        lives.append(serve(2))
+
+    t = threading.Thread(target=restart)
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        with EndpointProfile.from_toml(file_profile(tmp_path, url, 'preset = "torchserve"')).build() as adapter:
+            t.start()
+            remote = Explainer(adapter, cfg).explain(image, target=1, rng=0)
+    finally:
+        t.join()
+        for proc in lives:
+            proc.kill()
+            proc.wait()
+    assert len(lives) == 2 and remote.traffic["retries"] > 0  # requests went to both lives of the server
+    assert np.array_equal(remote.saliency, local.saliency)
