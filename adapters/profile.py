@@ -64,7 +64,7 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 from .errors import ConfigError
@@ -179,6 +179,25 @@ def _one_line_token(value: str, where: str, source: str) -> str:
         raise ConfigError(f"{source}: {where} holds {kind} inside the token; a token is one line of printable "
                           "characters. Fix the token (it is not shown here).")
     return token
+
+
+def read_secret(auth: Mapping[str, Any], env_key: str, file_key: str, source: str,
+                what: str = "token") -> str | None:
+    """A secret named by an [auth] table: from the environment variable ``auth[env_key]`` or the file
+    ``auth[file_key]`` (checked as ssh checks a key file), one line; None when neither is set. Shared by endpoint
+    profiles and the PACS's --pacs-auth file."""
+    env, file = auth.get(env_key), auth.get(file_key)
+    if env and file:
+        raise ConfigError(f"{source}: set either [auth] {env_key} or {file_key}, not both.")
+    if env:
+        value = os.environ.get(str(env))
+        if not value:
+            raise ConfigError(f"{source}: the environment variable {env} named by [auth] {env_key} is not set.")
+        return _one_line_token(value, f"the environment variable {env}", source)
+    if file:
+        return _one_line_token(read_secret_file(Path(file), f"[auth] {file_key}", source),
+                               f"the {what} file {Path(file).name}", source)
+    return None
 
 
 @dataclass
@@ -298,18 +317,7 @@ class EndpointProfile:
 
     def token(self) -> str | None:
         """The token from [auth] token_env or token_file (checked as ssh checks a key file), or None."""
-        env, file = self.auth.get("token_env"), self.auth.get("token_file")
-        if env and file:
-            raise ConfigError(f"{self.source}: set either [auth] token_env or token_file, not both.")
-        if env:
-            value = os.environ.get(str(env))
-            if not value:
-                raise ConfigError(f"{self.source}: the environment variable {env} named by [auth] token_env is not set.")
-            return _one_line_token(value, f"the environment variable {env}", self.source)
-        if file:
-            return _one_line_token(read_secret_file(Path(file), "[auth] token_file", self.source),
-                                   f"the token file {Path(file).name}", self.source)
-        return None
+        return read_secret(self.auth, "token_env", "token_file", self.source)
 
     # -- the adapter ---------------------------------------------------------------------------
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from quantised import Quantised
 
 from blackbox_lime.adapters import ConfigError, ResponseError
 from blackbox_lime.adapters.censoring import Censoring
 from blackbox_lime.adapters.file_api import (EMPTY_TYPE2, FileRequest, FileResponse, FileTransport, encode_image,
                                              resolve_preset, secondary_capture)
 from blackbox_lime.adapters.onnx import OnnxAdapter
-from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
 from blackbox_lime.adapters.profile import EndpointProfile
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evaluation.file_server import FileApiServer, decode_file
@@ -204,22 +204,6 @@ def test_secondary_capture_holds_the_pixels_and_nothing_else() -> None:
 
 
 # -- against the loopback server ---------------------------------------------------------------------
-
-
-class Quantised(ClassifierAdapter):
-    """The local model on the pixels a PNG carries (round(x * 255) / 255), one image per run, as the server runs it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(max_batch=1)
-        self.inner = OnnxAdapter(Path(path), max_batch=1)
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.inner.info
-
-    def _predict_batch(self, images: np.ndarray) -> np.ndarray:
-        q = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8).astype(np.float32) / 255.0
-        return self.inner.predict(q)
 
 
 def file_profile(tmp_path: Path, url: str, extra: str = "", names: tuple[str, ...] = ("normal", "abnormal"),

@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from quantised import Quantised
 
 from blackbox_lime import cli
 from blackbox_lime.adapters import ResponseError
-from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
-from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.adapters.profile import EndpointProfile
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evaluation import torchserve_server
@@ -54,21 +53,6 @@ def effusion() -> np.ndarray:
         if label == 3:
             return ph.image
     raise AssertionError("no effusion case in the first 100 test phantoms")
-
-
-class Quantised(ClassifierAdapter):
-    """The local model on the pixels a PNG carries (round(x * 255) / 255), one image per run, as the handler runs it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(max_batch=1)
-        self.inner = OnnxAdapter(Path(path), max_batch=1)
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.inner.info
-
-    def _predict_batch(self, images: np.ndarray) -> np.ndarray:
-        return self.inner.predict(np.round(np.clip(images, 0, 1) * 255).astype(np.uint8).astype(np.float32) / 255.0)
 
 
 def profile(tmp_path: Path, url: str, extra: str = "") -> Path:

@@ -45,7 +45,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import requests
 
 from blackbox_lime.adapters.errors import ConfigError
-from blackbox_lime.adapters.profile import _one_line_token, read_secret_file
+from blackbox_lime.adapters.http import _first_line
+from blackbox_lime.adapters.profile import read_secret
 from blackbox_lime.adapters.remote import check_endpoint_url, safe_url
 from blackbox_lime.audit.source import SourceError, case_id
 from blackbox_lime.audit.store import Case
@@ -98,10 +99,7 @@ def parse_pacs_url(url: str, allow_insecure_http: bool = False) -> PacsLocation:
         check_endpoint_url(url, allow_insecure_http)
     except ConfigError as exc:
         raise PacsError(str(exc).replace("endpoint", "PACS")) from None
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise PacsError(f"{safe_url(url)}: credentials in a PACS URL would be written down; give them in the "
-                        "--pacs-auth file instead.")
+    parts = urlsplit(url)  # credentials in it were refused above, as for model endpoints
     segments = [s for s in parts.path.split("/") if s]
     where = next((i for i, s in enumerate(segments) if s in LEVELS), None)
     if where is None:
@@ -164,20 +162,8 @@ class PacsAuth:
         return cls(dict(doc.get("auth", {})), dict(doc.get("tls", {})), p.name)
 
     def _secret(self, env_key: str, file_key: str) -> str | None:
-        import os
-
-        env, file = self.auth.get(env_key), self.auth.get(file_key)
-        if env and file:
-            raise ConfigError(f"{self.source}: set either [auth] {env_key} or {file_key}, not both.")
-        if env:
-            value = os.environ.get(str(env))
-            if not value:
-                raise ConfigError(f"{self.source}: the environment variable {env} named by [auth] {env_key} is not set.")
-            return _one_line_token(value, f"the environment variable {env}", self.source)
-        if file:
-            return _one_line_token(read_secret_file(Path(file), f"[auth] {file_key}", self.source),
-                                   f"the file {Path(file).name}", self.source)
-        return None
+        return read_secret(self.auth, env_key, file_key, self.source,
+                           "password" if env_key.startswith("password") else "token")
 
     def secrets(self) -> list[str]:
         return [s for s in (self._secret("token_env", "token_file"), self._secret("password_env", "password_file"))
@@ -195,10 +181,10 @@ class PacsAuth:
             if password is None:
                 raise ConfigError(f"{self.source}: [auth] username needs password_env or password_file.")
             session.auth = (str(user), password)
-        verify = self.tls.get("verify", True)
-        if verify is False:
+        verify = bool(self.tls.get("verify", True))
+        if not verify:
             log.warning("TLS certificate verification is OFF for the PACS")
-        session.verify = self.tls.get("ca_bundle") or bool(verify) if verify else False
+        session.verify = (self.tls.get("ca_bundle") or True) if verify else False
         if self.tls.get("client_cert"):
             cert = self.tls["client_cert"]
             session.cert = (cert, self.tls["client_key"]) if self.tls.get("client_key") else cert
@@ -262,11 +248,11 @@ class Pacs:
             try:
                 return fn()
             except requests.exceptions.SSLError as exc:
-                raise PacsError(f"TLS verification failed for the PACS at {self.host}: {_first(exc)}. If it uses a "
+                raise PacsError(f"TLS verification failed for the PACS at {self.host}: {_first_line(exc)}. If it uses a "
                                 "private CA, set [tls] ca_bundle in the --pacs-auth file.") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 if attempt >= (self.attempts if retry else 1):
-                    raise PacsError(f"Could not reach the PACS at {self.host} ({what}): {_first(exc)}. Check the URL "
+                    raise PacsError(f"Could not reach the PACS at {self.host} ({what}): {_first_line(exc)}. Check the URL "
                                     "and that the PACS is up; rerun the same command to go on.") from None
                 time.sleep(delay)
                 delay *= 2
@@ -274,7 +260,7 @@ class Pacs:
                 raise PacsError(self._http_reason(what, exc.response)) from None
             except (ValueError, KeyError, TypeError) as exc:
                 raise PacsError(f"The PACS at {self.host} answered {what} with something that is not DICOMweb "
-                                f"({_first(exc)}). Check that the URL is the DICOMweb root.") from None
+                                f"({_first_line(exc)}). Check that the URL is the DICOMweb root.") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _http_reason(self, what: str, r: requests.Response | None) -> str:
@@ -389,7 +375,7 @@ class Pacs:
         failed = {str(i.ReferencedSOPInstanceUID): int(getattr(i, "FailureReason", 0) or 0)
                   for i in answer.get("FailedSOPSequence", [])}
         if failed:
-            uid, code = next(iter(failed.items()))
+            code = next(iter(failed.values()))
             raise PacsError(f"The PACS at {self.host} did not store {len(failed)} map(s) (failure reason "
                             f"0x{code:04X}).")
         missing = wanted - stored
@@ -401,11 +387,6 @@ class Pacs:
         """How many instances of the study carry this SOP instance UID (1 after a store, never 2)."""
         return len(self._call("the instance search", lambda: self.client.search_for_instances(
             study_instance_uid=study, search_filters={"SOPInstanceUID": sop})))
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 @dataclass

@@ -251,30 +251,26 @@ class AuditRunner:
 
 
 class _Prefetch:
-    """Retrieval of the next cases (``lookahead`` of them) in a thread while the current one is explained."""
+    """Retrieval of the next cases (``lookahead`` of them) in a thread while the current one is explained; the
+    cases are taken in ``todo``'s order."""
 
     def __init__(self, fetch: Callable[[Case], bytes], todo: list[Case], lookahead: int = 2) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         self.fetch, self.todo, self.lookahead = fetch, todo, lookahead
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blackbox-lime-retrieve")
-        self.futures: dict[str, Any] = {}
-        self.next = 0
-
-    def _fill(self, upto: int) -> None:
-        while self.next < min(upto, len(self.todo)):
-            case = self.todo[self.next]
-            self.futures[case.id] = self.pool.submit(self.fetch, case)
-            self.next += 1
+        self.futures: dict[int, Future[bytes]] = {}  # todo index -> its retrieval, until taken
+        self.submitted = self.taken = 0
 
     def get(self, case: Case) -> bytes:
-        index = self.todo.index(case)
-        self._fill(index + 1 + self.lookahead)
-        data: bytes = self.futures.pop(case.id).result()
-        return data
+        assert case.id == self.todo[self.taken].id, "cases are taken in order"
+        while self.submitted < min(self.taken + 1 + self.lookahead, len(self.todo)):
+            self.futures[self.submitted] = self.pool.submit(self.fetch, self.todo[self.submitted])
+            self.submitted += 1
+        self.taken += 1
+        return self.futures.pop(self.taken - 1).result()
 
     def close(self) -> None:
         for f in self.futures.values():
             f.cancel()
         self.pool.shutdown(wait=True)
-
