@@ -41,9 +41,10 @@ import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter
 from blackbox_lime import __version__
-from blackbox_lime.config import FIXED_FILLS, ExplainConfig
+from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
-from blackbox_lime.fill_choice import summarise_choices
+from blackbox_lime.fill.choice import summarise_choices
+from blackbox_lime.fill.registry import fill_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -146,8 +147,8 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
         raise CalibrationError(f"{p.name} is not a readable calibration file ({exc}); write it again with "
                                "blackbox-lime calibrate.") from None
     fill = data.get("fill", {}).get("chosen") if isinstance(data.get("fill"), dict) else None
-    if fill not in FIXED_FILLS:
-        raise CalibrationError(f"{p.name} has no valid [fill] chosen (one of {', '.join(FIXED_FILLS)}); got "
+    if fill not in fill_names():
+        raise CalibrationError(f"{p.name} has no valid [fill] chosen (one of {', '.join(fill_names())}); got "
                                f"{fill!r}. Write it again with blackbox-lime calibrate.")
     return data
 

@@ -6,14 +6,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from blackbox_lime.fill import policy as _fill_policy
+from blackbox_lime.fill.policy import MIN_PILOT
+from blackbox_lime.fill.registry import challenger_names, fill_choices, fill_names
 from blackbox_lime.test_time_adaptation import query_cost
 
-FILLS = ("auto", "mae", "mean", "blur", "zero")
-FIXED_FILLS = FILLS[1:]
 LAMBDA2_NO_PRIOR = 1e-4  # without a prior the term is only a ridge towards 0; kept negligible as before EBR
 LAMBDA2_PRIOR = 0.3  # with EBR's prior: chosen on val (docs/tune_val/evidence.md)
 LAMBDA1_SCALES = ("response", "absolute")
-MIN_PILOT = 8  # "auto": fewest pilot samples per candidate (two per fold of the held-out R^2)
 
 
 def _check(ok: bool, name: str, what: str, got: object) -> None:
@@ -180,38 +180,29 @@ class ExplainConfig:
         ratios = self.mask_ratios
         _check(isinstance(ratios, tuple) and len(ratios) >= 1 and all(_is_real(r) and 0 < r < 1 for r in ratios),
                "mask_ratios", "a non-empty tuple of floats in the range (0, 1)", ratios)
-        _check(self.fill in FILLS, "fill", f"one of {', '.join(FILLS)}", self.fill)
+        _check(self.fill in fill_choices(), "fill", f"one of {', '.join(fill_choices())}", self.fill)
         if isinstance(self.fill_candidates, list):  # a config read back from JSON (to_dict writes a list)
             object.__setattr__(self, "fill_candidates", tuple(self.fill_candidates))
         cands = self.fill_candidates
         _check(isinstance(cands, tuple) and len(cands) >= 2 and len(set(cands)) == len(cands)
-               and all(c in FIXED_FILLS for c in cands), "fill_candidates",
-               f"a tuple of two or more distinct fills from {', '.join(FIXED_FILLS)}", cands)
+               and all(c in fill_names() for c in cands), "fill_candidates",
+               f"a tuple of two or more distinct fills from {', '.join(fill_names())}", cands)
         _check(_is_int(self.pilot_samples) and (self.pilot_samples == 0 or self.pilot_samples >= MIN_PILOT),
                "pilot_samples", f"0 or an integer >= {MIN_PILOT}", self.pilot_samples)
         _check(_is_real(self.recon_margin_db), "recon_margin_db", "a finite float", self.recon_margin_db)
         _check(_is_int(self.pilot_block) and self.pilot_block >= 1, "pilot_block", "an integer >= 1", self.pilot_block)
         _check(_is_real(self.fill_margin) and self.fill_margin >= 0, "fill_margin", "a float in the range [0, inf)",
                self.fill_margin)
-        _check(self.mae_challenger is None or self.mae_challenger in FIXED_FILLS[1:], "mae_challenger",
-               f"None or one of {', '.join(FIXED_FILLS[1:])}", self.mae_challenger)
+        _check(self.mae_challenger is None or self.mae_challenger in challenger_names(), "mae_challenger",
+               f"None or one of {', '.join(challenger_names())}", self.mae_challenger)
         _check(_is_int(self.challenger_samples) and self.challenger_samples >= MIN_PILOT, "challenger_samples",
                f"an integer >= {MIN_PILOT}", self.challenger_samples)
         _check(_is_int(self.challenger_block) and self.challenger_block >= 1, "challenger_block", "an integer >= 1",
                self.challenger_block)
         _check(_is_real(self.challenger_margin) and self.challenger_margin >= 0, "challenger_margin",
                "a float in the range [0, inf)", self.challenger_margin)
-        if self.fill == "auto" and self.mae_challenger is not None and "mae" in self.fill_candidates:
-            _check(self.n_samples >= 4 * MIN_PILOT + 1, "n_samples",
-                   f"at least {4 * MIN_PILOT + 1} with fill 'auto' and an MAE challenger (the MAE's and the "
-                   f"challenger's pilots of {MIN_PILOT} or more, as many again for the chosen fill, and the image), "
-                   "or mae_challenger=None", self.n_samples)
-        if self.fill == "auto" and self.pilot_samples:
-            k = self.pilot_candidates
-            need = 2 * k * MIN_PILOT + 1
-            _check(self.n_samples >= need, "n_samples",
-                   f"at least {need} with fill 'auto' ({k} piloted candidates x {MIN_PILOT} pilot samples, as many "
-                   "again for the chosen fill, and the image), or choose a fill", self.n_samples)
+        for need, why in _fill_policy.auto_sample_needs(self):
+            _check(self.n_samples >= need, "n_samples", why, self.n_samples)
         _check(_is_int(self.nested_samples) and self.nested_samples >= 1, "nested_samples", "an integer >= 1",
                self.nested_samples)
         _check(_is_real(self.kernel_width) and self.kernel_width > 0, "kernel_width", "a float in the range (0, inf)",
@@ -239,20 +230,18 @@ class ExplainConfig:
 
     @property
     def pilot_candidates(self) -> int:
-        """How many fills "auto" pilots with queries: the classic ones (the MAE is judged without queries)."""
-        return max(1, sum(c != "mae" for c in self.fill_candidates))
+        """How many fills "auto" pilots with queries (:func:`blackbox_lime.fill.policy.pilot_candidates`)."""
+        return _fill_policy.pilot_candidates(self)
 
     @property
     def pilot_per_fill(self) -> int:
-        """Pilot samples per candidate that "auto" uses: ``pilot_samples``, lowered so that the chosen fill
-        gets at least as many samples again as all pilots together (a small ``n_samples``)."""
-        return min(self.pilot_samples, (self.n_samples - 1) // (2 * self.pilot_candidates))
+        """Pilot samples per candidate that "auto" uses (:func:`blackbox_lime.fill.policy.pilot_per_fill`)."""
+        return _fill_policy.pilot_per_fill(self)
 
     @property
     def challenger_per_fill(self) -> int:
-        """Pilot samples of the MAE and of its challenger: ``challenger_samples``, lowered so that the chosen
-        fill gets at least as many samples again as both pilots together."""
-        return min(self.challenger_samples, (self.n_samples - 1) // 4)
+        """Pilot samples of the MAE and of its challenger (:func:`blackbox_lime.fill.policy.challenger_per_fill`)."""
+        return _fill_policy.challenger_per_fill(self)
 
     def lambda2_for(self, prior: bool) -> float:
         """The lambda2 the surrogate uses, with (``prior``) or without an evidence prior."""

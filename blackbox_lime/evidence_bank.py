@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from blackbox_lime.generative_masking import mae_input, open_mae
+from blackbox_lime.fill.fillers import mae_input, open_mae
 from blackbox_lime.patches import PatchGrid
 
 log = logging.getLogger(__name__)

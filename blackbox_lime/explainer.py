@@ -3,9 +3,8 @@
     explainer = Explainer(adapter, ExplainConfig(stta=True), bank="bank.npz")   # any adapters.ClassifierAdapter
     explanation = explainer.explain(image, target=None, rng=0)
 
-The three parts of MedLIME: GM (the MAE fill, blackbox_lime/generative_masking.py; the default
-``config.fill="auto"`` keeps it where the MAE knows the image and otherwise picks a classic fill,
-blackbox_lime/fill_choice.py), STTA
+The three parts of MedLIME: GM (the MAE fill, blackbox_lime/fill/; the default ``config.fill="auto"``
+keeps it where the MAE knows the image and otherwise picks a classic fill, blackbox_lime/fill/policy.py), STTA
 (``config.stta``, blackbox_lime/test_time_adaptation.py: every queried image passes through the
 adapted transform) and EBR (``bank=``, blackbox_lime/evidence_bank.py: the evidence prior w_ref of the
 surrogate). ``input_transform`` and ``reference`` remain open for other transforms and priors.
@@ -31,9 +30,10 @@ from blackbox_lime import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
 from blackbox_lime.explanation import Explanation, ExplanationSet
-from blackbox_lime.fill_choice import (FillChoice, coarse_design, decide, evidence_r2, heldout_r2, recon_psnr,
-                                      score_pilot)
-from blackbox_lime.generative_masking import Filler, MAEFiller, make_filler
+from blackbox_lime.fill.choice import FillChoice, evidence_r2, heldout_r2
+from blackbox_lime.fill.fillers import Filler, MAEFiller
+from blackbox_lime.fill.policy import AutoFill, FillPlan, make_policy
+from blackbox_lime.fill.registry import is_generative, make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
 from blackbox_lime.surrogate import SparseSurrogate, censored_fit, proximity_kernel
 from blackbox_lime.test_time_adaptation import Adaptation, adapt
@@ -120,23 +120,15 @@ class Explainer:
             return make_filler(kind, cfg.patch_size, mae_path, batch_size=cfg.batch_size, threads=threads,
                                device=device)
 
-        # fill "auto": every candidate, the preferred first; self.filler is the preferred one (STTA's probes)
-        self.fillers: dict[str, Filler] | None = None
-        if filler is None and cfg.fill == "auto":
-            self.fillers = {kind: make(kind) for kind in cfg.fill_candidates}
-        self.filler = filler or (next(iter(self.fillers.values())) if self.fillers else make(cfg.fill))
-        # fill "auto": the fill piloted against the MAE where the MAE passes the reconstruction check ({} if none)
-        self.challenger: dict[str, Filler] = {}
-        if self.fillers is not None and cfg.mae_challenger is not None and "mae" in self.fillers:
-            self.challenger = {cfg.mae_challenger: make(cfg.mae_challenger)}
-        self.input_transform = input_transform
         info = adapter.info
+        self.grid = PatchGrid(info.input_size[0], info.input_size[1], cfg.patch_size)
+        self.policy = make_policy(self.grid, cfg, make, len(info.class_names), filler)  # blackbox_lime/fill/policy.py
+        self.input_transform = input_transform
         mae = self.mae
         if mae is not None and tuple(info.input_size) == (mae.size, mae.size) and cfg.patch_size % mae.patch:
             raise ValueError(
                 f"The 'patch_size' parameter must be a multiple of the MAE's patch ({mae.patch}) when the "
                 f"model and the MAE share their input size. Got {cfg.patch_size} instead.")
-        self.grid = PatchGrid(info.input_size[0], info.input_size[1], self.config.patch_size)
         self.bank: EvidenceBank | None = None
         if bank is not None and reference is not None:
             raise ValueError("Pass either bank= (the evidence bank) or reference= (another prior), not both.")
@@ -150,10 +142,17 @@ class Explainer:
     @property
     def mae(self) -> MAEFiller | None:
         """The MAE filler in use or among the candidates of fill "auto", else None."""
-        for f in (self.fillers or {"": self.filler}).values():
-            if isinstance(f, MAEFiller):
-                return f
-        return None
+        return next((f for f in self.policy.fillers.values() if isinstance(f, MAEFiller)), None)
+
+    @property
+    def filler(self) -> Filler:
+        """The fixed fill, or the first candidate of fill "auto" (STTA's probes are filled with it)."""
+        return self.policy.preferred
+
+    @property
+    def fillers(self) -> dict[str, Filler] | None:
+        """Fill "auto"'s candidates (None for a fixed fill)."""
+        return self.policy.fillers if isinstance(self.policy, AutoFill) else None
 
     @overload
     def explain(self, image: np.ndarray, target: int | None = None, rng: int | np.random.Generator = 0,
@@ -207,11 +206,11 @@ class Explainer:
         try:
             adaptation, transform, targets = self._adapt(run, targets, bar)
             answer = _Answer(self, run, transform, targets, threshold, bar, lazy=bool(self.overlap))
-            filler, choice, visible, probs = self._perturb(run, transform, answer, bar)
+            plan, visible, probs = self._perturb(run, transform, answer, bar)
             targets = answer.targets()
         finally:
             bar.close()
-        shared = self._shared(run, filler, choice, visible, probs, adaptation, keep_samples)
+        shared = self._shared(run, plan, visible, probs, adaptation, keep_samples)
         names = [self.adapter.info.class_names[k] for k in targets] if len(targets) > 1 else []
         t_shared = time.perf_counter() - run.t_start
         out = []
@@ -262,49 +261,37 @@ class Explainer:
         return adaptation, transform, [adaptation.label] if targets is None else targets
 
     def _perturb(self, run: "_Run", transform: InputTransform | None, answer: "_Answer",
-                 bar: Any) -> tuple[Filler, FillChoice | None, np.ndarray, np.ndarray]:
-        """Masks -> fills -> composites -> queries. A fixed fill spends the whole budget on one design; fill
-        "auto" first chooses (:meth:`_choose_fill`; the chosen candidate's pilot queries are kept) and spends
-        the rest on the chosen fill. -> (filler, choice, visible bool (n, P), probs (n, K)), row 0 the image."""
+                 bar: Any) -> tuple[FillPlan, np.ndarray, np.ndarray]:
+        """Masks -> fills -> composites -> queries. The fill policy plans the image's fill first (fill "auto"
+        chooses; the chosen candidate's pilot queries are kept), and the rest of the budget is spent on it.
+        -> (the fill plan, visible bool (n, P), probs (n, K)), row 0 the image."""
         cfg = self.config
-        n, choice = cfg.n_samples, None
-        n_classes = len(self.adapter.info.class_names)
-        pilot_visible, pilot_probs = np.ones((0, self.grid.n_patches), bool), np.zeros((0, n_classes))
-        if self.fillers is None:
-            filler = self.filler
-        else:
-            choice, pilot_visible, pilot_probs = self._choose_fill(run.canvas, transform, answer.answered, run.gen,
-                                                                   bar, run.timings)
-            filler = {**self.fillers, **self.challenger}[choice.chosen]
-            n -= len(pilot_visible) + choice.queries_spent
+
+        def sample(filler: Filler, visible: np.ndarray, group: np.ndarray) -> np.ndarray:
+            return self._sample(run.canvas, filler, visible, group, transform, bar, run.timings)
+
+        plan = self.policy.plan(run.canvas, sample, answer.answered, self._complete, run.gen, run.timings)
+        filler = plan.filler
         t = time.perf_counter()
-        visible, group = draw_masks(run.gen, self.grid.n_patches, n, cfg.mask_ratios,
+        visible, group = draw_masks(run.gen, self.grid.n_patches, cfg.n_samples - plan.spent, cfg.mask_ratios,
                                     cfg.nested_samples if filler.depends_on_mask() else 1)
         run.timings["masks"] += time.perf_counter() - t
         probs = self._sample(run.canvas, filler, visible[1:], group[1:], transform, bar, run.timings, answer.probs0)
-        return (filler, choice, np.concatenate([visible, pilot_visible]),
-                np.concatenate([answer.probs0(), probs, pilot_probs]))
+        return (plan, np.concatenate([visible, plan.visible]),
+                np.concatenate([answer.probs0(), probs, plan.probs]))
 
-    def _shared(self, run: "_Run", filler: Filler, choice: FillChoice | None, visible: np.ndarray, probs: np.ndarray,
+    def _shared(self, run: "_Run", plan: FillPlan, visible: np.ndarray, probs: np.ndarray,
                 adaptation: Adaptation | None, keep_samples: bool) -> "_Shared":
         """What every target's explanation shares: the design, its kernel weights, the fill's record and
-        warnings (a forced MAE fill gets the reconstruction check of fill "auto"), the counts."""
-        fill_record: dict[str, Any] = (choice.summary() if choice is not None
-                                       else {"mode": "fixed", "chosen": filler.name})
-        fill_warnings: list[str] = []
-        if choice is None and isinstance(filler, MAEFiller):  # a forced MAE fill: is it in this image's domain?
-            t = time.perf_counter()
-            psnr, gap = self._recon_check(run.canvas, filler)
-            run.timings["fill_choice"] = time.perf_counter() - t
-            fill_record["recon_psnr_db"] = {k: round(v, 2) for k, v in psnr.items()}
-            fill_warnings = _off_domain_warnings(psnr, gap, self.config)
+        warnings, the counts."""
+        filler = plan.filler
         run.notes += [n for n in getattr(filler, "notes", []) if n not in run.notes]
         now = self.adapter.counters()
         traffic = {k: now[k] - run.counters[k] for k in ("queries", "images_asked", "requests", "retries",
                                                            "refused_for_size")}
         traffic.update(request_size=now["request_size"], max_batch=now["max_batch"])
         upper = self.censoring.bounds(probs) if self.censoring is not None else None
-        return _Shared(run, filler, fill_record, fill_warnings, visible, self._complete(probs),
+        return _Shared(run, filler, plan.record, plan.warnings, visible, self._complete(probs),
                        proximity_kernel(visible, self.config.kernel_width), adaptation, traffic, keep_samples, upper)
 
     def _fit_one(self, shared: "_Shared", target: int) -> Explanation:
@@ -319,7 +306,7 @@ class Explainer:
         saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2], self.config.map_sigma)
         timings["surrogate"] = time.perf_counter() - t
         warnings = _weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
-                                      self.adapter.info.class_names[target], isinstance(shared.filler, MAEFiller))
+                                      self.adapter.info.class_names[target], is_generative(shared.filler.name))
         warnings += _low_fidelity_warnings(fit.r2_evidence, shared.filler.name, self.config, fit.r2_heldout,
                                            self.adapter.info.class_names[target])
         warnings += shared.fill_warnings
@@ -426,7 +413,7 @@ class Explainer:
         Costs 1 query when the MAE passes the reconstruction check, else 1 + classic candidates x
         ``pilot_per_fill``; STTA is not applied. Raises ``ValueError``
         unless the config's fill is "auto"."""
-        if self.fillers is None:
+        if not isinstance(self.policy, AutoFill):
             raise ValueError("choose_fill needs fill='auto' in the config (and no fixed filler).")
         info = self.adapter.info
         canvas = to_canvas(check_image(image), info.input_size, info.channels, [])
@@ -434,101 +421,11 @@ class Explainer:
         probs0 = self._complete(self._query(canvas[None], self.input_transform))[0]
         targets = [int(np.argmax(probs0)) if target is None else target]
         timings = {"fill": 0.0, "compose": 0.0, "classifier": 0.0}
-        return self._choose_fill(canvas, self.input_transform, lambda: (targets, probs0), gen, _NoBar(), timings)[0]
 
-    def _choose_fill(self, canvas: np.ndarray, transform: InputTransform | None,
-                     answered: Callable[[], tuple[list[int], np.ndarray]], gen: np.random.Generator, bar: Any,
-                     timings: dict[str, float]) -> tuple[FillChoice, np.ndarray, np.ndarray]:
-        """Fill "auto" (blackbox_lime/fill_choice.py): first the MAE's reconstruction check, without queries;
-        when the MAE reconstructs the image worse than a blur by more than ``recon_margin_db``, a coarse pilot
-        per classic candidate scored by the evidence fit's held-out R^2 (or, with ``pilot_samples=0``, the
-        first classic candidate). With several targets the fill is shared: a candidate's score is the mean of
-        the targets' scores (those whose answer moved).
+        def sample(filler: Filler, visible: np.ndarray, group: np.ndarray) -> np.ndarray:
+            return self._sample(canvas, filler, visible, group, self.input_transform, _NoBar(), timings)
 
-        Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse,
-        empty when no pilot ran."""
-        cfg, t0 = self.config, time.perf_counter()
-        assert self.fillers is not None, "fill 'auto' has its candidates"
-        fillers = self.fillers
-        none = (np.ones((0, self.grid.n_patches), bool), np.zeros((0, len(self.adapter.info.class_names))))
-        psnr: dict[str, float] = {}
-        classic = [k for k, f in fillers.items() if not isinstance(f, MAEFiller)]
-        gate = next((k for k, f in fillers.items() if isinstance(f, MAEFiller)), None)
-        if gate is not None:
-            psnr, gap = self._recon_check(canvas, fillers[gate])
-            if gap <= cfg.recon_margin_db or not classic:
-                reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
-                          f"blur ({psnr['mae']:.2f} vs {psnr['blur']:.2f} dB)")
-                if not self.challenger:
-                    timings["fill_choice"] = time.perf_counter() - t0
-                    return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
-                                      cfg.recon_margin_db, gate="passed"), *none
-                return self._challenge(canvas, transform, answered, gen, bar, timings, t0, reason, psnr)
-        lead = (f"the MAE reconstructs this image's hidden pixels {gap:.2f} dB worse than a blur; "
-                if gate is not None else "")
-        n = cfg.pilot_per_fill
-        if n == 0 or len(classic) == 1:
-            chosen = classic[0]
-            timings["fill_choice"] = time.perf_counter() - t0
-            return FillChoice(chosen, {}, {}, 0, 0, timings["fill_choice"], chosen, cfg.fill_margin,
-                              lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db,
-                              gate="failed" if gate else None), *none
-        targets, probs0 = answered()  # the targets and the image's answer
-        scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings,
-                                              {k: fillers[k] for k in classic}, n, cfg.pilot_block)
-        chosen, reason = decide(scores, classic[0], cfg.fill_margin)
-        timings["fill_choice"] = time.perf_counter() - t0
-        choice = FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), timings["fill_choice"], classic[0],
-                            cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db, gate="failed" if gate else None)
-        return choice, *pilots[chosen]
-
-    def _challenge(self, canvas: np.ndarray, transform: InputTransform | None,
-                   answered: Callable[[], tuple[list[int], np.ndarray]], gen: np.random.Generator, bar: Any,
-                   timings: dict[str, float], t0: float, reason: str, psnr: dict[str, float]
-                   ) -> tuple[FillChoice, np.ndarray, np.ndarray]:
-        """The MAE passed the reconstruction check: a pilot of the MAE against ``mae_challenger``, the MAE kept
-        unless the challenger's evidence fit scores more than ``challenger_margin`` higher (docs/robust_fill.md:
-        a ViT on ultrasound reads zero-filled patches as absent evidence better than MAE-filled ones)."""
-        cfg, n = self.config, self.config.challenger_per_fill
-        assert self.fillers is not None
-        targets, probs0 = answered()
-        scores, spread, pilots = self._pilots(canvas, transform, targets, probs0, gen, bar, timings,
-                                              {"mae": self.fillers["mae"], **self.challenger}, n, cfg.challenger_block)
-        chosen, why = decide(scores, "mae", cfg.challenger_margin)
-        timings["fill_choice"] = time.perf_counter() - t0
-        return FillChoice(chosen, scores, spread, n, n, timings["fill_choice"], "mae", cfg.challenger_margin,
-                          f"{reason}; piloted against {', '.join(self.challenger)}: {why}", psnr, cfg.recon_margin_db,
-                          gate="passed"), *pilots[chosen]
-
-    def _pilots(self, canvas: np.ndarray, transform: InputTransform | None, targets: list[int], probs0: np.ndarray,
-                gen: np.random.Generator, bar: Any, timings: dict[str, float], candidates: dict[str, Filler],
-                n: int, block: int
-                ) -> tuple[dict[str, float | None], dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
-        """A coarse pilot of ``n`` queries per candidate (masks over ``block`` x ``block`` patches), scored by the
-        evidence fit's held-out R^2 (the mean over the targets whose answer moved; None when none did) ->
-        (scores, the answers' spread per candidate, each pilot's (visible, probs))."""
-        cfg = self.config
-        scores: dict[str, float | None] = {}
-        spread: dict[str, float] = {}
-        pilots = {}
-        for name, filler in candidates.items():  # designs drawn in candidate order: deterministic for a seed
-            coarse, fine = coarse_design(gen, self.grid, n, cfg.mask_ratios, block)
-            probs = self._sample(canvas, filler, fine, np.arange(n), transform, bar, timings)
-            filled = self._complete(probs)
-            per = [score_pilot(coarse, filled[:, k], float(probs0[k]), cfg.kernel_width) for k in targets]
-            moved = [sc for sc, _ in per if sc is not None]
-            scores[name] = float(np.mean(moved)) if moved else None
-            spread[name] = max(sd for _, sd in per)
-            pilots[name] = (fine, probs)
-        return scores, spread, pilots
-
-    def _recon_check(self, canvas: np.ndarray, mae: Filler) -> tuple[dict[str, float], float]:
-        """The reconstruction check of fill "auto", also run for a forced MAE fill: PSNR (dB) of the MAE and of
-        a blur on the image's own hidden pixels (:func:`~blackbox_lime.fill_choice.recon_psnr`), and the gap
-        blur - MAE. No query is sent."""
-        blur = (self.fillers or {}).get("blur") or make_filler("blur", self.config.patch_size)
-        psnr = recon_psnr(canvas, {"mae": mae, "blur": blur}, self.grid)
-        return psnr, psnr["blur"] - psnr["mae"]
+        return self.policy.choose(canvas, sample, lambda: (targets, probs0), self._complete, gen, timings)[0]
 
     def _sample(self, canvas: np.ndarray, filler: Filler, visible: np.ndarray, group: np.ndarray,
                 transform: InputTransform | None, bar: Any, timings: dict[str, float],
@@ -754,20 +651,11 @@ def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig, r2
     tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
              "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
              f"more --samples (used {cfg.n_samples})"]
-    if fill == "mae" and cfg.fill == "auto" and cfg.mae_challenger is None:
+    if is_generative(fill) and cfg.fill == "auto" and cfg.mae_challenger is None:
         tries.insert(1, "a challenger for the MAE (--mae-challenger zero)")
     return [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
             f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
             f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}."]
-
-
-def _off_domain_warnings(psnr: dict[str, float], gap: float, cfg: ExplainConfig) -> list[str]:
-    if gap <= cfg.recon_margin_db:
-        return []
-    return [f"Fill off the image's domain: the MAE reconstructs this image's hidden pixels {gap:.1f} dB worse than a "
-            f"blur ({psnr['mae']:.1f} vs {psnr['blur']:.1f} dB; the MAE is trusted within {cfg.recon_margin_db:g} dB), so "
-            "its fills may add or keep evidence of their own. Try --fill auto, a site calibration (blackbox-lime "
-            "calibrate) or an MAE fitted on your images (blackbox-lime mae fit)."]
 
 
 def _describe(filler: Filler) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 from data import GRID, MODALITIES, PATCH, auroc, load_split
 
 from blackbox_lime.adapters.onnx import OnnxAdapter  # noqa: E402  (data puts the repo on sys.path)
-from blackbox_lime.generative_masking import MAEFiller  # noqa: E402
+from blackbox_lime.fill.fillers import MAEFiller  # noqa: E402
 from blackbox_lime.patches import PatchGrid  # noqa: E402
 from blackbox_lime.evaluation.phantoms import make_phantom  # noqa: E402
 

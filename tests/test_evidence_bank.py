@@ -174,7 +174,7 @@ def test_bank_and_reference_together_are_refused(linear_model: Path, chest_bank:
 
 
 def test_an_embedder_without_mae_metadata_is_named(linear_model: Path) -> None:
-    from blackbox_lime.generative_masking import MAEFiller
+    from blackbox_lime.fill.fillers import MAEFiller
 
     msg = r"^linear\.onnx lacks the MAE metadata \(image_size, patch_size, channels, mean, std\)\. Export it with onnx/export_mae\.py\.$"
     with pytest.raises(ValueError, match=msg):

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
-from blackbox_lime.generative_masking import Filler
+from blackbox_lime.fill.fillers import Filler
 from graphs import true_attribution
 
 
@@ -137,9 +137,9 @@ def test_nested_fills_only_condition_on_visible_pixels(linear_model: Path, phant
     ({"patch_size": 0}, r"The 'patch_size' parameter must be an integer >= 2\. Got 0 instead\."),
     ({"n_samples": 5}, r"The 'n_samples' parameter must be an integer >= 10\. Got 5 instead\."),
     ({"mask_ratios": (0.5, 1.0)}, r"The 'mask_ratios' parameter must be a non-empty tuple of floats in the range \(0, 1\)\."),
-    ({"fill": "noise"}, r"The 'fill' parameter must be one of auto, mae, mean, blur, zero\. Got 'noise' instead\."),
+    ({"fill": "noise"}, r"The 'fill' parameter must be one of auto, mae, mean, blur, zero, telea\. Got 'noise' instead\."),
     ({"fill_candidates": ("mae",)}, r"The 'fill_candidates' parameter must be a tuple of two or more distinct fills "
-                                    r"from mae, mean, blur, zero\. Got \('mae',\) instead\."),
+                                    r"from mae, mean, blur, zero, telea\. Got \('mae',\) instead\."),
     ({"fill_candidates": ("mae", "auto")}, r"The 'fill_candidates' parameter must be a tuple of two or more"),
     ({"pilot_samples": 4}, r"The 'pilot_samples' parameter must be 0 or an integer >= 8\. Got 4 instead\."),
     ({"fill_margin": -0.1}, r"The 'fill_margin' parameter must be a float in the range \[0, inf\)\. Got -0\.1 instead\."),

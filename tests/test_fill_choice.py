@@ -12,7 +12,7 @@ import pytest
 from blackbox_lime import cli
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
-from blackbox_lime.fill_choice import decide, heldout_r2
+from blackbox_lime.fill.choice import decide, heldout_r2
 from graphs import linear_patch_model, oracle_mae, painter_mae, sine_model
 
 PLANTED = [3 * 14 + 4, 3 * 14 + 5, 9 * 14 + 10, 10 * 14 + 2]  # patches holding the bright trigger
@@ -102,7 +102,7 @@ def test_where_the_mae_passes_its_check_a_challenger_that_removes_the_evidence_r
 
 
 def test_the_mae_keeps_its_place_unless_the_challenger_wins_by_the_margin() -> None:
-    from blackbox_lime.fill_choice import summarise_choices
+    from blackbox_lime.fill.choice import summarise_choices
 
     def rec(chosen: str, gate: str, scores: dict) -> dict:
         return {"chosen": chosen, "gate": gate, "scores": scores, "recon_psnr_db": {"mae": 20.0, "blur": 19.0}}
@@ -124,7 +124,7 @@ def test_the_mae_keeps_its_place_unless_the_challenger_wins_by_the_margin() -> N
 
 
 def test_challenger_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"The 'mae_challenger' parameter must be None or one of mean, blur, zero\. "
+    with pytest.raises(ValueError, match=r"The 'mae_challenger' parameter must be None or one of mean, blur, zero, telea\. "
                                          r"Got 'mae' instead\."):
         ExplainConfig(mae_challenger="mae")
     with pytest.raises(ValueError, match=r"The 'n_samples' parameter must be at least 33 with fill 'auto' and an MAE "
@@ -315,7 +315,7 @@ def test_calibration_errors(trigger_case, tmp_path: Path, capsys, linear_model: 
     (tmp_path / "bad.toml").write_text("[fill]\nchosen = 'paint'\n")
     assert err("explain", str(png), "--model", str(model_path), "--calibration", str(tmp_path / "bad.toml"),
                "--out", str(tmp_path / "o")) == (
-        "blackbox-lime: error: --calibration: bad.toml has no valid [fill] chosen (one of mae, mean, blur, zero); "
+        "blackbox-lime: error: --calibration: bad.toml has no valid [fill] chosen (one of mae, mean, blur, zero, telea); "
         "got 'paint'. Write it again with blackbox-lime calibrate.")
     (tmp_path / "empty").mkdir()
     assert err("calibrate", str(tmp_path / "empty"), "--model", str(model_path), "--out", str(tmp_path / "c.toml")) \

@@ -42,7 +42,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[P
 def test_fit_writes_the_contract_the_facts_and_a_card(fitted) -> None:
     from blackbox_lime.calibration import images_digest
     from blackbox_lime.evidence_bank import Embedder
-    from blackbox_lime.generative_masking import MAEFiller
+    from blackbox_lime.fill.fillers import MAEFiller
     from blackbox_lime.image_io import load_image
 
     _, out, paths = fitted

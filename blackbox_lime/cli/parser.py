@@ -6,6 +6,11 @@ import argparse
 import difflib
 from typing import NoReturn
 
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.fill.registry import challenger_names, fill_choices, is_generative
+
+_D = ExplainConfig()  # the defaults the help texts name
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a suggestion for a mistyped option: "unrecognized arguments: --sampels (did you mean
@@ -58,14 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         sp.add_argument("--samples", type=int, default=None, help="perturbed images queried per explanation (default 500)")
         sp.add_argument("--patch-size", type=int, default=None, help="patch side in model-input pixels (default 16)")
-        sp.add_argument("--fill", choices=["auto", "mae", "mean", "blur", "zero"], default=None,
-                        help="how hidden patches are filled (default auto: per image, the MAE where it reconstructs "
-                             "the image within 2 dB of a blur, else mean or blur by a pilot share of --samples)")
+        sp.add_argument("--fill", choices=fill_choices(), default=None,
+                        help=f"how hidden patches are filled (default auto: per image, the MAE where it reconstructs "
+                             f"the image within {_D.recon_margin_db:g} dB of a blur, else "
+                             f"{' or '.join(c for c in _D.fill_candidates if not is_generative(c))} by a pilot share of "
+                             "--samples)")
         sp.add_argument("--calibration", default=None,
                         help="a site calibration (blackbox-lime calibrate): use its fill for every image, no pilot")
-        sp.add_argument("--mae-challenger", choices=["mean", "blur", "zero"], default=None,
-                        help="fill auto: where the MAE passes its check, pilot it against this fill (32 queries each) "
-                             "and use the challenger when its evidence fit is clearly better (off by default; see "
+        sp.add_argument("--mae-challenger", choices=challenger_names(), default=None,
+                        help=f"fill auto: where the MAE passes its check, pilot it against this fill "
+                             f"({_D.challenger_samples} queries each) and use the challenger when its evidence fit is clearly better (off by default; see "
                              "docs/robust_fill.md)")
         sp.add_argument("--lambda1", type=float, default=None,
                         help="surrogate L1 weight (default: tuned on the val split; lower keeps weaker evidence)")
@@ -202,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--input-size", type=int, default=None,
                     help="the model's input side in px when no --model is given (default: the MAE's, 224)")
     bb.add_argument("--samples", type=int, default=None, help="queries per explanation with --source explanations")
-    bb.add_argument("--fill", choices=["auto", "mae", "mean", "blur", "zero"], default=None,
+    bb.add_argument("--fill", choices=fill_choices(), default=None,
                     help="with --source explanations: how hidden patches are filled (default auto)")
     bb.add_argument("--calibration", default=None,
                     help="with --source explanations: a site calibration (blackbox-lime calibrate) fixing the fill")

@@ -42,26 +42,13 @@ def _compose(image: np.ndarray, grid: PatchGrid, visible: np.ndarray, fill: np.n
 
 
 def _telea(image: np.ndarray, grid: PatchGrid, visible: np.ndarray) -> np.ndarray:
-    """visible: bool (n, P) -> images (n, H, W, C) with hidden patches inpainted (Telea, radius 3)."""
-    import cv2
+    """visible: bool (n, P) -> images (n, H, W, C) with hidden patches inpainted (Telea, radius 3: GM's "telea"
+    fill, :class:`~blackbox_lime.fill.fillers.InpaintFiller`)."""
+    from blackbox_lime.fill.fillers import InpaintFiller
 
-    same = image.shape[2] == 1 or all(np.array_equal(image[..., 0], image[..., c]) for c in range(1, image.shape[2]))
-    planes = [np.ascontiguousarray(image[..., c]) for c in range(1 if same else image.shape[2])]
-    hidden = grid.hidden_pixels(visible).astype(np.uint8)
-    out = np.empty((len(visible),) + image.shape, np.float32)
-
-    def fill(i: int) -> None:
-        m = hidden[i]
-        if m.all():  # nothing left to inpaint from (OpenCV would return the image itself): the mean
-            out[i] = image.mean(axis=(0, 1))
-            return
-        filled = [cv2.inpaint(p, m, 3, cv2.INPAINT_TELEA) for p in planes]
-        out[i] = np.stack(filled * image.shape[2] if same else filled, axis=-1)
-
-    # cv2.inpaint runs on one core and releases the GIL: one thread per core (same result as a loop)
-    with ThreadPoolExecutor(max(1, min(len(hidden), os.cpu_count() or 1))) as pool:
-        list(pool.map(fill, range(len(hidden))))
-    return out
+    hidden = grid.hidden_pixels(visible)
+    fills = InpaintFiller().fill(image.astype(np.float32), hidden)
+    return np.where(hidden[..., None], fills, image[None]).astype(np.float32)
 
 
 def _query_masks(adapter: ClassifierAdapter, image: np.ndarray, grid: PatchGrid, visible: np.ndarray,

@@ -41,8 +41,8 @@ from blackbox_lime.evaluation import baselines
 from blackbox_lime.evaluation.bench import git_commit, read_results
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
-from blackbox_lime.fill_choice import coarse_design, decide, recon_psnr, score_pilot
-from blackbox_lime.generative_masking import make_filler
+from blackbox_lime.fill.choice import coarse_design, decide, recon_psnr, score_pilot
+from blackbox_lime.fill.registry import make_filler
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.models import bundled_model
 from blackbox_lime.evaluation.phantoms import abnormal_cases, make_phantom
