@@ -34,6 +34,7 @@ from blackbox_lime.fill.choice import FillChoice, evidence_r2, heldout_r2
 from blackbox_lime.fill.fillers import Filler, MAEFiller
 from blackbox_lime.fill.policy import AutoFill, FillPlan, make_policy
 from blackbox_lime.fill.registry import is_generative, make_filler
+from blackbox_lime.map_warnings import MapWarning
 from blackbox_lime.patches import PatchGrid, draw_masks
 from blackbox_lime.surrogate import SparseSurrogate, censored_fit, proximity_kernel
 from blackbox_lime.test_time_adaptation import Adaptation, adapt
@@ -322,9 +323,9 @@ class Explainer:
         limit = " and ".join(p for p in (f"its top {self.censoring.top_k}" if self.censoring.top_k else "",
                                          f"scores above {self.censoring.threshold:g}" if self.censoring.threshold else "")
                              if p)
-        return [f"the endpoint listed {name!r} in only {n - censored} of its {n} answers (it lists {limit}); elsewhere "
+        return [MapWarning("censored", f"the endpoint listed {name!r} in only {n - censored} of its {n} answers (it lists {limit}); elsewhere "
                 "its score is known only as a bound, so this map rests on few measured answers. Ask the endpoint for "
-                "more labels per answer if it can (a higher top_k or a lower threshold)."]
+                "more labels per answer if it can (a higher top_k or a lower threshold).")]
 
     def _prior(self, canvas: np.ndarray, target: int, notes: list[str]
                ) -> tuple[np.ndarray, list[dict], dict[str, Any] | None]:
@@ -643,19 +644,19 @@ def _low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig, r2
     if not r2_evidence < LOW_FIDELITY_R2:  # NaN (the answer did not move) is warned about by _weak_map_warnings
         return []
     if r2_heldout < NO_FOCAL_R2:
-        return [f"No focal evidence: no patch-wise effect explains how P({name}) moved under masking (held-out R^2 "
+        return [MapWarning("no_focal_evidence", f"No focal evidence: no patch-wise effect explains how P({name}) moved under masking (held-out R^2 "
                 f"{r2_heldout:.3f}, below {NO_FOCAL_R2:g}), so this answer rests on no one region of the image as the "
                 f"{fill} fill hides it: a finding about the model (typical of a confident 'normal'), not a map to "
                 "read region by region. On an answer that should rest on a lesion, the fill may be putting back what "
-                "it hides: try another --fill."]
+                "it hides: try another --fill.")]
     tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
              "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
              f"more --samples (used {cfg.n_samples})"]
     if is_generative(fill) and cfg.fill == "auto" and cfg.mae_challenger is None:
         tries.insert(1, "a challenger for the MAE (--mae-challenger zero)")
-    return [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
+    return [MapWarning("low_fidelity", f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
             f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
-            f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}."]
+            f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}.")]
 
 
 def _describe(filler: Filler) -> dict[str, Any]:
@@ -665,18 +666,19 @@ def _describe(filler: Filler) -> dict[str, Any]:
 
 def _weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float, name: str,
                        mae: bool = False) -> list[str]:
-    out = []
+    out: list[str] = []
     if sd < WEAK_RESPONSE_SD:
         # With the MAE fill a flat answer is also what a classifier that reads the MAE's fills as the evidence they
         # hide gives (the demo ViT on ultrasound, docs/robust_fill.md).
         also = (" The MAE's fills may put back what they hide: try --mae-challenger zero or another --fill."
                 if mae else "")
-        out.append(f"P({name}) hardly moved under masking (kernel-weighted sd {sd:.4f}, range {y.min():.3f} to "
+        out.append(MapWarning("flat_answer", f"P({name}) hardly moved under masking (kernel-weighted sd {sd:.4f}, range {y.min():.3f} to "
                    f"{y.max():.3f}): the map ranks small effects. Check that the image is in the model's domain, "
-                   f"or try more --samples.{also}")
+                   f"or try more --samples.{also}"))
     if not np.any(coef):
-        out.append(f"No patch's evidence survived the L1 penalty (effective lambda1 {lambda1:.3g}), so the map is "
-                   "empty. Lower --lambda1, or --lambda1-cap below 1.")
+        out.append(MapWarning("empty_map", f"No patch's evidence survived the L1 penalty (effective lambda1 "
+                                           f"{lambda1:.3g}), so the map is empty. Lower --lambda1, or --lambda1-cap "
+                                           "below 1."))
     return out
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from blackbox_lime.map_warnings import codes_of
+
 
 @dataclass
 class Explanation:
@@ -114,6 +116,7 @@ class Explanation:
             "neighbours": self.neighbours,
             "notes": self.notes,
             "warnings": self.warnings,
+            "warning_codes": codes_of(self.warnings),
             "model": self.model,
             "patch_grid": list(self.patch_weights.shape),
             "patch_weights": np.round(self.patch_weights, 6).tolist(),

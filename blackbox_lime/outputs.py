@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from blackbox_lime.explanation import Explanation
+from blackbox_lime.map_warnings import codes_of
 
 
 class OutputError(OSError):
@@ -221,7 +222,7 @@ def findings_files(out_dir: Path, stem: str, image: np.ndarray, explanations: li
         s = exp.summary()
         findings.append({"name": exp.target_name, "index": exp.target, "probability": s["target_prob"],
                          "r2": s["r2"], "r2_heldout": s["r2_heldout"], "r2_evidence": s["r2_evidence"],
-                         "warnings": exp.warnings, "files": maps,
+                         "warnings": exp.warnings, "warning_codes": codes_of(exp.warnings), "files": maps,
                          **{k: s[k] for k in ("response_sd", "lambda1_effective", "lambda1_capped", "intercept",
                                                "evidence", "neighbours", "patch_grid", "patch_weights", "patch_stderr")},
                          **({"censoring": s["censoring"]} if "censoring" in s else {}),

@@ -128,3 +128,42 @@ def test_telea_continues_what_surrounds_a_hole() -> None:
     rgb = np.stack([np.full((48, 48), 0.2), np.full((48, 48), 0.5), np.full((48, 48), 0.8)], -1).astype(np.float32)
     assert np.allclose(filler.fill(rgb, hidden[:1])[0][block], [0.2, 0.5, 0.8], atol=0.01)
     assert np.allclose(filler.fill(rgb, hidden[1:])[0], [0.2, 0.5, 0.8], atol=1e-4)  # all hidden: the mean
+
+
+# -- coded warnings ------------------------------------------------------------------------------------------------
+
+
+def test_warnings_carry_codes_into_the_json_and_the_audit_flags(monkeypatch: pytest.MonkeyPatch,
+                                                                 linear_model: object) -> None:
+    """Every warning is its text (as before) and a code; the JSON lists the codes in the texts' order; the audit's
+    flags come from the codes, and from the numbers only for records written before them."""
+    import pickle
+
+    from blackbox_lime.audit.flags import case_flags
+    from blackbox_lime.map_warnings import CODES, MapWarning, codes_of
+
+    kind = FillKind("painter", lambda c: FlatPainter(), "a generative test fill", generative=True, pilot=False,
+                    challenger=False)
+    monkeypatch.setitem(registry._REGISTRY, kind.name, kind)
+    adapter = OnnxAdapter(linear_model)  # type: ignore[arg-type]
+    image = np.full((64, 64, 3), 0.3, np.float32)  # flat: the linear model's answer cannot move much
+    exp = Explainer(adapter, ExplainConfig(fill="painter", n_samples=60)).explain(image, target=1, rng=0)
+    codes = exp.summary()["warning_codes"]
+    assert codes == codes_of(exp.warnings) and "off_domain" in codes and set(codes) <= set(CODES)
+    off = exp.warnings[codes.index("off_domain")]
+    assert isinstance(off, str) and off.startswith("Fill off the image's domain") and off.code == "off_domain"
+    assert pickle.loads(pickle.dumps(off)).code == "off_domain"
+    assert json_roundtrip(exp.summary())["warnings"] == [str(w) for w in exp.warnings]
+    with pytest.raises(ValueError, match=r"Unknown warning code 'loud'"):
+        MapWarning("loud", "text")
+    saliency = np.zeros((64, 64))
+    summary = {"warning_codes": ["flat_answer", "low_fidelity"], "probs": [0.2, 0.8]}
+    assert case_flags(image, saliency, summary)["flags"] == ["low_fidelity", "flat_answer"]
+    old = {"response_sd": 0.5, "r2_evidence": 0.0, "r2_heldout": 0.01, "probs": [0.2, 0.8]}  # no codes: the numbers
+    assert case_flags(image, saliency, old)["flags"] == ["no_focal_evidence"]
+
+
+def json_roundtrip(doc: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(doc, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -108,7 +108,8 @@ def case_flags(image: np.ndarray, saliency: np.ndarray, summary: dict[str, Any],
     """The flags of one explained case.
 
     image : float (H, W, C) in [0, 1], the input at its own resolution; saliency : (H, W), the map.
-    summary : the explanation's ``summary()`` (R^2, response sd, adaptation, probabilities).
+    summary : the explanation's ``summary()`` (its warning codes, or for an older record its R^2 and response sd;
+        the probabilities).
     roi : bool (H, W), the manifest's region of interest, or None.
     predicted_before_stta : the predicted class on the unadapted image, when STTA ran.
     anatomy : the image's :func:`anatomy_mask`, when the caller has it (several findings of one image share it).
@@ -120,12 +121,18 @@ def case_flags(image: np.ndarray, saliency: np.ndarray, summary: dict[str, Any],
     shares["outside_anatomy"] = None if anatomy is None else evidence_share(saliency, ~anatomy)
     if roi is not None:
         shares["outside_roi"] = evidence_share(saliency, ~roi)
-    flat = summary.get("response_sd", 1.0) < WEAK_RESPONSE_SD
+    codes = summary.get("warning_codes")
+    if codes is not None:  # the explanation's own coded warnings (blackbox_lime/map_warnings.py)
+        flat = "flat_answer" in codes
+        fidelity = [c for c in codes if c in ("no_focal_evidence", "low_fidelity")]
+    else:  # a record written before coded warnings: the explainer's rules on its numbers
+        flat = summary.get("response_sd", 1.0) < WEAK_RESPONSE_SD
+        r2e, r2h = summary.get("r2_evidence"), summary.get("r2_heldout")
+        fidelity = ([] if r2e is None or not r2e < LOW_FIDELITY_R2 else
+                    ["no_focal_evidence" if r2h is not None and r2h < NO_FOCAL_R2 else "low_fidelity"])
     flags = [] if flat else [f"shortcut_{k}" for k, v in shares.items()  # a flat answer's map places only noise
                              if v is not None and v > SHORTCUT_THRESHOLDS[f"shortcut_{k}"]]
-    r2e, r2h = summary.get("r2_evidence"), summary.get("r2_heldout")
-    if r2e is not None and r2e < LOW_FIDELITY_R2:
-        flags.append("no_focal_evidence" if r2h is not None and r2h < NO_FOCAL_R2 else "low_fidelity")
+    flags += fidelity
     if flat:
         flags.append("flat_answer")
     if predicted_before_stta is not None and predicted_before_stta != int(np.argmax(summary["probs"])):

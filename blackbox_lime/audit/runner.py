@@ -33,6 +33,7 @@ from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image, load_image_bytes
 from blackbox_lime.explanation import ExplanationSet
+from blackbox_lime.map_warnings import codes_of
 from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, shared_summary, write_all
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
         findings.append({"finding": exp.target_name, "target": exp.target, "target_prob": summary["target_prob"],
                          "r2": summary["r2"], "r2_heldout": summary["r2_heldout"], "r2_evidence": summary["r2_evidence"],
                          "flags": flagged["flags"], "shares": flagged["shares"], "warnings": exp.warnings,
+                         "warning_codes": codes_of(exp.warnings),
                          "patch_weights": summary["patch_weights"]})
     head = {"tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
             "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),

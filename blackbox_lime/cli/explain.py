@@ -23,6 +23,7 @@ from blackbox_lime.cli.common import (
     redact_logs,
     traffic_note,
 )
+from blackbox_lime.map_warnings import MapWarning, codes_of
 
 
 def run_explain(images: list[Path], a: argparse.Namespace) -> int:
@@ -106,7 +107,7 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
             exps = list(exp) if isinstance(exp, ExplanationSet) else [exp]
             if burned:
                 for e in exps:
-                    e.warnings.append(burned)
+                    e.warnings.append(MapWarning("burned_in", burned))
             if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
                 pm = _write_findings(a, out, stem, path, loaded, exps, hashes, adapter.retries - r0, t_io)
             else:
@@ -148,11 +149,12 @@ def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: 
     report["outputs"] += sorted(p.name for p in pm)
     if note:
         report["dicom_out"] = note
-        report["warnings"] = [*report["warnings"], note]
+        report["warnings"] = [*report["warnings"], MapWarning("dicom_out", note)]
+        report["warning_codes"] = codes_of(report["warnings"])
     write_all({**explanation_files(out, stem, loaded.pixels, exp, report), **pm})
     if a.json:
         print(json.dumps({k: report[k] for k in ("input", "target", "target_name", "target_prob", "probs", "r2",
-                                                 "r2_heldout", "r2_evidence", "fill", "warnings",
+                                                 "r2_heldout", "r2_evidence", "fill", "warnings", "warning_codes",
                                                  "queries", "requests", "retries", "traffic", "timings_s", "seed",
                                                  "outputs", "dicom_out") if k in report}))
     if not a.quiet:
@@ -212,7 +214,7 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
     report_doc = json.loads(files[out / f"{stem}.json"])
     write_all(files)
     if a.json:
-        keep = ("name", "index", "probability", "r2", "r2_heldout", "r2_evidence", "warnings", "files")
+        keep = ("name", "index", "probability", "r2", "r2_heldout", "r2_evidence", "warnings", "warning_codes", "files")
         print(json.dumps({**{k: report_doc[k] for k in ("input", "probs", "fill", "queries", "requests", "retries",
                                                          "traffic", "queries_shared", "seed", "outputs")},
                           "findings": [{k: f[k] for k in keep} for f in report_doc["findings"]]}))

@@ -43,6 +43,7 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
 from blackbox_lime.fill.choice import coarse_design, decide, recon_psnr, score_pilot
 from blackbox_lime.fill.registry import make_filler
+from blackbox_lime.map_warnings import codes_of
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.models import bundled_model
 from blackbox_lime.evaluation.phantoms import abnormal_cases, make_phantom
@@ -303,7 +304,7 @@ def _medlime(adapter: OnnxAdapter, image: np.ndarray, target: int, fill: str, sa
                   mae_path=mae_path).explain(image, target=target, rng=seed)
     return e.saliency, {"r2_heldout": None if not np.isfinite(e.r2_heldout) else e.r2_heldout,
                         "r2_evidence": None if not np.isfinite(e.r2_evidence) else e.r2_evidence,
-                        "low_fidelity": any(w.startswith(("Low fidelity", "Fill off")) for w in e.warnings),
+                        "low_fidelity": bool({"low_fidelity", "off_domain"} & set(codes_of(e.warnings))),
                         "chosen": e.fill["chosen"], "fill_choice_s": e.timings["fill_choice"]}
 
 

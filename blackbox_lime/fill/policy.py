@@ -24,6 +24,7 @@ import numpy as np
 from blackbox_lime.fill.choice import FillChoice, coarse_design, decide, recon_psnr, score_pilot
 from blackbox_lime.fill.fillers import Filler
 from blackbox_lime.fill.registry import fill_kind, is_generative, make_filler
+from blackbox_lime.map_warnings import MapWarning
 from blackbox_lime.patches import PatchGrid
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ def off_domain_warnings(psnr: dict[str, float], gap: float, margin_db: float, na
     """A generative fill that reconstructs the image worse than a blur by more than ``margin_db``."""
     if gap <= margin_db:
         return []
-    return [f"Fill off the image's domain: the MAE reconstructs this image's hidden pixels {gap:.1f} dB worse than a "
+    return [MapWarning("off_domain", f"Fill off the image's domain: the MAE reconstructs this image's hidden pixels {gap:.1f} dB worse than a "
             f"blur ({psnr[name]:.1f} vs {psnr['blur']:.1f} dB; the MAE is trusted within {margin_db:g} dB), so "
             "its fills may add or keep evidence of their own. Try --fill auto, a site calibration (blackbox-lime "
-            "calibrate) or an MAE fitted on your images (blackbox-lime mae fit)."]
+            "calibrate) or an MAE fitted on your images (blackbox-lime mae fit).")]
