@@ -461,10 +461,4 @@ class TFServingTransport(HttpTransport):
             raise ResponseError(f"The response field 'predictions' is not a numeric array ({exc}).") from exc
 
 
-def auth_headers(token: str | None, header: str = "Authorization", scheme: str | None = "Bearer") -> dict[str, str]:
-    if not token:
-        return {}
-    return {header: f"{scheme} {token}" if scheme else token}
-
-
-__all__ = ["HttpTransport", "OipRestTransport", "TFServingTransport", "auth_headers", "decode_oip_response"]
+__all__ = ["HttpTransport", "OipRestTransport", "TFServingTransport", "decode_oip_response"]

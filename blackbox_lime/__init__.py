@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path as _Path
 
-__version__ = "0.1.0"
+from blackbox_lime._version import __version__
 
 
 def _source_checkout_adapters() -> None:

@@ -40,9 +40,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter
-from blackbox_lime import __version__
+from blackbox_lime._version import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
+from blackbox_lime.outputs import file_sha256
 from blackbox_lime.fill.choice import summarise_choices
 from blackbox_lime.fill.registry import fill_names
 
@@ -84,15 +85,7 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
                     seconds=round(time.perf_counter() - t0, 2))
     mae = explainer.mae
     return {"fill": chosen, "evidence": evidence, "per_image": per_image,
-            "mae": None if mae is None else {"file": mae.path.name, "sha256": _sha256_file(mae.path)}}
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+            "mae": None if mae is None else {"file": mae.path.name, "sha256": file_sha256(mae.path)}}
 
 
 def images_digest(sha256s: Sequence[str]) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_lime import __version__
+from blackbox_lime._version import __version__
 
 SERIES_NUMBER = 9901  # the series of blackbox-lime's maps within each study
 PARAMETRIC_MAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.30"

@@ -224,7 +224,7 @@ def build_bank(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], case_id
     emb = embedder.embed([images[i] for i in keep])
     w = np.stack([np.asarray(maps[i], np.float64) for i in keep])
     w = w / np.abs(w).max(axis=1, keepdims=True)
-    from blackbox_lime import __version__
+    from blackbox_lime._version import __version__
 
     return EvidenceBank(embeddings=emb, maps=w.astype(np.float32), case_ids=[str(case_ids[i]) for i in keep],
                         grid=(grid.rows, grid.cols), patch_size=grid.patch, canvas=(grid.height, grid.width),

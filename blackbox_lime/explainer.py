@@ -26,7 +26,7 @@ import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter
 from blackbox_lime.adapters.censoring import censoring_of
-from blackbox_lime import __version__
+from blackbox_lime._version import __version__
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evidence_bank import Embedder, EvidenceBank, EvidencePrior
 from blackbox_lime.explanation import Explanation, ExplanationSet

@@ -34,10 +34,9 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from blackbox_lime import __version__
+from blackbox_lime._version import __version__
 from blackbox_lime.models import bundled_model
 
-MIN_IMAGES = 50
 HELD_OUT_FRACTION = 0.1
 LR = {"bundled": 3e-4, "scratch": 1.5e-3}
 WARMUP_STEPS = 20

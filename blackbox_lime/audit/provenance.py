@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from blackbox_lime import __version__
+from blackbox_lime._version import __version__, git_commit
 from blackbox_lime.audit.store import STORE_NAME, AuditStore
 from blackbox_lime.outputs import atomic_write_bytes, file_sha256
 
@@ -39,16 +38,6 @@ def versions() -> dict[str, Any]:
         out[name if name != "cv2" else "opencv"] = getattr(mod, "__version__", None)
     out["git_commit"] = git_commit()
     return out
-
-
-def git_commit() -> str | None:
-    """The commit of the source checkout this package runs from, or None for an installed wheel."""
-    here = Path(__file__).resolve().parent
-    try:
-        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
 
 
 def output_files(out_dir: Path) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from blackbox_lime.adapters.censoring import predict_complete
 from blackbox_lime.adapters.errors import AdapterError, BudgetExhausted
-from blackbox_lime import __version__
+from blackbox_lime._version import __version__
 from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.flags import anatomy_mask, case_flags
 from blackbox_lime.audit.store import AuditStore, Case

@@ -59,7 +59,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(args)
     if a.version:
-        from blackbox_lime import __version__
+        from blackbox_lime._version import __version__
 
         print(f"blackbox-lime {__version__}")
         return EXIT_OK

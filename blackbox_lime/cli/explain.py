@@ -134,7 +134,7 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
 def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exp: Any,
                hashes: dict[str, Any], retries: int, t_io: float) -> dict[Path, bytes]:
     """One image's three files (all or nothing), its JSON line and its summary lines; returns its Parametric Maps."""
-    from blackbox_lime import __version__
+    from blackbox_lime._version import __version__
     from blackbox_lime.outputs import explanation_files, fidelity_text, write_all
 
     report = {
@@ -197,7 +197,7 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
                     hashes: dict[str, Any], retries: int, t_io: float) -> dict[Path, bytes]:
     """Several findings of one image from one set of queries: their files, the JSON line and the summary lines;
     returns their Parametric Maps."""
-    from blackbox_lime import __version__
+    from blackbox_lime._version import __version__
     from blackbox_lime.outputs import fidelity_text, finding_stems, findings_files, shared_summary, write_all
 
     report = {"tool": "blackbox-lime", "version": __version__,

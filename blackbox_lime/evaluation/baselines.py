@@ -25,14 +25,13 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter
 from blackbox_lime.patches import PatchGrid
 
-Predict = Callable[[np.ndarray], np.ndarray]
 
 
 def _compose(image: np.ndarray, grid: PatchGrid, visible: np.ndarray, fill: np.ndarray) -> np.ndarray:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from blackbox_lime.config import LAMBDA2_PRIOR, ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.evaluation.metrics import bootstrap_ci, consistency, perturbation_curves, pixel_auprc
 from blackbox_lime.models import bundled_model
+from blackbox_lime._version import git_commit as _git_commit
 from blackbox_lime.evaluation.phantoms import abnormal_cases  # noqa: F401 (bench.abnormal_cases: the cases a run uses)
 
 # method name -> (kind, budgeted). Kinds are dispatched in run_method.
@@ -169,15 +169,7 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, budget: int |
 
 def git_commit() -> str:
     """The commit of the code that runs, with "-dirty" when tracked files differ from it ("" outside git)."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, cwd=here)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=False, cwd=here)
-    except OSError:
-        return ""
-    commit = head.stdout.strip()
-    return commit + ("-dirty" if commit and dirty.stdout.strip() else "")
+    return _git_commit(mark_dirty=True) or ""
 
 
 def run(cfg: BenchConfig, out_dir: Path, log: Callable[[str], None] = print, resume: bool = False) -> dict[str, Any]:

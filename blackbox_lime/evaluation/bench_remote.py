@@ -58,7 +58,8 @@ from typing import Any
 import numpy as np
 
 from blackbox_lime.adapters import load_adapter
-from blackbox_lime import ExplainConfig, Explainer
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.explainer import Explainer
 from blackbox_lime.evaluation import demo_server
 from blackbox_lime.models import bundled_model
 from blackbox_lime.evaluation.phantoms import make_phantom

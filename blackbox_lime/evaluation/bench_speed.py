@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from blackbox_lime.adapters.onnx import OnnxAdapter
-from blackbox_lime import ExplainConfig, Explainer
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.explainer import Explainer
 from blackbox_lime.image_io import load_image
 from blackbox_lime.models import bundled_model
 from blackbox_lime.outputs import explanation_files, write_all
