@@ -9,6 +9,15 @@ benchmarks read the codes, never the texts.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from blackbox_lime.fill.registry import is_generative
+
+if TYPE_CHECKING:
+    from blackbox_lime.adapters.censoring import Censoring
+    from blackbox_lime.config import ExplainConfig
 
 
 class MapWarning(str):
@@ -40,9 +49,78 @@ CODES = {
 }
 
 
+# Below this spread of P(target) over the samples, the map ranks effects too small to act on.
+WEAK_RESPONSE_SD = 0.01
+
+
+# Below this held-out R^2 of the evidence fit a map is flagged as of low fidelity: the highest Youden's J on val
+# (docs/tune_val/fill/table.md: 37 of 44 weak maps flagged, 11 of 60 good ones).
+LOW_FIDELITY_R2 = 0.02
+
+# Below this held-out R^2 of the signed fit, no patch-wise effect explains how the answer moved under masking: the
+# answer rests on no region of the image (as the fill hides it). On val (docs/bench_flags/val/table.md) it holds for
+# the confident "normal" answers of the chest CNN (held-out R^2 p10 / median / p90: 0.000 / 0.033 / 0.080, every one
+# under LOW_FIDELITY_R2 by the evidence fit) and for saturated abnormal answers (fundus: median 0.049), while maps of
+# answers that do rest on a region reach 0.08 to 0.69 (p10 to p90 of the chest and ultrasound abnormal answers).
+NO_FOCAL_R2 = 0.05
+
+CENSORED_WARN = 0.5  # warn when the endpoint omitted the explained label from more than this share of its answers
+
+
+def low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig, r2_heldout: float = float("inf"),
+                           name: str = "the class") -> list[str]:
+    if not r2_evidence < LOW_FIDELITY_R2:  # NaN (the answer did not move) is warned about by weak_map_warnings
+        return []
+    if r2_heldout < NO_FOCAL_R2:
+        return [MapWarning("no_focal_evidence", f"No focal evidence: no patch-wise effect explains how P({name}) moved under masking (held-out R^2 "
+                f"{r2_heldout:.3f}, below {NO_FOCAL_R2:g}), so this answer rests on no one region of the image as the "
+                f"{fill} fill hides it: a finding about the model (typical of a confident 'normal'), not a map to "
+                "read region by region. On an answer that should rest on a lesion, the fill may be putting back what "
+                "it hides: try another --fill.")]
+    tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
+             "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
+             f"more --samples (used {cfg.n_samples})"]
+    if is_generative(fill) and cfg.fill == "auto" and cfg.mae_challenger is None:
+        tries.insert(1, "a challenger for the MAE (--mae-challenger zero)")
+    return [MapWarning("low_fidelity", f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
+            f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
+            f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}.")]
+
+
+def weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float, name: str,
+                       mae: bool = False) -> list[str]:
+    out: list[str] = []
+    if sd < WEAK_RESPONSE_SD:
+        # With the MAE fill a flat answer is also what a classifier that reads the MAE's fills as the evidence they
+        # hide gives (the demo ViT on ultrasound, docs/robust_fill.md).
+        also = (" The MAE's fills may put back what they hide: try --mae-challenger zero or another --fill."
+                if mae else "")
+        out.append(MapWarning("flat_answer", f"P({name}) hardly moved under masking (kernel-weighted sd {sd:.4f}, range {y.min():.3f} to "
+                   f"{y.max():.3f}): the map ranks small effects. Check that the image is in the model's domain, "
+                   f"or try more --samples.{also}"))
+    if not np.any(coef):
+        out.append(MapWarning("empty_map", f"No patch's evidence survived the L1 penalty (effective lambda1 "
+                                           f"{lambda1:.3g}), so the map is empty. Lower --lambda1, or --lambda1-cap "
+                                           "below 1."))
+    return out
+
+
+def censored_warnings(censoring: Censoring | None, censored: int, n: int, name: str) -> list[str]:
+    """A censoring endpoint that left the explained label out of most answers: the map rests on bounds."""
+    if censoring is None or censored <= CENSORED_WARN * n:
+        return []
+    limit = " and ".join(p for p in (f"its top {censoring.top_k}" if censoring.top_k else "",
+                                     f"scores above {censoring.threshold:g}" if censoring.threshold else "") if p)
+    return [MapWarning("censored", f"the endpoint listed {name!r} in only {n - censored} of its {n} answers (it lists "
+                                   f"{limit}); elsewhere its score is known only as a bound, so this map rests on few "
+                                   "measured answers. Ask the endpoint for more labels per answer if it can (a higher "
+                                   "top_k or a lower threshold).")]
+
+
 def codes_of(warnings: Iterable[str]) -> list[str]:
     """The codes of a list of warnings ("" for a plain text without one)."""
     return [getattr(w, "code", "") for w in warnings]
 
 
-__all__ = ["CODES", "MapWarning", "codes_of"]
+__all__ = ["CENSORED_WARN", "CODES", "LOW_FIDELITY_R2", "MapWarning", "NO_FOCAL_R2", "WEAK_RESPONSE_SD", "censored_warnings",
+           "codes_of", "low_fidelity_warnings", "weak_map_warnings"]

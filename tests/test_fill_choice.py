@@ -213,7 +213,7 @@ def test_an_answer_that_moves_as_no_patch_wise_effect_is_no_focal_evidence(tmp_p
 
 
 def test_a_low_fidelity_mae_map_under_auto_suggests_the_challenger() -> None:
-    from blackbox_lime.explainer import _low_fidelity_warnings
+    from blackbox_lime.map_warnings import low_fidelity_warnings as _low_fidelity_warnings
 
     (text,) = _low_fidelity_warnings(0.0, "mae", ExplainConfig(n_samples=300), r2_heldout=0.4)
     assert text.endswith(

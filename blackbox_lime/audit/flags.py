@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from blackbox_lime.explainer import LOW_FIDELITY_R2, NO_FOCAL_R2, WEAK_RESPONSE_SD
+from blackbox_lime.map_warnings import LOW_FIDELITY_R2, NO_FOCAL_R2, WEAK_RESPONSE_SD
 
 BORDER_BAND = 0.125  # of each side: 28 px of a 224 px image
 

@@ -23,8 +23,6 @@ comparison isolates the attribution method, not the rendering.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np

@@ -40,7 +40,8 @@ from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.evaluation import baselines
 from blackbox_lime.evaluation.bench import git_commit, read_results
 from blackbox_lime.config import ExplainConfig
-from blackbox_lime.explainer import LOW_FIDELITY_R2, Explainer
+from blackbox_lime.explainer import Explainer
+from blackbox_lime.map_warnings import LOW_FIDELITY_R2
 from blackbox_lime.fill.choice import coarse_design, decide, recon_psnr, score_pilot
 from blackbox_lime.fill.registry import make_filler
 from blackbox_lime.map_warnings import codes_of
@@ -90,7 +91,7 @@ def _tune_case(adapter: OnnxAdapter, image: np.ndarray, mask: np.ndarray, sample
         gen = np.random.default_rng(seed)
         for fill, filler in candidates.items():
             coarse, fine = coarse_design(gen, ex.grid, n, ex.config.mask_ratios, block)
-            probs = ex._sample(canvas, filler, fine, np.arange(n), None, _NoBar(), timings)
+            probs = ex.sampler.sample(canvas, filler, fine, np.arange(n), None, _NoBar(), timings)
             raw[f"{block}/{fill}/design"] = coarse
             raw[f"{block}/{fill}/y"] = probs[:, target]
     return rec, raw
