@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from blackbox_lime.fill import policy as _fill_policy
 from blackbox_lime.fill.policy import MIN_PILOT
-from blackbox_lime.fill.registry import challenger_names, fill_choices, fill_names
+from blackbox_lime.fill.registry import challenger_names, fill_choices, fill_names, is_generative
 from blackbox_lime.test_time_adaptation import query_cost
 
 LAMBDA2_NO_PRIOR = 1e-4  # without a prior the term is only a ridge towards 0; kept negligible as before EBR
@@ -173,60 +174,18 @@ class ExplainConfig:
     n_neighbours: int = 25
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.patch_size) and self.patch_size >= 2, "patch_size", "an integer >= 2", self.patch_size)
-        _check(_is_int(self.n_samples) and self.n_samples >= 10, "n_samples", "an integer >= 10", self.n_samples)
-        _check(self.n_samples <= MAX_SAMPLES, "n_samples", f"at most {MAX_SAMPLES} (the queries of one explanation)",
-               self.n_samples)
-        ratios = self.mask_ratios
-        _check(isinstance(ratios, tuple) and len(ratios) >= 1 and all(_is_real(r) and 0 < r < 1 for r in ratios),
-               "mask_ratios", "a non-empty tuple of floats in the range (0, 1)", ratios)
-        _check(self.fill in fill_choices(), "fill", f"one of {', '.join(fill_choices())}", self.fill)
         if isinstance(self.fill_candidates, list):  # a config read back from JSON (to_dict writes a list)
             object.__setattr__(self, "fill_candidates", tuple(self.fill_candidates))
-        cands = self.fill_candidates
-        _check(isinstance(cands, tuple) and len(cands) >= 2 and len(set(cands)) == len(cands)
-               and all(c in fill_names() for c in cands), "fill_candidates",
-               f"a tuple of two or more distinct fills from {', '.join(fill_names())}", cands)
-        _check(_is_int(self.pilot_samples) and (self.pilot_samples == 0 or self.pilot_samples >= MIN_PILOT),
-               "pilot_samples", f"0 or an integer >= {MIN_PILOT}", self.pilot_samples)
-        _check(_is_real(self.recon_margin_db), "recon_margin_db", "a finite float", self.recon_margin_db)
-        _check(_is_int(self.pilot_block) and self.pilot_block >= 1, "pilot_block", "an integer >= 1", self.pilot_block)
-        _check(_is_real(self.fill_margin) and self.fill_margin >= 0, "fill_margin", "a float in the range [0, inf)",
-               self.fill_margin)
-        _check(self.mae_challenger is None or self.mae_challenger in challenger_names(), "mae_challenger",
-               f"None or one of {', '.join(challenger_names())}", self.mae_challenger)
-        _check(_is_int(self.challenger_samples) and self.challenger_samples >= MIN_PILOT, "challenger_samples",
-               f"an integer >= {MIN_PILOT}", self.challenger_samples)
-        _check(_is_int(self.challenger_block) and self.challenger_block >= 1, "challenger_block", "an integer >= 1",
-               self.challenger_block)
-        _check(_is_real(self.challenger_margin) and self.challenger_margin >= 0, "challenger_margin",
-               "a float in the range [0, inf)", self.challenger_margin)
-        for need, why in _fill_policy.auto_sample_needs(self):
-            _check(self.n_samples >= need, "n_samples", why, self.n_samples)
-        _check(_is_int(self.nested_samples) and self.nested_samples >= 1, "nested_samples", "an integer >= 1",
-               self.nested_samples)
-        _check(_is_real(self.kernel_width) and self.kernel_width > 0, "kernel_width", "a float in the range (0, inf)",
-               self.kernel_width)
-        _check(_is_real(self.lambda1) and self.lambda1 >= 0, "lambda1", "a float in the range [0, inf)", self.lambda1)
-        _check(self.lambda1_scale in LAMBDA1_SCALES, "lambda1_scale", f"one of {', '.join(LAMBDA1_SCALES)}",
-               self.lambda1_scale)
-        _check(_is_real(self.lambda1_cap) and 0 < self.lambda1_cap <= 1, "lambda1_cap", "a float in the range (0, 1]",
-               self.lambda1_cap)
-        _check(_is_real(self.map_sigma) and 0 <= self.map_sigma <= 8, "map_sigma", "a float in the range [0, 8]",
-               self.map_sigma)
-        _check(self.lambda2 is None or (_is_real(self.lambda2) and self.lambda2 >= 0), "lambda2",
-               "None or a float in the range [0, inf)", self.lambda2)
-        _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
-        _check(isinstance(self.stta, bool), "stta", "True or False", self.stta)
-        _check(_is_int(self.stta_iterations) and self.stta_iterations >= 1, "stta_iterations", "an integer >= 1",
-               self.stta_iterations)
-        _check(_is_int(self.stta_views) and self.stta_views >= 1, "stta_views", "an integer >= 1", self.stta_views)
-        _check(self.stta_iterations <= 1000 and self.stta_views <= 1000, "stta_iterations" if self.stta_iterations > 1000
-               else "stta_views", "at most 1000", max(self.stta_iterations, self.stta_views))
-        _check(_is_int(self.stta_seed) and self.stta_seed >= 0, "stta_seed", "an integer >= 0", self.stta_seed)
-        _check(_is_int(self.stta_probes) and self.stta_probes >= 0, "stta_probes", "an integer >= 0", self.stta_probes)
-        _check(_is_int(self.n_neighbours) and self.n_neighbours >= 1, "n_neighbours", "an integer >= 1",
-               self.n_neighbours)
+        for opt in OPTIONS:  # one table: the checks, their words, and the CLI's options and help
+            value = getattr(self, opt.field)
+            _check(opt.ok(value), opt.field, opt.what() if callable(opt.what) else opt.what, value)
+            if opt.field == "challenger_margin":  # what "auto" can do within the budget, once its settings are valid
+                for need, why in _fill_policy.auto_sample_needs(self):
+                    _check(self.n_samples >= need, "n_samples", why, self.n_samples)
+            if opt.field == "stta_views":
+                _check(self.stta_iterations <= 1000 and self.stta_views <= 1000,
+                       "stta_iterations" if self.stta_iterations > 1000 else "stta_views", "at most 1000",
+                       max(self.stta_iterations, self.stta_views))
 
     @property
     def pilot_candidates(self) -> int:
@@ -275,3 +234,99 @@ class ExplainConfig:
         d["mask_ratios"] = list(self.mask_ratios)
         d["fill_candidates"] = list(self.fill_candidates)
         return d
+
+
+# -- the option table --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One knob of :class:`ExplainConfig`: its check (``ok``, and ``what`` in words, as the error says it), and where
+    the command line offers it, its option (``flag``, without "--"), value ``type`` or ``choices`` and ``help``.
+    ``help`` may name the defaults as ``{d.field}`` (``d`` is the default config), or be a callable of it, so the
+    command's help never restates a default by hand."""
+    field: str
+    ok: Callable[[Any], bool]
+    what: str | Callable[[], str]
+    flag: str | None = None
+    type: Callable[[str], Any] | None = None
+    choices: Callable[[], Sequence[str]] | None = None
+    help: str | Callable[[ExplainConfig], str] = ""
+
+    def help_text(self, defaults: ExplainConfig) -> str:
+        return self.help(defaults) if callable(self.help) else self.help.format(d=defaults)
+
+
+def _int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: _is_int(v) and v >= low
+
+
+def _candidates_ok(c: Any) -> bool:
+    return isinstance(c, tuple) and len(c) >= 2 and len(set(c)) == len(c) and all(x in fill_names() for x in c)
+
+
+def _fill_help(d: ExplainConfig) -> str:
+    classic = " or ".join(c for c in d.fill_candidates if not is_generative(c))
+    return (f"how hidden patches are filled (default {d.fill}: per image, the MAE where it reconstructs the image "
+            f"within {d.recon_margin_db:g} dB of a blur, else {classic} by a pilot share of --samples)")
+
+
+#: Every checked knob, in the order its check runs. ExplainConfig checks its values with it, and the CLI builds its
+#: explanation options (blackbox_lime/cli/parser.py) and maps the library's messages to its options from it.
+OPTIONS: tuple[Option, ...] = (
+    Option("patch_size", _int_at_least(2), "an integer >= 2", "patch-size", int,
+           help="patch side in model-input pixels (default {d.patch_size})"),
+    Option("n_samples", _int_at_least(10), "an integer >= 10", "samples", int,
+           help="perturbed images queried per explanation (default {d.n_samples})"),
+    Option("n_samples", lambda v: v <= MAX_SAMPLES, f"at most {MAX_SAMPLES} (the queries of one explanation)"),
+    Option("mask_ratios", lambda r: isinstance(r, tuple) and len(r) >= 1 and all(_is_real(x) and 0 < x < 1 for x in r),
+           "a non-empty tuple of floats in the range (0, 1)"),
+    Option("fill", lambda v: v in fill_choices(), lambda: f"one of {', '.join(fill_choices())}", "fill",
+           choices=fill_choices, help=_fill_help),
+    Option("fill_candidates", _candidates_ok, lambda: f"a tuple of two or more distinct fills from {', '.join(fill_names())}"),
+    Option("pilot_samples", lambda v: _is_int(v) and (v == 0 or v >= MIN_PILOT), f"0 or an integer >= {MIN_PILOT}"),
+    Option("recon_margin_db", _is_real, "a finite float"),
+    Option("pilot_block", _int_at_least(1), "an integer >= 1"),
+    Option("fill_margin", lambda v: _is_real(v) and v >= 0, "a float in the range [0, inf)"),
+    Option("mae_challenger", lambda v: v is None or v in challenger_names(),
+           lambda: f"None or one of {', '.join(challenger_names())}", "mae-challenger", choices=challenger_names,
+           help="fill auto: where the MAE passes its check, pilot it against this fill ({d.challenger_samples} queries "
+                "each) and use the challenger when its evidence fit is clearly better (off by default; see "
+                "docs/robust_fill.md)"),
+    Option("challenger_samples", _int_at_least(MIN_PILOT), f"an integer >= {MIN_PILOT}"),
+    Option("challenger_block", _int_at_least(1), "an integer >= 1"),
+    Option("challenger_margin", lambda v: _is_real(v) and v >= 0, "a float in the range [0, inf)"),
+    Option("nested_samples", _int_at_least(1), "an integer >= 1"),
+    Option("kernel_width", lambda v: _is_real(v) and v > 0, "a float in the range (0, inf)", "kernel-width", float,
+           help="proximity kernel width (default {d.kernel_width})"),
+    Option("lambda1", lambda v: _is_real(v) and v >= 0, "a float in the range [0, inf)", "lambda1", float,
+           help="surrogate L1 weight (default {d.lambda1:g}, tuned on the val split; lower keeps weaker evidence)"),
+    Option("lambda1_scale", lambda v: v in LAMBDA1_SCALES, f"one of {', '.join(LAMBDA1_SCALES)}", "lambda1-scale",
+           choices=lambda: LAMBDA1_SCALES,
+           help="response (default): --lambda1 is relative to how much the answer moves; absolute: as is"),
+    Option("lambda1_cap", lambda v: _is_real(v) and 0 < v <= 1, "a float in the range (0, 1]", "lambda1-cap", float,
+           help="use at most this fraction (0, 1] of the L1 weight that would empty the map (default {d.lambda1_cap}; "
+                "1: no cap)"),
+    Option("map_sigma", lambda v: _is_real(v) and 0 <= v <= 8, "a float in the range [0, 8]", "map-sigma", float,
+           help="smooth the map with a Gaussian of this many patches (default {d.map_sigma}; 0: not smoothed)"),
+    Option("lambda2", lambda v: v is None or (_is_real(v) and v >= 0), "None or a float in the range [0, inf)",
+           "lambda2", float, help=f"weight of the pull towards the evidence prior (default {LAMBDA2_PRIOR:g} with an "
+                                  "evidence bank)"),
+    Option("batch_size", _int_at_least(1), "an integer >= 1"),
+    Option("stta", lambda v: isinstance(v, bool), "True or False", "stta",
+           help=lambda d: f"STTA: adapt the input's photometry to the model first (costs views*(2*iterations+2) "
+                          f"queries; default: {'on' if d.stta else 'off'})"),
+    Option("stta_iterations", _int_at_least(1), "an integer >= 1", "stta-iterations", int,
+           help="STTA's SPSA iterations (default {d.stta_iterations})"),
+    Option("stta_views", _int_at_least(1), "an integer >= 1", "stta-views", int,
+           help="STTA's views of the image (default {d.stta_views})"),
+    Option("stta_seed", _int_at_least(0), "an integer >= 0"),
+    Option("stta_probes", _int_at_least(0), "an integer >= 0"),
+    Option("n_neighbours", _int_at_least(1), "an integer >= 1", "neighbours", int,
+           help="EBR: nearest bank cases used (default {d.n_neighbours})"),
+)
+
+
+def cli_options() -> dict[str, str]:
+    """The command line's option dests -> ExplainConfig fields (``samples`` -> ``n_samples``)."""
+    return {o.flag.replace("-", "_"): o.field for o in OPTIONS if o.flag is not None}

@@ -167,3 +167,35 @@ def json_roundtrip(doc: dict) -> dict:
     import json
 
     return json.loads(json.dumps(doc, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+# -- the option table ----------------------------------------------------------------------------------------------
+
+
+def test_one_option_table_drives_the_checks_the_parser_and_its_help() -> None:
+    """Every command-line option of a config knob comes from config.OPTIONS: its help names the config's own default
+    (so a changed default cannot leave a stale help text), its choices are the registry's, and the library's error
+    for a bad value names the option the user typed."""
+    from dataclasses import fields
+
+    from blackbox_lime.cli.common import CONFIG_OPTIONS, as_typed
+    from blackbox_lime.config import OPTIONS
+
+    d = ExplainConfig()
+    parser = cli.build_parser()
+    explain = next(a for a in parser._subparsers._actions if a.dest == "command").choices["explain"]  # type: ignore[union-attr]
+    actions = {a.dest: a for a in explain._actions}
+    flagged = [o for o in OPTIONS if o.flag]
+    assert {o.field for o in OPTIONS} == {f.name for f in fields(ExplainConfig)}  # every knob is checked
+    assert CONFIG_OPTIONS == {o.flag.replace("-", "_"): o.field for o in flagged}
+    for o in flagged:
+        assert actions[o.flag.replace("-", "_")].help == o.help_text(d)
+    assert "(default 500)" in actions["samples"].help and f"({d.challenger_samples} queries each)" in actions[
+        "mae_challenger"].help
+    assert actions["fill"].choices == list(fill_choices()) and "telea" in actions["mae_challenger"].choices
+    try:
+        ExplainConfig(map_sigma=9.0)
+    except ValueError as exc:
+        assert str(as_typed(exc)) == "--map-sigma must be a float in the range [0, 8]. Got 9.0 instead."
+    else:
+        raise AssertionError("map_sigma=9 passed the check")

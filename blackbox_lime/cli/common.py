@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from blackbox_lime.config import cli_options
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 EXIT_CASES_FAILED, EXIT_BUDGET = 3, 4  # audit run
 DEMO_IMAGE = "chest_xray_test_00001.png"
@@ -18,12 +20,8 @@ class UserError(Exception):
     """An error the user can fix; printed as one line, exit code 2."""
 
 
-# command-line option -> ExplainConfig field; options left unset keep the config's defaults
-CONFIG_OPTIONS = {"samples": "n_samples", "patch_size": "patch_size", "fill": "fill", "lambda1": "lambda1",
-                   "lambda1_scale": "lambda1_scale", "lambda1_cap": "lambda1_cap", "kernel_width": "kernel_width",
-                   "stta": "stta", "stta_iterations": "stta_iterations", "stta_views": "stta_views",
-                   "neighbours": "n_neighbours", "lambda2": "lambda2", "mae_challenger": "mae_challenger",
-                   "map_sigma": "map_sigma"}
+# command-line option -> ExplainConfig field (from the config's option table); options left unset keep the defaults
+CONFIG_OPTIONS = cli_options()
 
 
 def as_typed(exc: ValueError) -> UserError:

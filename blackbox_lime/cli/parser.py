@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from blackbox_lime.config import ExplainConfig
-from blackbox_lime.fill.registry import challenger_names, fill_choices, is_generative
+from blackbox_lime.config import OPTIONS, ExplainConfig
+from blackbox_lime.fill.registry import challenger_names, fill_choices
 
 _D = ExplainConfig()  # the defaults the help texts name
 
@@ -58,40 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--allow-insecure-http", action="store_true",
                         help="permit plain http:// or grpc:// to a host that is not loopback (pixels travel unencrypted)")
 
+    def config_options(sp: argparse.ArgumentParser) -> None:
+        """ExplainConfig's knobs that the command line offers: options, types, choices and help with the defaults,
+        all from the config's option table (blackbox_lime/config.py OPTIONS)."""
+        for opt in OPTIONS:
+            if opt.flag is None:
+                continue
+            kw: dict[str, Any] = {"default": None, "help": opt.help_text(_D)}
+            if opt.field == "stta":
+                kw["action"] = argparse.BooleanOptionalAction
+            elif opt.choices is not None:
+                kw["choices"] = list(opt.choices())
+            else:
+                kw["type"] = opt.type
+            sp.add_argument(f"--{opt.flag}", **kw)
+
     def explain_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--out", default=None, help="output folder (created if needed)")
         sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-        sp.add_argument("--samples", type=int, default=None, help="perturbed images queried per explanation (default 500)")
-        sp.add_argument("--patch-size", type=int, default=None, help="patch side in model-input pixels (default 16)")
-        sp.add_argument("--fill", choices=fill_choices(), default=None,
-                        help=f"how hidden patches are filled (default auto: per image, the MAE where it reconstructs "
-                             f"the image within {_D.recon_margin_db:g} dB of a blur, else "
-                             f"{' or '.join(c for c in _D.fill_candidates if not is_generative(c))} by a pilot share of "
-                             "--samples)")
+        config_options(sp)
         sp.add_argument("--calibration", default=None,
                         help="a site calibration (blackbox-lime calibrate): use its fill for every image, no pilot")
-        sp.add_argument("--mae-challenger", choices=challenger_names(), default=None,
-                        help=f"fill auto: where the MAE passes its check, pilot it against this fill "
-                             f"({_D.challenger_samples} queries each) and use the challenger when its evidence fit is clearly better (off by default; see "
-                             "docs/robust_fill.md)")
-        sp.add_argument("--lambda1", type=float, default=None,
-                        help="surrogate L1 weight (default: tuned on the val split; lower keeps weaker evidence)")
-        sp.add_argument("--lambda1-scale", choices=["response", "absolute"], default=None,
-                        help="response (default): --lambda1 is relative to how much the answer moves; absolute: as is")
-        sp.add_argument("--lambda1-cap", type=float, default=None,
-                        help="use at most this fraction (0, 1] of the L1 weight that would empty the map (default 0.5; 1: no cap)")
-        sp.add_argument("--kernel-width", type=float, default=None, help="proximity kernel width (default 1.0)")
-        sp.add_argument("--map-sigma", type=float, default=None,
-                        help="smooth the map with a Gaussian of this many patches (default 1.0; 0: not smoothed)")
-        sp.add_argument("--stta", action=argparse.BooleanOptionalAction, default=None,
-                        help="STTA: adapt the input's photometry to the model first (costs views*(2*iterations+2) "
-                             "queries; default: off)")
-        sp.add_argument("--stta-iterations", type=int, default=None, help="STTA's SPSA iterations (default 8)")
-        sp.add_argument("--stta-views", type=int, default=None, help="STTA's views of the image (default 4)")
         sp.add_argument("--bank", default=None,
                         help="EBR: an evidence bank of historical cases (blackbox-lime bank build) for the prior map")
-        sp.add_argument("--neighbours", type=int, default=None, help="EBR: nearest bank cases used (default 25)")
-        sp.add_argument("--lambda2", type=float, default=None, help="weight of the pull towards the evidence prior")
         sp.add_argument("--mae", default=None, help="MAE graph for --fill mae (default: the bundled mae_recon.onnx)")
         sp.add_argument("--target", default=None,
                         help="what to explain: a class by index or name, a comma list, 'all', or 'positive' (every "
@@ -229,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--target", default=None, help="class whose answers judge the fills (default: each image's "
                                                    "predicted class)")
     ca.add_argument("--mae", default=None, help="MAE graph for the mae candidate (default: the bundled one)")
-    ca.add_argument("--mae-challenger", choices=["mean", "blur", "zero"], default=None,
+    ca.add_argument("--mae-challenger", choices=challenger_names(), default=None,
                     help="where the MAE passes its check, pilot it against this fill too (see explain --mae-challenger)")
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
