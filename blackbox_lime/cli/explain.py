@@ -131,20 +131,27 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
     return EXIT_USER if failed else EXIT_OK
 
 
+def _report(path: Path, loaded: Any, summary: dict[str, Any], retries: int, hashes: dict[str, Any],
+            t_io: float) -> dict[str, Any]:
+    """The JSON report's head, built once for one map and for several findings: the tool, the input (its file
+    name, hash, format, shape and what was done to it), the explanation's summary, retries and model hashes."""
+    from blackbox_lime._version import __version__
+
+    report = {"tool": "blackbox-lime", "version": __version__,
+              "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
+                        "shape": list(loaded.pixels.shape), "notes": loaded.notes},
+              **summary, "retries": retries, "models": hashes}
+    report["timings_s"]["read_image"] = round(t_io, 4)
+    return report
+
+
 def _write_one(a: argparse.Namespace, out: Path, stem: str, path: Path, loaded: Any, exp: Any,
                hashes: dict[str, Any], retries: int, t_io: float) -> dict[Path, bytes]:
     """One image's three files (all or nothing), its JSON line and its summary lines; returns its Parametric Maps."""
-    from blackbox_lime._version import __version__
     from blackbox_lime.outputs import explanation_files, fidelity_text, write_all
 
-    report = {
-        "tool": "blackbox-lime", "version": __version__,
-        "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
-                  "shape": list(loaded.pixels.shape), "notes": loaded.notes},
-        **exp.summary(), "retries": retries, "models": hashes,
-        "outputs": [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"],
-    }
-    report["timings_s"]["read_image"] = round(t_io, 4)
+    report = _report(path, loaded, exp.summary(), retries, hashes, t_io)
+    report["outputs"] = [f"{stem}.saliency.npy", f"{stem}.overlay.png", f"{stem}.json"]
     pm, note = _dicom_maps(a, path, loaded, [(stem, exp.saliency, exp.target_name)], out)
     report["outputs"] += sorted(p.name for p in pm)
     if note:
@@ -197,14 +204,9 @@ def _write_findings(a: argparse.Namespace, out: Path, stem: str, path: Path, loa
                     hashes: dict[str, Any], retries: int, t_io: float) -> dict[Path, bytes]:
     """Several findings of one image from one set of queries: their files, the JSON line and the summary lines;
     returns their Parametric Maps."""
-    from blackbox_lime._version import __version__
     from blackbox_lime.outputs import fidelity_text, finding_stems, findings_files, shared_summary, write_all
 
-    report = {"tool": "blackbox-lime", "version": __version__,
-              "input": {"file": path.name, "sha256": loaded.sha256, "format": loaded.format,
-                        "shape": list(loaded.pixels.shape), "notes": loaded.notes},
-              **shared_summary(exps), "retries": retries, "models": hashes}
-    report["timings_s"]["read_image"] = round(t_io, 4)
+    report = _report(path, loaded, shared_summary(exps), retries, hashes, t_io)
     names = finding_stems([e.target_name for e in exps])
     pm, note = _dicom_maps(a, path, loaded, [(f"{stem}.{n}", e.saliency, e.target_name) for n, e in zip(names, exps)],
                            out)

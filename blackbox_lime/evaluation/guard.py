@@ -18,7 +18,7 @@ process, over the paths the outputs depend on:
 
 Each output file is hashed (SHA-256). A JSON file is hashed field by field after dropping what
 legitimately changes between runs (timings, wall seconds, versions, dates, the output paths), so a
-check names the field that moved. The hashes are of this machine's floating point: write the manifest
+check names the field that moved; the order of the fields is hashed too (``<key order>``). The hashes are of this machine's floating point: write the manifest
 and check it on the same machine (a manifest from another CPU may differ in the last bit of a float).
 """
 
@@ -96,8 +96,10 @@ def hash_outputs(folder: Path) -> dict[str, str]:
             continue  # stores, logs and reports carry dates; their content is checked through the case JSONs
         if path.suffix == ".json":
             doc = _strip(json.loads(rename(path.read_text())))
-            for key, value in _flatten(doc):
+            flat = list(_flatten(doc))
+            for key, value in flat:
                 out[f"{rel}:{key}"] = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+            out[f"{rel}:<key order>"] = hashlib.sha256("\n".join(k for k, _ in flat).encode()).hexdigest()[:16]
         else:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return out
