@@ -11,6 +11,7 @@ from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
 from blackbox_lime.adapters.errors import BudgetExhausted, ServerError
 from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.store import AuditStore, Case, StoreError, config_difference, image_key
+from blackbox_lime.audit.records import CaseRecord, FindingRecord
 
 
 class Counting(ClassifierAdapter):
@@ -126,10 +127,29 @@ def test_cases_keep_their_order_state_and_record(store):
     store.start_case("a")
     store.fail_case("a", "unreadable")
     assert store.cases()[0].state == "failed" and store.cases()[0].reason == "unreadable"
-    store.finish_case("a", {"target": 1})
+    record = CaseRecord("a", "1", [FindingRecord("abnormal", 1, 0.9, 0.5, 0.4, 0.3, ["low_fidelity"], {"border": 0.1},
+                                                 ["Low fidelity: ..."], ["low_fidelity"])], "mae", 500, 500, 0, 0)
+    store.finish_case("a", record)
     c = store.cases()[0]
-    assert (c.state, c.reason, c.record, c.attempts) == ("done", None, {"target": 1}, 1)
+    assert (c.state, c.reason, c.record, c.attempts) == ("done", None, record, 1)
     assert store.counts() == {"pending": 0, "done": 1, "failed": 0}
+    store.set_stow("a", {"state": "stored", "instances": 1})
+    assert store.cases()[0].record.stow == {"state": "stored", "instances": 1}  # type: ignore[union-attr]
+
+
+def test_records_of_older_stores_still_read():
+    """A record written before coded warnings, reuse counts and stow (and with a key this version does not know)
+    reads with defaults, and writes back every key it had."""
+    old = {"id": "case-1", "label": "1", "fill": "mean", "queries": 500, "sent": 500, "outputs": ["cases/case-1.json"],
+           "input_sha256": "ab", "findings": [{"finding": "abnormal", "target": 1, "target_prob": 0.8, "r2": 0.4,
+                                                "r2_heldout": 0.2, "r2_evidence": 0.1, "flags": [], "shares": {},
+                                                "warnings": [], "patch_weights": [[0.0]]}], "legacy": 7}
+    rec = CaseRecord.from_json(old)
+    assert rec.reused is None and rec.stow is None and rec.findings[0].warning_codes is None
+    assert rec.findings[0].outputs == [] and rec.extra == {"legacy": 7}
+    back = rec.to_json()
+    assert {k: v for k, v in back.items() if k not in ("reused", "retries", "mask_sha256", "seconds")} == \
+        {**old, "findings": [{**old["findings"][0], "outputs": []}]}
 
 
 def test_opening_a_missing_or_foreign_store_says_so(tmp_path):

@@ -52,10 +52,11 @@ def write_provenance(out_dir: Path, store: AuditStore) -> str:
 
     inputs = []
     for c in store.cases():
-        rec = c.record or {}
-        item: dict[str, Any] = {"case": c.id, "state": c.state, "image": c.image, "sha256": rec.get("input_sha256")}
+        rec = c.record
+        item: dict[str, Any] = {"case": c.id, "state": c.state, "image": c.image,
+                                "sha256": None if rec is None else rec.input_sha256}
         if c.mask is not None:
-            item.update(mask=c.mask, mask_sha256=rec.get("mask_sha256"))
+            item.update(mask=c.mask, mask_sha256=None if rec is None else rec.mask_sha256)
         inputs.append(item)
     doc = {
         "tool": "blackbox-lime",

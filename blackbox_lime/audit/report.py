@@ -18,6 +18,7 @@ import numpy as np
 
 from blackbox_lime.audit.flags import BORDER_BAND, FLAG_HELP, FLAGS, SHORTCUT_THRESHOLDS
 from blackbox_lime.audit.provenance import versions
+from blackbox_lime.audit.records import CaseRecord
 from blackbox_lime.audit.store import AuditStore
 from blackbox_lime.outputs import _LUT, atomic_write_bytes
 
@@ -25,7 +26,7 @@ REPORT_NAME = "report.html"
 SUMMARY_NAME = "summary.json"
 
 
-CASE_WARNINGS = ("burned_in", "dicom_out")  # case-level warnings a record may carry, shown with each of its rows
+CASE_WARNINGS = CaseRecord.NOTES  # case-level warnings a record may carry, shown with each of its rows
 CASE_WARNING_LABELS = {"burned_in": "burnt-in text?", "dicom_out": "no Parametric Map"}
 
 
@@ -33,15 +34,14 @@ def _rows(case: Any) -> list[dict[str, Any]]:
     """One row per (case, explained finding); a failed or pending case is one row without a finding."""
     base = {"id": case.id, "state": case.state, **({"reason": case.reason} if case.reason else {}),
             "label": case.label, "attempts": case.attempts}
-    rec = case.record or {}
-    if case.state != "done" or not rec.get("findings"):
+    rec: CaseRecord | None = case.record
+    if case.state != "done" or rec is None or not rec.findings:
         return [{**base, "finding": None}]
-    json_out = [o for o in rec.get("outputs", []) if o.endswith(".json")]
-    return [{**base, "finding": f["finding"], "target": f["target"], "target_name": f["finding"],
-             "target_prob": f["target_prob"], "r2": f["r2"], "r2_evidence": f["r2_evidence"], "fill": rec.get("fill"),
-             "queries": rec.get("queries"), "sent": rec.get("sent"), "reused": rec.get("reused"), "flags": f["flags"],
-             "shares": f["shares"], "outputs": f.get("outputs", []) + json_out,
-             **{k: rec[k] for k in CASE_WARNINGS if rec.get(k)}} for f in rec["findings"]]
+    json_out = [o for o in rec.outputs if o.endswith(".json")]
+    return [{**base, "finding": f.finding, "target": f.target, "target_name": f.finding,
+             "target_prob": f.target_prob, "r2": f.r2, "r2_evidence": f.r2_evidence, "fill": rec.fill,
+             "queries": rec.queries, "sent": rec.sent, "reused": rec.reused, "flags": f.flags,
+             "shares": f.shares, "outputs": f.outputs + json_out, **rec.notes()} for f in rec.findings]
 
 
 def study_summary(store: AuditStore) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def source_description(store: AuditStore) -> str:
 
 def _stow_counts(store: AuditStore) -> dict[str, int] | None:
     """How many done cases' maps were stored to PACS (--stow), and how many were not; None without --stow."""
-    outcomes = [(c.record or {}).get("stow") for c in store.cases(states=("done",))]
+    outcomes = [c.record.stow if c.record is not None else None for c in store.cases(states=("done",))]
     if not any(outcomes):
         return None
     out: dict[str, int] = {}
@@ -131,10 +131,10 @@ def mean_evidence_maps(store: AuditStore) -> dict[str, np.ndarray]:
     maximum of 1 per case."""
     maps: dict[str, list[np.ndarray]] = {}
     for c in store.cases(states=("done",)):
-        for f in (c.record or {}).get("findings", []):
-            w = np.clip(np.asarray(f.get("patch_weights", []), np.float64), 0, None)
+        for f in c.record.findings if c.record is not None else []:
+            w = np.clip(np.asarray(f.patch_weights, np.float64), 0, None)
             if w.size and w.max() > 0:
-                maps.setdefault(f["finding"], []).append(w / w.max())
+                maps.setdefault(f.finding, []).append(w / w.max())
     return {k: np.mean(v, axis=0) for k, v in maps.items() if len({m.shape for m in v}) == 1}
 
 

@@ -29,6 +29,7 @@ from blackbox_lime.adapters.errors import AdapterError, BudgetExhausted
 from blackbox_lime._version import __version__
 from blackbox_lime.audit.answers import StoredAdapter
 from blackbox_lime.audit.flags import anatomy_mask, case_flags
+from blackbox_lime.audit.records import CaseRecord, FindingRecord
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image, load_image_bytes
@@ -46,7 +47,7 @@ class CaseOutcome:
     """What one case produced: its files (paths relative to the audit folder -> bytes) and its record."""
 
     files: dict[str, bytes]
-    record: dict[str, Any]
+    record: CaseRecord
 
 
 @dataclass
@@ -107,11 +108,9 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
                 n["case"] = _private(salt, str(n["case"]))
         flagged = case_flags(loaded.pixels, exp.saliency, summary, roi, before, anatomy)
         summaries.append((summary, flagged))
-        findings.append({"finding": exp.target_name, "target": exp.target, "target_prob": summary["target_prob"],
-                         "r2": summary["r2"], "r2_heldout": summary["r2_heldout"], "r2_evidence": summary["r2_evidence"],
-                         "flags": flagged["flags"], "shares": flagged["shares"], "warnings": exp.warnings,
-                         "warning_codes": codes_of(exp.warnings),
-                         "patch_weights": summary["patch_weights"]})
+        findings.append(FindingRecord(exp.target_name, exp.target, summary["target_prob"], summary["r2"],
+                                      summary["r2_heldout"], summary["r2_evidence"], flagged["flags"], flagged["shares"],
+                                      exp.warnings, codes_of(exp.warnings), summary["patch_weights"]))
     head = {"tool": "blackbox-lime", "version": __version__, "case": case.id, "label": case.label,
             "input": {"sha256": loaded.sha256, "format": loaded.format, "shape": list(loaded.pixels.shape),
                       "notes": loaded.notes, "mask_sha256": mask_sha},
@@ -139,17 +138,13 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
         raw = findings_files(base, case.id, loaded.pixels, exps, report, list(pm),
                              [{"flags": fl["flags"], "evidence_shares": fl["shares"]} for _, fl in summaries])
     for f, st, name in zip(findings, stems, pm or [None] * len(stems)):
-        f["outputs"] = [f"{CASES_DIR}/{st}.saliency.npy", f"{CASES_DIR}/{st}.overlay.png"] + \
+        f.outputs = [f"{CASES_DIR}/{st}.saliency.npy", f"{CASES_DIR}/{st}.overlay.png"] + \
             ([f"{CASES_DIR}/{name}"] if name else [])
     files = {k.as_posix(): v for k, v in raw.items()} | {f"{CASES_DIR}/{name}": data for name, data in pm.items()}
     names = sorted(files)
-    record = {
-        "id": case.id, "label": case.label, "findings": findings, "fill": first.fill.get("chosen"),
-        "queries": first.queries, "sent": adapter.sent - sent0, "reused": adapter.reused - reused0,
-        "retries": adapter.retries - retries0, "outputs": names, "input_sha256": loaded.sha256,
-        "mask_sha256": mask_sha, "seconds": round(max(e.timings["total"] for e in exps), 3),
-        **({"dicom_out": dicom_note} if dicom_note else {}), **({"burned_in": burned} if burned else {}),
-    }
+    record = CaseRecord(case.id, case.label, findings, first.fill.get("chosen"), first.queries,
+                        adapter.sent - sent0, adapter.reused - reused0, adapter.retries - retries0, names, loaded.sha256,
+                        mask_sha, round(max(e.timings["total"] for e in exps), 3), dicom_note or None, burned or None)
     return CaseOutcome(files, record)
 
 
@@ -184,27 +179,27 @@ class AuditRunner:
         self.threshold, self.max_pixels, self.burned_in = threshold, max_pixels, burned_in
         self.progress, self.fetch, self.stow = progress, fetch, stow
 
-    def _store_maps(self, case_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _store_maps(self, case_id: str, record: CaseRecord) -> dict[str, Any]:
         """STOW-RS of a done case's Parametric Maps (read back from the audit folder); its outcome, also kept in the
         case's record, so that a resume retries only what was not stored."""
         assert self.stow is not None
-        maps = [n for n in record.get("outputs", []) if n.endswith(".pm.dcm")]
+        maps = [n for n in record.outputs if n.endswith(".pm.dcm")]
         if not maps:
-            outcome: dict[str, Any] = {"state": "nothing to store", "reason": record.get("dicom_out") or
+            outcome: dict[str, Any] = {"state": "nothing to store", "reason": record.dicom_out or
                                        "the case has no Parametric Map (its image is not DICOM)"}
         else:
             try:
                 outcome = self.stow([(self.out_dir / n).read_bytes() for n in maps])
             except (ValueError, OSError) as exc:
                 outcome = {"state": "failed", "reason": str(exc)}
-        self.store.update_record(case_id, "stow", outcome)
+        self.store.set_stow(case_id, outcome)
         return outcome
 
     def run(self) -> RunResult:
         (self.out_dir / CASES_DIR).mkdir(exist_ok=True)
         if self.stow is not None:  # maps made before but not stored (the PACS refused, or was down): stored now
             for done in self.store.cases(states=("done",)):
-                if done.record is not None and (done.record.get("stow") or {}).get("state") not in ("stored", "nothing to store"):
+                if done.record is not None and (done.record.stow or {}).get("state") not in ("stored", "nothing to store"):
                     self._store_maps(done.id, done.record)
         todo = self.store.cases(states=("pending", "failed"))  # failed cases get another try on resume
         stopped, explained = None, 0

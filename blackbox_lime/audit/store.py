@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from blackbox_lime.audit.records import CaseRecord
+
 STORE_NAME = "audit.sqlite"
 SCHEMA_VERSION = 1
 STATES = ("pending", "done", "failed")
@@ -67,7 +69,7 @@ class Case:
     label: str | None = None
     state: str = "pending"
     reason: str | None = None
-    record: dict[str, Any] | None = None
+    record: CaseRecord | None = None
     attempts: int = 0
 
 
@@ -207,7 +209,7 @@ class AuditStore:
         rows = self.db.execute("SELECT ord, id, image, mask, label, state, reason, record, attempts FROM cases "
                                "ORDER BY ord").fetchall()
         wanted = None if states is None else set(states)
-        return [Case(o, i, im, m, lab, s, r, None if rec is None else json.loads(rec), a)
+        return [Case(o, i, im, m, lab, s, r, None if rec is None else CaseRecord.from_json(json.loads(rec)), a)
                 for o, i, im, m, lab, s, r, rec, a in rows if wanted is None or s in wanted]
 
     def counts(self) -> dict[str, int]:
@@ -220,20 +222,20 @@ class AuditStore:
         with self.transaction():
             self.db.execute("UPDATE cases SET attempts = attempts + 1, updated = ? WHERE id = ?", (time.time(), case_id))
 
-    def finish_case(self, case_id: str, record: dict[str, Any]) -> None:
+    def finish_case(self, case_id: str, record: CaseRecord) -> None:
         with self.transaction():
             self.db.execute("UPDATE cases SET state = 'done', reason = NULL, record = ?, updated = ? WHERE id = ?",
-                            (json.dumps(record), time.time(), case_id))
+                            (json.dumps(record.to_json()), time.time(), case_id))
 
-    def update_record(self, case_id: str, key: str, value: Any) -> None:
-        """Set one key of a done case's record (the outcome of storing its maps to PACS)."""
+    def set_stow(self, case_id: str, outcome: dict[str, Any]) -> None:
+        """Keep the outcome of storing a done case's maps to PACS in its record."""
         with self.transaction():
             row = self.db.execute("SELECT record FROM cases WHERE id = ?", (case_id,)).fetchone()
             if row is None or row[0] is None:
                 raise StoreError(f"case {case_id} has no record to update")
-            record = json.loads(row[0])
-            record[key] = value
-            self.db.execute("UPDATE cases SET record = ? WHERE id = ?", (json.dumps(record), case_id))
+            record = CaseRecord.from_json(json.loads(row[0]))
+            record.stow = outcome
+            self.db.execute("UPDATE cases SET record = ? WHERE id = ?", (json.dumps(record.to_json()), case_id))
 
     def fail_case(self, case_id: str, reason: str) -> None:
         with self.transaction():

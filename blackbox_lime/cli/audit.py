@@ -185,8 +185,8 @@ def run_audit(a: argparse.Namespace) -> int:
                 report = write_report(out, store)
                 digest = write_provenance(out, store)
                 totals = store.totals()
-                unstored = [(c.id, c.record["stow"].get("reason", "")) for c in store.cases(states=("done",))
-                            if a.stow is not None and c.record and (c.record.get("stow") or {}).get("state") == "failed"]
+                unstored = [(c.id, (c.record.stow or {}).get("reason", "")) for c in store.cases(states=("done",))
+                            if a.stow is not None and c.record and (c.record.stow or {}).get("state") == "failed"]
         finally:
             stack.close()
             adapter.close()
