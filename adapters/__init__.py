@@ -18,7 +18,7 @@ from .errors import (
 
 __all__ = [
     "AdapterError", "AdapterTimeout", "BudgetExhausted", "ClassifierAdapter", "ConfigError", "ConnectionFailed", "ModelInfo",
-    "ModelLoadError", "PayloadTooLarge", "ResponseError", "ServerError", "load_adapter",
+    "ModelLoadError", "PayloadTooLarge", "ResponseError", "ServerError", "load_adapter", "plan_limits",
 ]
 
 
@@ -62,3 +62,24 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
     if max_batch is not None:
         extra["max_batch"] = max_batch
     return OnnxAdapter(Path(model), **extra, **kwargs)  # type: ignore[arg-type]
+
+
+def plan_limits(model: str | None = None, *, endpoint: str | None = None, allow_insecure_http: bool = False,
+                budget: int | None = None, max_batch: int | None = None) -> dict[str, object]:
+    """What a query plan needs to know of the classifier, without sending anything to it: images per request
+    (``max_batch``; 1 for a vendor file API), the ``budget`` and the ``price_per_1k_images`` (None where unset).
+    An endpoint's come from its profile (or URL) and the command line; a local model's from its file."""
+    if endpoint is not None or (model is not None and "://" in model):
+        from .profile import EndpointProfile
+
+        prof = (EndpointProfile.from_toml(endpoint, allow_insecure_http) if endpoint is not None
+                else EndpointProfile.from_url(str(model), allow_insecure_http=allow_insecure_http))
+        return prof.plan_limits(max_batch, budget)
+    if model is None:
+        raise ValueError("Name a model: a local .onnx file, an endpoint URL, or an endpoint profile.")
+    from pathlib import Path
+
+    from .onnx import OnnxAdapter
+
+    with OnnxAdapter(Path(model), **({"max_batch": max_batch} if max_batch is not None else {})) as local:
+        return {"max_batch": local.max_batch, "budget": budget, "price_per_1k_images": None}

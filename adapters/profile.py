@@ -87,7 +87,7 @@ _KEYS: dict[str | None, set[str]] = {
     "tls": {"verify", "ca_bundle", "client_cert", "client_key"},
     "limits": {"timeout_s", "connect_timeout_s", "max_batch", "concurrency", "rate_per_s", "budget", "max_attempts",
                "retry_after_cap_s", "retry_deadline_s", "max_message_mb", "binary", "backoff_s",
-               "response_deadline_s", "max_response_mb"},
+               "response_deadline_s", "max_response_mb", "price_per_1k_images"},
 }
 
 
@@ -134,7 +134,7 @@ def _check_values(doc: dict[str, Any], name: str) -> None:
                 "max_response_mb"):
         if key in lim and not (is_num(lim[key]) and lim[key] > 0):
             raise fail(f"[limits] {key}", "a number > 0", lim[key])
-    for key in ("rate_per_s", "retry_after_cap_s", "backoff_s"):
+    for key in ("rate_per_s", "retry_after_cap_s", "backoff_s", "price_per_1k_images"):
         if key in lim and not (is_num(lim[key]) and lim[key] >= 0):
             raise fail(f"[limits] {key}", "a number >= 0", lim[key])
     if "binary" in lim and lim["binary"] not in ("auto", "always", "never"):
@@ -335,6 +335,13 @@ class EndpointProfile:
         if kw.get("rate") == 0:
             kw["rate"] = None
         return RemotePolicy(**kw)
+
+    def plan_limits(self, max_batch: int | None = None, budget: int | None = None) -> dict[str, Any]:
+        """What a query plan needs, read from the profile alone (nothing is sent): images per request (1 for a
+        file endpoint), the budget and the price per 1,000 images (None where not set). Command-line values win."""
+        per_request = 1 if self.protocol == "file" else int(max_batch or self.limits.get("max_batch", 32))
+        return {"max_batch": per_request, "budget": budget if budget is not None else self.limits.get("budget"),
+                "price_per_1k_images": self.limits.get("price_per_1k_images")}
 
     def build(self, *, budget: int | None = None, max_batch: int | None = None, concurrency: int | None = None,
               allow_insecure_http: bool = False, **overrides: Any) -> RemoteAdapter:

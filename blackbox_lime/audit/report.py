@@ -84,11 +84,20 @@ def study_summary(store: AuditStore) -> dict[str, Any]:
             "started": store.get("created"),
             "updated": store.get("updated"),
             "totals": store.totals(),
+            **_cost(store),
             "budget": store.get("budget"),
             "request_size": store.get("request_size"),  # [used, max_batch] when the endpoint refused larger requests
         },
         "cases": rows,
     }
+
+
+def _cost(store: AuditStore) -> dict[str, Any]:
+    """What the images sent cost, at the endpoint profile's price per 1,000 images (nothing without a price)."""
+    price = store.get("price_per_1k_images")
+    if price is None:
+        return {}
+    return {"price_per_1k_images": price, "cost": round(store.totals()["sent"] * float(price) / 1000.0, 4)}
 
 
 def study_name(store: AuditStore) -> str:
@@ -250,7 +259,10 @@ def render_report(out_dir: Path, store: AuditStore) -> str:
               if st["stow"] else []), ("failed", st["failed"]), ("pending", st["pending"]),
             ("flagged cases", f"{st['flagged_cases']} ({_fmt(st['flagged_fraction'], 3)})"),
             ("median fidelity (evidence R²)", _fmt(st["median_r2_evidence"])),
-            ("images sent", st["totals"]["sent"]), ("answers reused from the store", st["totals"]["reused"]),
+            ("images sent", st["totals"]["sent"]),
+            *([("cost of the images sent", f"{st['cost']:,.2f} at {st['price_per_1k_images']:g} per 1,000 images")]
+              if "cost" in st else []),
+            ("answers reused from the store", st["totals"]["reused"]),
             ("requests", st["totals"]["requests"]), ("retries", st["totals"]["retries"]),
             ("budget", st["budget"] if st["budget"] is not None else "none")]
     parts += [f"<tr><th>{e(k)}</th><td class='num'>{_fmt(v)}</td></tr>" for k, v in rows]

@@ -116,7 +116,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             a.stta = True if a.stta is None else a.stta
             a.bank = a.bank or str(bundled_model("bank_chest_xray.npz"))
             return run_explain([bundled_example(DEMO_IMAGE)], a)
-        if a.out is None:
+        if a.out is None and not getattr(a, "dry_run", False):
             raise UserError("--out is required: the folder to write the saliency maps to.")
         return run_explain([Path(p) for p in a.images], a)
     except (UserError, AdapterError, OutputError, ValueError, FileNotFoundError) as exc:  # BankError is a ValueError

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from blackbox_lime.cli.common import (
+    plan_text,
+    query_plan,
     CONFIG_OPTIONS,
     EXIT_BUDGET,
     EXIT_CASES_FAILED,
@@ -38,6 +40,8 @@ def run_audit_command(a: argparse.Namespace) -> int:
     try:
         if a.audit_command == "run":
             return run_audit(a)
+        if a.audit_command == "plan":
+            return plan_audit(a)
         return _audit_read(a)
     except StoreError as exc:
         raise UserError(str(exc)) from None
@@ -144,6 +148,7 @@ def run_audit(a: argparse.Namespace) -> int:
                 if a.study_name is not None or not resuming:
                     store.put("study_name", a.study_name or "study")
                 store.put("budget", budget)
+                store.put("price_per_1k_images", _price(a))
                 stored = StoredAdapter(adapter, store, budget)
                 explainer.adapter = stored  # every query of the audit goes through the store
                 counts = store.counts()
@@ -210,6 +215,56 @@ def run_audit(a: argparse.Namespace) -> int:
         print(f"blackbox-lime: stopped: {result.stopped}", file=sys.stderr)
         return EXIT_BUDGET
     return EXIT_CASES_FAILED if result.failed or unstored else EXIT_OK
+
+
+def _price(a: argparse.Namespace) -> float | None:
+    """The endpoint profile's [limits] price_per_1k_images (None: not set, or a local model)."""
+    if a.endpoint is None:
+        return None
+    from blackbox_lime.adapters.profile import EndpointProfile
+
+    price = EndpointProfile.from_toml(a.endpoint, a.allow_insecure_http).limits.get("price_per_1k_images")
+    return None if price is None else float(price)
+
+
+def plan_audit(a: argparse.Namespace) -> int:
+    """What ``audit run`` with these options would send at most, and cost; with --out of an audit begun, what its
+    resume would send (its pending and failed cases, within what is left of its budget). Nothing is sent to the
+    model and nothing is written; a DICOMweb source is searched (metadata only) to count its cases."""
+    import secrets
+
+    from blackbox_lime.audit.source import SourceError, read_source
+    from blackbox_lime.audit.store import STORE_NAME, AuditStore
+
+    old = None
+    if a.out is not None and (Path(a.out) / STORE_NAME).is_file():
+        old = AuditStore.open(Path(a.out) / STORE_NAME, readonly=True)
+    try:
+        salt = old.get("salt") if old is not None else secrets.token_hex(16)
+        pacs = _pacs_source(a, salt, old)
+        try:
+            cases = pacs.cases if pacs is not None else read_source(a.source, salt)
+        except SourceError as exc:
+            raise UserError(str(exc)) from None
+        done, sent, budget = 0, 0, a.budget
+        if old is not None:
+            done, sent = old.counts()["done"], old.totals()["sent"]
+            if budget is None and old.get("budget") is not None:
+                budget = int(old.get("budget"))
+        cfg = config_from_options(a)
+        left = None if budget is None else max(0, budget - sent)
+        doc = query_plan(a, cfg, len(cases) - done, left)
+    finally:
+        if old is not None:
+            old.close()
+    doc.update(cases=len(cases), done=done, sent_before=sent)
+    if a.json:
+        print(json.dumps(doc))
+    else:
+        what = (f"{len(cases)} case(s)" if old is None else
+                f"{len(cases) - done} of {len(cases)} case(s) still to explain ({sent:,} images sent before)")
+        print(plan_text(doc, what))
+    return EXIT_OK
 
 
 def _pacs_auth(a: argparse.Namespace) -> Any:
@@ -359,6 +414,7 @@ def _audit_read(a: argparse.Namespace) -> int:
              + (" (complete)" if st["complete"] else ""),
              f"queries   {t['sent']} images sent in {t['requests']} requests ({t['retries']} retries); "
              f"{t['reused']} answers reused from the store" + (f"; budget {st['budget']}" if st["budget"] else "")
+             + (f"; cost {st['cost']:,.2f} at {st['price_per_1k_images']:g} per 1,000 images" if "cost" in st else "")
              + (f"; {st['request_size'][0]} images per request, not {st['request_size'][1]}: the endpoint refused "
                 "larger requests" if st.get("request_size") else ""),
              f"flagged   {st['flagged_cases']} of {st['done']} explained cases"

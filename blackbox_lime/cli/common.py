@@ -243,3 +243,58 @@ def list_models() -> str:
         lines.append(f"{name:<20} {kind} {', '.join(info.class_names)}; input {h}x{w}x{info.channels}\n"
                      f"{'':<20} {purpose}")
     return "\n".join(lines) + "\n\nUse a name as --model NAME (a path or an endpoint URL works as before)."
+
+
+def query_plan(a: argparse.Namespace, cfg: Any, explanations: int, budget: int | None = None) -> dict[str, Any]:
+    """What ``explanations`` explanations under ``cfg`` would send to the classifier the options name, at most,
+    and what that costs at the profile's ``[limits] price_per_1k_images``; nothing is sent (an endpoint is read
+    from its profile or URL, never asked)."""
+    from blackbox_lime.adapters import plan_limits
+    from blackbox_lime.adapters.errors import AdapterError
+    from blackbox_lime.cost import explanation_plan
+
+    if a.endpoint is None and a.model is None:
+        raise UserError("Name the classifier: --model MODEL.onnx, --model URL, or --endpoint PROFILE.toml.")
+    for opt in ("budget", "max_batch"):
+        v = getattr(a, opt, None)
+        if v is not None and v < 1:
+            raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
+    model = None
+    if a.endpoint is None:
+        from blackbox_lime.models import resolve_model
+
+        model = resolve_model(str(a.model))
+    try:
+        limits = plan_limits(model, endpoint=a.endpoint, allow_insecure_http=a.allow_insecure_http,
+                             budget=budget if budget is not None else getattr(a, "budget", None),
+                             max_batch=a.max_batch)
+    except (AdapterError, ValueError, OSError) as exc:
+        raise UserError(str(exc)) from None
+    plan = explanation_plan(cfg, int(limits["max_batch"]))  # type: ignore[call-overload]
+    price = limits["price_per_1k_images"]
+    cap = limits["budget"]
+    return {"dry_run": True, "explanations": explanations,
+            "per_explanation": {"images": plan.images, "requests": plan.requests, "stta_images": plan.stta_images},
+            "images": plan.images * explanations, "requests": plan.requests * explanations,
+            "max_batch": limits["max_batch"], "price_per_1k_images": price,
+            "cost": None if price is None else round(plan.cost(float(price), explanations) or 0.0, 4),  # type: ignore[arg-type]
+            "budget": cap, "explanations_within_budget": None if cap is None else min(explanations, int(cap) // plan.images)}  # type: ignore[call-overload]
+
+
+def plan_text(doc: dict[str, Any], what: str) -> str:
+    """The plan in one paragraph."""
+    per = doc["per_explanation"]
+    stta = f" ({per['stta_images']} of them STTA's)" if per["stta_images"] else ""
+    size = "one image each" if doc["max_batch"] == 1 else f"up to {doc['max_batch']} images each"
+    text = (f"{what}: at most {per['images']:,} images per explanation{stta} in at most {per['requests']:,} requests "
+            f"({size}), so at most {doc['images']:,} images in {doc['requests']:,} requests for "
+            f"{doc['explanations']:,} explanation(s).")
+    if doc["cost"] is not None:
+        text += f" At {doc['price_per_1k_images']:g} per 1,000 images: at most {doc['cost']:,.2f}."
+    else:
+        text += " No price is known: set [limits] price_per_1k_images in the endpoint profile to see the cost."
+    if doc["budget"] is not None:
+        within = doc["explanations_within_budget"]
+        text += (f" The budget of {doc['budget']:,} images covers "
+                 + ("all of them." if within >= doc["explanations"] else f"{within:,} of them."))
+    return text + " Nothing was sent."

@@ -20,6 +20,8 @@ from blackbox_lime.cli.common import (
     explainer_and_target,
     fill_line,
     model_record,
+    plan_text,
+    query_plan,
     redact_logs,
     traffic_note,
 )
@@ -33,6 +35,10 @@ def run_explain(images: list[Path], a: argparse.Namespace) -> int:
     )
 
     cfg = config_from_options(a)
+    if getattr(a, "dry_run", False):
+        doc = query_plan(a, cfg, len(images))
+        print(json.dumps(doc) if a.json else plan_text(doc, f"{len(images)} image(s)"))
+        return EXIT_OK
     adapter = adapter_from_options(a)  # before touching the output folder: a bad model or endpoint leaves nothing behind
     redact_logs(adapter)
     with adapter:

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "carries the source's patient and study modules, as DICOM requires: it is for the "
                              "site's PACS, not for sharing (audit run always writes them)")
         if sp.prog.endswith("explain"):
+            sp.add_argument("--dry-run", action="store_true",
+                            help="say how many images and requests the run would send at most, and what that costs "
+                                 "at the profile's [limits] price_per_1k_images; send nothing and write nothing")
             sp.add_argument("--stow", default=None,
                             help="with --dicom-out: store the Parametric Maps to this DICOMweb server with STOW-RS "
                                  "(its root, e.g. https://pacs/dicom-web, or a study under it)")
@@ -112,6 +115,36 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print each summary as one JSON line on stdout")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
         sp.add_argument("--verbose", action="store_true", help="log what is done")
+
+    def audit_run_options(ar: argparse.ArgumentParser) -> None:
+        ar.add_argument("source", help="a folder of images (searched recursively), a CSV manifest with the columns "
+                                       "image and optionally id, mask (region of interest), label, or a DICOMweb study, "
+                                       "series or search URL (https://pacs/dicom-web/studies/UID, .../studies?...)")
+        ar.add_argument("--pacs-auth", default=None,
+                        help="a TOML file with the PACS's [auth] (token_env/token_file, or username with "
+                             "password_env/password_file) and [tls] (ca_bundle, client_cert, client_key, verify)")
+        ar.add_argument("--stow", default=None,
+                        help="store each case's Parametric Maps to this DICOMweb server with STOW-RS as they are made "
+                             "(its root, e.g. https://pacs/dicom-web; --pacs-auth applies); a resume retries what was "
+                             "not stored")
+        ar.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
+        where = ar.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=int, default=None,
+                           help="run cases on a Dask LocalCluster of N worker processes on this machine (audit extra); "
+                                "--concurrency and --budget hold for all of them together")
+        where.add_argument("--scheduler", default=None,
+                           help="run cases on an existing Dask cluster: tls://HOST:PORT with the --dask-tls-* files "
+                                "(plain tcp:// only on loopback); its workers must reach the model and read the source's "
+                                "paths. A --workers LocalCluster speaks TLS with a certificate made for the run")
+        for opt, text in (("ca", "the CA file that signed the Dask cluster's certificates"),
+                          ("cert", "this client's certificate file for the Dask cluster (PEM)"),
+                          ("key", "the key of --dask-tls-cert (PEM)")):
+            ar.add_argument(f"--dask-tls-{opt}", default=None, help=f"{text}; with --scheduler tls://... (or set Dask's "
+                            "distributed.comm.tls configuration)")
+        ar.add_argument("--study-name", default=None,
+                        help="what the report, summary and provenance call the study (default: study); the source "
+                             "folder's path, which may carry a patient's name, appears in none of them")
+        explain_options(ar)
 
     e = sub.add_parser("explain", help="explain a model's answer for one or more images")
     e.add_argument("images", nargs="+", help=".png .jpg .tif .bmp .gif .npy or .dcm files")
@@ -138,34 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "flags, an HTML report and provenance")
     au_sub = au.add_subparsers(dest="audit_command")
     ar = au_sub.add_parser("run", help="explain and flag every case of a study; rerun the same command to resume")
-    ar.add_argument("source", help="a folder of images (searched recursively), a CSV manifest with the columns "
-                                   "image and optionally id, mask (region of interest), label, or a DICOMweb study, "
-                                   "series or search URL (https://pacs/dicom-web/studies/UID, .../studies?...)")
-    ar.add_argument("--pacs-auth", default=None,
-                    help="a TOML file with the PACS's [auth] (token_env/token_file, or username with "
-                         "password_env/password_file) and [tls] (ca_bundle, client_cert, client_key, verify)")
-    ar.add_argument("--stow", default=None,
-                    help="store each case's Parametric Maps to this DICOMweb server with STOW-RS as they are made "
-                         "(its root, e.g. https://pacs/dicom-web; --pacs-auth applies); a resume retries what was "
-                         "not stored")
-    ar.add_argument("--model", default=None, help="the classifier: a local .onnx file or an endpoint URL")
-    where = ar.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=None,
-                       help="run cases on a Dask LocalCluster of N worker processes on this machine (audit extra); "
-                            "--concurrency and --budget hold for all of them together")
-    where.add_argument("--scheduler", default=None,
-                       help="run cases on an existing Dask cluster: tls://HOST:PORT with the --dask-tls-* files "
-                            "(plain tcp:// only on loopback); its workers must reach the model and read the source's "
-                            "paths. A --workers LocalCluster speaks TLS with a certificate made for the run")
-    for opt, text in (("ca", "the CA file that signed the Dask cluster's certificates"),
-                      ("cert", "this client's certificate file for the Dask cluster (PEM)"),
-                      ("key", "the key of --dask-tls-cert (PEM)")):
-        ar.add_argument(f"--dask-tls-{opt}", default=None, help=f"{text}; with --scheduler tls://... (or set Dask's "
-                        "distributed.comm.tls configuration)")
-    ar.add_argument("--study-name", default=None,
-                    help="what the report, summary and provenance call the study (default: study); the source "
-                         "folder's path, which may carry a patient's name, appears in none of them")
-    explain_options(ar)
+    audit_run_options(ar)
+    ap = au_sub.add_parser("plan", help="what audit run with the same options would send at most (images, requests, "
+                                        "cost); nothing is sent to the model, nothing written. With --out of an audit "
+                                        "begun: what its resume would send")
+    audit_run_options(ap)
     for name, text in (("summary", "the study summary and one record per case (also while an audit runs)"),
                        ("verify", "check every input and output against the provenance manifest (exit 1 if one "
                                   "differs)"),

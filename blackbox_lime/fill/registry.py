@@ -7,6 +7,8 @@ A new fill is one :class:`~blackbox_lime.fill.fillers.Filler` class and one :fun
   check (no queries) and gates it; a forced one gets the same check and its off-domain warning.
 - ``pilot``: a classic candidate that "auto" may pilot with queries when the generative fill fails its check.
 - ``challenger``: may be piloted against a generative fill that passed its check (``mae_challenger``).
+- ``per_mask``: its fill depends on which patches are hidden (made per fill group); False for a fill made once
+  per image (mean, blur, zero). The query plan (blackbox_lime/cost.py) counts the design's chunks with it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class FillKind:
     generative: bool = False
     pilot: bool = True
     challenger: bool = True
+    per_mask: bool = True
 
 
 _REGISTRY: dict[str, FillKind] = {}
@@ -89,7 +92,8 @@ def make_filler(kind: str, patch_size: int, mae_path: str | Path | None = None, 
 
 register(FillKind("mae", lambda c: MAEFiller(c.mae_path, batch_size=c.batch_size, threads=c.threads, device=c.device),
                   "the local MAE's reconstruction (GM)", generative=True, pilot=False, challenger=False))
-register(FillKind("mean", lambda c: ConstantFiller("mean"), "the image's per-channel mean"))
-register(FillKind("blur", lambda c: BlurFiller(sigma_px=c.patch_size / 2.0), "a Gaussian blur of the image"))
-register(FillKind("zero", lambda c: ConstantFiller("zero"), "black"))
+register(FillKind("mean", lambda c: ConstantFiller("mean"), "the image's per-channel mean", per_mask=False))
+register(FillKind("blur", lambda c: BlurFiller(sigma_px=c.patch_size / 2.0), "a Gaussian blur of the image",
+                  per_mask=False))
+register(FillKind("zero", lambda c: ConstantFiller("zero"), "black", per_mask=False))
 register(FillKind("telea", lambda c: InpaintFiller(), "Telea inpainting from the visible pixels around each hole"))
