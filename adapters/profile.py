@@ -42,6 +42,8 @@ Example (every key but ``url`` is optional; the endpoint's metadata fills in wha
     concurrency = 4
     rate_per_s = 10
     budget = 5000                  # hard limit on images sent, retries included
+    price_per_1k_images = 0.8      # what the endpoint bills per 1,000 images: explain --dry-run, audit plan and
+                                   # audit summary state costs with it
     retry_deadline_s = 60          # keep retrying one request this long (a server restart), waits included
     max_attempts = 20              # and at most this many tries (default: as many as the deadline allows)
     retry_after_cap_s = 60
