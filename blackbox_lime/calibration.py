@@ -71,7 +71,7 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
     pilot = max(base.pilot_samples, CALIBRATION_PILOT) if base.pilot_samples else 0
     challenger = max(base.challenger_samples, CALIBRATION_PILOT)
     cfg = replace(base, fill="auto", pilot_samples=pilot, challenger_samples=challenger,
-                  n_samples=max(base.n_samples, 2 * base.pilot_candidates * pilot + 1, 4 * challenger + 1))
+                  n_samples=max(base.sample_ceiling, 2 * base.pilot_candidates * pilot + 1, 4 * challenger + 1))
     explainer = Explainer(adapter, cfg, mae_path=None if mae_path is None else str(mae_path), **explainer_options)
     q0, t0 = adapter.queries, time.perf_counter()
     per_image = []

@@ -146,7 +146,12 @@ class ExplainConfig:
     """
 
     patch_size: int = 16
-    n_samples: int = 500
+    n_samples: int | str = 500
+    max_samples: int = 500
+    stop_round: int = 48
+    stop_min: int = 96
+    stop_corr: float = 0.85
+    stop_patience: int = 1
     mask_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     fill: str = "auto"
     fill_candidates: tuple[str, ...] = ("mae", "mean", "blur")
@@ -181,11 +186,25 @@ class ExplainConfig:
             _check(opt.ok(value), opt.field, opt.what() if callable(opt.what) else opt.what, value)
             if opt.field == "challenger_margin":  # what "auto" can do within the budget, once its settings are valid
                 for need, why in _fill_policy.auto_sample_needs(self):
-                    _check(self.n_samples >= need, "n_samples", why, self.n_samples)
+                    if self.adaptive:  # the ceiling must leave room for the pilots
+                        _check(self.max_samples >= need, "max_samples", why + " (n_samples is 'auto': max_samples is "
+                               "its ceiling)", self.max_samples)
+                    else:
+                        _check(self.sample_ceiling >= need, "n_samples", why, self.n_samples)
             if opt.field == "stta_views":
                 _check(self.stta_iterations <= 1000 and self.stta_views <= 1000,
                        "stta_iterations" if self.stta_iterations > 1000 else "stta_views", "at most 1000",
                        max(self.stta_iterations, self.stta_views))
+
+    @property
+    def adaptive(self) -> bool:
+        """``n_samples="auto"``: queries in rounds until the map has settled (at most ``max_samples``)."""
+        return self.n_samples == "auto"
+
+    @property
+    def sample_ceiling(self) -> int:
+        """The most samples one explanation queries: ``n_samples``, or ``max_samples`` when it is "auto"."""
+        return self.max_samples if self.n_samples == "auto" else int(self.n_samples)
 
     @property
     def pilot_candidates(self) -> int:
@@ -216,7 +235,7 @@ class ExplainConfig:
     @property
     def total_queries(self) -> int:
         """The most images one explanation sends: the samples plus STTA's."""
-        return self.n_samples + self.stta_queries
+        return self.sample_ceiling + self.stta_queries
 
     @staticmethod
     def n_samples_for_budget(budget: int, stta: bool, **stta_options: int) -> int:
@@ -257,6 +276,18 @@ class Option:
         return self.help(defaults) if callable(self.help) else self.help.format(d=defaults)
 
 
+def _samples_arg(text: str) -> int | str:
+    """--samples: an integer, or "auto"."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"must be an integer >= 10 or auto. Got {text!r} instead.") from None
+
+
 def _int_at_least(low: int) -> Callable[[Any], bool]:
     return lambda v: _is_int(v) and v >= low
 
@@ -276,9 +307,18 @@ def _fill_help(d: ExplainConfig) -> str:
 OPTIONS: tuple[Option, ...] = (
     Option("patch_size", _int_at_least(2), "an integer >= 2", "patch-size", int,
            help="patch side in model-input pixels (default {d.patch_size})"),
-    Option("n_samples", _int_at_least(10), "an integer >= 10", "samples", int,
-           help="perturbed images queried per explanation (default {d.n_samples})"),
-    Option("n_samples", lambda v: v <= MAX_SAMPLES, f"at most {MAX_SAMPLES} (the queries of one explanation)"),
+    Option("n_samples", lambda v: v == "auto" or _int_at_least(10)(v), "an integer >= 10 or 'auto'", "samples",
+           _samples_arg, help="perturbed images queried per explanation (default {d.n_samples}); auto: in rounds "
+                              "until the map has settled, at most --max-samples"),
+    Option("n_samples", lambda v: v == "auto" or v <= MAX_SAMPLES,
+           f"at most {MAX_SAMPLES} (the queries of one explanation)"),
+    Option("max_samples", lambda v: _int_at_least(10)(v) and v <= MAX_SAMPLES,
+           f"an integer in the range [10, {MAX_SAMPLES}]", "max-samples", int,
+           help="with --samples auto: the most samples one explanation queries (default {d.max_samples})"),
+    Option("stop_round", _int_at_least(1), "an integer >= 1"),
+    Option("stop_min", _int_at_least(10), "an integer >= 10"),
+    Option("stop_corr", lambda v: _is_real(v) and 0 < v < 1, "a float in the range (0, 1)"),
+    Option("stop_patience", _int_at_least(1), "an integer >= 1"),
     Option("mask_ratios", lambda r: isinstance(r, tuple) and len(r) >= 1 and all(_is_real(x) and 0 < x < 1 for x in r),
            "a non-empty tuple of floats in the range (0, 1)"),
     Option("fill", lambda v: v in fill_choices(), lambda: f"one of {', '.join(fill_choices())}", "fill",

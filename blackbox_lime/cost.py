@@ -64,7 +64,7 @@ def explanation_plan(cfg: ExplainConfig, max_batch: int) -> QueryPlan:
         return cfg.nested_samples if fill_kind(fill).per_mask else 1
 
     def design(fill: str, spent: int) -> int:  # the image's own answer, then the rest of the design
-        return 1 + _design_requests(cfg.n_samples - 1 - spent, nested(fill), cfg.batch_size, max_batch)
+        return 1 + _design_requests(cfg.sample_ceiling - 1 - spent, nested(fill), cfg.batch_size, max_batch)
 
     def pilot(n: int) -> int:  # one candidate's pilot: n samples, one per group
         return _design_requests(n, 1, cfg.batch_size, max_batch)
@@ -88,7 +88,7 @@ def explanation_plan(cfg: ExplainConfig, max_batch: int) -> QueryPlan:
             else:
                 paths += [len(classic) * pilot(n) + design(f, n * len(classic)) for f in classic]
     stta = cfg.stta_queries
-    return QueryPlan(cfg.n_samples + stta, max(paths) + _stta_requests(cfg, max_batch), stta)
+    return QueryPlan(cfg.sample_ceiling + stta, max(paths) + _stta_requests(cfg, max_batch), stta)
 
 
 __all__ = ["QueryPlan", "explanation_plan"]

@@ -34,6 +34,7 @@ from blackbox_lime.fill.registry import make_filler
 from blackbox_lime.patches import PatchGrid, draw_masks
 from blackbox_lime.fitting import Fitter, Run, Shared
 from blackbox_lime.sampling import Sampler
+from blackbox_lime.stopping import sample_until_settled
 from blackbox_lime.surrogate import proximity_kernel
 from blackbox_lime.test_time_adaptation import Adaptation, adapt
 
@@ -220,11 +221,12 @@ class Explainer:
         try:
             adaptation, transform, targets = self._adapt(run, targets, bar)
             answer = _Answer(self, run, transform, targets, threshold, bar, lazy=bool(self.overlap))
-            plan, visible, probs = self._perturb(run, transform, answer, bar)
+            plan, visible, probs, stopping = self._perturb(run, transform, answer, bar)
             targets = answer.targets()
         finally:
             bar.close()
         shared = self._shared(run, plan, visible, probs, adaptation, keep_samples)
+        shared.stopping = stopping
         names = [self.adapter.info.class_names[k] for k in targets] if len(targets) > 1 else []
         t_shared = time.perf_counter() - run.t_start
         out = []
@@ -275,10 +277,11 @@ class Explainer:
         return adaptation, transform, [adaptation.label] if targets is None else targets
 
     def _perturb(self, run: Run, transform: InputTransform | None, answer: "_Answer",
-                 bar: Any) -> tuple[FillPlan, np.ndarray, np.ndarray]:
+                 bar: Any) -> tuple[FillPlan, np.ndarray, np.ndarray, dict[str, Any] | None]:
         """Masks -> fills -> composites -> queries. The fill policy plans the image's fill first (fill "auto"
-        chooses; the chosen candidate's pilot queries are kept), and the rest of the budget is spent on it.
-        -> (the fill plan, visible bool (n, P), probs (n, K)), row 0 the image."""
+        chooses; the chosen candidate's pilot queries are kept), and the rest of the budget is spent on it; with
+        ``n_samples="auto"`` in rounds until the map has settled (blackbox_lime/stopping.py).
+        -> (the fill plan, visible bool (n, P), probs (n, K), the stopping record or None), row 0 the image."""
         cfg = self.config
 
         def sample(filler: Filler, visible: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -287,12 +290,25 @@ class Explainer:
         plan = self.policy.plan(run.canvas, sample, answer.answered, self._complete, run.gen, run.timings)
         filler = plan.filler
         t = time.perf_counter()
-        visible, group = draw_masks(run.gen, self.grid.n_patches, cfg.n_samples - plan.spent, cfg.mask_ratios,
-                                    cfg.nested_samples if filler.depends_on_mask() else 1)
+        per_group = cfg.nested_samples if filler.depends_on_mask() else 1
+        visible, group = draw_masks(run.gen, self.grid.n_patches, cfg.sample_ceiling - plan.spent, cfg.mask_ratios,
+                                    per_group)
         run.timings["masks"] += time.perf_counter() - t
-        probs = self.sampler.sample(run.canvas, filler, visible[1:], group[1:], transform, bar, run.timings, answer.probs0)
+        stopping = None
+        if not cfg.adaptive:
+            probs = self.sampler.sample(run.canvas, filler, visible[1:], group[1:], transform, bar, run.timings,
+                                        answer.probs0)
+        else:
+            def query(a: int, b: int, before: Callable[[], object] | None) -> np.ndarray:
+                rows, groups = visible[1 + a:1 + b], group[1 + a:1 + b]
+                return self.sampler.sample(run.canvas, filler, rows, groups - groups[0], transform, bar, run.timings,
+                                           before)
+
+            probs, stopping = sample_until_settled(query, visible, per_group, plan.spent, plan.visible, plan.probs,
+                                                   answer.probs0, answer.targets, self._complete, cfg, self.grid)
+            visible = visible[:1 + len(probs)]
         return (plan, np.concatenate([visible, plan.visible]),
-                np.concatenate([answer.probs0(), probs, plan.probs]))
+                np.concatenate([answer.probs0(), probs, plan.probs]), stopping)
 
     def _shared(self, run: Run, plan: FillPlan, visible: np.ndarray, probs: np.ndarray,
                 adaptation: Adaptation | None, keep_samples: bool) -> Shared:

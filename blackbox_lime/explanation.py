@@ -87,6 +87,7 @@ class Explanation:
     shared_with: list[str] = field(default_factory=list)
     traffic: dict[str, int] = field(default_factory=dict)
     censoring: dict[str, Any] | None = None
+    stopping: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays except the small patch grid)."""
@@ -113,6 +114,7 @@ class Explanation:
             "adaptation": self.adaptation,
             "evidence": self.evidence,
             **({"censoring": self.censoring} if self.censoring is not None else {}),
+            **({"stopping": self.stopping} if self.stopping is not None else {}),
             "neighbours": self.neighbours,
             "notes": self.notes,
             "warnings": self.warnings,

@@ -19,7 +19,8 @@ from blackbox_lime.explanation import Explanation
 from blackbox_lime.fill.choice import evidence_r2, heldout_r2
 from blackbox_lime.fill.fillers import Filler
 from blackbox_lime.fill.registry import is_generative
-from blackbox_lime.map_warnings import WEAK_RESPONSE_SD, censored_warnings, low_fidelity_warnings, weak_map_warnings
+from blackbox_lime.map_warnings import (WEAK_RESPONSE_SD, budget_stop_warnings, censored_warnings, low_fidelity_warnings,
+                                        weak_map_warnings)
 from blackbox_lime.patches import PatchGrid
 from blackbox_lime.surrogate import SparseSurrogate, censored_fit
 from blackbox_lime.test_time_adaptation import Adaptation
@@ -57,6 +58,7 @@ class Shared:
     traffic: dict[str, int]  # what this explanation sent: ClassifierAdapter.counters(), as differences
     keep_samples: bool
     upper: np.ndarray | None = None  # (n, K) bounds of the scores a censoring endpoint omitted (+inf: measured)
+    stopping: dict[str, Any] | None = None  # n_samples="auto": why and when the queries stopped
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Fitter:
                                           self.info.class_names[target])
         warnings += shared.fill_warnings
         warnings += censored_warnings(self.censoring, fit.censored, len(fit.y), self.info.class_names[target])
+        warnings += budget_stop_warnings(shared.stopping)
         for w in warnings:
             log.info("weak map: %s", w)
         return self.explanation(shared, target, fit, saliency, neighbours, evidence, timings, notes, warnings)
@@ -177,6 +180,7 @@ class Fitter:
             r2_heldout=fit.r2_heldout,
             r2_evidence=fit.r2_evidence,
             fill=shared.fill_record,
+            stopping=shared.stopping,
         )
 
 

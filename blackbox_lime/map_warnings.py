@@ -9,7 +9,7 @@ benchmarks read the codes, never the texts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,7 @@ CODES = {
     "censored": "the endpoint omitted the explained label from most answers: the map rests on bounds",
     "burned_in": "the image may carry burnt-in text (names, dates) in its pixels",
     "dicom_out": "the DICOM Parametric Map could not be written for this image",
+    "budget_stop": "the query budget ran out before the map settled (n_samples='auto'): made from the rounds answered",
 }
 
 
@@ -79,7 +80,8 @@ def low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig, r2_
                 "it hides: try another --fill.")]
     tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
              "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
-             f"more --samples (used {cfg.n_samples})"]
+             f"more --samples (used {cfg.n_samples})" if not cfg.adaptive else
+             f"a higher --max-samples (--samples auto, at most {cfg.max_samples})"]
     if is_generative(fill) and cfg.fill == "auto" and cfg.mae_challenger is None:
         tries.insert(1, "a challenger for the MAE (--mae-challenger zero)")
     return [MapWarning("low_fidelity", f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
@@ -115,6 +117,15 @@ def censored_warnings(censoring: Censoring | None, censored: int, n: int, name: 
                                    f"{limit}); elsewhere its score is known only as a bound, so this map rests on few "
                                    "measured answers. Ask the endpoint for more labels per answer if it can (a higher "
                                    "top_k or a lower threshold).")]
+
+
+def budget_stop_warnings(stopping: dict[str, Any] | None) -> list[str]:
+    """n_samples="auto" whose rounds the query budget cut short."""
+    if stopping is None or stopping.get("reason") != "budget":
+        return []
+    return [MapWarning("budget_stop", f"The query budget ran out before the map settled: it is made from the "
+                                      f"{stopping['samples']} samples of the rounds answered (the last round's "
+                                      "answers are not used). Raise the budget for a settled map.")]
 
 
 def codes_of(warnings: Iterable[str]) -> list[str]:

@@ -232,13 +232,13 @@ def pilot_candidates(cfg: ExplainConfig) -> int:
 def pilot_per_fill(cfg: ExplainConfig) -> int:
     """Pilot samples per candidate that "auto" uses: ``pilot_samples``, lowered so that the chosen fill gets at
     least as many samples again as all pilots together (a small ``n_samples``)."""
-    return min(cfg.pilot_samples, (cfg.n_samples - 1) // (2 * pilot_candidates(cfg)))
+    return min(cfg.pilot_samples, (cfg.sample_ceiling - 1) // (2 * pilot_candidates(cfg)))
 
 
 def challenger_per_fill(cfg: ExplainConfig) -> int:
     """Pilot samples of the generative fill and of its challenger: ``challenger_samples``, lowered so that the
     chosen fill gets at least as many samples again as both pilots together."""
-    return min(cfg.challenger_samples, (cfg.n_samples - 1) // 4)
+    return min(cfg.challenger_samples, (cfg.sample_ceiling - 1) // 4)
 
 
 def auto_sample_needs(cfg: ExplainConfig) -> list[tuple[int, str]]:

@@ -1,0 +1,187 @@
+"""Stopping when the map has settled (``n_samples="auto"``): queries against AUPRC, per group of phantoms.
+
+    python -m blackbox_lime.evaluation.bench_stopping --split val --images 6 --out docs/bench_stopping/val
+    python -m blackbox_lime.evaluation.bench_stopping --split test --images 8 --rules 0.9/1 --out docs/bench_stopping/test
+
+For each abnormal case of each group (the two demo classifiers on both phantom families, and the two unseen
+families) the default explanation at the fixed 500 samples is made once with its samples kept. Because a design's
+rows do not depend on how many follow (blackbox_lime/stopping.py), the explanation that ``n_samples="auto"`` would
+make after any round is the fit on a prefix of those samples: every rule (threshold / patience) is replayed from
+the same answers, and the round it stops at, its queries and its map's pixel AUPRC against the lesion mask are
+read off. The test run also makes the real ``n_samples="auto"`` explanation for each rule given and checks that it
+stops where the replay says, with the same map. Writes ``table.md``, ``results.json`` and
+``queries_vs_auprc.png`` (one panel per group: mean AUPRC against samples, with each rule's median stopping
+point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blackbox_lime.adapters.onnx import OnnxAdapter
+from blackbox_lime.config import ExplainConfig
+from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
+from blackbox_lime.evaluation.phantoms import abnormal_cases
+from blackbox_lime.explainer import Explainer
+from blackbox_lime.fill.registry import fill_kind
+from blackbox_lime.models import bundled_model
+from blackbox_lime.stopping import Settling, halves, round_bounds
+from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
+
+GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "chest_xray"),
+          ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"), ("fundus_cnn", "fundus"))
+RULES = tuple(f"{t}/{p}" for t in (0.8, 0.85, 0.9, 0.95) for p in (1, 2))
+
+
+def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarray, target: int, seed: int
+            ) -> dict[str, Any]:
+    """The fixed explanation and, per round of the auto rule, its reliability, samples and map AUPRC."""
+    e = ex.explain(image, target=target, rng=seed, keep_samples=True)
+    assert e.samples is not None
+    vis, probs = e.samples["visible"], e.samples["probs"]
+    spent = e.fill.get("queries_spent_on_choice", 0) + e.fill.get("pilot_samples_per_fill", 0) \
+        if e.fill.get("scores") else 0
+    kept = e.fill.get("pilot_samples_per_fill", 0) if e.fill.get("scores") else 0
+    chosen = e.fill["chosen"]
+    per = cfg.nested_samples if fill_kind(chosen).per_mask else 1
+    n_design = len(vis) - 1 - kept
+    pilot_vis, pilot_probs = vis[len(vis) - kept:], probs[len(probs) - kept:]
+    settle = Settling(cfg, [target], ex.grid)
+    rounds = []
+    for end in round_bounds(n_design, per, cfg.stop_min - 1 - spent, cfg.stop_round):
+        X = np.concatenate([vis[:1 + end], pilot_vis])
+        P = np.concatenate([probs[:1 + end], pilot_probs])
+        rel = settle.reliability(X, P, halves(end, per, kept))
+        options: dict[str, Any] = dict(lambda1=cfg.lambda1, lambda2=cfg.lambda2_for(prior=False), reference=np.zeros(X.shape[1]),
+                       lambda1_scale=cfg.lambda1_scale, lambda1_cap=cfg.lambda1_cap, reference_scale="fit")
+        coef = SparseSurrogate(**options).fit(X.astype(np.float64), P[:, target],
+                                              proximity_kernel(X, cfg.kernel_width)).coef_
+        sal = ex.grid.upsample(coef, image.shape[:2], cfg.map_sigma)
+        rounds.append({"end": end, "samples": 1 + end + spent, "reliability": round(rel, 4),
+                       "auprc": pixel_auprc(sal, mask)})
+    return {"fixed_auprc": pixel_auprc(e.saliency, mask), "fixed_queries": e.queries, "rounds": rounds,
+            "fill": chosen}
+
+
+def stop_of(rounds: list[dict[str, Any]], threshold: float, patience: int) -> dict[str, Any]:
+    """The round a rule stops at (the last round when it never settles)."""
+    run = 0
+    for r in rounds:
+        run = run + 1 if r["reliability"] >= threshold else 0
+        if run >= patience:
+            return r
+    return rounds[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_stopping", description=__doc__)
+    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--images", type=int, default=6, help="abnormal cases per group")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rules", default=",".join(RULES), help="threshold/patience pairs, comma separated")
+    p.add_argument("--out", required=True)
+    p.add_argument("--from-results", action="store_true", help="redo the tables from OUT/results.json's records")
+    a = p.parse_args(argv)
+    rules = [(float(r.split("/")[0]), int(r.split("/")[1])) for r in a.rules.split(",")]
+    cfg = ExplainConfig()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    t0 = time.time()
+    if a.from_results:
+        records = json.loads((out / "results.json").read_text())["records"]
+    for model, family in GROUPS if not a.from_results else ():
+        with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
+            ex = Explainer(adapter, cfg)
+            for ph in abnormal_cases(family, a.split, a.images):
+                rec = _replay(ex, cfg, ph.image, ph.mask, adapter.info.abnormal_index, a.seed)
+                rec.update(model=model, family=family, index=ph.index)
+                if a.split == "test":  # the real thing stops where the replay says
+                    rec["auto"] = {}
+                    for t, pat in rules:
+                        auto = Explainer(adapter, ExplainConfig(n_samples="auto", stop_corr=t, stop_patience=pat))
+                        e = auto.explain(ph.image, target=adapter.info.abnormal_index, rng=a.seed)
+                        assert e.stopping is not None
+                        rec["auto"][f"{t}/{pat}"] = {"samples": e.stopping["samples"], "queries": e.queries,
+                                                     "auprc": pixel_auprc(e.saliency, ph.mask),
+                                                     "reason": e.stopping["reason"]}
+                records.append(rec)
+                (out / "results.json").write_text(json.dumps({"records": records}) + "\n")  # kept as it goes
+                print(f"{model}/{family} {ph.index}: fixed {rec['fixed_auprc']:.3f}, "
+                      f"{len(rec['rounds'])} rounds ({time.time() - t0:.0f} s)", file=sys.stderr)
+    lines = [f"Split {a.split}, {a.images} abnormal cases per group, seed {a.seed}; default explanation (fill auto, "
+             f"map_sigma {cfg.map_sigma}); rounds: first check at {cfg.stop_min} samples, then every "
+             f"{cfg.stop_round}; ceiling {cfg.max_samples}. Rule = split-half reliability threshold / patience "
+             "(rounds running). AUPRC is the replayed map's; ratio = mean AUPRC / the fixed 500's mean.", "",
+             "| group | fixed 500 AUPRC | rule | median queries | p95 queries | AUPRC [95 % CI] | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    summary: dict[str, Any] = {}
+    for model, family in GROUPS + (("all", "all"),):
+        rs = [r for r in records if (r["model"], r["family"]) == (model, family) or model == "all"]
+        if not rs:
+            continue
+        fixed = float(np.mean([r["fixed_auprc"] for r in rs]))
+        for t, pat in rules:
+            stops = [stop_of(r["rounds"], t, pat) for r in rs]
+            q = [s["samples"] for s in stops]
+            au = [s["auprc"] for s in stops]
+            _, lo, hi = bootstrap_ci(au)
+            key = f"{model}/{family}" if model != "all" else "all"
+            summary.setdefault(key, {})[f"{t}/{pat}"] = {"median_queries": float(np.median(q)),
+                                                          "p95_queries": float(np.percentile(q, 95)),
+                                                          "auprc": float(np.mean(au)), "fixed_auprc": fixed,
+                                                          "ratio": float(np.mean(au)) / fixed if fixed else None}
+            lines.append(f"| {key} | {fixed:.3f} | {t:g}/{pat} | {np.median(q):.0f} | {np.percentile(q, 95):.0f} | "
+                         f"{np.mean(au):.3f} [{lo:.3f}, {hi:.3f}] | {np.mean(au) / fixed:.3f} |")
+    if a.split == "test":
+        agree = [r["auto"][k]["samples"] == stop_of(r["rounds"], float(k.split("/")[0]), int(k.split("/")[1]))["samples"]
+                 for r in records for k in r["auto"]]
+        lines += ["", f"The real n_samples=\"auto\" explanation stopped where the replay said in {sum(agree)} of "
+                      f"{len(agree)} (case, rule) pairs."]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps({"split": a.split, "images": a.images, "seed": a.seed,
+                                                  "config": cfg.to_dict(), "summary": summary,
+                                                  "records": records}, indent=1) + "\n")
+    _plot(records, rules, out / "queries_vs_auprc.png")
+    print("\n".join(lines))
+    return 0
+
+
+def _plot(records: list[dict[str, Any]], rules: list[tuple[float, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharey=True)
+    for ax, (model, family) in zip(axes.ravel(), GROUPS):
+        rs = [r for r in records if (r["model"], r["family"]) == (model, family)]
+        if not rs:
+            continue
+        n = min(len(r["rounds"]) for r in rs)
+        xs = np.mean([[x["samples"] for x in r["rounds"][:n]] for r in rs], axis=0)
+        ys = np.mean([[x["auprc"] for x in r["rounds"][:n]] for r in rs], axis=0)
+        ax.plot(xs, ys, "-o", ms=3, color="k", label="map after each round (mean)")
+        ax.axhline(np.mean([r["fixed_auprc"] for r in rs]), color="grey", ls="--", label="fixed 500")
+        for (t, pat), c in zip(rules, plt.cm.viridis(np.linspace(0, 0.9, len(rules)))):
+            stops = [stop_of(r["rounds"], t, pat) for r in rs]
+            ax.plot(np.median([s["samples"] for s in stops]), np.mean([s["auprc"] for s in stops]), "v", color=c,
+                    ms=8, label=f"stop {t:g}/{pat}")
+        ax.set_title(f"{model} / {family}", fontsize=9)
+        ax.set_xlabel("samples")
+    axes[0, 0].set_ylabel("pixel AUPRC")
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
