@@ -78,8 +78,10 @@ def plan_limits(model: str | None = None, *, endpoint: str | None = None, allow_
     if model is None:
         raise ValueError("Name a model: a local .onnx file, an endpoint URL, or an endpoint profile.")
     from pathlib import Path
+    from typing import Any
 
     from .onnx import OnnxAdapter
 
-    with OnnxAdapter(Path(model), **({"max_batch": max_batch} if max_batch is not None else {})) as local:
+    kw: dict[str, Any] = {"max_batch": max_batch} if max_batch is not None else {}
+    with OnnxAdapter(Path(model), **kw) as local:
         return {"max_batch": local.max_batch, "budget": budget, "price_per_1k_images": None}
