@@ -110,7 +110,7 @@ def test_output_path_that_is_a_file_exits_2(tmp_path: Path, png: Path, linear_mo
 
 def test_bad_option_values_exit_2(tmp_path: Path, png: Path, linear_model: Path) -> None:
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--samples", "3")
-    assert r.returncode == 2 and "blackbox-lime: error: --samples must be an integer >= 10. Got 3 instead.\n" in r.stderr
+    assert r.returncode == 2 and "blackbox-lime: error: --samples must be an integer >= 10 or 'auto'. Got 3 instead.\n" in r.stderr
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--lambda1-cap", "0", *FAST)
     assert r.returncode == 2 and "blackbox-lime: error: --lambda1-cap must be " in r.stderr and "Got 0.0 instead." in r.stderr
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--patch-size", "24",

@@ -135,7 +135,7 @@ def test_nested_fills_only_condition_on_visible_pixels(linear_model: Path, phant
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"patch_size": 0}, r"The 'patch_size' parameter must be an integer >= 2\. Got 0 instead\."),
-    ({"n_samples": 5}, r"The 'n_samples' parameter must be an integer >= 10\. Got 5 instead\."),
+    ({"n_samples": 5}, r"The 'n_samples' parameter must be an integer >= 10 or 'auto'\. Got 5 instead\."),
     ({"mask_ratios": (0.5, 1.0)}, r"The 'mask_ratios' parameter must be a non-empty tuple of floats in the range \(0, 1\)\."),
     ({"fill": "noise"}, r"The 'fill' parameter must be one of auto, mae, mean, blur, zero, telea\. Got 'noise' instead\."),
     ({"fill_candidates": ("mae",)}, r"The 'fill_candidates' parameter must be a tuple of two or more distinct fills "
