@@ -98,3 +98,15 @@ def test_the_cli_explains_with_samples_auto(tmp_path: Path, capsys: pytest.Captu
     assert doc["config"]["n_samples"] == "auto" and doc["config"]["max_samples"] == 200
     assert doc["stopping"]["reason"] in ("settled", "ceiling") and doc["queries"] == doc["stopping"]["samples"] <= 200
     assert line["queries"] == doc["queries"]
+
+
+def test_the_benchmark_replays_a_rule_as_the_explainer_applies_it() -> None:
+    """bench_stopping's replay: the first round whose reliability has held the threshold for the patience, else the
+    last round (the ceiling)."""
+    from blackbox_lime.evaluation.bench_stopping import stop_of
+
+    rounds = [{"samples": n, "reliability": r} for n, r in ((96, 0.5), (144, 0.9), (192, 0.7), (240, 0.9),
+                                                             (288, 0.95), (336, 0.99))]
+    assert stop_of(rounds, 0.85, 1)["samples"] == 144
+    assert stop_of(rounds, 0.85, 2)["samples"] == 288
+    assert stop_of(rounds, 0.999, 1)["samples"] == 336

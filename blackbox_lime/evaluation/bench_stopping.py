@@ -1,7 +1,9 @@
 """Stopping when the map has settled (``n_samples="auto"``): queries against AUPRC, per group of phantoms.
 
     python -m blackbox_lime.evaluation.bench_stopping --split val --images 6 --out docs/bench_stopping/val
-    python -m blackbox_lime.evaluation.bench_stopping --split test --images 8 --rules 0.9/1 --out docs/bench_stopping/test
+    python -m blackbox_lime.evaluation.bench_stopping --split test --images 6 --rules 0.85/1 --out docs/bench_stopping/test
+    python -m blackbox_lime.evaluation.bench_stopping --split test --images 3 --seeds 3 --rules 0.85/1 \
+        --out docs/bench_stopping/test_consistency
 
 For each abnormal case of each group (the two demo classifiers on both phantom families, and the two unseen
 families) the default explanation at the fixed 500 samples is made once with its samples kept. Because a design's
@@ -27,7 +29,7 @@ import numpy as np
 
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
-from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
+from blackbox_lime.evaluation.metrics import bootstrap_ci, consistency, pixel_auprc
 from blackbox_lime.evaluation.phantoms import abnormal_cases
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.fill.registry import fill_kind
@@ -40,8 +42,8 @@ GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "c
 RULES = tuple(f"{t}/{p}" for t in (0.8, 0.85, 0.9, 0.95) for p in (1, 2))
 
 
-def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarray, target: int, seed: int
-            ) -> dict[str, Any]:
+def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarray, target: int, seed: int,
+            maps: list[np.ndarray] | None = None) -> dict[str, Any]:
     """The fixed explanation and, per round of the auto rule, its reliability, samples and map AUPRC."""
     e = ex.explain(image, target=target, rng=seed, keep_samples=True)
     assert e.samples is not None
@@ -64,8 +66,12 @@ def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarr
         coef = SparseSurrogate(**options).fit(X.astype(np.float64), P[:, target],
                                               proximity_kernel(X, cfg.kernel_width)).coef_
         sal = ex.grid.upsample(coef, image.shape[:2], cfg.map_sigma)
+        if maps is not None:  # every round's map, for the consistency across seeds
+            maps.append(sal)
         rounds.append({"end": end, "samples": 1 + end + spent, "reliability": round(rel, 4),
                        "auprc": pixel_auprc(sal, mask)})
+    if maps is not None:
+        maps.append(e.saliency)  # last: the fixed explanation's own map
     return {"fixed_auprc": pixel_auprc(e.saliency, mask), "fixed_queries": e.queries, "rounds": rounds,
             "fill": chosen}
 
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["val", "test"], default="val")
     p.add_argument("--images", type=int, default=6, help="abnormal cases per group")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="with N > 1, also the consistency across seeds (seed .. seed + N - 1): the mean pairwise "
+                        "correlation of each case's maps, fixed 500 and each rule's stopped map")
     p.add_argument("--rules", default=",".join(RULES), help="threshold/patience pairs, comma separated")
     p.add_argument("--out", required=True)
     p.add_argument("--from-results", action="store_true", help="redo the tables from OUT/results.json's records")
@@ -101,8 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
             ex = Explainer(adapter, cfg)
             for ph in abnormal_cases(family, a.split, a.images):
-                rec = _replay(ex, cfg, ph.image, ph.mask, adapter.info.abnormal_index, a.seed)
+                maps: list[np.ndarray] = []
+                rec = _replay(ex, cfg, ph.image, ph.mask, adapter.info.abnormal_index, a.seed, maps)
                 rec.update(model=model, family=family, index=ph.index)
+                if a.seeds > 1:
+                    runs = [(rec["rounds"], maps)]
+                    for s in range(a.seed + 1, a.seed + a.seeds):
+                        more: list[np.ndarray] = []
+                        other = _replay(ex, cfg, ph.image, ph.mask, adapter.info.abnormal_index, s, more)
+                        runs.append((other["rounds"], more))
+                    rec["consistency"] = {"fixed": consistency([m[-1] for _, m in runs])}
+                    for t, pat in rules:
+                        stops = [m[rs.index(stop_of(rs, t, pat))] for rs, m in runs]
+                        rec["consistency"][f"{t}/{pat}"] = consistency(stops)
                 if a.split == "test":  # the real thing stops where the replay says
                     rec["auto"] = {}
                     for t, pat in rules:
@@ -116,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(json.dumps({"records": records}) + "\n")  # kept as it goes
                 print(f"{model}/{family} {ph.index}: fixed {rec['fixed_auprc']:.3f}, "
                       f"{len(rec['rounds'])} rounds ({time.time() - t0:.0f} s)", file=sys.stderr)
-    lines = [f"Split {a.split}, {a.images} abnormal cases per group, seed {a.seed}; default explanation (fill auto, "
+    lines = [f"Split {a.split}, {a.images} abnormal cases per group, seed {a.seed}"
+             + (f" (consistency over seeds {a.seed}..{a.seed + a.seeds - 1})" if a.seeds > 1 else "") + "; default explanation (fill auto, "
              f"map_sigma {cfg.map_sigma}); rounds: first check at {cfg.stop_min} samples, then every "
              f"{cfg.stop_round}; ceiling {cfg.max_samples}. Rule = split-half reliability threshold / patience "
              "(rounds running). AUPRC is the replayed map's; ratio = mean AUPRC / the fixed 500's mean.", "",
-             "| group | fixed 500 AUPRC | rule | median queries | p95 queries | AUPRC [95 % CI] | ratio |",
-             "|---|---|---|---|---|---|---|"]
+             "| group | fixed 500 AUPRC | rule | median queries | p95 queries | AUPRC [95 % CI] | ratio |"
+             + (" consistency, fixed 500 | consistency, rule |" if a.seeds > 1 else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if a.seeds > 1 else "")]
     summary: dict[str, Any] = {}
     for model, family in GROUPS + (("all", "all"),):
         rs = [r for r in records if (r["model"], r["family"]) == (model, family) or model == "all"]
@@ -138,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                                                           "p95_queries": float(np.percentile(q, 95)),
                                                           "auprc": float(np.mean(au)), "fixed_auprc": fixed,
                                                           "ratio": float(np.mean(au)) / fixed if fixed else None}
+            cons = ""
+            if a.seeds > 1:
+                cf = np.nanmean([r["consistency"]["fixed"] for r in rs])
+                cr = np.nanmean([r["consistency"][f"{t}/{pat}"] for r in rs])
+                summary[key][f"{t}/{pat}"].update(consistency_fixed=float(cf), consistency=float(cr))
+                cons = f" {cf:.3f} | {cr:.3f} |"
             lines.append(f"| {key} | {fixed:.3f} | {t:g}/{pat} | {np.median(q):.0f} | {np.percentile(q, 95):.0f} | "
-                         f"{np.mean(au):.3f} [{lo:.3f}, {hi:.3f}] | {np.mean(au) / fixed:.3f} |")
+                         f"{np.mean(au):.3f} [{lo:.3f}, {hi:.3f}] | {np.mean(au) / fixed:.3f} |" + cons)
     if a.split == "test":
         agree = [r["auto"][k]["samples"] == stop_of(r["rounds"], float(k.split("/")[0]), int(k.split("/")[1]))["samples"]
                  for r in records for k in r["auto"]]
