@@ -143,6 +143,17 @@ def _check_values(doc: dict[str, Any], name: str) -> None:
         raise fail("[limits] binary", '"auto", "always" or "never"', lim["binary"])
 
 
+def read_toml(path: Path, missing: str) -> dict[str, Any]:
+    """A TOML settings file (endpoint profile, PACS settings): ConfigError ``missing`` when it is no file, and one
+    naming the file when it does not parse."""
+    if not path.is_file():
+        raise ConfigError(missing)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.name} is not valid TOML: {exc}.") from None
+
+
 def read_secret_file(path: Path, key: str, source: str) -> str:
     """A secret's file, refused unless it is a regular file that only its owner can read (as ssh does with keys):
     a token_file pointing at any other file would send that file's first line to the endpoint as a token."""
@@ -228,12 +239,7 @@ class EndpointProfile:
     def from_toml(cls, path: str | Path, allow_insecure_http: bool = False) -> EndpointProfile:
         """Read a profile; ``allow_insecure_http`` (the command-line flag) adds to the profile's own setting."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Endpoint profile not found: {path}. Pass a TOML file (see README, 'Remote models').")
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path.name} is not valid TOML: {exc}.") from exc
+        doc = read_toml(path, f"Endpoint profile not found: {path}. Pass a TOML file (see README, 'Remote models').")
         if "token" in doc or "token" in (doc.get("auth") or {}):
             raise ConfigError(f"{path.name} holds a token in clear; tokens are never written in profiles. Use "
                               "[auth] token_env (an environment variable) or token_file (a file only you can read).")

@@ -38,8 +38,7 @@ def stripes(monkeypatch: pytest.MonkeyPatch) -> FillKind:
     return kind
 
 
-def test_a_registered_fill_reaches_config_factory_explainer_and_cli(stripes: FillKind, linear_model: object,
-                                                                      tmp_path: object) -> None:
+def test_a_registered_fill_reaches_config_factory_explainer_and_cli(stripes: FillKind, linear_model: object) -> None:
     """One class and one registry entry: the config accepts the name, the factory makes it, an explanation uses it
     (the map of a model linear in the patches still finds its one weighted patch), and the CLI offers it."""
     assert "stripes" in fill_choices() and fill_kind("stripes").pilot

@@ -17,16 +17,15 @@ from blackbox_lime.models import bundled_example
 from blackbox_lime.stopping import halves, round_bounds, weight_correlation
 
 
-def _image(linear_weights: np.ndarray) -> np.ndarray:
+def _image() -> np.ndarray:
     rng = np.random.default_rng(7)
     return rng.uniform(0.2, 0.8, (224, 224, 3)).astype(np.float32)
 
 
-def test_a_clean_linear_model_settles_early_on_its_true_weights(linear_model: Path, linear_weights: np.ndarray
-                                                                ) -> None:
+def test_a_clean_linear_model_settles_early_on_its_true_weights(linear_model: Path) -> None:
     """Known answer: a classifier linear in the patch means. Its map settles well before the ceiling, the record
     says why, and the stopped map is the map of a fixed n_samples at that count, bit for bit."""
-    image = _image(linear_weights)
+    image = _image()
     cfg = ExplainConfig(n_samples="auto", fill="mean", map_sigma=0.0)
     with OnnxAdapter(linear_model) as adapter:
         auto = Explainer(adapter, cfg).explain(image, target=1, rng=0)
@@ -43,25 +42,24 @@ def test_a_clean_linear_model_settles_early_on_its_true_weights(linear_model: Pa
     assert "stopping" in auto.summary() and "stopping" not in fixed.summary()
 
 
-def test_the_rule_stops_at_the_ceiling_when_the_map_never_settles(linear_model: Path,
-                                                                   linear_weights: np.ndarray) -> None:
+def test_the_rule_stops_at_the_ceiling_when_the_map_never_settles(linear_model: Path) -> None:
     cfg = ExplainConfig(n_samples="auto", max_samples=150, stop_corr=0.999999, fill="mean")
     with OnnxAdapter(linear_model) as adapter:
-        e = Explainer(adapter, cfg).explain(_image(linear_weights), target=1, rng=0)
+        e = Explainer(adapter, cfg).explain(_image(), target=1, rng=0)
     assert e.stopping is not None and (e.stopping["reason"], e.stopping["samples"], e.queries) == ("ceiling", 150, 150)
     assert [r["samples"] for r in e.stopping["rounds"]] == [96, 144, 150]
 
 
-def test_a_budget_that_runs_out_mid_round_ends_the_map_flagged(linear_model: Path, linear_weights: np.ndarray) -> None:
+def test_a_budget_that_runs_out_mid_round_ends_the_map_flagged(linear_model: Path) -> None:
     """The budget runs out in the third round: the map is made from the two rounds answered and flagged; a budget
     that cannot pay for the first round is the usual error."""
     cfg = ExplainConfig(n_samples="auto", stop_corr=0.999999, fill="mean")
     with OnnxAdapter(linear_model, budget=170) as adapter:
-        e = Explainer(adapter, cfg).explain(_image(linear_weights), target=1, rng=0)
+        e = Explainer(adapter, cfg).explain(_image(), target=1, rng=0)
     assert e.stopping is not None and (e.stopping["reason"], e.stopping["samples"]) == ("budget", 144)
     assert "budget_stop" in e.summary()["warning_codes"]
     with OnnxAdapter(linear_model, budget=50) as adapter, pytest.raises(BudgetExhausted):
-        Explainer(adapter, cfg).explain(_image(linear_weights), target=1, rng=0)
+        Explainer(adapter, cfg).explain(_image(), target=1, rng=0)
 
 
 def test_rounds_keep_fill_groups_whole_and_halves_alternate_groups() -> None:

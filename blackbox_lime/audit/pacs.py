@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -46,7 +45,7 @@ import requests
 
 from blackbox_lime.adapters.errors import ConfigError
 from blackbox_lime.adapters.http import _first_line
-from blackbox_lime.adapters.profile import read_secret
+from blackbox_lime.adapters.profile import read_secret, read_toml
 from blackbox_lime.adapters.remote import check_endpoint_url, safe_url
 from blackbox_lime.audit.source import SourceError, case_id
 from blackbox_lime.audit.store import Case
@@ -136,12 +135,7 @@ class PacsAuth:
     @classmethod
     def from_toml(cls, path: str | Path) -> PacsAuth:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--pacs-auth {p.name}: no such file. Give a TOML file with [auth] and [tls].")
-        try:
-            doc = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p.name} is not valid TOML: {exc}.") from None
+        doc = read_toml(p, f"--pacs-auth {p.name}: no such file. Give a TOML file with [auth] and [tls].")
         if "token" in (doc.get("auth") or {}) or "password" in (doc.get("auth") or {}):
             raise ConfigError(f"{p.name} holds a secret in clear; secrets are never written in these files. Use "
                               "token_env / password_env (an environment variable) or token_file / password_file.")

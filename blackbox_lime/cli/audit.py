@@ -75,7 +75,7 @@ def run_audit(a: argparse.Namespace) -> int:
     from blackbox_lime.audit.provenance import write_provenance
     from blackbox_lime.audit.report import write_report
     from blackbox_lime.audit.runner import AuditRunner
-    from blackbox_lime.audit.source import SourceError, read_source, source_root
+    from blackbox_lime.audit.source import source_root
     from blackbox_lime.audit.store import STORE_NAME, AuditStore, config_difference
     from blackbox_lime.explainer import _progress
     from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
@@ -98,11 +98,7 @@ def run_audit(a: argparse.Namespace) -> int:
     old = AuditStore.open(store_path) if resuming else None  # read-write: closing it leaves no -wal/-shm behind
     try:
         salt = old.get("salt") if old is not None else secrets.token_hex(16)
-        pacs = _pacs_source(a, salt, old)
-        try:
-            cases = pacs.cases if pacs is not None else read_source(a.source, salt)
-        except SourceError as exc:
-            raise UserError(f"{exc} Nothing was written.") from None
+        pacs, cases = _study_cases(a, salt, old)
         cfg = config_from_options(a)
         adapter = adapter_from_options(a)  # before anything is written: a bad model or endpoint leaves nothing behind
         redact_logs(adapter)
@@ -233,7 +229,6 @@ def plan_audit(a: argparse.Namespace) -> int:
     model and nothing is written; a DICOMweb source is searched (metadata only) to count its cases."""
     import secrets
 
-    from blackbox_lime.audit.source import SourceError, read_source
     from blackbox_lime.audit.store import STORE_NAME, AuditStore
 
     old = None
@@ -241,11 +236,7 @@ def plan_audit(a: argparse.Namespace) -> int:
         old = AuditStore.open(Path(a.out) / STORE_NAME, readonly=True)
     try:
         salt = old.get("salt") if old is not None else secrets.token_hex(16)
-        pacs = _pacs_source(a, salt, old)
-        try:
-            cases = pacs.cases if pacs is not None else read_source(a.source, salt)
-        except SourceError as exc:
-            raise UserError(str(exc)) from None
+        cases = _study_cases(a, salt, old)[1]
         done, sent, budget = 0, 0, a.budget
         if old is not None:
             done, sent = old.counts()["done"], old.totals()["sent"]
@@ -279,6 +270,17 @@ def _pacs_auth(a: argparse.Namespace) -> Any:
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     return auth
+
+
+def _study_cases(a: argparse.Namespace, salt: str, old: Any) -> tuple[Any, list[Any]]:
+    """The study's cases: (its DICOMweb source or None, the cases), from the PACS, the folder or the manifest."""
+    from blackbox_lime.audit.source import SourceError, read_source
+
+    pacs = _pacs_source(a, salt, old)
+    try:
+        return pacs, pacs.cases if pacs is not None else read_source(a.source, salt)
+    except SourceError as exc:
+        raise UserError(f"{exc} Nothing was written.") from None
 
 
 def _pacs_source(a: argparse.Namespace, salt: str, old: Any) -> Any:

@@ -112,20 +112,26 @@ def adapter_from_options(a: argparse.Namespace) -> Any:
         raise UserError("--model is empty; give a .onnx file or an endpoint URL.")
     if a.endpoint is not None and not str(a.endpoint).strip():
         raise UserError("--endpoint is empty; give an endpoint profile (.toml).")
-    for opt in ("budget", "max_batch", "concurrency"):
-        v = getattr(a, opt)
-        if v is not None and v < 1:
-            raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
-    if a.endpoint is None:
-        from blackbox_lime.models import resolve_model
-
-        a.model = resolve_model(str(a.model))  # a bundled model's name: its file, for this process and workers
+    _check_limits(a)
     kw: dict[str, Any] = {}
     if a.endpoint is None and "://" not in str(a.model):
         kw["device"] = getattr(a, "device", "auto")
     return load_adapter(None if a.endpoint else str(a.model), endpoint=a.endpoint, budget=a.budget,
                         max_batch=a.max_batch, concurrency=a.concurrency, output_kind=getattr(a, "output_kind", None),
                         allow_insecure_http=a.allow_insecure_http, **kw)
+
+
+def _check_limits(a: argparse.Namespace) -> None:
+    """--budget, --max-batch and --concurrency are integers >= 1; a bundled model's name becomes its file (for this
+    process and workers)."""
+    for opt in ("budget", "max_batch", "concurrency"):
+        v = getattr(a, opt, None)
+        if v is not None and v < 1:
+            raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
+    if a.endpoint is None:
+        from blackbox_lime.models import resolve_model
+
+        a.model = resolve_model(str(a.model))
 
 
 def redact_logs(adapter: Any) -> None:
@@ -255,17 +261,9 @@ def query_plan(a: argparse.Namespace, cfg: Any, explanations: int, budget: int |
 
     if a.endpoint is None and a.model is None:
         raise UserError("Name the classifier: --model MODEL.onnx, --model URL, or --endpoint PROFILE.toml.")
-    for opt in ("budget", "max_batch"):
-        v = getattr(a, opt, None)
-        if v is not None and v < 1:
-            raise UserError(f"--{opt.replace('_', '-')} must be an integer >= 1. Got {v} instead.")
-    model = None
-    if a.endpoint is None:
-        from blackbox_lime.models import resolve_model
-
-        model = resolve_model(str(a.model))
+    _check_limits(a)
     try:
-        limits = plan_limits(model, endpoint=a.endpoint, allow_insecure_http=a.allow_insecure_http,
+        limits = plan_limits(None if a.endpoint else str(a.model), endpoint=a.endpoint, allow_insecure_http=a.allow_insecure_http,
                              budget=budget if budget is not None else getattr(a, "budget", None),
                              max_batch=a.max_batch)
     except (AdapterError, ValueError, OSError) as exc:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from blackbox_lime.evaluation.bench_audit import write_table
+
 STUDY = "1.2.826.0.1.3680043.8.498.99001"
 
 
@@ -148,12 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     command = f"python -m blackbox_lime.evaluation.bench_pacs --cases {a.cases} --reps {a.reps}"
     result["command"] = command
     text = markdown(result, command)
-    print(text)
     if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=1))
-        (out / "table.md").write_text(text)
+        write_table(Path(a.out), text.rstrip("\n").split("\n"), result)
+    else:
+        print(text)
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
+from blackbox_lime.evaluation.bench_audit import write_table
 from blackbox_lime.evaluation.metrics import bootstrap_ci, consistency, pixel_auprc
 from blackbox_lime.evaluation.phantoms import abnormal_cases
 from blackbox_lime.explainer import Explainer
@@ -61,10 +62,8 @@ def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarr
         X = np.concatenate([vis[:1 + end], pilot_vis])
         P = np.concatenate([probs[:1 + end], pilot_probs])
         rel = settle.reliability(X, P, halves(end, per, kept))
-        options: dict[str, Any] = dict(lambda1=cfg.lambda1, lambda2=cfg.lambda2_for(prior=False), reference=np.zeros(X.shape[1]),
-                       lambda1_scale=cfg.lambda1_scale, lambda1_cap=cfg.lambda1_cap, reference_scale="fit")
-        coef = SparseSurrogate(**options).fit(X.astype(np.float64), P[:, target],
-                                              proximity_kernel(X, cfg.kernel_width)).coef_
+        coef = SparseSurrogate(**settle.options).fit(X.astype(np.float64), P[:, target],  # the fit of the map without
+                                                     proximity_kernel(X, cfg.kernel_width)).coef_  # a prior
         sal = ex.grid.upsample(coef, image.shape[:2], cfg.map_sigma)
         if maps is not None:  # every round's map, for the consistency across seeds
             maps.append(sal)
@@ -173,12 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                  for r in records for k in r["auto"]]
         lines += ["", f"The real n_samples=\"auto\" explanation stopped where the replay said in {sum(agree)} of "
                       f"{len(agree)} (case, rule) pairs."]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps({"split": a.split, "images": a.images, "seed": a.seed,
-                                                  "config": cfg.to_dict(), "summary": summary,
-                                                  "records": records}, indent=1) + "\n")
+    write_table(out, lines, {"split": a.split, "images": a.images, "seed": a.seed, "config": cfg.to_dict(),
+                             "summary": summary, "records": records})
     _plot(records, rules, out / "queries_vs_auprc.png")
-    print("\n".join(lines))
     return 0
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from blackbox_lime.adapters.base import ClassifierAdapter, ModelInfo
 from blackbox_lime.adapters.censoring import censoring_of
+from blackbox_lime.evaluation.bench_audit import write_table
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
@@ -190,12 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         .replace(" --out", "")
     result["command"] = command
     text = markdown(result, command)
-    print(text)
     if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=1))
-        (out / "table.md").write_text(text)
+        write_table(Path(a.out), text.rstrip("\n").split("\n"), result)
+    else:
+        print(text)
     return 0
 
 
