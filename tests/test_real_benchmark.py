@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from blackbox_lime.evaluation.bench_real import _ratio_ci, summarize
-from blackbox_lime.evaluation.real_data import figshare_brain, split_of
+from blackbox_lime.evaluation.real_data import crop_label, figshare_brain, kvasir_polyp, kvasir_split_of, split_of
 
 
 def _folder(root: Path) -> Path:
@@ -52,3 +52,52 @@ def test_the_summary_gives_each_method_s_mean_and_the_paired_ratio_to_lime():
     assert s["auto_fill"] == {"blur": 1, "mae": 2}
     r, lo, hi = _ratio_ci([1.0, 0.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5])
     assert r == pytest.approx(1.0) and lo < 1.0 < hi
+
+
+def _kvasir(root: Path) -> Path:
+    """Two test-split frames (by the id hash): ``frame1`` with a small polyp (a disc of radius 20 at y 80, x 90),
+    ``frame11`` with one too large for a field of view and no polyp-free view."""
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:256, :256]
+    for name, (cy, cx, r) in (("frame1", (80, 90, 20)), ("frame11", (128, 128, 70)), ("frame0", (128, 128, 10))):
+        cv2.imwrite(str(root / "images" / f"{name}.jpg"), rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{name}.jpg"), (((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) * 255).astype(np.uint8))
+    return root
+
+
+def test_kvasir_views_centre_the_polyp_and_find_a_polyp_free_field():
+    assert [kvasir_split_of(f"frame{i}") for i in (0, 1, 10, 11)] == ["train", "test", "val", "test"]
+    mask = np.zeros((256, 256), bool)
+    mask[60:101, 70:111] = True
+    assert crop_label(mask, 16, 26) == 1        # the whole polyp inside
+    assert crop_label(mask, 0, 128) == 0        # 18 px right of it: beyond the 8-px margin
+    assert crop_label(mask, 0, 112) is None     # 2 px from it: ambiguous, never used
+    dark = np.zeros((256, 256), bool)
+    dark[:20, 220:] = True                      # a corner of the endoscope's black border: 4.9 % of the view
+    assert crop_label(mask, 0, 128, dark=dark) is None
+    assert crop_label(mask, 16, 26, dark=dark) == 1
+
+
+def test_kvasir_polyp_reads_colour_frames_as_views(tmp_path):
+    root = _kvasir(tmp_path / "Kvasir-SEG")
+    cases = kvasir_polyp(root, "test", size=224)
+    assert [(c.id, c.label) for c in cases] == [("kvasir-frame1", 1), ("kvasir-frame1-free", 0)]
+    polyp, free = cases
+    assert polyp.image.shape == (224, 224, 3) and polyp.image.dtype == np.uint8
+    assert polyp.mask.mean() == pytest.approx(np.pi * 20 ** 2 / 128 ** 2, abs=0.006)  # the disc in a 128-px view
+    ys, xs = np.nonzero(polyp.mask)  # the 8-px raster's view nearest to centring: (16, 24); the disc's box 60..100 x
+    assert abs(ys.min() - 44 * 1.75) <= 2 and abs(xs.max() - 86 * 1.75) <= 2  # 70..110 shifted, times 224/128
+    assert not free.mask.any()
+    with pytest.raises(FileNotFoundError, match="does not hold the Kvasir-SEG folders images and masks"):
+        kvasir_polyp(tmp_path, "test")
+
+
+def test_bench_real_asks_for_one_family(capsys):
+    from blackbox_lime.evaluation.bench_real import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--split", "val", "--out", "x"])
+    assert e.value.code == 2
+    assert "give one family's data: --figshare DIR or --kvasir DIR" in capsys.readouterr().err

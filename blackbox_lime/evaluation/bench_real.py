@@ -1,13 +1,21 @@
-"""The real-image benchmark: maps of a real classifier on real images, scored against expert lesion boxes.
+"""The real-image benchmark: maps of a real classifier on real images, scored against expert lesion outlines.
 
     python -m blackbox_lime.evaluation.bench_real --figshare DATA/dataset-brain-tumor/categorized \\
         --split val --per-class 10 --out docs/bench_real/figshare_val
+    python -m blackbox_lime.evaluation.bench_real --kvasir DATA/Kvasir-SEG --split val --per-class 30 \\
+        --out docs/bench_real/kvasir_val
 
-Family ``figshare_brain``: the figshare brain-tumour MRI slices (blackbox_lime/evaluation/real_data.py) and
-``onnx/figshare_brain_cnn.onnx``, a three-class tumour-type CNN trained on the train split with the image label
-alone (``python onnx/train_real.py``). The explained class is the true one, on the first ``--per-class`` images of
-each class that the model classifies correctly; the evidence for "pituitary tumour" should be the tumour, which the
-expert box bounds. ``val`` is where anything is tuned; ``test`` is held out and run once per change.
+Families (blackbox_lime/evaluation/real_data.py):
+
+* ``figshare_brain``: the figshare brain-tumour MRI slices and ``onnx/figshare_brain_cnn.onnx``, a three-class
+  tumour-type CNN trained on the train split with the image label alone (``python onnx/train_real.py``); the expert
+  box is the ground truth; every class is explained.
+* ``kvasir_polyp``: colour colonoscopy fields of view from Kvasir-SEG and ``onnx/kvasir_polyp_cnn.onnx``, a
+  polyp / no-polyp CNN trained on the train split's views with the view's label alone
+  (``python onnx/train_polyp.py``); the endoscopists' outline is the ground truth; the "polyp" class is explained.
+
+The explained class is the true one, on the first ``--per-class`` images of each explained class that the model
+classifies correctly. ``val`` is where anything is tuned; ``test`` is held out and run once per change.
 
 Methods (queries in brackets): the default map, ``blackbox-lime explain`` at its defaults (500; fill auto); the
 same with each fixed fill (MAE, mean, blur; 500), to see what auto chose and what it could have had; lime at its
@@ -25,6 +33,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,15 +44,35 @@ from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evaluation import baselines
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
-from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, RealCase, figshare_brain
+from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, KVASIR_CLASSES, RealCase, figshare_brain, kvasir_polyp
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.models import bundled_model
+
+@dataclass(frozen=True)
+class Family:
+    """A real family: its bundled classifier, its classes, the classes whose maps are scored (those with a finding to
+    outline) and its reader (``load(root, split)``)."""
+
+    name: str
+    model: str
+    classes: tuple[str, ...]
+    explained: tuple[int, ...]
+    load: Callable[[str | Path, str], list[RealCase]]
+    option: str
+
+
+FAMILIES = {
+    "figshare_brain": Family("figshare_brain", "figshare_brain_cnn.onnx", FIGSHARE_CLASSES, (0, 1, 2), figshare_brain,
+                             "--figshare"),
+    "kvasir_polyp": Family("kvasir_polyp", "kvasir_polyp_cnn.onnx", KVASIR_CLASSES, (1,), kvasir_polyp, "--kvasir"),
+}
 
 METHODS = ("default", "fill=mae", "fill=mean", "fill=blur", "lime", "lime@500", "occlusion", "occlusion+smooth", "rise")
 
 
 def _rgb(case: RealCase) -> np.ndarray:
-    return np.repeat((case.image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
+    image = case.image.astype(np.float32) / 255.0
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
 
 
 def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, seed: int,
@@ -92,37 +121,39 @@ def variant(name: str) -> ExplainConfig:
     return ExplainConfig(**fields)
 
 
-def select(cases: list[RealCase], adapter: OnnxAdapter, per_class: int) -> list[tuple[RealCase, float]]:
-    """The first ``per_class`` cases of each class that the model gets right, with P(true class)."""
+def select(cases: list[RealCase], adapter: OnnxAdapter, per_class: int,
+           explained: tuple[int, ...] = (0, 1, 2)) -> list[tuple[RealCase, float]]:
+    """The first ``per_class`` cases of each explained class that the model gets right, with P(true class)."""
     chosen: list[tuple[RealCase, float]] = []
-    counts = [0] * len(FIGSHARE_CLASSES)
+    counts = {k: 0 for k in explained}
     for i in range(0, len(cases), 64):
         part = cases[i:i + 64]
         probs = adapter.predict(np.stack([_rgb(c) for c in part]))
         for c, p in zip(part, probs):
-            if int(np.argmax(p)) == c.label and counts[c.label] < per_class:
+            if c.label in counts and int(np.argmax(p)) == c.label and counts[c.label] < per_class:
                 chosen.append((c, float(p[c.label])))
                 counts[c.label] += 1
-        if min(counts) >= per_class:
+        if min(counts.values()) >= per_class:
             break
     return chosen
 
 
-def run(figshare: Path, split: str, per_class: int, methods: tuple[str, ...], seed: int = 0,
-        log: Callable[[str], None] = print, mae: str | None = None) -> dict[str, Any]:
+def run(root: Path, split: str, per_class: int, methods: tuple[str, ...], seed: int = 0,
+        log: Callable[[str], None] = print, mae: str | None = None, family: str = "figshare_brain") -> dict[str, Any]:
     from tqdm import tqdm
 
-    adapter = OnnxAdapter(bundled_model("figshare_brain_cnn.onnx"))
-    cases = figshare_brain(figshare, split)
+    fam = FAMILIES[family]
+    adapter = OnnxAdapter(bundled_model(fam.model))
+    cases = fam.load(root, split)
     seen = len(cases)
     correct = sum(int(np.argmax(p)) == c.label for c, p in
                   ((c, adapter.predict(_rgb(c)[None])[0]) for c in cases))
-    chosen = select(cases, adapter, per_class)
+    chosen = select(cases, adapter, per_class, fam.explained)
     log(f"{split}: {seen} images, model accuracy {correct / seen:.3f}; explaining {len(chosen)} correct ones")
     records = []
     for case, prob in tqdm(chosen, unit="image", file=sys.stderr):
         image = _rgb(case)
-        rec: dict[str, Any] = {"id": case.id, "label": FIGSHARE_CLASSES[case.label], "prob": prob,
+        rec: dict[str, Any] = {"id": case.id, "label": fam.classes[case.label], "prob": prob,
                                "box_fraction": float(case.mask.mean()), "box_drop": box_drop(case, adapter),
                                "methods": {}}
         for name in methods:
@@ -131,7 +162,7 @@ def run(figshare: Path, split: str, per_class: int, methods: tuple[str, ...], se
             rec["methods"][name] = {"auprc": pixel_auprc(sal, case.mask), "queries": adapter.queries - q0,
                                     "wall_s": round(time.perf_counter() - t0, 3), **facts}
         records.append(rec)
-    return {"family": "figshare_brain", "split": split, "per_class": per_class, "seed": seed,
+    return {"family": family, "split": split, "per_class": per_class, "seed": seed,
             "mae": "bundled" if mae is None else Path(mae).name,
             "model_accuracy": correct / seen, "images_in_split": seen, "methods": list(methods),
             "records": records}
@@ -195,7 +226,7 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
               "does the model read the finding at all?):", "",
               "| class | images | box share | box drop | " + " | ".join(result["methods"]) + " |",
               "|---|---|---|---|" + "---|" * len(result["methods"])]
-    for label in FIGSHARE_CLASSES:
+    for label in FAMILIES[result["family"]].classes:
         sel = [r for r in result["records"] if r["label"] == label]
         if sel:
             drop = (f"{np.median([r['box_drop'] for r in sel]):.3f}" if all("box_drop" in r for r in sel) else "–")
@@ -207,7 +238,8 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_real", description=__doc__.split("\n")[0])
-    p.add_argument("--figshare", default=None, help="the figshare brain-tumour folder holding 0/, 1/ and 2/")
+    p.add_argument("--figshare", default=None, help="family figshare_brain: the folder holding 0/, 1/ and 2/")
+    p.add_argument("--kvasir", default=None, help="family kvasir_polyp: the Kvasir-SEG folder holding images/ and masks/")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--per-class", type=int, default=10, help="correctly classified images explained per class")
     p.add_argument("--methods", default=",".join(METHODS),
@@ -221,26 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for results.json and table.md")
     p.add_argument("--render", action="store_true", help="rewrite --out's table.md from its results.json, no run")
     a = p.parse_args(argv)
+    given = [(name, getattr(a, fam.option[2:])) for name, fam in FAMILIES.items()
+             if getattr(a, fam.option[2:]) is not None]
     if a.render:
         saved = json.loads((Path(a.out) / "results.json").read_text())
-        if a.figshare is not None and any("box_drop" not in r for r in saved["records"]):  # runs before box_drop
-            adapter = OnnxAdapter(bundled_model("figshare_brain_cnn.onnx"))
-            by_id = {c.id: c for c in figshare_brain(a.figshare, saved["split"])}
-            for r in saved["records"]:
-                r["box_drop"] = box_drop(by_id[r["id"]], adapter)
-            (Path(a.out) / "results.json").write_text(json.dumps(saved, indent=1) + "\n")
         table = markdown(saved, summarize(saved), saved["command"])
         (Path(a.out) / "table.md").write_text(table)
         print(table)
         return 0
-    if a.figshare is None:
-        p.error("--figshare is required (the folder holding 0/, 1/ and 2/)")
+    if len(given) != 1:
+        p.error("give one family's data: " + " or ".join(f"{f.option} DIR" for f in FAMILIES.values()))
+    family, root = given[0]
+    fam = FAMILIES[family]
     if a.export_train:
         folder = Path(a.export_train)
         folder.mkdir(parents=True, exist_ok=True)
-        cases = figshare_brain(a.figshare, "train")
+        cases = fam.load(root, "train")
         for c in cases:
-            cv2.imwrite(str(folder / f"{c.id}.png"), c.image)
+            cv2.imwrite(str(folder / f"{c.id}.png"), c.image if c.image.ndim == 2 else c.image[..., ::-1])
         print(f"{len(cases)} train images written to {folder}", file=sys.stderr)
         return 0
     if a.out is None:
@@ -249,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in METHODS and not m.startswith("cfg:")]
     if unknown:
         p.error(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-    result = run(Path(a.figshare), a.split, a.per_class, methods, a.seed, log=lambda s: print(s, file=sys.stderr),
-                 mae=a.mae)
+    result = run(Path(root), a.split, a.per_class, methods, a.seed, log=lambda s: print(s, file=sys.stderr),
+                 mae=a.mae, family=family)
     summary = summarize(result)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
