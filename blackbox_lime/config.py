@@ -367,6 +367,15 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+def cli_text(text: str) -> str:
+    """The library's messages name configuration fields in backticks (`n_samples`); the command line says its
+    options instead (--samples). Other text is kept as it is."""
+    for o in OPTIONS:
+        if o.flag is not None:
+            text = text.replace(f"`{o.field}`", f"--{o.flag}")
+    return text
+
+
 def cli_options() -> dict[str, str]:
     """The command line's option dests -> ExplainConfig fields (``samples`` -> ``n_samples``)."""
     return {o.flag.replace("-", "_"): o.field for o in OPTIONS if o.flag is not None}

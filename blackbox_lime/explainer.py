@@ -244,7 +244,7 @@ class Explainer:
         if min(image.shape[:2]) < self.config.patch_size:
             raise ValueError(
                 f"The image ({image.shape[1]}x{image.shape[0]} px) is smaller than one patch ({self.config.patch_size} "
-                "px). Use a larger image or a smaller --patch-size.")
+                "px). Use a larger image or a smaller `patch_size`.")
         seed = int(rng) if isinstance(rng, (int, np.integer)) else None
         gen = np.random.default_rng(rng) if seed is not None else rng
         if not isinstance(gen, np.random.Generator):

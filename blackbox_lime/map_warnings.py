@@ -36,6 +36,14 @@ class MapWarning(str):
         return MapWarning, (self.code, str(self))
 
 
+def cli_warnings(warnings: list[str]) -> list[str]:
+    """The warnings as the command line says them: each configuration field (`n_samples`) named by its option
+    (--samples), the codes kept."""
+    from blackbox_lime.config import cli_text
+
+    return [MapWarning(w.code, cli_text(w)) if isinstance(w, MapWarning) else cli_text(w) for w in warnings]
+
+
 #: Every code, with what it means.
 CODES = {
     "flat_answer": "the answer hardly moved under masking: the map ranks small effects",
@@ -77,13 +85,13 @@ def low_fidelity_warnings(r2_evidence: float, fill: str, cfg: ExplainConfig, r2_
                 f"{r2_heldout:.3f}, below {NO_FOCAL_R2:g}), so this answer rests on no one region of the image as the "
                 f"{fill} fill hides it: a finding about the model (typical of a confident 'normal'), not a map to "
                 "read region by region. On an answer that should rest on a lesion, the fill may be putting back what "
-                "it hides: try another --fill.")]
-    tries = ["another --fill (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
+                "it hides: try another `fill`.")]
+    tries = ["another `fill` (auto chooses among mae, mean and blur)" if cfg.fill != "auto" else
              "a site calibration (blackbox-lime calibrate)", "an MAE fitted on your images (blackbox-lime mae fit)",
-             f"more --samples (used {cfg.n_samples})" if not cfg.adaptive else
-             f"a higher --max-samples (--samples auto, at most {cfg.max_samples})"]
+             f"more `n_samples` (used {cfg.n_samples})" if not cfg.adaptive else
+             f"a higher `max_samples` (`n_samples` auto, at most {cfg.max_samples})"]
     if is_generative(fill) and cfg.fill == "auto" and cfg.mae_challenger is None:
-        tries.insert(1, "a challenger for the MAE (--mae-challenger zero)")
+        tries.insert(1, "a challenger for the MAE (`mae_challenger` zero)")
     return [MapWarning("low_fidelity", f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {r2_evidence:.3f} (below "
             f"{LOW_FIDELITY_R2:g}) with the {fill} fill, so the map's evidence is weak or the fill adds evidence of "
             f"its own. Try {', '.join(tries[:-1])} or {tries[-1]}.")]
@@ -95,14 +103,14 @@ def weak_map_warnings(y: np.ndarray, sd: float, coef: np.ndarray, lambda1: float
     if sd < WEAK_RESPONSE_SD:
         # With the MAE fill a flat answer is also what a classifier that reads the MAE's fills as the evidence they
         # hide gives (the demo ViT on ultrasound, docs/robust_fill.md).
-        also = (" The MAE's fills may put back what they hide: try --mae-challenger zero or another --fill."
+        also = (" The MAE's fills may put back what they hide: try `mae_challenger` zero or another `fill`."
                 if mae else "")
         out.append(MapWarning("flat_answer", f"P({name}) hardly moved under masking (kernel-weighted sd {sd:.4f}, range {y.min():.3f} to "
                    f"{y.max():.3f}): the map ranks small effects. Check that the image is in the model's domain, "
-                   f"or try more --samples.{also}"))
+                   f"or try more `n_samples`.{also}"))
     if not np.any(coef):
         out.append(MapWarning("empty_map", f"No patch's evidence survived the L1 penalty (effective lambda1 "
-                                           f"{lambda1:.3g}), so the map is empty. Lower --lambda1, or --lambda1-cap "
+                                           f"{lambda1:.3g}), so the map is empty. Lower `lambda1`, or `lambda1_cap` "
                                            "below 1."))
     return out
 

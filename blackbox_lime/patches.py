@@ -26,7 +26,7 @@ class PatchGrid:
         if self.patch > min(self.height, self.width):
             raise ValueError(
                 f"The patch size ({self.patch} px) is larger than the image ({self.height}x{self.width} px). "
-                "Use a smaller --patch-size or a larger image.")
+                "Use a smaller `patch_size` or a larger image.")
 
     @property
     def rows(self) -> int:
@@ -124,7 +124,7 @@ def draw_masks(rng: np.random.Generator, n_patches: int, n_samples: int, ratios:
     """
     if n_patches < 2:
         raise ValueError(f"At least 2 patches are needed to explain an image; the grid has {n_patches}. "
-                         "Use a smaller --patch-size.")
+                         "Use a smaller `patch_size`.")
     order = sorted(ratios, reverse=True)
     counts = [min(n_patches, max(1, int(round(r * n_patches)))) for r in order]
     visible = np.ones((n_samples, n_patches), bool)

@@ -237,7 +237,7 @@ def test_weak_maps_carry_warnings(tmp_path: Path, linear_weights: np.ndarray, ph
         exp = Explainer(m, ExplainConfig(**heavy, lambda1_cap=1.0)).explain(phantom_image, target=1, rng=0)
         assert not exp.patch_weights.any() and not exp.lambda1_capped
         assert exp.warnings[-1] == ("No patch's evidence survived the L1 penalty (effective lambda1 1), so the map is "
-                                    "empty. Lower --lambda1, or --lambda1-cap below 1.")
+                                    "empty. Lower `lambda1`, or `lambda1_cap` below 1.")
         # The default cap keeps the strongest patches instead of returning an empty map.
         exp = Explainer(m, ExplainConfig(**heavy)).explain(phantom_image, target=1, rng=0)
         assert exp.lambda1_capped and exp.summary()["lambda1_capped"] is True and exp.lambda1_effective < 1e-3

@@ -62,7 +62,7 @@ def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
     off = [w for w in forced.warnings if w.startswith("Fill off the image's domain: the MAE reconstructs this image's "
                                                       "hidden pixels ")]
     assert len(off) == 1 and off[0].endswith(
-        "dB; the MAE is trusted within 2 dB), so its fills may add or keep evidence of their own. Try --fill auto, a "
+        "dB; the MAE is trusted within 2 dB), so its fills may add or keep evidence of their own. Try `fill` auto, a "
         "site calibration (blackbox-lime calibrate) or an MAE fitted on your images (blackbox-lime mae fit).")
 
 
@@ -96,8 +96,8 @@ def test_where_the_mae_passes_its_check_a_challenger_that_removes_the_evidence_r
     assert sorted(np.argsort(-exp.patch_weights.reshape(-1))[:4].tolist()) == sorted(PLANTED)
     assert kept.fill["chosen"] == "mae" and kept.fill["scores"] == {} and kept.queries == 300
     flat = [w for w in kept.warnings if "hardly moved under masking" in w]
-    assert len(flat) == 1 and flat[0].endswith("or try more --samples. The MAE's fills may put back what they hide: "
-                                               "try --mae-challenger zero or another --fill.")
+    assert len(flat) == 1 and flat[0].endswith("or try more `n_samples`. The MAE's fills may put back what they hide: "
+                                               "try `mae_challenger` zero or another `fill`.")
     assert not any("put back" in w for w in exp.warnings)
 
 
@@ -192,8 +192,8 @@ def test_low_fidelity_warning_names_r2_and_what_to_try(tmp_path: Path) -> None:
     low = [w for w in exp.warnings if w.startswith("Low fidelity")]
     assert low == [f"Low fidelity: hiding patches explains the answer's drops with held-out R^2 {exp.r2_evidence:.3f} "
                    "(below 0.02) with the zero fill, so the map's evidence is weak or the fill adds evidence of its own. "
-                   "Try another --fill (auto chooses among mae, mean and blur), an MAE fitted on your images "
-                   "(blackbox-lime mae fit) or more --samples (used 300)."]
+                   "Try another `fill` (auto chooses among mae, mean and blur), an MAE fitted on your images "
+                   "(blackbox-lime mae fit) or more `n_samples` (used 300)."]
 
 
 def test_an_answer_that_moves_as_no_patch_wise_effect_is_no_focal_evidence(tmp_path: Path, phantom_image) -> None:
@@ -209,7 +209,7 @@ def test_an_answer_that_moves_as_no_patch_wise_effect_is_no_focal_evidence(tmp_p
                      f"R^2 {exp.r2_heldout:.3f}, below 0.05), so this answer rests on no one region of the image as the "
                      "mae fill hides it: a finding about the model (typical of a confident 'normal'), not a map to read "
                      "region by region. On an answer that should rest on a lesion, the fill may be putting back what it "
-                     "hides: try another --fill."]
+                     "hides: try another `fill`."]
 
 
 def test_a_low_fidelity_mae_map_under_auto_suggests_the_challenger() -> None:
@@ -218,8 +218,8 @@ def test_a_low_fidelity_mae_map_under_auto_suggests_the_challenger() -> None:
     (text,) = _low_fidelity_warnings(0.0, "mae", ExplainConfig(n_samples=300), r2_heldout=0.4)
     assert text.endswith(
         "with the mae fill, so the map's evidence is weak or the fill adds evidence of its own. Try a site calibration "
-        "(blackbox-lime calibrate), a challenger for the MAE (--mae-challenger zero), an MAE fitted on your images "
-        "(blackbox-lime mae fit) or more --samples (used 300).")
+        "(blackbox-lime calibrate), a challenger for the MAE (`mae_challenger` zero), an MAE fitted on your images "
+        "(blackbox-lime mae fit) or more `n_samples` (used 300).")
 
 
 def _write_pngs(folder: Path, images: list[np.ndarray]) -> list[Path]:
@@ -334,3 +334,19 @@ def _sha(path: Path) -> str:
     from blackbox_lime.outputs import file_sha256
 
     return file_sha256(path)
+
+
+def test_the_library_names_fields_and_the_command_line_its_options() -> None:
+    """One table maps the fields the library's texts name to the options the command line offers; the codes stay."""
+    from blackbox_lime.config import cli_text
+    from blackbox_lime.map_warnings import MapWarning, cli_warnings, low_fidelity_warnings
+
+    assert cli_text("a higher `max_samples` (`n_samples` auto), another `fill`, `mae_challenger` zero, a smaller "
+                    "`patch_size`; `lambda1` or `lambda1_cap`; `not_a_field` stays") == (
+        "a higher --max-samples (--samples auto), another --fill, --mae-challenger zero, a smaller --patch-size; "
+        "--lambda1 or --lambda1-cap; `not_a_field` stays")
+    (text,) = low_fidelity_warnings(0.0, "mae", ExplainConfig(n_samples="auto", max_samples=200), r2_heldout=0.4)
+    (said,) = cli_warnings([text])
+    assert isinstance(said, MapWarning) and said.code == "low_fidelity"
+    assert said.endswith("an MAE fitted on your images (blackbox-lime mae fit) or a higher --max-samples (--samples "
+                         "auto, at most 200).") and "`" not in said

@@ -120,7 +120,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--out is required: the folder to write the saliency maps to.")
         return run_explain([Path(p) for p in a.images], a)
     except (UserError, AdapterError, OutputError, ValueError, FileNotFoundError) as exc:  # BankError is a ValueError
-        print(f"blackbox-lime: error: {exc}", file=sys.stderr)
+        from blackbox_lime.config import cli_text
+
+        print(f"blackbox-lime: error: {cli_text(str(exc))}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("blackbox-lime: interrupted; no partial output was left.", file=sys.stderr)

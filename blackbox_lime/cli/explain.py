@@ -25,7 +25,8 @@ from blackbox_lime.cli.common import (
     redact_logs,
     traffic_note,
 )
-from blackbox_lime.map_warnings import MapWarning, codes_of
+from blackbox_lime.config import cli_text
+from blackbox_lime.map_warnings import MapWarning, cli_warnings, codes_of
 
 
 def run_explain(images: list[Path], a: argparse.Namespace) -> int:
@@ -104,13 +105,15 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
             exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
                                     threshold=a.threshold)
         except (ImageError, ValueError) as exc:
-            print(f"blackbox-lime: error: {exc}", file=sys.stderr)
+            print(f"blackbox-lime: error: {cli_text(str(exc))}", file=sys.stderr)
             failed += 1
             continue
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
         try:
             exps = list(exp) if isinstance(exp, ExplanationSet) else [exp]
+            for e in exps:
+                e.warnings[:] = cli_warnings(e.warnings)
             if burned:
                 for e in exps:
                     e.warnings.append(MapWarning("burned_in", burned))

@@ -277,5 +277,5 @@ def off_domain_warnings(psnr: dict[str, float], gap: float, margin_db: float, na
         return []
     return [MapWarning("off_domain", f"Fill off the image's domain: the MAE reconstructs this image's hidden pixels {gap:.1f} dB worse than a "
             f"blur ({psnr[name]:.1f} vs {psnr['blur']:.1f} dB; the MAE is trusted within {margin_db:g} dB), so "
-            "its fills may add or keep evidence of their own. Try --fill auto, a site calibration (blackbox-lime "
+            "its fills may add or keep evidence of their own. Try `fill` auto, a site calibration (blackbox-lime "
             "calibrate) or an MAE fitted on your images (blackbox-lime mae fit).")]
