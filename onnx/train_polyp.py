@@ -7,11 +7,11 @@ The data is Kvasir-SEG (Jha et al. 2020; 1,000 colonoscopy frames, each polyp ou
 blackbox_lime/evaluation/real_data.py), never bundled: give a local copy. A sample is a field of view, a crop of half
 the frame's side: "polyp" when it holds at least half of the polyp (or the polyp fills a quarter of it), "no polyp"
 when no polyp pixel lies within 8 px of it; never a view that holds more than 3 % of the frame's black border
-(``crop_label``: with it, "border" alone told the classes apart). The outlines decide only these labels; the model sees
-the label alone, as a frame classifier of a computer-aided detection product would be trained. Crops are drawn
-afresh every epoch: a polyp view from every train frame, each paired with a polyp-free view at the same place in
-another train frame (``epoch_views``). Flips,
-quarter turns and a colour jitter. The model is the unseen families' residual CNN
+(``crop_label``: without that rule, "border" alone told the classes apart). The outlines decide only these labels;
+the model sees the label alone, as a frame classifier of a computer-aided detection product would be trained. Views
+are drawn afresh every epoch: a polyp view from every train frame, each paired with a polyp-free view at the same
+place in another train frame (``epoch_views``); flips, quarter turns and a colour jitter. The model is the unseen
+families' residual CNN
 (onnx/train_unseen.py) with two classes, without the patch-fill augmentation of the phantom models (a vendor's model
 has not been taught to ignore fills). The epoch with the best val balanced accuracy (on the fixed val views of
 ``kvasir_polyp``) is kept; test is never seen. Seeded; CPU.

@@ -104,8 +104,18 @@ def test_classifier_contract(name: str) -> None:
 
 def test_shipped_models_stay_small() -> None:
     shipped = [p for p in ONNX_DIR.iterdir() if p.suffix in (".onnx", ".pt")]
-    assert len(shipped) == 16  # figshare_brain_cnn.onnx and .pt (the real-image benchmark) and chest4_cnn.onnx included
+    assert len(shipped) == 18  # the real families' figshare_brain_cnn and kvasir_polyp_cnn (.onnx and .pt) included
     assert sum(p.stat().st_size for p in shipped) < 60e6
+
+
+def test_the_polyp_model_declares_its_classes_and_answers_probabilities() -> None:
+    """onnx/train_polyp.py: two classes, "polyp" the abnormal one; colour input (N, 3, 224, 224)."""
+    from blackbox_lime.adapters.onnx import OnnxAdapter
+
+    model = OnnxAdapter(ONNX_DIR / "kvasir_polyp_cnn.onnx")
+    assert list(model.info.class_names) == ["no polyp", "polyp"] and model.info.abnormal_index == 1
+    p = model.predict(np.random.default_rng(0).random((3, 224, 224, 3), dtype=np.float32))
+    assert p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
 
 
 def test_the_four_class_model_reads_its_phantoms() -> None:

@@ -55,8 +55,8 @@ def test_the_summary_gives_each_method_s_mean_and_the_paired_ratio_to_lime():
 
 
 def _kvasir(root: Path) -> Path:
-    """Two test-split frames (by the id hash): ``frame1`` with a small polyp (a disc of radius 20 at y 80, x 90),
-    ``frame11`` with one too large for a field of view and no polyp-free view."""
+    """Three frames: ``frame1`` (test, by the id hash) with a small polyp (a disc of radius 20 at y 80, x 90),
+    ``frame11`` (test) with one (radius 70) that no view holds half of, and no polyp-free view, ``frame0`` (train)."""
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -83,12 +83,14 @@ def test_kvasir_views_centre_the_polyp_and_find_a_polyp_free_field():
 def test_kvasir_polyp_reads_colour_frames_as_views(tmp_path):
     root = _kvasir(tmp_path / "Kvasir-SEG")
     cases = kvasir_polyp(root, "test", size=224)
-    assert [(c.id, c.label) for c in cases] == [("kvasir-frame1", 1), ("kvasir-frame1-free", 0)]
-    polyp, free = cases
+    assert [(c.id, c.label) for c in cases] == [("kvasir-frame1", 1), ("kvasir-frame1-free", 0), ("kvasir-frame11", 1)]
+    polyp, free, large = cases
+    assert 0.25 <= large.mask.mean() <= 0.5  # a polyp filling a quarter to a half of the view: part of it in view
     assert polyp.image.shape == (224, 224, 3) and polyp.image.dtype == np.uint8
-    assert polyp.mask.mean() == pytest.approx(np.pi * 20 ** 2 / 128 ** 2, abs=0.006)  # the disc in a 128-px view
-    ys, xs = np.nonzero(polyp.mask)  # the 8-px raster's view nearest to centring: (16, 24); the disc's box 60..100 x
-    assert abs(ys.min() - 44 * 1.75) <= 2 and abs(xs.max() - 86 * 1.75) <= 2  # 70..110 shifted, times 224/128
+    disc = np.pi * 20 ** 2 * 1.75 ** 2  # the disc's area in the view's pixels (128 px of the frame -> 224)
+    assert 0.5 * disc - 60 <= polyp.mask.sum() <= disc + 60  # at least half of the polyp is in view
+    again = kvasir_polyp(root, "test", size=224)[0]  # the place is drawn from the id: the same view every time
+    assert np.array_equal(again.image, polyp.image) and np.array_equal(again.mask, polyp.mask)
     assert not free.mask.any()
     with pytest.raises(FileNotFoundError, match="does not hold the Kvasir-SEG folders images and masks"):
         kvasir_polyp(tmp_path, "test")

@@ -20,9 +20,10 @@ classifies correctly. ``val`` is where anything is tuned; ``test`` is held out a
 Methods (queries in brackets): the default map, ``blackbox-lime explain`` at its defaults (500; fill auto); the
 same with each fixed fill (MAE, mean, blur; 500), to see what auto chose and what it could have had; lime at its
 defaults (1000, quickshift) and at equal queries (500); occlusion (16-px patches, mean fill; 197), also smoothed as the
-default map is (``map_sigma``: is the smoothing all the default adds?); RISE (500);
-the box's prevalence (a random map's expected AUPRC). Score: pixel AUPRC against the box, mean with a bootstrap
-95 % CI over images; the default's ratio to lime's mean with a paired bootstrap CI.
+default map is (``map_sigma``: is the smoothing all the default adds?); RISE (500); ``centre``, a Gaussian blob at the
+image's centre (0: what a map scores by the place of the findings alone); the mask's prevalence (a random map's
+expected AUPRC). Score: pixel AUPRC against the expert mask (figshare: the box; Kvasir: the outline), mean with
+a bootstrap 95 % CI over images; the default's ratio to lime's mean with a paired bootstrap CI.
 
 Writes ``results.json`` (every record) and ``table.md`` to ``--out``.
 """
@@ -67,7 +68,8 @@ FAMILIES = {
     "kvasir_polyp": Family("kvasir_polyp", "kvasir_polyp_cnn.onnx", KVASIR_CLASSES, (1,), kvasir_polyp, "--kvasir"),
 }
 
-METHODS = ("default", "fill=mae", "fill=mean", "fill=blur", "lime", "lime@500", "occlusion", "occlusion+smooth", "rise")
+METHODS = ("default", "fill=mae", "fill=mean", "fill=blur", "lime", "lime@500", "occlusion", "occlusion+smooth", "rise",
+           "centre")
 
 
 def _rgb(case: RealCase) -> np.ndarray:
@@ -97,11 +99,15 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
         return baselines.occlusion(image, adapter, target, sigma=ExplainConfig().map_sigma), {}
     if name == "rise":
         return baselines.rise(image, adapter, target, 500, rng), {}
+    if name == "centre":  # no query: where the view puts its findings, not what the model reads
+        h, w = image.shape[:2]
+        yy, xx = np.mgrid[:h, :w]
+        return np.exp(-((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (2 * (0.22 * min(h, w)) ** 2)), {}
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
 def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
-    """Does the model read the finding? P(true class) on the image minus P with the expert box filled with the image's
+    """Does the model read the finding? P(true class) on the image minus P with the expert mask filled with the image's
     mean (one query). Near zero: the answer does not rest on the lesion, so the class is an audit case (what does it
     read?), not a test of faithfulness to the lesion."""
     image = _rgb(case)
@@ -201,7 +207,7 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
              "", f"`{command}`", "",
              f"{summary['n']} images the model classifies correctly ({result['per_class']} per class; the model's "
              f"accuracy on all {result['images_in_split']} {result['split']} images: {result['model_accuracy']:.3f}). "
-             "Pixel AUPRC against the expert box, mean [95 % bootstrap CI].", "",
+             "Pixel AUPRC against the expert mask (figshare: the box; Kvasir: the outline), mean [95 % bootstrap CI].", "",
              "| method | AUPRC | median queries |", "|---|---|---|"]
     for m in result["methods"]:
         lines.append(f"| {m} | {ci(summary[m]['auprc'])} | {summary[m]['queries']:.0f} |")
@@ -221,8 +227,8 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
                 means = ", ".join(f"{m} {np.mean([r['methods'][m]['auprc'] for r in sel]):.3f}" for m in fixed)
                 lines.append(f"- images where auto chose {name} ({len(sel)}): default "
                              f"{np.mean([r['methods']['default']['auprc'] for r in sel]):.3f}; {means}")
-    lines += ["", "Per class (mean AUPRC; the box's mean share of the image is the random map's score; box drop: "
-              "P(class) minus P(class) with the expert box filled with the image's mean, median over the images: "
+    lines += ["", "Per class (mean AUPRC; the mask's mean share of the image is the random map's score; box drop: "
+              "P(class) minus P(class) with the expert mask filled with the image's mean, median over the images: "
               "does the model read the finding at all?):", "",
               "| class | images | box share | box drop | " + " | ".join(result["methods"]) + " |",
               "|---|---|---|---|" + "---|" * len(result["methods"])]
@@ -243,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--per-class", type=int, default=10, help="correctly classified images explained per class")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated, from {', '.join(METHODS)}, or cfg:FIELD=VALUE+FIELD=VALUE (the default "
-                        "with ExplainConfig fields changed; for val only)")
+                   help=f"comma-separated, from {', '.join(METHODS)}, fill=NAME (any fill), or "
+                        "cfg:FIELD=VALUE+FIELD=VALUE (the default with ExplainConfig fields changed; for val only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mae", default=None, help="a site MAE (blackbox-lime mae fit) in place of the bundled one")
     p.add_argument("--export-train", default=None, metavar="DIR",
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         p.error("--out is required (the folder for results.json and table.md)")
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS and not m.startswith("cfg:")]
+    unknown = [m for m in methods if m not in METHODS and not m.startswith(("cfg:", "fill="))]
     if unknown:
         p.error(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
     result = run(Path(root), a.split, a.per_class, methods, a.seed, log=lambda s: print(s, file=sys.stderr),

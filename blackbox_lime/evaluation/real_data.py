@@ -15,6 +15,7 @@ model; only val tunes anything; test is held out.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +98,6 @@ class ColourImage:
 def kvasir_split_of(image_id: str) -> str:
     """Kvasir-SEG ids are opaque strings: the split is fixed by a hash of the id (blocks 0-2 of 5 train, 3 val, 4 test),
     so it does not depend on which other files a copy holds."""
-    import hashlib
-
     block = int(hashlib.sha256(image_id.encode()).hexdigest()[:8], 16) % 5
     return next(name for name, blocks in SPLITS.items() if block in blocks)
 
@@ -150,24 +149,22 @@ def _view(frame: ColourImage, y: int, x: int, size: int, crop: int = KVASIR_CROP
 
 
 def kvasir_polyp(root: str | Path, split: str, size: int = 224, limit: int | None = None) -> list[RealCase]:
-    """Fixed fields of view for evaluation, up to two per frame: a polyp view (label 1) that holds the whole polyp
-    (its outline's box at most 3/4 of the view's side), the one nearest to centring it; and the first polyp-free view
-    of a 16-px raster scan (label 0, its mask empty). Every view passes ``crop_label``'s border rule.
-    ``image`` uint8 (size, size, 3)."""
+    """Fixed fields of view for evaluation, up to two per frame: a polyp view (label 1, ``crop_label``'s rule, the
+    polyp at most half of the view), drawn by a hash of the frame's id among the 8-px raster's views, so that the
+    polyp lies anywhere in the view (views centred on the polyp let a blob at the view's centre score AUPRC 0.865 on
+    test); and the first polyp-free view of a 16-px raster scan (label 0, its mask empty). Every view passes
+    ``crop_label``'s border rule. ``image`` uint8 (size, size, 3)."""
     cases = []
     last = KVASIR_SIDE - KVASIR_CROP
     raster = [(y, x) for y in range(0, last + 1, 8) for x in range(0, last + 1, 8)]
     for frame in kvasir_images(root, split)[:limit]:
         dark = frame.dark
-        ys, xs = np.nonzero(frame.mask)
-        if len(ys) and max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 <= 0.75 * KVASIR_CROP:
-            cy, cx = (ys.min() + ys.max()) / 2 - KVASIR_CROP / 2, (xs.min() + xs.max()) / 2 - KVASIR_CROP / 2
-            whole = [(y, x) for y, x in raster if crop_label(frame.mask, y, x, dark=dark) == 1
-                     and frame.mask[y:y + KVASIR_CROP, x:x + KVASIR_CROP].sum() == len(ys)]
-            if whole:
-                y, x = min(whole, key=lambda p: ((p[0] - cy) ** 2 + (p[1] - cx) ** 2, p))
-                img, mask = _view(frame, y, x, size)
-                cases.append(RealCase(f"kvasir-{frame.id}", 1, img, mask))
+        polyp = [(y, x) for y, x in raster if crop_label(frame.mask, y, x, dark=dark) == 1
+                 and frame.mask[y:y + KVASIR_CROP, x:x + KVASIR_CROP].mean() <= 0.5]
+        if polyp:  # a place drawn from the id, so that the polyp lies anywhere in the view
+            y, x = polyp[int(hashlib.sha256(f"view:{frame.id}".encode()).hexdigest()[:8], 16) % len(polyp)]
+            img, mask = _view(frame, y, x, size)
+            cases.append(RealCase(f"kvasir-{frame.id}", 1, img, mask))
         free = next(((y, x) for y, x in raster if y % 16 == 0 and x % 16 == 0
                      and crop_label(frame.mask, y, x, dark=dark) == 0), None)
         if free is not None:
