@@ -368,11 +368,11 @@ OPTIONS: tuple[Option, ...] = (
 
 
 def cli_text(text: str) -> str:
-    """The library's messages name configuration fields in backticks (`n_samples`); the command line says its
-    options instead (--samples). Other text is kept as it is."""
+    """The library's messages name configuration fields, in backticks (`n_samples`) or as a checked parameter ("The
+    'n_samples' parameter ..."); the command line says its options instead (--samples). Other text is kept as it is."""
     for o in OPTIONS:
         if o.flag is not None:
-            text = text.replace(f"`{o.field}`", f"--{o.flag}")
+            text = text.replace(f"`{o.field}`", f"--{o.flag}").replace(f"The {o.field!r} parameter", f"--{o.flag}")
     return text
 
 

@@ -213,6 +213,33 @@ def optimise(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, s
     return float(loss.detach())
 
 
+def label_epoch(model: nn.Module, opt: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
+                weights: torch.Tensor, augment, rng: np.random.Generator, gen: torch.Generator,  # type: ignore[no-untyped-def]
+                a: "argparse.Namespace", step: int, total: int, warmup: int, steps: int) -> tuple[float, int]:
+    """One epoch of class-weighted cross-entropy on image labels alone (the real-image classifiers): at most ``steps``
+    sorted batches of a fresh permutation, each augmented, on the cosine schedule. Returns the mean loss and the next
+    step."""
+    model.train()
+    order = rng.permutation(len(labels))
+    losses = []
+    for b in range(min(steps, len(labels) // a.batch)):
+        idx = np.sort(order[b * a.batch:(b + 1) * a.batch])
+        x = augment(to_tensor(images[idx]), gen)
+        loss = F.cross_entropy(model(x), torch.from_numpy(labels[idx]), weight=weights)
+        losses.append(optimise(model, opt, loss, min(step, total - 1), total, a.lr, warmup=warmup))
+        step += 1
+    return float(np.mean(losses)), step
+
+
+def save_classifier(model: nn.Module, best: "BestEpoch", name: str, meta: dict[str, object], size: int = 224) -> None:
+    """The best epoch's weights restored into ``model``, saved as ``name``.pt and exported (softmax) as ``name``.onnx
+    with the classifier metadata plus ``meta``."""
+    torch.save(best.restore(model), HERE / f"{name}.pt")
+    full = classifier_metadata("LabelOnlyCNN")
+    full.update(meta)
+    export_onnx(Softmaxed(model), (torch.rand(2, 3, size, size),), HERE / f"{name}.onnx", ["image"], ["probs"], full)
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

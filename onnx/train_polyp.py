@@ -25,29 +25,15 @@ import time
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from common import HERE, BestEpoch, Softmaxed, classifier_metadata, export_onnx, optimise, seeded, to_tensor, training_options
+from common import BestEpoch, label_epoch, save_classifier, seeded, to_tensor, training_options
 from train_unseen import LabelOnlyCNN
 
-from blackbox_lime.evaluation.real_data import (KVASIR_CLASSES, KVASIR_CROP, KVASIR_SIDE, ColourImage,  # noqa: E402
-                                                crop_label, kvasir_images, kvasir_polyp)
+from blackbox_lime.evaluation.real_data import (KVASIR_CLASSES, KVASIR_CROP, kvasir_images,  # noqa: E402
+                                                kvasir_polyp, kvasir_views)
 
 NAME = "kvasir_polyp_cnn"
 SIZE = 224
-
-
-def positions(frame: ColourImage, step: int = 8) -> dict[int, list[tuple[int, int]]]:
-    """Every crop corner on a ``step`` raster, by the label of its view (ambiguous and border views left out)."""
-    dark = frame.dark
-    out: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
-    last = KVASIR_SIDE - KVASIR_CROP
-    for y in range(0, last + 1, step):
-        for x in range(0, last + 1, step):
-            label = crop_label(frame.mask, y, x, dark=dark)
-            if label is not None:
-                out[label].append((y, x))
-    return out
 
 
 def epoch_views(frames: list, where: list[dict[int, list[tuple[int, int]]]],
@@ -103,7 +89,7 @@ def main() -> None:
     a = ap.parse_args()
     gen, rng = seeded(a)
     frames = kvasir_images(a.kvasir, "train")
-    where = [positions(f) for f in frames]
+    where = [kvasir_views(f) for f in frames]
     val = kvasir_polyp(a.kvasir, "val", size=SIZE)
     xv, yv = np.stack([c.image for c in val]), np.array([c.label for c in val])
     print(f"train frames {len(frames)} ({sum(bool(w[0]) for w in where)} with polyp-free views), "
@@ -118,29 +104,19 @@ def main() -> None:
         if epoch:
             xt, yt = epoch_views(frames, where, rng)
         weights = torch.tensor(len(yt) / (2 * np.bincount(yt, minlength=2)), dtype=torch.float32)
-        model.train()
-        order = rng.permutation(len(yt))
-        losses = []
-        for b in range(min(steps_per_epoch, len(yt) // a.batch)):
-            idx = np.sort(order[b * a.batch:(b + 1) * a.batch])
-            x = augment(to_tensor(xt[idx]), gen)
-            loss = F.cross_entropy(model(x), torch.from_numpy(yt[idx]), weight=weights)
-            losses.append(optimise(model, opt, loss, min(step, total - 1), total, a.lr, warmup=steps_per_epoch // 2))
-            step += 1
+        loss, step = label_epoch(model, opt, xt, yt, weights, augment, rng, gen, a, step, total,
+                                 warmup=steps_per_epoch // 2, steps=steps_per_epoch)
         acc = balanced_accuracy(model, xv, yv)
-        print(f"epoch {epoch + 1}/{a.epochs} views {len(yt)} loss {np.mean(losses):.4f} val balanced accuracy "
+        print(f"epoch {epoch + 1}/{a.epochs} views {len(yt)} loss {loss:.4f} val balanced accuracy "
               f"{acc:.4f}  {time.time() - t0:.0f}s", flush=True)
         best.offer(acc, model)
-    best_state = best.restore(model)
-    torch.save(best_state, HERE / f"{NAME}.pt")
-    meta = classifier_metadata("LabelOnlyCNN")
-    meta.update({"class_names": list(KVASIR_CLASSES), "abnormal_index": 1, "family": "kvasir_polyp",
-                 "intended_use": "benchmarking explanation methods on real colonoscopy; never diagnosis",
-                 "training": {"seed": a.seed, "epochs": a.epochs, "train_frames": len(frames),
-                              "best_val_balanced_accuracy": round(best.score, 4),
-                              "train_seconds": round(time.time() - t0), "supervision": "field-of-view label only",
-                              "data": "Kvasir-SEG, train split (hash of the id)"}})
-    export_onnx(Softmaxed(model), (torch.rand(2, 3, SIZE, SIZE),), HERE / f"{NAME}.onnx", ["image"], ["probs"], meta)
+    save_classifier(model, best, NAME, {
+        "class_names": list(KVASIR_CLASSES), "abnormal_index": 1, "family": "kvasir_polyp",
+        "intended_use": "benchmarking explanation methods on real colonoscopy; never diagnosis",
+        "training": {"seed": a.seed, "epochs": a.epochs, "train_frames": len(frames),
+                     "best_val_balanced_accuracy": round(best.score, 4), "train_seconds": round(time.time() - t0),
+                     "supervision": "field-of-view label only", "data": "Kvasir-SEG, train split (hash of the id)"}},
+                    size=SIZE)
     print(f"done in {time.time() - t0:.0f}s; best val balanced accuracy {best.score:.4f}")
 
 

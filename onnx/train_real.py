@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from common import HERE, BestEpoch, Softmaxed, classifier_metadata, export_onnx, optimise, seeded, to_tensor, training_options
+from common import BestEpoch, label_epoch, save_classifier, seeded, to_tensor, training_options
 from train_unseen import LabelOnlyCNN
 
 from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, figshare_brain  # noqa: E402  (common puts ROOT on the path)
@@ -61,28 +60,18 @@ def main() -> None:
     weights = torch.tensor(len(yt) / (len(FIGSHARE_CLASSES) * np.bincount(yt)), dtype=torch.float32)
     best, step, t0 = BestEpoch(), 0, time.time()
     for epoch in range(a.epochs):
-        model.train()
-        order = rng.permutation(len(yt))
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = np.sort(order[b * a.batch:(b + 1) * a.batch])
-            x = augment(to_tensor(xt[idx]), gen)
-            loss = F.cross_entropy(model(x), torch.from_numpy(yt[idx]), weight=weights)
-            losses.append(optimise(model, opt, loss, step, total, a.lr, warmup=steps_per_epoch // 2))
-            step += 1
+        loss, step = label_epoch(model, opt, xt, yt, weights, augment, rng, gen, a, step, total,
+                                 warmup=steps_per_epoch // 2, steps=steps_per_epoch)
         acc = evaluate(model, xv, yv)
-        print(f"epoch {epoch + 1}/{a.epochs} loss {np.mean(losses):.4f} val accuracy {acc:.4f}  "
+        print(f"epoch {epoch + 1}/{a.epochs} loss {loss:.4f} val accuracy {acc:.4f}  "
               f"{time.time() - t0:.0f}s", flush=True)
         best.offer(acc, model)
-    best_state = best.restore(model)
-    torch.save(best_state, HERE / f"{NAME}.pt")
-    meta = classifier_metadata("LabelOnlyCNN")
-    meta.update({"class_names": list(FIGSHARE_CLASSES), "abnormal_index": 0, "family": "figshare_brain",
-                 "intended_use": "benchmarking explanation methods on real MRI; never diagnosis",
-                 "training": {"seed": a.seed, "epochs": a.epochs, "train_cases": int(len(yt)),
-                              "best_val_accuracy": round(best.score, 4), "train_seconds": round(time.time() - t0),
-                              "supervision": "image label only", "data": "figshare brain tumour, train split"}})
-    export_onnx(Softmaxed(model), (torch.rand(2, 3, 224, 224),), HERE / f"{NAME}.onnx", ["image"], ["probs"], meta)
+    save_classifier(model, best, NAME, {
+        "class_names": list(FIGSHARE_CLASSES), "abnormal_index": 0, "family": "figshare_brain",
+        "intended_use": "benchmarking explanation methods on real MRI; never diagnosis",
+        "training": {"seed": a.seed, "epochs": a.epochs, "train_cases": int(len(yt)),
+                     "best_val_accuracy": round(best.score, 4), "train_seconds": round(time.time() - t0),
+                     "supervision": "image label only", "data": "figshare brain tumour, train split"}})
     print(f"done in {time.time() - t0:.0f}s; best val accuracy {best.score:.4f}")
 
 

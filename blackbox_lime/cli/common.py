@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blackbox_lime.config import cli_options
+from blackbox_lime.config import cli_options, cli_text
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 EXIT_CASES_FAILED, EXIT_BUDGET = 3, 4  # audit run
@@ -26,10 +26,7 @@ CONFIG_OPTIONS = cli_options()
 
 def as_typed(exc: ValueError) -> UserError:
     """The library's "The 'n_samples' parameter ..." error, naming the option the user typed (--samples)."""
-    msg = str(exc)
-    for option, field in CONFIG_OPTIONS.items():
-        msg = msg.replace(f"The {field!r} parameter", f"--{option.replace('_', '-')}")
-    return UserError(msg)
+    return UserError(cli_text(str(exc)))
 
 
 def config_from_options(a: argparse.Namespace) -> Any:

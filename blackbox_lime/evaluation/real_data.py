@@ -148,6 +148,20 @@ def _view(frame: ColourImage, y: int, x: int, size: int, crop: int = KVASIR_CROP
     return img, mask
 
 
+def kvasir_views(frame: ColourImage, step: int = 8) -> dict[int, list[tuple[int, int]]]:
+    """The frame's usable views on a ``step``-px raster of corners, row by row, by ``crop_label``'s label (0, 1);
+    ambiguous and border views left out."""
+    out: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+    dark = frame.dark
+    last = KVASIR_SIDE - KVASIR_CROP
+    for y in range(0, last + 1, step):
+        for x in range(0, last + 1, step):
+            label = crop_label(frame.mask, y, x, dark=dark)
+            if label is not None:
+                out[label].append((y, x))
+    return out
+
+
 def kvasir_polyp(root: str | Path, split: str, size: int = 224, limit: int | None = None) -> list[RealCase]:
     """Fixed fields of view for evaluation, up to two per frame: a polyp view (label 1, ``crop_label``'s rule, the
     polyp at most half of the view), drawn by a hash of the frame's id among the 8-px raster's views, so that the
@@ -155,18 +169,14 @@ def kvasir_polyp(root: str | Path, split: str, size: int = 224, limit: int | Non
     test); and the first polyp-free view of a 16-px raster scan (label 0, its mask empty). Every view passes
     ``crop_label``'s border rule. ``image`` uint8 (size, size, 3)."""
     cases = []
-    last = KVASIR_SIDE - KVASIR_CROP
-    raster = [(y, x) for y in range(0, last + 1, 8) for x in range(0, last + 1, 8)]
     for frame in kvasir_images(root, split)[:limit]:
-        dark = frame.dark
-        polyp = [(y, x) for y, x in raster if crop_label(frame.mask, y, x, dark=dark) == 1
-                 and frame.mask[y:y + KVASIR_CROP, x:x + KVASIR_CROP].mean() <= 0.5]
+        views = kvasir_views(frame)
+        polyp = [(y, x) for y, x in views[1] if frame.mask[y:y + KVASIR_CROP, x:x + KVASIR_CROP].mean() <= 0.5]
         if polyp:  # a place drawn from the id, so that the polyp lies anywhere in the view
             y, x = polyp[int(hashlib.sha256(f"view:{frame.id}".encode()).hexdigest()[:8], 16) % len(polyp)]
             img, mask = _view(frame, y, x, size)
             cases.append(RealCase(f"kvasir-{frame.id}", 1, img, mask))
-        free = next(((y, x) for y, x in raster if y % 16 == 0 and x % 16 == 0
-                     and crop_label(frame.mask, y, x, dark=dark) == 0), None)
+        free = next(((y, x) for y, x in views[0] if y % 16 == 0 and x % 16 == 0), None)
         if free is not None:
             img, mask = _view(frame, *free, size)
             cases.append(RealCase(f"kvasir-{frame.id}-free", 0, img, mask))
