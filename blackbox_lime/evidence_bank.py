@@ -37,7 +37,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -261,6 +261,44 @@ class EvidencePrior:
             n["case"] = self.bank.case_ids[n.pop("index")]
         self.last = {"bandwidth": h, "n_neighbours": len(neighbours)}
         return ref, neighbours
+
+
+@dataclass
+class EvidenceUse:
+    """How one explanation used EBR's evidence prior (``Explanation.evidence`` is its :meth:`summary`).
+
+    Attributes
+    ----------
+    neighbours : the historical cases the prior was taken from.
+    prior : what the prior itself reports (:class:`EvidencePrior`: the kernel ``bandwidth`` h and
+        ``n_neighbours``; another ``reference=`` callable may report its own keys through ``last``, or none).
+    reference_scale : the scale the surrogate gave the prior (None until the surrogate is fitted).
+    lambda2 : the prior's weight in the surrogate's penalty (None until the surrogate is fitted).
+    """
+
+    neighbours: int
+    prior: dict[str, Any] = field(default_factory=dict)
+    reference_scale: float | None = None
+    lambda2: float | None = None
+
+    def fitted(self, reference_scale: float, lambda2: float) -> "EvidenceUse":
+        """The record once the surrogate has weighed the prior."""
+        return replace(self, reference_scale=reference_scale, lambda2=lambda2)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON record, in its historical key order (older JSONs read the same)."""
+        out: dict[str, Any] = {"neighbours": self.neighbours, **self.prior}
+        if self.reference_scale is not None:
+            out["reference_scale"] = self.reference_scale
+        if self.lambda2 is not None:
+            out["lambda2"] = self.lambda2
+        return out
+
+    @classmethod
+    def from_summary(cls, record: dict[str, Any]) -> "EvidenceUse":
+        """Read a stored record back (a JSON's ``evidence``)."""
+        rest = {k: v for k, v in record.items() if k not in ("neighbours", "reference_scale", "lambda2")}
+        return cls(int(record.get("neighbours", 0)), rest, record.get("reference_scale"), record.get("lambda2"))
 
 
 def nadaraya_watson(key: np.ndarray, keys: np.ndarray, maps: np.ndarray, k: int,

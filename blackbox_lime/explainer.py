@@ -195,6 +195,14 @@ class Explainer:
         keep_samples : keep the queried design (masks, probabilities, kernel weights) in ``samples``.
         threshold : for ``target="positive"``.
         """
+        result = self.explain_set(image, target, rng, progress, keep_samples, threshold)
+        return result if result.several else result[0]
+
+    def explain_set(self, image: np.ndarray, target: "int | Sequence[int] | str | None" = None,
+                    rng: int | np.random.Generator = 0, progress: bool = False, keep_samples: bool = False,
+                    threshold: float = 0.5) -> ExplanationSet:
+        """:meth:`explain`, always as an :class:`~blackbox_lime.explanation.ExplanationSet` (one output path for the
+        command line and audits); its ``several`` says whether several targets were asked for."""
         n_classes = len(self.adapter.info.class_names)
         if isinstance(target, str):
             if target not in ("all", "positive"):
@@ -210,7 +218,7 @@ class Explainer:
                                  "instead.")
             return ExplanationSet(self._explain(image, targets, rng, progress, keep_samples, threshold))
         one = None if target is None else [_check_target(target, self.adapter.info.class_names)]
-        return self._explain(image, one, rng, progress, keep_samples, threshold)[0]
+        return ExplanationSet(self._explain(image, one, rng, progress, keep_samples, threshold), several=False)
 
     def _explain(self, image: np.ndarray, targets: "list[int] | str | None", rng: int | np.random.Generator,
                  progress: bool, keep_samples: bool, threshold: float) -> list[Explanation]:

@@ -49,7 +49,7 @@ class Explanation:
     adaptation : STTA's result (the transform phi*, the loss and P(label) before and after, its queries),
         None when STTA is off. ``target_prob`` and ``probs`` are the model's answers on the adapted image.
     evidence : EBR's use (neighbours, kernel bandwidth, the scale the surrogate gave the prior), None
-        without an evidence prior. ``neighbours`` lists the cases with their similarity and kernel weight.
+        without an evidence prior: the summary of an :class:`~blackbox_lime.evidence_bank.EvidenceUse`. ``neighbours`` lists the cases with their similarity and kernel weight.
     model : the classifier's metadata.
     shared_with : when several targets were explained from one set of queries, the names of all of them
         (``queries`` and ``requests`` are then the whole set's, paid once); empty otherwise.
@@ -139,9 +139,13 @@ class ExplanationSet:
     explanations : one :class:`Explanation` per target, in the order asked (for "positive": by class index).
         Each has its own ``saliency`` float32 (H, W), ``patch_weights`` (rows, cols), R^2 and warnings;
         ``queries``, ``requests``, ``probs``, ``fill`` and ``adaptation`` are the shared ones.
+    several : whether several targets were asked for (a list, "all" or "positive"), even where one was
+        explained: the outputs are then written per finding. False for ``Explainer.explain_set`` with one class
+        (or none) asked, whose outputs keep the single map's names.
     """
 
     explanations: list[Explanation]
+    several: bool = True
 
     def __len__(self) -> int:
         return len(self.explanations)

@@ -14,7 +14,7 @@ from blackbox_lime._version import __version__
 from blackbox_lime.adapters.base import ModelInfo
 from blackbox_lime.adapters.censoring import Censoring
 from blackbox_lime.config import ExplainConfig
-from blackbox_lime.evidence_bank import EvidenceBank
+from blackbox_lime.evidence_bank import EvidenceBank, EvidenceUse
 from blackbox_lime.explanation import Explanation
 from blackbox_lime.fill.choice import evidence_r2, heldout_r2
 from blackbox_lime.fill.fillers import Filler
@@ -88,7 +88,9 @@ class Fitter:
         timings["evidence"] = time.perf_counter() - t
         t = time.perf_counter()
         upper = None if shared.upper is None else shared.upper[:, target]
-        fit = self.surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence, upper)
+        fit = self.surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence is not None, upper)
+        if evidence is not None:
+            evidence = evidence.fitted(fit.model.reference_scale_, fit.lambda2)
         saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2], self.config.map_sigma)
         timings["surrogate"] = time.perf_counter() - t
         warnings = weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
@@ -103,7 +105,7 @@ class Fitter:
         return self.explanation(shared, target, fit, saliency, neighbours, evidence, timings, notes, warnings)
 
     def prior(self, canvas: np.ndarray, target: int, notes: list[str]
-               ) -> tuple[np.ndarray, list[dict], dict[str, Any] | None]:
+               ) -> tuple[np.ndarray, list[dict], EvidenceUse | None]:
         """EBR's evidence prior w_ref (P,) for the target and its neighbours; zeros without a prior, or when the
         bank's evidence is for another class."""
         info = self.info
@@ -114,17 +116,17 @@ class Fitter:
                          f"was not used for the class {info.class_names[target]!r}")
             return np.zeros(self.grid.n_patches), [], None
         ref, neighbours = self.reference(canvas)
-        evidence = {"neighbours": len(neighbours), **getattr(self.reference, "last", {})}
+        evidence = EvidenceUse(len(neighbours), dict(getattr(self.reference, "last", {})))
         return np.asarray(ref, np.float64).reshape(-1), neighbours, evidence
 
     def surrogate(self, visible: np.ndarray, y: np.ndarray, weights: np.ndarray, ref: np.ndarray,
-                   evidence: dict[str, Any] | None, upper: np.ndarray | None = None) -> TargetFit:
+                   prior: bool, upper: np.ndarray | None = None) -> TargetFit:
         """The sparse surrogate on the design and its fidelity (R^2 in-sample, held out, and of the evidence fit).
         ``upper``: the bounds of answers a censoring endpoint omitted (+inf where measured); those answers are
         fitted as bounds (:func:`~blackbox_lime.surrogate.censored_fit`) and the fidelity is read on the completed
-        answers."""
+        answers. ``prior``: whether an evidence prior is in ``ref`` (it sets lambda2)."""
         cfg = self.config
-        lambda2 = cfg.lambda2_for(prior=evidence is not None)
+        lambda2 = cfg.lambda2_for(prior=prior)
         options: dict[str, Any] = dict(lambda1=cfg.lambda1, lambda2=lambda2, reference=ref,
                                        lambda1_scale=cfg.lambda1_scale, lambda1_cap=cfg.lambda1_cap,
                                        reference_scale="fit")
@@ -138,12 +140,10 @@ class Fitter:
         moved = model.response_sd_ >= WEAK_RESPONSE_SD
         r2_heldout = heldout_r2(X[1:], y[1:], weights[1:], (X[0], y[0]), options) if moved else float("nan")
         r2_evidence = evidence_r2(X[1:], y[1:], weights[1:], (X[0], y[0])) if moved else float("nan")
-        if evidence is not None:
-            evidence.update(reference_scale=model.reference_scale_, lambda2=lambda2)
         return TargetFit(model, y, lambda2, r2_heldout, r2_evidence, censored)
 
     def explanation(self, shared: Shared, target: int, fit: TargetFit, saliency: np.ndarray, neighbours: list[dict],
-                     evidence: dict[str, Any] | None, timings: dict[str, float], notes: list[str],
+                     evidence: EvidenceUse | None, timings: dict[str, float], notes: list[str],
                      warnings: list[str]) -> Explanation:
         cfg, info, grid, model = self.config, self.info, self.grid, fit.model
         return Explanation(
@@ -174,7 +174,7 @@ class Fitter:
             lambda1_effective=model.lambda1_effective_,
             lambda1_capped=model.lambda1_capped_,
             adaptation=None if shared.adaptation is None else shared.adaptation.summary(),
-            evidence=evidence,
+            evidence=None if evidence is None else evidence.summary(),
             censoring=(None if self.censoring is None else
                        {**self.censoring.describe(), "answers": len(fit.y), "censored": fit.censored}),
             r2_heldout=fit.r2_heldout,

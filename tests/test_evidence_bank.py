@@ -16,6 +16,7 @@ from blackbox_lime.evidence_bank import (
     Embedder,
     EvidenceBank,
     EvidencePrior,
+    EvidenceUse,
     build_bank,
     mask_patch_map,
     nadaraya_watson,
@@ -155,6 +156,8 @@ def test_lambda2_defaults_to_the_tuned_weight_with_a_prior_only(linear_model: Pa
         with_bank = Explainer(model, cfg, bank=chest_bank).explain(phantom_image, target=1, rng=0)
         plain = Explainer(model, cfg).explain(phantom_image, target=1, rng=0)
     assert with_bank.evidence["lambda2"] == with_bank.config["lambda2_effective"] == LAMBDA2_PRIOR
+    assert list(with_bank.evidence) == ["neighbours", "bandwidth", "n_neighbours", "reference_scale", "lambda2"]
+    assert EvidenceUse.from_summary(with_bank.evidence).summary() == with_bank.evidence
     assert plain.config["lambda2_effective"] == LAMBDA2_NO_PRIOR and plain.config["lambda2"] is None
 
 
@@ -181,3 +184,15 @@ def test_an_embedder_without_mae_metadata_is_named(linear_model: Path) -> None:
         Embedder(linear_model)
     with pytest.raises(ValueError, match=msg):
         MAEFiller(linear_model)
+
+
+def test_evidence_record_is_typed_and_reads_back() -> None:
+    """EBR's record: a dataclass written to the JSON in one place, in the historical key order; a custom prior
+    without ``last`` reports only its neighbours until the surrogate has weighed it."""
+    rec = EvidenceUse(3, {"bandwidth": 0.25, "n_neighbours": 3})
+    assert rec.summary() == {"neighbours": 3, "bandwidth": 0.25, "n_neighbours": 3}
+    fitted = rec.fitted(0.5, 0.1)
+    assert rec.reference_scale is None and fitted.summary() == {"neighbours": 3, "bandwidth": 0.25, "n_neighbours": 3,
+                                                                "reference_scale": 0.5, "lambda2": 0.1}
+    assert EvidenceUse.from_summary(fitted.summary()) == fitted
+    assert EvidenceUse(2).fitted(1.0, 0.3).summary() == {"neighbours": 2, "reference_scale": 1.0, "lambda2": 0.3}

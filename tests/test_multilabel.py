@@ -14,7 +14,7 @@ from blackbox_lime.adapters import load_adapter
 from blackbox_lime.adapters.errors import ResponseError
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
-from blackbox_lime.explanation import ExplanationSet
+from blackbox_lime.explanation import Explanation, ExplanationSet
 from blackbox_lime.outputs import finding_stems
 from blackbox_lime.cli import main
 from graphs import linear_patch_model, multilabel_region_model
@@ -48,6 +48,13 @@ def test_every_finding_peaks_in_its_own_region_from_one_explanations_queries(ml_
         found = Explainer(a, cfg).explain(ml_image, target="all", rng=0)
         assert a.queries - q == one.queries == 300  # three maps for the queries of one
     assert isinstance(found, ExplanationSet) and found.targets == [0, 1, 2, 3] and found.queries == 300
+    assert found.several and isinstance(one, Explanation)
+    with load_adapter(str(ml_model)) as a:  # one output path: the set form of a single class says it is one
+        single = Explainer(a, cfg).explain_set(ml_image, target=0, rng=0)
+        asked_one = Explainer(a, cfg).explain_set(ml_image, target=[0], rng=0)
+    assert not single.several and len(single) == 1 and asked_one.several
+    np.testing.assert_array_equal(single[0].saliency, one.saliency)
+    np.testing.assert_array_equal(asked_one[0].saliency, one.saliency)
     for exp, patch in zip(found, list(REGIONS.values())[:3]):
         w = exp.patch_weights.reshape(-1)
         assert int(np.argmax(np.abs(w))) == patch, exp.target_name

@@ -33,7 +33,6 @@ from blackbox_lime.audit.records import CaseRecord, FindingRecord
 from blackbox_lime.audit.store import AuditStore, Case
 from blackbox_lime.explainer import Explainer, to_canvas
 from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image, load_image_bytes
-from blackbox_lime.explanation import ExplanationSet
 from blackbox_lime.map_warnings import cli_warnings, codes_of
 from blackbox_lime.outputs import explanation_files, finding_stems, findings_files, shared_summary, write_all
 
@@ -91,11 +90,11 @@ def explain_case(case: Case, root: Path, explainer: Explainer, adapter: StoredAd
             raise ImageError(f"the mask is {roi.shape[1]}x{roi.shape[0]} px but the image is "
                              f"{loaded.pixels.shape[1]}x{loaded.pixels.shape[0]} px; a mask must match its image.")
     sent0, reused0, retries0 = adapter.sent, adapter.reused, adapter.retries
-    result = explainer.explain(loaded.pixels, target=target, rng=seed, threshold=threshold)
-    exps = list(result) if isinstance(result, ExplanationSet) else [result]
+    result = explainer.explain_set(loaded.pixels, target=target, rng=seed, threshold=threshold)
+    exps = list(result)
     for e in exps:
         e.warnings[:] = cli_warnings(e.warnings)  # an audit is run from the command line: its texts name options
-    several = isinstance(result, ExplanationSet) or adapter.info.multilabel
+    several = result.several or adapter.info.multilabel
     first = exps[0]
     before = None
     if first.adaptation is not None and first.adaptation["adapted"]:  # the class on the unadapted image

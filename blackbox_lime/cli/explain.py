@@ -83,7 +83,6 @@ def _stow_target(a: argparse.Namespace) -> Any:
 
 def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, explainer: Any, target: Any,
                     hashes: dict[str, Any], out: Path, stow: Any = None) -> int:
-    from blackbox_lime.explanation import ExplanationSet
     from blackbox_lime.image_io import DEFAULT_MAX_PIXELS, ImageError, check_burned_in, load_image
     from blackbox_lime.outputs import OutputError, file_sha256
 
@@ -102,8 +101,8 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
             if not a.quiet:
                 for note in loaded.notes:  # what was done to the pixels, said once (also in the JSON)
                     print(f"blackbox-lime: note: {path.name}: {note}", file=sys.stderr)
-            exp = explainer.explain(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
-                                    threshold=a.threshold)
+            result = explainer.explain_set(loaded.pixels, target=target, rng=a.seed, progress=not a.quiet,
+                                           threshold=a.threshold)
         except (ImageError, ValueError) as exc:
             print(f"blackbox-lime: error: {cli_text(str(exc))}", file=sys.stderr)
             failed += 1
@@ -111,16 +110,16 @@ def _explain_images(images: list[Path], a: argparse.Namespace, adapter: Any, exp
         stem = path.stem if path.stem not in stems else f"{path.stem}_{len(stems)}"
         stems.add(stem)
         try:
-            exps = list(exp) if isinstance(exp, ExplanationSet) else [exp]
+            exps = list(result)
             for e in exps:
                 e.warnings[:] = cli_warnings(e.warnings)
             if burned:
                 for e in exps:
                     e.warnings.append(MapWarning("burned_in", burned))
-            if isinstance(exp, ExplanationSet) or adapter.info.multilabel:
+            if result.several or adapter.info.multilabel:
                 pm = _write_findings(a, out, stem, path, loaded, exps, hashes, adapter.retries - r0, t_io)
             else:
-                pm = _write_one(a, out, stem, path, loaded, exp, hashes, adapter.retries - r0, t_io)
+                pm = _write_one(a, out, stem, path, loaded, exps[0], hashes, adapter.retries - r0, t_io)
         except OutputError as exc:
             print(f"blackbox-lime: error: {path.name}: {exc}", file=sys.stderr)
             failed += 1
