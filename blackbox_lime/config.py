@@ -184,17 +184,8 @@ class ExplainConfig:
         for opt in OPTIONS:  # one table: the checks, their words, and the CLI's options and help
             value = getattr(self, opt.field)
             _check(opt.ok(value), opt.field, opt.what() if callable(opt.what) else opt.what, value)
-            if opt.field == "challenger_margin":  # what "auto" can do within the budget, once its settings are valid
-                for need, why in _fill_policy.auto_sample_needs(self):
-                    if self.adaptive:  # the ceiling must leave room for the pilots
-                        _check(self.max_samples >= need, "max_samples", why + " (n_samples is 'auto': max_samples is "
-                               "its ceiling)", self.max_samples)
-                    else:
-                        _check(self.sample_ceiling >= need, "n_samples", why, self.n_samples)
-            if opt.field == "stta_views":
-                _check(self.stta_iterations <= 1000 and self.stta_views <= 1000,
-                       "stta_iterations" if self.stta_iterations > 1000 else "stta_views", "at most 1000",
-                       max(self.stta_iterations, self.stta_views))
+            if opt.then is not None:  # a check across fields, once every field it reads is valid
+                opt.then(self)
 
     @property
     def adaptive(self) -> bool:
@@ -263,7 +254,8 @@ class Option:
     """One knob of :class:`ExplainConfig`: its check (``ok``, and ``what`` in words, as the error says it), and where
     the command line offers it, its option (``flag``, without "--"), value ``type`` or ``choices`` and ``help``.
     ``help`` may name the defaults as ``{d.field}`` (``d`` is the default config), or be a callable of it, so the
-    command's help never restates a default by hand."""
+    command's help never restates a default by hand. ``then``: a check across fields, run right after this row's
+    own check (so on the last field it reads); it raises ValueError as the rows do."""
     field: str
     ok: Callable[[Any], bool]
     what: str | Callable[[], str]
@@ -271,6 +263,7 @@ class Option:
     type: Callable[[str], Any] | None = None
     choices: Callable[[], Sequence[str]] | None = None
     help: str | Callable[[ExplainConfig], str] = ""
+    then: Callable[[ExplainConfig], None] | None = None
 
     def help_text(self, defaults: ExplainConfig) -> str:
         return self.help(defaults) if callable(self.help) else self.help.format(d=defaults)
@@ -286,6 +279,22 @@ def _samples_arg(text: str) -> int | str:
         import argparse
 
         raise argparse.ArgumentTypeError(f"must be an integer >= 10 or auto. Got {text!r} instead.") from None
+
+
+def _auto_fits_the_budget(cfg: ExplainConfig) -> None:
+    """What fill "auto" needs of the budget, once its settings are valid: room for its pilots."""
+    for need, why in _fill_policy.auto_sample_needs(cfg):
+        if cfg.adaptive:  # the ceiling must leave room for the pilots
+            _check(cfg.max_samples >= need, "max_samples", why + " (n_samples is 'auto': max_samples is its ceiling)",
+                   cfg.max_samples)
+        else:
+            _check(cfg.sample_ceiling >= need, "n_samples", why, cfg.n_samples)
+
+
+def _stta_within_cap(cfg: ExplainConfig) -> None:
+    _check(cfg.stta_iterations <= 1000 and cfg.stta_views <= 1000,
+           "stta_iterations" if cfg.stta_iterations > 1000 else "stta_views", "at most 1000",
+           max(cfg.stta_iterations, cfg.stta_views))
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
@@ -335,7 +344,8 @@ OPTIONS: tuple[Option, ...] = (
                 "docs/robust_fill.md)"),
     Option("challenger_samples", _int_at_least(MIN_PILOT), f"an integer >= {MIN_PILOT}"),
     Option("challenger_block", _int_at_least(1), "an integer >= 1"),
-    Option("challenger_margin", lambda v: _is_real(v) and v >= 0, "a float in the range [0, inf)"),
+    Option("challenger_margin", lambda v: _is_real(v) and v >= 0, "a float in the range [0, inf)",
+           then=_auto_fits_the_budget),
     Option("nested_samples", _int_at_least(1), "an integer >= 1"),
     Option("kernel_width", lambda v: _is_real(v) and v > 0, "a float in the range (0, inf)", "kernel-width", float,
            help="proximity kernel width (default {d.kernel_width})"),
@@ -359,7 +369,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("stta_iterations", _int_at_least(1), "an integer >= 1", "stta-iterations", int,
            help="STTA's SPSA iterations (default {d.stta_iterations})"),
     Option("stta_views", _int_at_least(1), "an integer >= 1", "stta-views", int,
-           help="STTA's views of the image (default {d.stta_views})"),
+           help="STTA's views of the image (default {d.stta_views})", then=_stta_within_cap),
     Option("stta_seed", _int_at_least(0), "an integer >= 0"),
     Option("stta_probes", _int_at_least(0), "an integer >= 0"),
     Option("n_neighbours", _int_at_least(1), "an integer >= 1", "neighbours", int,
