@@ -78,69 +78,89 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _oneof(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _dtypes() -> Any:
+    from .preprocess import DTYPE_TO_OIP
+
+    return DTYPE_TO_OIP
+
+
+def _output_kinds() -> Any:
+    from .preprocess import OUTPUT_KINDS
+
+    return OUTPUT_KINDS
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a profile's section: its check (``ok``, None: any value) and, in words, what it must be
+    (``what``, or a callable for words read at check time). A key may have several rows, checked in order."""
+    section: str
+    name: str
+    ok: Callable[[Any], bool] | None = None
+    what: str | Callable[[], str] = ""
+
+
+def _channel_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(_is_num(x) for x in v)
+
+
+#: Every key a profile's sections may hold, with its check: one table for the known keys and the values' checks.
+KEYS: tuple[Key, ...] = (
+    *(Key("request", k) for k in sorted(REQUEST_KEYS)),  # protocol "file": checked by FileRequest / FileResponse
+    *(Key("response", k) for k in sorted(RESPONSE_KEYS)),
+    Key("input", "size", lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v),
+        "[height, width], two integers >= 1"),
+    Key("input", "channels", _oneof(1, 3), "1 or 3"),
+    Key("input", "layout", _oneof("NCHW", "NHWC"), '"NCHW" or "NHWC"'),
+    Key("input", "dtype", lambda v: v in _dtypes(), lambda: f"one of {', '.join(sorted(_dtypes()))}"),
+    Key("input", "mean", _channel_list, "a list of per-channel numbers"),
+    Key("input", "std", _channel_list, "a list of per-channel numbers"),
+    Key("input", "std", lambda v: min(v) > 0, "positive for every channel"),
+    Key("input", "name"),
+    Key("output", "kind", lambda v: v in _output_kinds(), lambda: f"one of {', '.join(_output_kinds())}"),
+    Key("output", "class_names", lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v),
+        "a list of two or more names"),
+    Key("output", "abnormal_index", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Key("output", "name"),
+    *(Key("auth", k) for k in ("token_env", "token_file", "header", "scheme")),
+    *(Key("tls", k) for k in ("verify", "ca_bundle", "client_cert", "client_key")),
+    *(Key("limits", k, lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+      for k in ("max_batch", "concurrency", "budget", "max_attempts")),
+    *(Key("limits", k, lambda v: _is_num(v) and v > 0, "a number > 0")
+      for k in ("timeout_s", "connect_timeout_s", "max_message_mb", "retry_deadline_s", "response_deadline_s",
+                "max_response_mb")),
+    *(Key("limits", k, lambda v: _is_num(v) and v >= 0, "a number >= 0")
+      for k in ("rate_per_s", "retry_after_cap_s", "backoff_s", "price_per_1k_images")),
+    Key("limits", "binary", _oneof("auto", "always", "never"), '"auto", "always" or "never"'),
+)
+
 _KEYS: dict[str | None, set[str]] = {
     None: {"url", "protocol", "model", "version", "allow_insecure_http", "calibration", "input", "output", "auth", "tls",
            "limits", "preset", "request", "response"},
-    "request": REQUEST_KEYS,
-    "response": RESPONSE_KEYS,
-    "input": {"size", "channels", "layout", "dtype", "mean", "std", "name"},
-    "output": {"kind", "class_names", "abnormal_index", "name"},
-    "auth": {"token_env", "token_file", "header", "scheme"},
-    "tls": {"verify", "ca_bundle", "client_cert", "client_key"},
-    "limits": {"timeout_s", "connect_timeout_s", "max_batch", "concurrency", "rate_per_s", "budget", "max_attempts",
-               "retry_after_cap_s", "retry_deadline_s", "max_message_mb", "binary", "backoff_s",
-               "response_deadline_s", "max_response_mb", "price_per_1k_images"},
+    **{sec: {k.name for k in KEYS if k.section == sec} for sec in dict.fromkeys(k.section for k in KEYS)},
 }
 
 
 def _check_values(doc: dict[str, Any], name: str) -> None:
-    """Every value of a profile has the type and range it needs: a ConfigError that names the key otherwise."""
-    from .preprocess import DTYPE_TO_OIP, OUTPUT_KINDS
-
-    def fail(key: str, what: str, got: Any) -> ConfigError:
-        return ConfigError(f"{name}: {key} must be {what}. Got {got!r} instead.")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    inp, out, lim = doc.get("input", {}), doc.get("output", {}), doc.get("limits", {})
-    if "size" in inp and not (isinstance(inp["size"], list) and len(inp["size"]) == 2
-                              and all(is_int(v) and v >= 1 for v in inp["size"])):
-        raise fail("[input] size", "[height, width], two integers >= 1", inp["size"])
-    if "channels" in inp and inp["channels"] not in (1, 3):
-        raise fail("[input] channels", "1 or 3", inp["channels"])
-    if "layout" in inp and inp["layout"] not in ("NCHW", "NHWC"):
-        raise fail("[input] layout", '"NCHW" or "NHWC"', inp["layout"])
-    if "dtype" in inp and inp["dtype"] not in DTYPE_TO_OIP:
-        raise fail("[input] dtype", f"one of {', '.join(sorted(DTYPE_TO_OIP))}", inp["dtype"])
-    for key in ("mean", "std"):
-        v = inp.get(key)
-        if v is not None and not (isinstance(v, list) and v and all(is_num(x) for x in v)):
-            raise fail(f"[input] {key}", "a list of per-channel numbers", v)
-    if "std" in inp and min(inp["std"]) <= 0:
-        raise fail("[input] std", "positive for every channel", inp["std"])
-    if "kind" in out and out["kind"] not in OUTPUT_KINDS:
-        raise fail("[output] kind", f"one of {', '.join(OUTPUT_KINDS)}", out["kind"])
-    if "class_names" in out and not (isinstance(out["class_names"], list) and len(out["class_names"]) >= 2
-                                     and all(isinstance(c, str) for c in out["class_names"])):
-        raise fail("[output] class_names", "a list of two or more names", out["class_names"])
-    if "abnormal_index" in out and not (is_int(out["abnormal_index"]) and out["abnormal_index"] >= 0):
-        raise fail("[output] abnormal_index", "an integer >= 0", out["abnormal_index"])
-    for key in ("max_batch", "concurrency", "budget", "max_attempts"):
-        if key in lim and not (is_int(lim[key]) and lim[key] >= 1):
-            raise fail(f"[limits] {key}", "an integer >= 1", lim[key])
-    for key in ("timeout_s", "connect_timeout_s", "max_message_mb", "retry_deadline_s", "response_deadline_s",
-                "max_response_mb"):
-        if key in lim and not (is_num(lim[key]) and lim[key] > 0):
-            raise fail(f"[limits] {key}", "a number > 0", lim[key])
-    for key in ("rate_per_s", "retry_after_cap_s", "backoff_s", "price_per_1k_images"):
-        if key in lim and not (is_num(lim[key]) and lim[key] >= 0):
-            raise fail(f"[limits] {key}", "a number >= 0", lim[key])
-    if "binary" in lim and lim["binary"] not in ("auto", "always", "never"):
-        raise fail("[limits] binary", '"auto", "always" or "never"', lim["binary"])
+    """Every value of a profile has the type and range it needs (:data:`KEYS`, in order): a ConfigError that names
+    the key otherwise."""
+    for key in KEYS:
+        section = doc.get(key.section, {})
+        if key.ok is not None and key.name in section and not key.ok(section[key.name]):
+            what = key.what() if callable(key.what) else key.what
+            raise ConfigError(f"{name}: [{key.section}] {key.name} must be {what}. Got {section[key.name]!r} instead.")
 
 
 def read_toml(path: Path, missing: str) -> dict[str, Any]:

@@ -83,6 +83,28 @@ def test_profile_errors_name_the_problem(tmp_path: Path, text: str, message: str
         EndpointProfile.from_toml(write(tmp_path, text))
 
 
+def test_every_checked_key_of_the_table_refuses_a_bad_value_by_name(tmp_path: Path) -> None:
+    """The profile's value checks are one table (profile.KEYS): a string where each checked key wants something
+    else is refused with the key's section, name and words; a good value passes; std's second row needs its first."""
+    from blackbox_lime.adapters.profile import KEYS
+
+    checked = list(dict.fromkeys((k.section, k.name) for k in KEYS if k.ok is not None))
+    assert len(checked) == 24
+    for section, name in checked:
+        text = f'url = "https://h.example/v2/models/m"\n[{section}]\n{name} = "x"\n'
+        with pytest.raises(ConfigError) as err:
+            EndpointProfile.from_toml(write(tmp_path, text))
+        what = next(k.what for k in KEYS if (k.section, k.name) == (section, name))
+        what = what() if callable(what) else what
+        assert str(err.value) == f"endpoint.toml: [{section}] {name} must be {what}. Got 'x' instead."
+    with pytest.raises(ConfigError, match=r"^endpoint\.toml: \[input\] std must be positive for every channel\. "
+                                          r"Got \[0\.2, 0\.0\] instead\.$"):
+        EndpointProfile.from_toml(write(tmp_path, 'url = "https://h.example/v2/models/m"\n[input]\nstd = [0.2, 0.0]\n'))
+    ok = EndpointProfile.from_toml(write(tmp_path, 'url = "https://h.example/v2/models/m"\n[input]\nstd = [0.2, 0.3]\n'
+                                                   '[limits]\nbinary = "never"\nrate_per_s = 0\n'))
+    assert ok.input["std"] == [0.2, 0.3] and ok.limits == {"binary": "never", "rate_per_s": 0}
+
+
 def test_missing_profile_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"Endpoint profile not found: .*nope\.toml\. Pass a TOML file"):
         EndpointProfile.from_toml(tmp_path / "nope.toml")

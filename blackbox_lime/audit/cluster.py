@@ -38,6 +38,7 @@ from blackbox_lime.adapters.errors import AdapterError, BudgetExhausted
 from blackbox_lime.audit.answers import StoredAdapter, budget_spent
 from blackbox_lime.audit.runner import RunResult, _without_names, explain_case
 from blackbox_lime.audit.store import AuditStore, Case
+from blackbox_lime.config import ExplainConfig
 from blackbox_lime.image_io import ImageError
 from blackbox_lime.outputs import write_all
 
@@ -126,11 +127,11 @@ class WorkerSettings:
     output_kind: str | None
     allow_insecure_http: bool
     device: str
-    config: Any  # the ExplainConfig
+    config: ExplainConfig
     mae: str | None
     bank: str | None
     seed: int
-    target: Any
+    target: int | list[int] | str | None  # as for Explainer.explain
     threshold: float
     frame: int | None
     salt: str

@@ -43,7 +43,10 @@ from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.map_warnings import LOW_FIDELITY_R2
 from blackbox_lime.fill.choice import coarse_design, decide, recon_psnr, score_pilot
+from blackbox_lime.fill.fillers import Filler
+from blackbox_lime.fill.policy import AutoFill, PilotResult
 from blackbox_lime.fill.registry import make_filler
+from blackbox_lime.patches import PatchGrid
 from blackbox_lime.map_warnings import codes_of
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.models import bundled_model
@@ -55,6 +58,7 @@ FIXED = ("mae", "mean", "blur")
 PILOTS = (16, 24, 32, 48)
 BLOCKS = (1, 2, 3)
 MARGINS = (0.0, 0.05, 0.1, 0.2)
+GRID = PatchGrid(224, 224, ExplainConfig().patch_size)  # the phantoms' canvas (a replayed rule draws no design)
 
 
 # Scorers of a pilot compared on val: the surrogate as configured (L1, its default), and ridge fits.
@@ -121,21 +125,62 @@ STAGE1_ZERO = ("mae",) + tuple(f"mae|zero {n}/{b}/{m:g}" for n in CHALLENGER_PIL
                                for m in CHALLENGER_MARGINS)
 
 
+def rule_config(margin_db: float, stage2: str, stage1: str = "mae") -> ExplainConfig:
+    """The fill "auto" configuration a gated rule's label names: the reconstruction margin ``margin_db``, then
+    ``stage2`` where the MAE fails the check ("mean" or "blur": that fill alone; "pilot N/B/M": a pilot of N samples
+    per fill over B x B patch blocks between mean and blur, mean preferred by M), and ``stage1`` where it passes
+    ("mae": kept; "mae|zero N/B/M": piloted against the zero fill, the MAE preferred by M)."""
+    fields: dict[str, Any] = {"fill": "auto", "recon_margin_db": margin_db, "mae_challenger": None}
+    if stage2 in ("mean", "blur"):
+        fields.update(fill_candidates=("mae", stage2), pilot_samples=0)
+    else:
+        n, b, m = stage2.split()[1].split("/")
+        fields.update(fill_candidates=("mae", "mean", "blur"), pilot_samples=int(n), pilot_block=int(b),
+                      fill_margin=float(m))
+    if stage1 != "mae":
+        n, b, m = stage1.split()[1].split("/")
+        fields.update(mae_challenger="zero", challenger_samples=int(n), challenger_block=int(b),
+                      challenger_margin=float(m))
+    return ExplainConfig(**fields)
+
+
+def replayed_choice(rec: dict[str, Any], raw: dict[str, np.ndarray], cfg: ExplainConfig,
+                    fillers: dict[str, Filler]) -> tuple[str, int]:
+    """(fill, pilot queries) of fill "auto" under ``cfg`` on one val case: the policy's own rule
+    (:meth:`~blackbox_lime.fill.policy.AutoFill.rule`) on the case's saved reconstruction check, its pilots
+    replayed from the saved answers (a design's first N rows: the design of N samples) instead of queried."""
+    candidates = {k: fillers[k] for k in cfg.fill_candidates}
+    challenger = {} if cfg.mae_challenger is None else {cfg.mae_challenger: fillers[cfg.mae_challenger]}
+    policy = AutoFill(GRID, cfg, candidates, challenger, n_classes=1)
+
+    def replay(piloted: dict[str, Filler], n: int, block: int) -> PilotResult:
+        scores = {f: score_pilot(raw[f"{block}/{f}/design"][:n], raw[f"{block}/{f}/y"][:n], rec["p0"],
+                                 cfg.kernel_width)[0] for f in piloted}
+        return scores, {}, {}
+
+    psnr = rec["recon_psnr"]
+    choice, _ = policy.rule(psnr, psnr["blur"] - psnr["mae"], replay)
+    return choice.chosen, choice.pilot_samples * len(choice.scores)
+
+
 def gated_choice(rec: dict[str, Any], raw: dict[str, np.ndarray], margin_db: float, stage2: str,
                  stage1: str = "mae") -> tuple[str, int]:
-    """(fill, pilot queries) of a gated rule on one val case."""
-    psnr = rec["recon_psnr"]
-    if psnr["blur"] - psnr["mae"] <= margin_db:
-        if stage1 == "mae":
-            return "mae", 0
-        n, b, m = stage1.split()[1].split("/")
-        scores = pilot_scores(rec, raw, "evidence 0.05", int(n), int(b), fills=("mae", "zero"))
-        return decide(scores, "mae", float(m))[0], 2 * int(n)
-    if stage2 in ("mean", "blur"):
-        return stage2, 0
-    n, b, m = stage2.split()[1].split("/")
-    scores = pilot_scores(rec, raw, "evidence 0.05", int(n), int(b), fills=("mean", "blur"))
-    return decide(scores, "mean", float(m))[0], 2 * int(n)
+    """(fill, pilot queries) of a gated rule (:func:`rule_config`) on one val case."""
+    return replayed_choice(rec, raw, rule_config(margin_db, stage2, stage1), _stand_ins())
+
+
+class _StandIn(Filler):
+    """A registered fill's name for a replayed rule, which never fills (its pilots are saved answers)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fill(self, canvas: np.ndarray, hidden_px: np.ndarray) -> np.ndarray:
+        raise AssertionError("a replayed rule fills nothing")
+
+
+def _stand_ins() -> dict[str, Filler]:
+    return {name: _StandIn(name) for name in FIXED + ("zero",)}
 
 
 class _NoBar:
@@ -188,10 +233,12 @@ def choose_rule(records: list[dict[str, Any]], raws: list[dict[str, np.ndarray]]
                                   "pilot_queries": n * len(FIXED), "mean_ratio": float(np.mean(list(ratios.values()))),
                                   "min_ratio": float(np.min(list(ratios.values()))), "ratios": ratios,
                                   "picks": {f: chosen.count(f) for f in measured}})
+    stand_ins = _stand_ins()
     for margin_db in GATE_MARGINS:
         for stage2 in STAGE2:
             for stage1 in STAGE1_ZERO if with_zero else ("mae",):
-                picks = [gated_choice(r, raw, margin_db, stage2, stage1) for r, raw in zip(records, raws)]
+                cfg = rule_config(margin_db, stage2, stage1)
+                picks = [replayed_choice(r, raw, cfg, stand_ins) for r, raw in zip(records, raws)]
                 per_group = {}
                 for r, g, (c, _) in zip(records, group_of, picks):
                     per_group.setdefault(g, []).append(r["fixed"][c]["auprc"])

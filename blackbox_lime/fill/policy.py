@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -36,6 +36,11 @@ Sampler = Callable[[Filler, np.ndarray, np.ndarray], np.ndarray]
 Answered = Callable[[], "tuple[list[int], np.ndarray]"]
 #: answers with NaN -> answers with every cell filled (the censoring endpoint's imputation; identity otherwise).
 Complete = Callable[[np.ndarray], np.ndarray]
+#: (scores: the evidence fit's held-out R^2 per candidate, None where the answer did not move; the answers'
+#: spread per candidate; each candidate's pilot (visible bool (n, P), answers (n, K)), empty where not kept).
+PilotResult: TypeAlias = tuple[dict[str, "float | None"], dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]
+#: (candidates, pilot samples per candidate, block) -> a PilotResult: how "auto"'s rule gets its pilots.
+Pilot = Callable[[dict[str, Filler], int, int], PilotResult]
 
 
 @dataclass
@@ -140,62 +145,65 @@ class AutoFill(FillPolicy):
 
     def choose(self, canvas: np.ndarray, sample: Sampler, answered: Answered, complete: Complete,
                gen: np.random.Generator, timings: dict[str, float]) -> tuple[FillChoice, np.ndarray, np.ndarray]:
-        """First the generative fill's reconstruction check, without queries; when it reconstructs the image worse
-        than a blur by more than ``recon_margin_db``, a coarse pilot per classic candidate scored by the evidence
-        fit's held-out R^2 (or, with ``pilot_samples=0``, the first classic candidate). With several targets the
+        """The choice for one image: the generative candidate's reconstruction check, without queries, then
+        :meth:`rule`, whose pilots are drawn from ``gen`` and queried through ``sample``. With several targets the
         fill is shared: a candidate's score is the mean of the targets' scores (those whose answer moved).
 
         Returns the choice and the chosen candidate's pilot (visible bool (n, P), probs (n, K)) for reuse, empty
         when no pilot ran."""
-        cfg, t0 = self.config, time.perf_counter()
-        none = self._empty(self.n_classes)
-        psnr: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        def pilot(candidates: dict[str, Filler], n: int, block: int) -> PilotResult:
+            targets, probs0 = answered()
+            return self._pilots(canvas, sample, complete, targets, probs0, gen, candidates, n, block)
+
+        psnr, gap = self.recon_check(canvas, self.fillers[self.gate]) if self.gate is not None else ({}, float("nan"))
+        choice, kept = self.rule(psnr, gap, pilot)
+        timings["fill_choice"] = time.perf_counter() - t0
+        return replace(choice, seconds=timings["fill_choice"]), *(kept or self._empty(self.n_classes))
+
+    def rule(self, psnr: dict[str, float], gap: float, pilot: Pilot
+             ) -> tuple[FillChoice, tuple[np.ndarray, np.ndarray] | None]:
+        """The rule of fill "auto", given the reconstruction check (``psnr`` per fill and ``gap`` = blur - generative,
+        in dB; empty and NaN without a generative candidate) and ``pilot``, which answers the pilots it asks for.
+
+        When the generative fill reconstructs the image within ``recon_margin_db`` of a blur, it is kept, or, with a
+        challenger, piloted against it (kept unless the challenger's evidence fit scores more than
+        ``challenger_margin`` higher). Otherwise a coarse pilot per classic candidate, scored by the evidence fit's
+        held-out R^2, decides (the first classic candidate unless another scores more than ``fill_margin`` higher);
+        with ``pilot_samples=0`` or one classic candidate, the first classic candidate is used.
+
+        The explanation pilots by querying; the fill benchmark's val tuning pilots by replaying saved answers.
+        Returns the choice (``seconds`` 0) and the chosen candidate's pilot, None when none ran."""
+        cfg = self.config
         gate, classic = self.gate, self.classic
-        if gate is not None:
-            psnr, gap = self.recon_check(canvas, self.fillers[gate])
-            if gap <= cfg.recon_margin_db or not classic:
-                reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
-                          f"blur ({psnr[gate]:.2f} vs {psnr['blur']:.2f} dB)")
-                if not self.challenger:
-                    timings["fill_choice"] = time.perf_counter() - t0
-                    return FillChoice(gate, {}, {}, 0, 0, timings["fill_choice"], gate, cfg.fill_margin, reason, psnr,
-                                      cfg.recon_margin_db, gate="passed"), *none
-                return self._challenge(canvas, sample, answered, complete, gen, timings, t0, reason, psnr)
+        if gate is not None and (gap <= cfg.recon_margin_db or not classic):
+            reason = (f"the MAE reconstructs this image's hidden pixels within {cfg.recon_margin_db:g} dB of a "
+                      f"blur ({psnr[gate]:.2f} vs {psnr['blur']:.2f} dB)")
+            if not self.challenger:
+                return FillChoice(gate, {}, {}, 0, 0, 0.0, gate, cfg.fill_margin, reason, psnr, cfg.recon_margin_db,
+                                  gate="passed"), None
+            # a ViT on ultrasound reads zero-filled patches as absent evidence better than MAE-filled ones
+            # (docs/robust_fill.md): the generative fill against its challenger
+            n = challenger_per_fill(cfg)
+            scores, spread, pilots = pilot({gate: self.fillers[gate], **self.challenger}, n, cfg.challenger_block)
+            chosen, why = decide(scores, gate, cfg.challenger_margin)
+            return FillChoice(chosen, scores, spread, n, n, 0.0, gate, cfg.challenger_margin,
+                              f"{reason}; piloted against {', '.join(self.challenger)}: {why}", psnr,
+                              cfg.recon_margin_db, gate="passed"), pilots.get(chosen)
         lead = (f"the MAE reconstructs this image's hidden pixels {gap:.2f} dB worse than a blur; "
                 if gate is not None else "")
+        failed = "failed" if gate else None
         n = pilot_per_fill(cfg)
         if n == 0 or len(classic) == 1:
             chosen = classic[0]
-            timings["fill_choice"] = time.perf_counter() - t0
-            return FillChoice(chosen, {}, {}, 0, 0, timings["fill_choice"], chosen, cfg.fill_margin,
+            return FillChoice(chosen, {}, {}, 0, 0, 0.0, chosen, cfg.fill_margin,
                               lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db,
-                              gate="failed" if gate else None), *none
-        targets, probs0 = answered()
-        scores, spread, pilots = self._pilots(canvas, sample, complete, targets, probs0, gen,
-                                              {k: self.fillers[k] for k in classic}, n, cfg.pilot_block)
+                              gate=failed), None
+        scores, spread, pilots = pilot({k: self.fillers[k] for k in classic}, n, cfg.pilot_block)
         chosen, reason = decide(scores, classic[0], cfg.fill_margin)
-        timings["fill_choice"] = time.perf_counter() - t0
-        choice = FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), timings["fill_choice"], classic[0],
-                            cfg.fill_margin, lead + reason, psnr, cfg.recon_margin_db, gate="failed" if gate else None)
-        return choice, *pilots[chosen]
-
-    def _challenge(self, canvas: np.ndarray, sample: Sampler, answered: Answered, complete: Complete,
-                   gen: np.random.Generator, timings: dict[str, float], t0: float, reason: str,
-                   psnr: dict[str, float]) -> tuple[FillChoice, np.ndarray, np.ndarray]:
-        """The generative fill passed the reconstruction check: a pilot of it against the challenger, kept unless
-        the challenger's evidence fit scores more than ``challenger_margin`` higher (docs/robust_fill.md: a ViT on
-        ultrasound reads zero-filled patches as absent evidence better than MAE-filled ones)."""
-        cfg, n = self.config, challenger_per_fill(self.config)
-        assert self.gate is not None
-        targets, probs0 = answered()
-        scores, spread, pilots = self._pilots(canvas, sample, complete, targets, probs0, gen,
-                                              {self.gate: self.fillers[self.gate], **self.challenger}, n,
-                                              cfg.challenger_block)
-        chosen, why = decide(scores, self.gate, cfg.challenger_margin)
-        timings["fill_choice"] = time.perf_counter() - t0
-        return FillChoice(chosen, scores, spread, n, n, timings["fill_choice"], self.gate, cfg.challenger_margin,
-                          f"{reason}; piloted against {', '.join(self.challenger)}: {why}", psnr, cfg.recon_margin_db,
-                          gate="passed"), *pilots[chosen]
+        return FillChoice(chosen, scores, spread, n, n * (len(classic) - 1), 0.0, classic[0], cfg.fill_margin,
+                          lead + reason, psnr, cfg.recon_margin_db, gate=failed), pilots.get(chosen)
 
     def _pilots(self, canvas: np.ndarray, sample: Sampler, complete: Complete, targets: list[int],
                 probs0: np.ndarray, gen: np.random.Generator, candidates: dict[str, Filler], n: int, block: int
