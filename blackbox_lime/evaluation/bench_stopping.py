@@ -5,8 +5,14 @@
     python -m blackbox_lime.evaluation.bench_stopping --split test --images 3 --seeds 3 --rules 0.85/1 \
         --out docs/bench_stopping/test_consistency
 
-For each abnormal case of each group (the two demo classifiers on both phantom families, and the two unseen
-families) the default explanation at the fixed 500 samples is made once with its samples kept. Because a design's
+    python -m blackbox_lime.evaluation.bench_stopping --split shifted --images 6 --rules 0.85/1 \
+        --out docs/bench_stopping/shifted
+
+For each abnormal case of each group (the two demo classifiers on both phantom families, the two unseen
+families, and the multi-label classifier on the multi-label chest phantoms, where every finding present is
+explained from one set of queries and the rule stops when all of them have settled; AUPRC is then the mean over
+the findings, each against its own mask) the default explanation at the fixed 500 samples is made once with its
+samples kept. ``--split shifted`` is the phantoms' held-out acquisition shift, run as test. Because a design's
 rows do not depend on how many follow (blackbox_lime/stopping.py), the explanation that ``n_samples="auto"`` would
 make after any round is the fit on a prefix of those samples: every rule (threshold / patience) is replayed from
 the same answers, and the round it stops at, its queries and its map's pixel AUPRC against the lesion mask are
@@ -19,6 +25,7 @@ point).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -31,7 +38,7 @@ from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.evaluation.bench_audit import write_table
 from blackbox_lime.evaluation.metrics import bootstrap_ci, consistency, pixel_auprc
-from blackbox_lime.evaluation.phantoms import abnormal_cases
+from blackbox_lime.evaluation.phantoms import FINDINGS, abnormal_cases, make_multilabel_phantom
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.fill.registry import fill_kind
 from blackbox_lime.models import bundled_model
@@ -39,14 +46,34 @@ from blackbox_lime.stopping import Settling, halves, round_bounds
 from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
 
 GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "chest_xray"),
-          ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"), ("fundus_cnn", "fundus"))
+          ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"), ("fundus_cnn", "fundus"),
+          ("multilabel_cnn", "chest_multilabel"))
 RULES = tuple(f"{t}/{p}" for t in (0.8, 0.85, 0.9, 0.95) for p in (1, 2))
 
 
-def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarray, target: int, seed: int,
-            maps: list[np.ndarray] | None = None) -> dict[str, Any]:
-    """The fixed explanation and, per round of the auto rule, its reliability, samples and map AUPRC."""
-    e = ex.explain(image, target=target, rng=seed, keep_samples=True)
+def cases(family: str, split: str, n: int, abnormal: int) -> list[tuple[int, np.ndarray, dict[int, np.ndarray]]]:
+    """A group's cases: (index, image, the explained class -> its lesion mask). The multi-label group explains every
+    finding present (the first ``n`` cases with at least one), each scored against its own mask; the others their
+    ``abnormal`` class."""
+    if family == "chest_multilabel":
+        names = list(FINDINGS)  # the multi-label model's class order
+        out = []
+        for i in itertools.count():
+            ph = make_multilabel_phantom(split, i)
+            if any(ph.labels.values()):
+                out.append((i, ph.image, {names.index(k): ph.masks[k] for k in FINDINGS if ph.labels[k]}))
+            if len(out) == n:
+                return out
+    return [(ph.index, ph.image, {abnormal: ph.mask}) for ph in abnormal_cases(family, split, n)]
+
+
+def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, masks: dict[int, np.ndarray], seed: int,
+            maps: list[list[np.ndarray]] | None = None) -> dict[str, Any]:
+    """The fixed explanation and, per round of the auto rule, its reliability, samples and map AUPRC (the mean over
+    the explained targets, each against its own mask; the auto rule stops when every target has settled)."""
+    targets = list(masks)
+    found = ex.explain_set(image, target=targets if len(targets) > 1 else targets[0], rng=seed, keep_samples=True)
+    e = found[0]
     assert e.samples is not None
     vis, probs = e.samples["visible"], e.samples["probs"]
     spent = e.fill.get("queries_spent_on_choice", 0) + e.fill.get("pilot_samples_per_fill", 0) \
@@ -56,23 +83,26 @@ def _replay(ex: Explainer, cfg: ExplainConfig, image: np.ndarray, mask: np.ndarr
     per = cfg.nested_samples if fill_kind(chosen).per_mask else 1
     n_design = len(vis) - 1 - kept
     pilot_vis, pilot_probs = vis[len(vis) - kept:], probs[len(probs) - kept:]
-    settle = Settling(cfg, [target], ex.grid)
+    settle = Settling(cfg, targets, ex.grid)
     rounds = []
     for end in round_bounds(n_design, per, cfg.stop_min - 1 - spent, cfg.stop_round):
         X = np.concatenate([vis[:1 + end], pilot_vis])
         P = np.concatenate([probs[:1 + end], pilot_probs])
         rel = settle.reliability(X, P, halves(end, per, kept))
-        coef = SparseSurrogate(**settle.options).fit(X.astype(np.float64), P[:, target],  # the fit of the map without
-                                                     proximity_kernel(X, cfg.kernel_width)).coef_  # a prior
-        sal = ex.grid.upsample(coef, image.shape[:2], cfg.map_sigma)
-        if maps is not None:  # every round's map, for the consistency across seeds
-            maps.append(sal)
+        kernel = proximity_kernel(X, cfg.kernel_width)
+        scores, sals = [], []
+        for target, mask in masks.items():  # the fit of each map without a prior
+            coef = SparseSurrogate(**settle.options).fit(X.astype(np.float64), P[:, target], kernel).coef_
+            sals.append(ex.grid.upsample(coef, image.shape[:2], cfg.map_sigma))
+            scores.append(pixel_auprc(sals[-1], mask))
+        if maps is not None:  # every round's maps (one per target), for the consistency across seeds
+            maps.append(sals)
         rounds.append({"end": end, "samples": 1 + end + spent, "reliability": round(rel, 4),
-                       "auprc": pixel_auprc(sal, mask)})
+                       "auprc": float(np.mean(scores))})
     if maps is not None:
-        maps.append(e.saliency)  # last: the fixed explanation's own map
-    return {"fixed_auprc": pixel_auprc(e.saliency, mask), "fixed_queries": e.queries, "rounds": rounds,
-            "fill": chosen}
+        maps.append([x.saliency for x in found])  # last: the fixed explanation's own maps
+    return {"fixed_auprc": float(np.mean([pixel_auprc(x.saliency, masks[x.target]) for x in found])),
+            "fixed_queries": e.queries, "rounds": rounds, "fill": chosen, "targets": targets}
 
 
 def stop_of(rounds: list[dict[str, Any]], threshold: float, patience: int) -> dict[str, Any]:
@@ -87,7 +117,10 @@ def stop_of(rounds: list[dict[str, Any]], threshold: float, patience: int) -> di
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_stopping", description=__doc__)
-    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--split", choices=["val", "test", "shifted"], default="val",
+                   help="shifted: the phantoms' held-out acquisition shift (evaluation only, as test)")
+    p.add_argument("--groups", default="", help="comma list of model/family groups (default all: "
+                   + ", ".join(f"{m}/{f}" for m, f in GROUPS) + ")")
     p.add_argument("--images", type=int, default=6, help="abnormal cases per group")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1,
@@ -105,35 +138,42 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if a.from_results:
         records = json.loads((out / "results.json").read_text())["records"]
-    for model, family in GROUPS if not a.from_results else ():
+    chosen = [g for g in GROUPS if not a.groups or f"{g[0]}/{g[1]}" in a.groups.split(",")]
+    for model, family in chosen if not a.from_results else ():
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
             ex = Explainer(adapter, cfg)
-            for ph in abnormal_cases(family, a.split, a.images):
-                maps: list[np.ndarray] = []
-                rec = _replay(ex, cfg, ph.image, ph.mask, adapter.info.abnormal_index, a.seed, maps)
-                rec.update(model=model, family=family, index=ph.index)
+            for index, image, masks in cases(family, a.split, a.images, adapter.info.abnormal_index):
+                maps: list[list[np.ndarray]] = []
+                rec = _replay(ex, cfg, image, masks, a.seed, maps)
+                rec.update(model=model, family=family, index=index)
                 if a.seeds > 1:
                     runs = [(rec["rounds"], maps)]
                     for s in range(a.seed + 1, a.seed + a.seeds):
-                        more: list[np.ndarray] = []
-                        other = _replay(ex, cfg, ph.image, ph.mask, adapter.info.abnormal_index, s, more)
+                        more: list[list[np.ndarray]] = []
+                        other = _replay(ex, cfg, image, masks, s, more)
                         runs.append((other["rounds"], more))
-                    rec["consistency"] = {"fixed": consistency([m[-1] for _, m in runs])}
+                    k = len(masks)  # per target, then the mean over the targets
+                    rec["consistency"] = {"fixed": float(np.mean([consistency([m[-1][j] for _, m in runs])
+                                                                  for j in range(k)]))}
                     for t, pat in rules:
-                        stops = [m[rs.index(stop_of(rs, t, pat))] for rs, m in runs]
-                        rec["consistency"][f"{t}/{pat}"] = consistency(stops)
-                if a.split == "test":  # the real thing stops where the replay says
+                        at = [rs.index(stop_of(rs, t, pat)) for rs, _ in runs]
+                        rec["consistency"][f"{t}/{pat}"] = float(np.mean(
+                            [consistency([m[i][j] for (_, m), i in zip(runs, at)]) for j in range(k)]))
+                if a.split != "val":  # the real thing stops where the replay says
                     rec["auto"] = {}
+                    targets = list(masks)
                     for t, pat in rules:
                         auto = Explainer(adapter, ExplainConfig(n_samples="auto", stop_corr=t, stop_patience=pat))
-                        e = auto.explain(ph.image, target=adapter.info.abnormal_index, rng=a.seed)
+                        found = auto.explain_set(image, target=targets if len(targets) > 1 else targets[0], rng=a.seed)
+                        e = found[0]
                         assert e.stopping is not None
                         rec["auto"][f"{t}/{pat}"] = {"samples": e.stopping["samples"], "queries": e.queries,
-                                                     "auprc": pixel_auprc(e.saliency, ph.mask),
+                                                     "auprc": float(np.mean([pixel_auprc(x.saliency, masks[x.target])
+                                                                             for x in found])),
                                                      "reason": e.stopping["reason"]}
                 records.append(rec)
                 (out / "results.json").write_text(json.dumps({"records": records}) + "\n")  # kept as it goes
-                print(f"{model}/{family} {ph.index}: fixed {rec['fixed_auprc']:.3f}, "
+                print(f"{model}/{family} {index}: fixed {rec['fixed_auprc']:.3f}, "
                       f"{len(rec['rounds'])} rounds ({time.time() - t0:.0f} s)", file=sys.stderr)
     lines = [f"Split {a.split}, {a.images} abnormal cases per group, seed {a.seed}"
              + (f" (consistency over seeds {a.seed}..{a.seed + a.seeds - 1})" if a.seeds > 1 else "") + "; default explanation (fill auto, "
@@ -167,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 cons = f" {cf:.3f} | {cr:.3f} |"
             lines.append(f"| {key} | {fixed:.3f} | {t:g}/{pat} | {np.median(q):.0f} | {np.percentile(q, 95):.0f} | "
                          f"{np.mean(au):.3f} [{lo:.3f}, {hi:.3f}] | {np.mean(au) / fixed:.3f} |" + cons)
-    if a.split == "test":
+    if a.split != "val":
         agree = [r["auto"][k]["samples"] == stop_of(r["rounds"], float(k.split("/")[0]), int(k.split("/")[1]))["samples"]
                  for r in records for k in r["auto"]]
         lines += ["", f"The real n_samples=\"auto\" explanation stopped where the replay said in {sum(agree)} of "
@@ -184,7 +224,7 @@ def _plot(records: list[dict[str, Any]], rules: list[tuple[float, int]], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharey=True)
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7), sharey=True)
     for ax, (model, family) in zip(axes.ravel(), GROUPS):
         rs = [r for r in records if (r["model"], r["family"]) == (model, family)]
         if not rs:
