@@ -203,22 +203,8 @@ class Explainer:
                     threshold: float = 0.5) -> ExplanationSet:
         """:meth:`explain`, always as an :class:`~blackbox_lime.explanation.ExplanationSet` (one output path for the
         command line and audits); its ``several`` says whether several targets were asked for."""
-        n_classes = len(self.adapter.info.class_names)
-        if isinstance(target, str):
-            if target not in ("all", "positive"):
-                raise ValueError(f"target must be a class index, a list of them, 'all' or 'positive'. Got {target!r} "
-                                 "instead.")
-            if not 0.0 <= threshold <= 1.0:
-                raise ValueError(f"threshold must be a probability in [0, 1]. Got {threshold!r} instead.")
-            return ExplanationSet(self._explain(image, target, rng, progress, keep_samples, threshold))
-        if isinstance(target, (list, tuple, np.ndarray)):
-            targets = [_check_target(t, self.adapter.info.class_names) for t in target]
-            if not targets or len(set(targets)) != len(targets):
-                raise ValueError(f"target must list distinct class indices in [0, {n_classes - 1}]. Got {list(target)!r} "
-                                 "instead.")
-            return ExplanationSet(self._explain(image, targets, rng, progress, keep_samples, threshold))
-        one = None if target is None else [_check_target(target, self.adapter.info.class_names)]
-        return ExplanationSet(self._explain(image, one, rng, progress, keep_samples, threshold), several=False)
+        asked, several = _asked(target, self.adapter.info.class_names, threshold)
+        return ExplanationSet(self._explain(image, asked, rng, progress, keep_samples, threshold), several=several)
 
     def _explain(self, image: np.ndarray, targets: "list[int] | str | None", rng: int | np.random.Generator,
                  progress: bool, keep_samples: bool, threshold: float) -> list[Explanation]:
@@ -274,7 +260,7 @@ class Explainer:
         t = time.perf_counter()
         stta_rng = np.random.default_rng(cfg.stta_seed)
         base = run.canvas if transform is None else transform(run.canvas[None])[0]
-        probes = self._probes(run.canvas, cfg.stta_probes, stta_rng, run.timings)
+        probes = _probes(run.canvas, cfg.stta_probes, stta_rng, self.grid, self.filler, run.timings)
         if probes is not None and transform is not None:
             probes = transform(probes)
         label = targets[0] if isinstance(targets, list) and len(targets) == 1 else None
@@ -353,19 +339,6 @@ class Explainer:
 
         return self.policy.choose(canvas, sample, lambda: (targets, probs0), self._complete, gen, timings)[0]
 
-    def _probes(self, canvas: np.ndarray, k: int, gen: np.random.Generator,
-                timings: dict[str, float]) -> np.ndarray | None:
-        """K perturbations of the canvas (half the patches hidden, filled as the samples are) for STTA's check."""
-        if k == 0:
-            return None
-        t = time.perf_counter()
-        visible, _ = draw_masks(gen, self.grid.n_patches, k + 1, (0.5,), 1)
-        visible = visible[1:]  # row 0 is the unperturbed image
-        fills = self.filler.fill(canvas, self.grid.hidden_pixels(visible))
-        out = self.grid.composite(visible, canvas, fills, np.arange(k))
-        timings["fill"] += time.perf_counter() - t
-        return out
-
     def _complete(self, probs: np.ndarray) -> np.ndarray:
         """Answers with a value in every cell: an omitted score (NaN) imputed within its bound
         (:meth:`~blackbox_lime.adapters.censoring.Censoring.impute`) for the target choice, the fill pilots and
@@ -404,6 +377,26 @@ class _Answer:
         return self.targets(), self.explainer._complete(self.probs0())[0]
 
 
+def _asked(target: "int | Sequence[int] | str | None", class_names: "Sequence[str]", threshold: float
+           ) -> "tuple[list[int] | str | None, bool]":
+    """The targets an explanation was asked for, checked -> (a list of class indices, "all", "positive" or None for
+    the predicted class; whether several were asked for)."""
+    if isinstance(target, str):
+        if target not in ("all", "positive"):
+            raise ValueError(f"target must be a class index, a list of them, 'all' or 'positive'. Got {target!r} "
+                             "instead.")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1]. Got {threshold!r} instead.")
+        return target, True
+    if isinstance(target, (list, tuple, np.ndarray)):
+        targets = [_check_target(t, class_names) for t in target]
+        if not targets or len(set(targets)) != len(targets):
+            raise ValueError(f"target must list distinct class indices in [0, {len(class_names) - 1}]. Got "
+                             f"{list(target)!r} instead.")
+        return targets, True
+    return (None if target is None else [_check_target(target, class_names)]), False
+
+
 def _check_target(target: object, class_names: "Sequence[str]") -> int:
     n = len(class_names)
     if isinstance(target, bool) or not (isinstance(target, (int, np.integer)) and 0 <= target < n):
@@ -422,6 +415,20 @@ def _resolve_targets(targets: "list[int] | str | None", probs0: np.ndarray, thre
     if targets == "positive":
         return [int(k) for k in np.flatnonzero(probs0 >= threshold)] or [int(np.argmax(probs0))]
     return list(targets)  # type: ignore[arg-type]
+
+
+def _probes(canvas: np.ndarray, k: int, gen: np.random.Generator, grid: PatchGrid, filler: Filler,
+            timings: dict[str, float]) -> np.ndarray | None:
+    """K perturbations of the canvas (half the patches hidden, filled as the samples are) for STTA's check."""
+    if k == 0:
+        return None
+    t = time.perf_counter()
+    visible, _ = draw_masks(gen, grid.n_patches, k + 1, (0.5,), 1)
+    visible = visible[1:]  # row 0 is the unperturbed image
+    fills = filler.fill(canvas, grid.hidden_pixels(visible))
+    out = grid.composite(visible, canvas, fills, np.arange(k))
+    timings["fill"] += time.perf_counter() - t
+    return out
 
 
 def _chain(first: InputTransform, second: InputTransform) -> InputTransform:
