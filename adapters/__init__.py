@@ -18,8 +18,13 @@ from .errors import (
 
 __all__ = [
     "AdapterError", "AdapterTimeout", "BudgetExhausted", "ClassifierAdapter", "ConfigError", "ConnectionFailed", "ModelInfo",
-    "ModelLoadError", "PayloadTooLarge", "ResponseError", "ServerError", "load_adapter", "plan_limits",
+    "ModelLoadError", "PayloadTooLarge", "ResponseError", "ServerError", "is_url", "load_adapter", "plan_limits",
 ]
+
+
+def is_url(model: object) -> bool:
+    """Whether a ``--model`` value names an endpoint (a URL such as https://host/v2/models/m) rather than a local file."""
+    return model is not None and "://" in str(model)
 
 
 def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow_insecure_http: bool = False,
@@ -41,7 +46,7 @@ def load_adapter(model: str | None = None, *, endpoint: str | None = None, allow
     """
     from pathlib import Path
 
-    if endpoint is not None or (model is not None and "://" in model):
+    if endpoint is not None or is_url(model):
         from .profile import EndpointProfile
 
         if endpoint is not None:
@@ -69,7 +74,7 @@ def plan_limits(model: str | None = None, *, endpoint: str | None = None, allow_
     """What a query plan needs to know of the classifier, without sending anything to it: images per request
     (``max_batch``; 1 for a vendor file API), the ``budget`` and the ``price_per_1k_images`` (None where unset).
     An endpoint's come from its profile (or URL) and the command line; a local model's from its file."""
-    if endpoint is not None or (model is not None and "://" in model):
+    if endpoint is not None or is_url(model):
         from .profile import EndpointProfile
 
         prof = (EndpointProfile.from_toml(endpoint, allow_insecure_http) if endpoint is not None

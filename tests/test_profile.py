@@ -189,3 +189,11 @@ def test_a_profile_names_the_sites_calibration_and_explain_uses_its_fill(tmp_pat
     prof.write_text(f'url = "{URL}"\ncalibration = 3\n')
     with pytest.raises(ConfigError, match=r"vendor\.toml: calibration must be the path of a calibration file"):
         EndpointProfile.from_toml(prof)
+
+
+def test_a_model_value_is_an_endpoint_when_it_is_a_url() -> None:
+    """The one test of "is this --model an endpoint" (adapters.is_url) that the CLI, audits and workers share."""
+    from blackbox_lime.adapters import is_url
+
+    assert is_url("https://h.example/v2/models/m") and is_url("grpc://127.0.0.1:8081/m")
+    assert not is_url("models/chest.onnx") and not is_url(None) and not is_url(Path("a.onnx"))

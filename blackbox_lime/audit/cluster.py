@@ -148,14 +148,14 @@ _STATE: dict[str, tuple[Any, Any]] = {}  # per worker process and run (prefix): 
 
 def _worker_state(s: WorkerSettings) -> tuple[Any, Any]:
     if s.prefix not in _STATE:
-        from blackbox_lime.adapters import load_adapter
+        from blackbox_lime.adapters import is_url, load_adapter
         from blackbox_lime.explainer import Explainer
         from blackbox_lime.image_io import silence_dicom_libraries
 
         silence_dicom_libraries()  # a worker's stderr is the coordinator's (LocalCluster) or a log: no patient name
 
         kw: dict[str, Any] = {}
-        if s.endpoint is None and "://" not in str(s.model):
+        if s.endpoint is None and not is_url(s.model):
             kw["device"] = s.device
         adapter = load_adapter(None if s.endpoint else s.model, endpoint=s.endpoint, max_batch=s.max_batch,
                                concurrency=1, output_kind=s.output_kind, allow_insecure_http=s.allow_insecure_http, **kw)

@@ -339,12 +339,13 @@ def _dicomweb_root(url: str) -> tuple[str, str | None]:
 def _cluster_settings(a: argparse.Namespace, cfg: Any, target: Any, salt: str, budget: int | None,
                       burned_in: str) -> Any:
     """What every worker needs to rebuild the adapter and the explainer."""
+    from blackbox_lime.adapters import is_url
     from blackbox_lime.audit.cluster import WorkerSettings
     from blackbox_lime.audit.source import source_root
     from blackbox_lime.image_io import DEFAULT_MAX_PIXELS
 
     return WorkerSettings(
-        model=None if a.model is None else (a.model if "://" in str(a.model) else str(Path(a.model).resolve())),
+        model=None if a.model is None else (a.model if is_url(a.model) else str(Path(a.model).resolve())),
         endpoint=None if a.endpoint is None else str(Path(a.endpoint).resolve()), max_batch=a.max_batch,
         output_kind=a.output_kind, allow_insecure_http=a.allow_insecure_http, device=a.device, config=cfg,
         mae=None if a.mae is None else str(Path(a.mae).resolve()),

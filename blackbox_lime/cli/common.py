@@ -101,7 +101,7 @@ def targets_option(value: str | None, info: Any) -> Any:
 
 def adapter_from_options(a: argparse.Namespace) -> Any:
     """The adapter the options name: --endpoint profile, an endpoint URL, or a local .onnx file."""
-    from blackbox_lime.adapters import load_adapter
+    from blackbox_lime.adapters import is_url, load_adapter
 
     if a.endpoint is None and a.model is None:
         raise UserError("Name the classifier: --model MODEL.onnx, --model URL, or --endpoint PROFILE.toml.")
@@ -111,7 +111,7 @@ def adapter_from_options(a: argparse.Namespace) -> Any:
         raise UserError("--endpoint is empty; give an endpoint profile (.toml).")
     _check_limits(a)
     kw: dict[str, Any] = {}
-    if a.endpoint is None and "://" not in str(a.model):
+    if a.endpoint is None and not is_url(a.model):
         kw["device"] = getattr(a, "device", "auto")
     return load_adapter(None if a.endpoint else str(a.model), endpoint=a.endpoint, budget=a.budget,
                         max_batch=a.max_batch, concurrency=a.concurrency, output_kind=getattr(a, "output_kind", None),

@@ -14,11 +14,12 @@ def run_endpoint_check(a: argparse.Namespace) -> int:
     """Health, metadata, a one-image prediction and a full-batch prediction, with latencies."""
     import numpy as np
 
+    from blackbox_lime.adapters import is_url
     from blackbox_lime.explainer import to_canvas
     from blackbox_lime.image_io import load_image
     from blackbox_lime.models import bundled_example
 
-    if a.model is not None and "://" not in a.model and a.endpoint is None:
+    if a.model is not None and not is_url(a.model) and a.endpoint is None:
         raise UserError("endpoint check needs --endpoint PROFILE.toml or --model URL (not a local file).")
     result: dict[str, Any] = {}
     adapter = adapter_from_options(a)

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from blackbox_lime.adapters import load_adapter
+from blackbox_lime.adapters import is_url, load_adapter
 from blackbox_lime.config import ExplainConfig
 from blackbox_lime.explainer import Explainer
 from blackbox_lime.evaluation import demo_server
@@ -68,7 +68,7 @@ from blackbox_lime.evaluation.phantoms import make_phantom
 def explain_once(model: str, image: np.ndarray, max_batch: int | None = None, concurrency: int | None = None,
                  config: ExplainConfig | None = None, overlap: bool | None = None) -> dict[str, Any]:
     kw: dict[str, Any] = {}
-    if "://" in model:
+    if is_url(model):
         kw["concurrency"] = concurrency
     with load_adapter(model, max_batch=max_batch, **kw) as adapter:
         explainer = Explainer(adapter, config or ExplainConfig(), overlap=overlap)
