@@ -159,7 +159,7 @@ def _audit_run_options(ar: argparse.ArgumentParser) -> None:
     _explain_options(ar)
 
 
-def _explain_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _explain_parsers(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """explain, models and demo."""
     e = sub.add_parser("explain", help="explain a model's answer for one or more images")
     e.add_argument("images", nargs="+", help=".png .jpg .tif .bmp .gif .npy or .dcm files")
@@ -174,7 +174,7 @@ def _explain_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     _explain_options(d)
 
 
-def _endpoint_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _endpoint_parser(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """bench (its own options) and endpoint check."""
     sub.add_parser("bench", help="run the saliency benchmark (blackbox-lime bench --help lists its options)")
     ep = sub.add_parser("endpoint", help="check a remote model endpoint")
@@ -186,7 +186,7 @@ def _endpoint_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     _remote_options(ck)
 
 
-def _audit_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _audit_parsers(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """audit run, plan, summary, verify and report."""
     au = sub.add_parser("audit", help="audit a model over a whole study: resumable, each query paid once, shortcut "
                                       "flags, an HTML report and provenance")
@@ -210,7 +210,7 @@ def _audit_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                                                             "it (the default is the folder audit.sqlite records)")
 
 
-def _bank_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _bank_parser(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """bank build."""
     bk = sub.add_parser("bank", help="build an evidence bank of historical cases for EBR")
     bk_sub = bk.add_subparsers(dest="bank_command")
@@ -244,7 +244,7 @@ def _bank_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     bb.add_argument("--verbose", action="store_true", help="log what is done")
 
 
-def _calibrate_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _calibrate_parser(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """calibrate."""
     ca = sub.add_parser("calibrate", help="choose the fill once for a site's images and write it to a file "
                                           "(explain --calibration FILE)")
@@ -264,7 +264,7 @@ def _calibrate_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     ca.add_argument("--verbose", action="store_true", help="log what is done")
 
 
-def _mae_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _mae_parser(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """mae fit."""
     mp = sub.add_parser("mae", help="fit GM's MAE to your own images")
     mp_sub = mp.add_subparsers(dest="mae_command")
@@ -283,7 +283,7 @@ def _mae_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     mf.add_argument("--verbose", action="store_true", help="log what is done")
 
 
-def _phantoms_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _phantoms_parser(sub: "argparse._SubParsersAction[_Parser]") -> None:
     """phantoms."""
     ph = sub.add_parser("phantoms", help="write synthetic phantoms (PNG images, PNG masks, labels.csv): a study to "
                                          "try explain and audit run on")
