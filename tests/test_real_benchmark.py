@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blackbox_lime.evaluation.bench_real import _ratio_ci, summarize
+from blackbox_lime.evaluation.bench_real import _ratio_ci, markdown, region_drop, summarize
 from blackbox_lime.evaluation.real_data import crop_label, figshare_brain, kvasir_polyp, kvasir_split_of, split_of
 
 
@@ -52,6 +52,39 @@ def test_the_summary_gives_each_method_s_mean_and_the_paired_ratio_to_lime():
     assert s["auto_fill"] == {"blur": 1, "mae": 2}
     r, lo, hi = _ratio_ci([1.0, 0.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5])
     assert r == pytest.approx(1.0) and lo < 1.0 < hi
+
+
+class _Quadrant:
+    """A model that reads the top-left quadrant only: P(class 1) is the quadrant's mean grey."""
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        p = images[:, :16, :16].mean(axis=(1, 2, 3))
+        return np.stack([1 - p, p], axis=1)
+
+
+def test_the_drop_at_the_masks_area_credits_the_map_that_finds_what_the_model_reads():
+    image = np.full((32, 32, 3), 0.2, np.float32)
+    image[:16, :16] = 0.9  # what the model reads
+    mean = image.mean()  # 0.375: what hidden pixels become
+    reads = np.zeros((32, 32))
+    reads[:16, :16] = 1.0
+    elsewhere = np.zeros((32, 32))
+    elsewhere[16:, 16:] = 1.0
+    assert region_drop(image, reads, 256, _Quadrant(), 1) == pytest.approx(0.9 - mean, abs=1e-5)
+    assert region_drop(image, elsewhere, 256, _Quadrant(), 1) == pytest.approx(0.0, abs=1e-5)
+    assert region_drop(image, reads, 64, _Quadrant(), 1) == pytest.approx((0.9 - mean) / 4, abs=1e-5)  # a quarter
+    recs = [{"id": f"c{i}", "label": "polyp", "box_fraction": 0.25, "box_drop": 0.3,
+             "methods": {"default": {"auprc": 0.5, "queries": 500, "region_drop": d},
+                         "lime": {"auprc": 0.4, "queries": 1000, "region_drop": 0.1}}}
+            for i, d in enumerate((0.5, 0.2, 0.3, 0.6))]
+    result = {"family": "kvasir_polyp", "split": "val", "per_class": 4, "images_in_split": 9, "model_accuracy": 0.8,
+              "methods": ["default", "lime"], "records": recs}
+    s = summarize(result)
+    assert s["default"]["region_drop"][0] == pytest.approx(0.4) and s["default"]["beats_mask"] == 0.75
+    assert s["lime"]["beats_mask"] == 0.0
+    md = markdown(result, s, "cmd")
+    assert "| default | 0.500 [0.500, 0.500] | 500 | 0.400 [" in md and "| 0.75 |" in md
+    assert "0.300 [0.300, 0.300] (the expert mask itself) | – |" in md
 
 
 def _kvasir(root: Path) -> Path:
