@@ -240,6 +240,8 @@ def _plot(records: list[dict[str, Any]], rules: list[tuple[float, int]], path: P
                     ms=8, label=f"stop {t:g}/{pat}")
         ax.set_title(f"{model} / {family}", fontsize=9)
         ax.set_xlabel("samples")
+    for ax in axes.ravel()[len(GROUPS):]:
+        ax.set_visible(False)
     axes[0, 0].set_ylabel("pixel AUPRC")
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
