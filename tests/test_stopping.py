@@ -108,3 +108,22 @@ def test_the_benchmark_replays_a_rule_as_the_explainer_applies_it() -> None:
     assert stop_of(rounds, 0.85, 1)["samples"] == 144
     assert stop_of(rounds, 0.85, 2)["samples"] == 288
     assert stop_of(rounds, 0.999, 1)["samples"] == 336
+
+
+def test_the_stopping_benchmark_scores_every_finding_of_a_multilabel_case_against_its_own_mask() -> None:
+    """bench_stopping's cases: a multi-label case explains every finding present (class index -> its own mask, in the
+    model's class order); a phantom family's case its abnormal class."""
+    from blackbox_lime.evaluation.bench_stopping import cases
+    from blackbox_lime.evaluation.phantoms import FINDINGS, abnormal_cases, make_multilabel_phantom
+
+    found = cases("chest_multilabel", "val", 3, abnormal=1)
+    assert len(found) == 3
+    for index, image, masks in found:
+        ph = make_multilabel_phantom("val", index)
+        assert sorted(masks) == [FINDINGS.index(k) for k in FINDINGS if ph.labels[k]] and masks
+        for k, mask in masks.items():
+            np.testing.assert_array_equal(mask, ph.masks[FINDINGS[k]])
+        np.testing.assert_array_equal(image, ph.image)
+    (index, image, masks), = cases("chest_xray", "val", 1, abnormal=1)
+    first = abnormal_cases("chest_xray", "val", 1)[0]
+    assert index == first.index and list(masks) == [1] and np.array_equal(masks[1], first.mask)

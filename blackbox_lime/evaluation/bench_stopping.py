@@ -56,7 +56,7 @@ def cases(family: str, split: str, n: int, abnormal: int) -> list[tuple[int, np.
     finding present (the first ``n`` cases with at least one), each scored against its own mask; the others their
     ``abnormal`` class."""
     if family == "chest_multilabel":
-        names = list(FINDINGS)  # the multi-label model's class order
+        names = list(FINDINGS)  # the multi-label model's class order (tests/test_onnx_models.py checks it)
         out = []
         for i in itertools.count():
             ph = make_multilabel_phantom(split, i)
