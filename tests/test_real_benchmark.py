@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blackbox_lime.evaluation.bench_real import _ratio_ci, markdown, region_drop, summarize
+from blackbox_lime.evaluation.bench_real import _public_args, _ratio_ci, markdown, region_drop, summarize
 from blackbox_lime.evaluation.real_data import crop_label, figshare_brain, kvasir_polyp, kvasir_split_of, split_of
 
 
@@ -85,6 +85,8 @@ def test_the_drop_at_the_masks_area_credits_the_map_that_finds_what_the_model_re
     md = markdown(result, s, "cmd")
     assert "| default | 0.500 [0.500, 0.500] | 500 | 0.400 [" in md and "| 0.75 |" in md
     assert "0.300 [0.300, 0.300] (the expert mask itself) | – |" in md
+    assert s["default/lime drop"][0] == pytest.approx(4.0) and s["default/the mask drop"][0] == pytest.approx(4 / 3)
+    assert "- drop at the mask's area, default / lime: 4.000 [" in md
 
 
 def _kvasir(root: Path) -> Path:
@@ -136,3 +138,10 @@ def test_bench_real_asks_for_one_family(capsys):
         main(["--split", "val", "--out", "x"])
     assert e.value.code == 2
     assert "give one family's data: --figshare DIR or --kvasir DIR" in capsys.readouterr().err
+
+
+def test_the_recorded_command_holds_no_path_of_this_machine():
+    args = ["--kvasir", "/data/site/Kvasir-SEG", "--split", "test", "--mae", "/home/me/kvasir_mae.onnx",
+            "--out", "/tmp/run"]
+    assert _public_args(args) == ["--kvasir", "DATA", "--split", "test", "--mae", "kvasir_mae.onnx", "--out", "OUT"]
+    assert _public_args(["--figshare", "rel/data", "--out", "docs/x"]) == ["--figshare", "DATA", "--out", "docs/x"]

@@ -204,6 +204,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             if ref in result["methods"]:
                 out[f"default/{ref}"] = _ratio_ci([r["methods"]["default"]["auprc"] for r in recs],
                                                   [r["methods"][ref]["auprc"] for r in recs])
+        if "region_drop" in out["default"]:
+            mine = [r["methods"]["default"]["region_drop"] for r in recs]
+            for ref in ("lime", "occlusion"):
+                if ref in result["methods"]:
+                    out[f"default/{ref} drop"] = _ratio_ci(mine, [r["methods"][ref]["region_drop"] for r in recs])
+            out["default/the mask drop"] = _ratio_ci(mine, [r["box_drop"] for r in recs])
     return out
 
 
@@ -244,6 +250,10 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
     for key in ("default/lime", "default/occlusion"):
         if key in summary:
             lines.append(f"- {key.replace('/', ' / ')}: {ci(summary[key])} (ratio of means, paired bootstrap)")
+    for key in ("default/lime drop", "default/occlusion drop", "default/the mask drop"):
+        if key in summary:
+            lines.append(f"- drop at the mask's area, {key[:-5].replace('/', ' / ')}: {ci(summary[key])} (ratio of "
+                         "means, paired bootstrap)")
     if "auto_fill" in summary:
         lines.append(f"- fill chosen by auto: {', '.join(f'{k} {v}' for k, v in summary['auto_fill'].items())}")
         recs = result["records"]
@@ -268,6 +278,21 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
                          + " | ".join(f"{np.mean([r['methods'][m]['auprc'] for r in sel]):.3f}"
                                       for m in result["methods"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _public_args(args: list[str]) -> list[str]:
+    """The command as results.json records it, without this machine's paths: a family's data folder is DATA, an
+    absolute --out is OUT, any other absolute path its file name."""
+    data_options = {fam.option for fam in FAMILIES.values()}
+    out = []
+    for prev, x in zip([""] + args[:-1], args):
+        if prev in data_options:
+            out.append("DATA")
+        elif x.startswith("/"):
+            out.append("OUT" if prev == "--out" else Path(x).name)
+        else:
+            out.append(x)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m blackbox_lime.evaluation.bench_real " + " ".join(
-        x if not x.startswith("/") else "DATA" for x in (argv if argv is not None else sys.argv[1:]))
+        _public_args(argv if argv is not None else sys.argv[1:]))
     (out / "results.json").write_text(json.dumps({**result, "summary": summary, "command": command}, indent=1) + "\n")
     table = markdown(result, summary, command)
     (out / "table.md").write_text(table)
