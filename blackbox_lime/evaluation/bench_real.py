@@ -277,7 +277,22 @@ def markdown(result: dict[str, Any], summary: dict[str, Any], command: str) -> s
             lines.append(f"| {label} | {len(sel)} | {np.mean([r['box_fraction'] for r in sel]):.3f} | {drop} | "
                          + " | ".join(f"{np.mean([r['methods'][m]['auprc'] for r in sel]):.3f}"
                                       for m in result["methods"]) + " |")
+    if all("box_drop" in r for r in result["records"]):
+        lines += ["", "By how much the model reads the expert's mask (box drop per image; mean AUPRC):", "",
+                  "| box drop | images | " + " | ".join(result["methods"]) + " |",
+                  "|---|---|" + "---|" * len(result["methods"])]
+        for name, lo, hi in DROP_BANDS:
+            sel = [r for r in result["records"] if lo <= r["box_drop"] < hi]
+            if sel:
+                lines.append(f"| {name} | {len(sel)} | " + " | ".join(
+                    f"{np.mean([r['methods'][m]['auprc'] for r in sel]):.3f}" for m in result["methods"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+# Where a map can be judged against the expert's mask at all: the model's answer hardly rests on it (< 0.1), in
+# part, or mostly (>= 0.5).
+DROP_BANDS = (("< 0.1: does not read it", -np.inf, 0.1), ("0.1 to 0.5: in part", 0.1, 0.5),
+              (">= 0.5: reads it", 0.5, np.inf))
 
 
 def _public_args(args: list[str]) -> list[str]:
