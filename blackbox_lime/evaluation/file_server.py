@@ -126,6 +126,7 @@ class FileApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # a reply is two writes (headers, body): no 40 ms delayed-ACK stall
 
             def log_message(self, *args: object) -> None:
                 pass
