@@ -12,7 +12,11 @@ For each abnormal case of each group (the two demo classifiers on both phantom f
 families, and the multi-label classifier on the multi-label chest phantoms, where every finding present is
 explained from one set of queries and the rule stops when all of them have settled; AUPRC is then the mean over
 the findings, each against its own mask) the default explanation at the fixed 500 samples is made once with its
-samples kept. ``--split shifted`` is the phantoms' held-out acquisition shift, run as test. Because a design's
+samples kept. ``--split shifted`` is the phantoms' held-out acquisition shift, run as test. ``--figshare DIR`` or
+``--kvasir DIR`` runs a real family instead (bench_real's cases: each image's true class against the expert's mask):
+
+    python -m blackbox_lime.evaluation.bench_stopping --split test --images 10 --rules 0.85/1 --figshare DATA \
+        --out docs/bench_stopping/test_figshare Because a design's
 rows do not depend on how many follow (blackbox_lime/stopping.py), the explanation that ``n_samples="auto"`` would
 make after any round is the fit on a prefix of those samples: every rule (threshold / patience) is replayed from
 the same answers, and the round it stops at, its queries and its map's pixel AUPRC against the lesion mask are
@@ -48,7 +52,20 @@ from blackbox_lime.surrogate import SparseSurrogate, proximity_kernel
 GROUPS = (("demo_cnn", "chest_xray"), ("demo_cnn", "breast_us"), ("demo_vit", "chest_xray"),
           ("demo_vit", "breast_us"), ("brain_cnn", "brain_mri"), ("fundus_cnn", "fundus"),
           ("multilabel_cnn", "chest_multilabel"))
+# The real families (blackbox_lime/evaluation/real_data.py), run when their data is given (--figshare, --kvasir):
+# the explained class is each image's true one, on the first --images correctly classified images per class.
+REAL_GROUPS = (("figshare_brain_cnn", "figshare_brain"), ("kvasir_polyp_cnn", "kvasir_polyp"))
 RULES = tuple(f"{t}/{p}" for t in (0.8, 0.85, 0.9, 0.95) for p in (1, 2))
+
+
+def real_cases(family: str, root: str | Path, split: str, n: int, adapter: OnnxAdapter
+               ) -> list[tuple[str, np.ndarray, dict[int, np.ndarray]]]:
+    """A real family's cases as bench_real picks them: (id, RGB image in [0, 1], true class -> the expert's mask)."""
+    from blackbox_lime.evaluation.bench_real import FAMILIES, _rgb, select
+
+    fam = FAMILIES[family]
+    chosen = select(fam.load(root, split), adapter, n, fam.explained)
+    return [(c.id, _rgb(c), {c.label: c.mask}) for c, _ in chosen]
 
 
 def cases(family: str, split: str, n: int, abnormal: int) -> list[tuple[int, np.ndarray, dict[int, np.ndarray]]]:
@@ -121,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="shifted: the phantoms' held-out acquisition shift (evaluation only, as test)")
     p.add_argument("--groups", default="", help="comma list of model/family groups (default all: "
                    + ", ".join(f"{m}/{f}" for m, f in GROUPS) + ")")
-    p.add_argument("--images", type=int, default=6, help="abnormal cases per group")
+    p.add_argument("--images", type=int, default=6, help="abnormal cases per group (real families: per class)")
+    p.add_argument("--figshare", default=None, help="run the real family figshare_brain instead of the phantoms: the "
+                   "folder holding 0/, 1/ and 2/ (as for bench_real)")
+    p.add_argument("--kvasir", default=None, help="run the real family kvasir_polyp instead of the phantoms: the "
+                   "Kvasir-SEG folder holding images/ and masks/ (as for bench_real)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1,
                    help="with N > 1, also the consistency across seeds (seed .. seed + N - 1): the mean pairwise "
@@ -138,11 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if a.from_results:
         records = json.loads((out / "results.json").read_text())["records"]
-    chosen = [g for g in GROUPS if not a.groups or f"{g[0]}/{g[1]}" in a.groups.split(",")]
+    roots = {"figshare_brain": a.figshare, "kvasir_polyp": a.kvasir}
+    if any(roots.values()):
+        chosen = [g for g in REAL_GROUPS if roots[g[1]]]
+    else:
+        chosen = [g for g in GROUPS if not a.groups or f"{g[0]}/{g[1]}" in a.groups.split(",")]
     for model, family in chosen if not a.from_results else ():
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
             ex = Explainer(adapter, cfg)
-            for index, image, masks in cases(family, a.split, a.images, adapter.info.abnormal_index):
+            picked = (real_cases(family, roots[family], a.split, a.images, adapter) if family in roots
+                      else cases(family, a.split, a.images, adapter.info.abnormal_index))
+            for index, image, masks in picked:
                 maps: list[list[np.ndarray]] = []
                 rec = _replay(ex, cfg, image, masks, a.seed, maps)
                 rec.update(model=model, family=family, index=index)
@@ -175,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 (out / "results.json").write_text(json.dumps({"records": records}) + "\n")  # kept as it goes
                 print(f"{model}/{family} {index}: fixed {rec['fixed_auprc']:.3f}, "
                       f"{len(rec['rounds'])} rounds ({time.time() - t0:.0f} s)", file=sys.stderr)
-    lines = [f"Split {a.split}, {a.images} abnormal cases per group, seed {a.seed}"
+    per = ("correctly classified real images per class" if any(r["family"] in roots for r in records)
+           else "abnormal cases per group")
+    lines = [f"Split {a.split}, {a.images} {per}, seed {a.seed}"
              + (f" (consistency over seeds {a.seed}..{a.seed + a.seeds - 1})" if a.seeds > 1 else "") + "; default explanation (fill auto, "
              f"map_sigma {cfg.map_sigma}); rounds: first check at {cfg.stop_min} samples, then every "
              f"{cfg.stop_round}; ceiling {cfg.max_samples}. Rule = split-half reliability threshold / patience "
@@ -184,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
              + (" consistency, fixed 500 | consistency, rule |" if a.seeds > 1 else ""),
              "|---|---|---|---|---|---|---|" + ("---|---|" if a.seeds > 1 else "")]
     summary: dict[str, Any] = {}
-    for model, family in GROUPS + (("all", "all"),):
+    for model, family in GROUPS + REAL_GROUPS + (("all", "all"),):
         rs = [r for r in records if (r["model"], r["family"]) == (model, family) or model == "all"]
         if not rs:
             continue
@@ -224,11 +253,11 @@ def _plot(records: list[dict[str, Any]], rules: list[tuple[float, int]], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7), sharey=True)
-    for ax, (model, family) in zip(axes.ravel(), GROUPS):
+    groups = [g for g in GROUPS + REAL_GROUPS if any((r["model"], r["family"]) == g for r in records)]
+    rows = max(1, -(-len(groups) // 4))
+    fig, axes = plt.subplots(rows, 4, figsize=(17, 3.5 * rows), sharey=True, squeeze=False)
+    for ax, (model, family) in zip(axes.ravel(), groups):
         rs = [r for r in records if (r["model"], r["family"]) == (model, family)]
-        if not rs:
-            continue
         n = min(len(r["rounds"]) for r in rs)
         xs = np.mean([[x["samples"] for x in r["rounds"][:n]] for r in rs], axis=0)
         ys = np.mean([[x["auprc"] for x in r["rounds"][:n]] for r in rs], axis=0)
@@ -240,7 +269,7 @@ def _plot(records: list[dict[str, Any]], rules: list[tuple[float, int]], path: P
                     ms=8, label=f"stop {t:g}/{pat}")
         ax.set_title(f"{model} / {family}", fontsize=9)
         ax.set_xlabel("samples")
-    for ax in axes.ravel()[len(GROUPS):]:
+    for ax in axes.ravel()[len(groups):]:
         ax.set_visible(False)
     axes[0, 0].set_ylabel("pixel AUPRC")
     axes[0, 0].legend(fontsize=6)
