@@ -254,8 +254,9 @@ def _plot(records: list[dict[str, Any]], rules: list[tuple[float, int]], path: P
     import matplotlib.pyplot as plt
 
     groups = [g for g in GROUPS + REAL_GROUPS if any((r["model"], r["family"]) == g for r in records)]
-    rows = max(1, -(-len(groups) // 4))
-    fig, axes = plt.subplots(rows, 4, figsize=(17, 3.5 * rows), sharey=True, squeeze=False)
+    cols = min(4, max(1, len(groups)))
+    rows = max(1, -(-len(groups) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.5 * rows), sharey=True, squeeze=False)
     for ax, (model, family) in zip(axes.ravel(), groups):
         rs = [r for r in records if (r["model"], r["family"]) == (model, family)]
         n = min(len(r["rounds"]) for r in rs)
