@@ -49,7 +49,8 @@ class Explanation:
     adaptation : STTA's result (the transform phi*, the loss and P(label) before and after, its queries),
         None when STTA is off. ``target_prob`` and ``probs`` are the model's answers on the adapted image.
     evidence : EBR's use (neighbours, kernel bandwidth, the scale the surrogate gave the prior), None
-        without an evidence prior: the summary of an :class:`~blackbox_lime.evidence_bank.EvidenceUse`. ``neighbours`` lists the cases with their similarity and kernel weight.
+        without an evidence prior: the summary of an :class:`~blackbox_lime.evidence_bank.EvidenceUse`.
+        ``neighbours`` lists the cases with their similarity and kernel weight.
     model : the classifier's metadata.
     shared_with : when several targets were explained from one set of queries, the names of all of them
         (``queries`` and ``requests`` are then the whole set's, paid once); empty otherwise.

@@ -23,7 +23,9 @@ defaults (1000, quickshift) and at equal queries (500); occlusion (16-px patches
 default map is (``map_sigma``: is the smoothing all the default adds?); RISE (500); ``centre``, a Gaussian blob at the
 image's centre (0: what a map scores by the place of the findings alone); the mask's prevalence (a random map's
 expected AUPRC). Score: pixel AUPRC against the expert mask (figshare: the box; Kvasir: the outline), mean with
-a bootstrap 95 % CI over images; the default's ratio to lime's mean with a paired bootstrap CI.
+a bootstrap 95 % CI over images; the default's ratio to lime's mean with a paired bootstrap CI. Each map also gets
+the drop at the mask's area (:func:`region_drop`, one query), a faithfulness check that needs no expert, next to
+the expert mask's own drop (:func:`box_drop`), and the table bins the images by how much the model reads the mask.
 
 Writes ``results.json`` (every record) and ``table.md`` to ``--out``.
 """
@@ -106,27 +108,29 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
-def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
-    """Does the model read the finding? P(true class) on the image minus P with the expert mask filled with the image's
-    mean (one query). Near zero: the answer does not rest on the lesion, so the class is an audit case (what does it
-    read?), not a test of faithfulness to the lesion."""
-    image = _rgb(case)
+def hidden_drop(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target: int) -> float:
+    """P(target) on the image minus P(target) with the pixels of the bool mask ``hide`` filled with the image's mean
+    (one query)."""
     hidden = image.copy()
-    hidden[case.mask] = image.mean(axis=(0, 1))
-    p = adapter.predict(np.stack([image, hidden]))[:, case.label]
+    hidden[hide] = image.mean(axis=(0, 1))
+    p = adapter.predict(np.stack([image, hidden]))[:, target]
     return float(p[0] - p[1])
+
+
+def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
+    """Does the model read the finding? The drop when the expert mask is hidden (:func:`hidden_drop`). Near zero: the
+    answer does not rest on the lesion, so the class is an audit case (what does it read?), not a test of
+    faithfulness to the lesion."""
+    return hidden_drop(_rgb(case), case.mask, adapter, case.label)
 
 
 def region_drop(image: np.ndarray, saliency: np.ndarray, area: int, adapter: OnnxAdapter, target: int) -> float:
-    """A faithfulness check that needs no expert: P(target) on the image minus P(target) with the map's top ``area``
-    pixels (the expert mask's area) filled with the image's mean, as :func:`box_drop` hides the expert mask (one
-    query). A map whose region drops the answer more than the expert's mask does has found more of what the model
-    reads than the mask holds; AUPRC against the mask cannot credit it."""
-    order = np.argsort(-np.asarray(saliency, np.float64).ravel(), kind="stable")[:max(1, int(area))]
-    hidden = image.copy().reshape(-1, image.shape[2])
-    hidden[order] = image.mean(axis=(0, 1))
-    p = adapter.predict(np.stack([image, hidden.reshape(image.shape)]))[:, target]
-    return float(p[0] - p[1])
+    """A faithfulness check that needs no expert: the drop when the map's top ``area`` pixels (the expert mask's area)
+    are hidden, as :func:`box_drop` hides the expert mask. A map whose region drops the answer more than the expert's
+    mask does has found more of what the model reads than the mask holds; AUPRC against the mask cannot credit it."""
+    top = np.zeros(saliency.size, bool)
+    top[np.argsort(-np.asarray(saliency, np.float64).ravel(), kind="stable")[:max(1, int(area))]] = True
+    return hidden_drop(image, top.reshape(saliency.shape), adapter, target)
 
 
 def variant(name: str) -> ExplainConfig:

@@ -13,11 +13,13 @@ families, and the multi-label classifier on the multi-label chest phantoms, wher
 explained from one set of queries and the rule stops when all of them have settled; AUPRC is then the mean over
 the findings, each against its own mask) the default explanation at the fixed 500 samples is made once with its
 samples kept. ``--split shifted`` is the phantoms' held-out acquisition shift, run as test. ``--figshare DIR`` or
-``--kvasir DIR`` runs a real family instead (bench_real's cases: each image's true class against the expert's mask):
+``--kvasir DIR`` runs a real family instead (bench_real's cases: each image's true class against the expert's mask;
+``--images`` per class):
 
     python -m blackbox_lime.evaluation.bench_stopping --split test --images 10 --rules 0.85/1 --figshare DATA \
-        --out docs/bench_stopping/test_figshare Because a design's
-rows do not depend on how many follow (blackbox_lime/stopping.py), the explanation that ``n_samples="auto"`` would
+        --out docs/bench_stopping/test_figshare
+
+Because a design's rows do not depend on how many follow (blackbox_lime/stopping.py), the explanation that ``n_samples="auto"`` would
 make after any round is the fit on a prefix of those samples: every rule (threshold / patience) is replayed from
 the same answers, and the round it stops at, its queries and its map's pixel AUPRC against the lesion mask are
 read off. The test run also makes the real ``n_samples="auto"`` explanation for each rule given and checks that it
@@ -72,13 +74,12 @@ def cases(family: str, split: str, n: int, abnormal: int) -> list[tuple[int, np.
     """A group's cases: (index, image, the explained class -> its lesion mask). The multi-label group explains every
     finding present (the first ``n`` cases with at least one), each scored against its own mask; the others their
     ``abnormal`` class."""
-    if family == "chest_multilabel":
-        names = list(FINDINGS)  # the multi-label model's class order (tests/test_onnx_models.py checks it)
+    if family == "chest_multilabel":  # FINDINGS is the multi-label model's class order (test_onnx_models checks it)
         out = []
         for i in itertools.count():
             ph = make_multilabel_phantom(split, i)
             if any(ph.labels.values()):
-                out.append((i, ph.image, {names.index(k): ph.masks[k] for k in FINDINGS if ph.labels[k]}))
+                out.append((i, ph.image, {j: ph.masks[k] for j, k in enumerate(FINDINGS) if ph.labels[k]}))
             if len(out) == n:
                 return out
     return [(ph.index, ph.image, {abnormal: ph.mask}) for ph in abnormal_cases(family, split, n)]
