@@ -145,3 +145,38 @@ def test_the_recorded_command_holds_no_path_of_this_machine():
             "--out", "/tmp/run"]
     assert _public_args(args) == ["--kvasir", "DATA", "--split", "test", "--mae", "kvasir_mae.onnx", "--out", "OUT"]
     assert _public_args(["--figshare", "rel/data", "--out", "docs/x"]) == ["--figshare", "DATA", "--out", "docs/x"]
+
+
+def _run(methods: dict[str, float], ids=("a", "b"), **settings) -> dict:
+    base = {"family": "kvasir_polyp", "split": "test", "per_class": 2, "seed": 0, "mae": "bundled"}
+    return {**base, **settings, "methods": list(methods),
+            "records": [{"id": i, "box_drop": 0.1, "methods": {m: {"auprc": v} for m, v in methods.items()}}
+                        for i in ids]}
+
+
+def test_update_replaces_the_methods_run_again_and_keeps_the_others():
+    from blackbox_lime.evaluation.bench_real import merge
+
+    kept = _run({"default": 0.3, "lime": 0.2, "occlusion": 0.25})
+    merged = merge(kept, _run({"default": 0.5, "rise": 0.1}))
+    assert merged["methods"] == ["default", "lime", "occlusion", "rise"]
+    assert [r["methods"] for r in merged["records"]] == [
+        {"default": {"auprc": 0.5}, "lime": {"auprc": 0.2}, "occlusion": {"auprc": 0.25}, "rise": {"auprc": 0.1}}] * 2
+    assert kept["records"][0]["methods"]["default"] == {"auprc": 0.3}  # the earlier run is not changed
+
+
+def test_update_refuses_other_settings_or_other_cases(tmp_path, capsys):
+    from blackbox_lime.evaluation.bench_real import main, merge
+
+    with pytest.raises(ValueError, match=r"^--update: the earlier run has seed=0, this one 1; run with the earlier "
+                                         r"run's settings$"):
+        merge(_run({"default": 0.3}), _run({"default": 0.5}, seed=1))
+    with pytest.raises(ValueError, match=r"^--update: the cases differ from the earlier run's \(2 against 2, first "
+                                         r"at a\); the model or the data changed$"):
+        merge(_run({"default": 0.3}), _run({"default": 0.5}, ids=("c", "b")))
+    (tmp_path / "results.json").write_text(__import__("json").dumps(_run({"default": 0.3})))
+    with pytest.raises(SystemExit) as e:  # checked before any query
+        main(["--kvasir", str(tmp_path), "--split", "val", "--per-class", "2", "--update", str(tmp_path),
+              "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--update: the earlier run has split='test', this one 'val'" in capsys.readouterr().err

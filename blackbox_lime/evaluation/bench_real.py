@@ -191,6 +191,35 @@ def run(root: Path, split: str, per_class: int, methods: tuple[str, ...], seed: 
             "records": records}
 
 
+SETTINGS = ("family", "split", "per_class", "seed", "mae")
+
+
+def same_settings(kept: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """Raises ValueError naming the first of :data:`SETTINGS` on which two runs differ."""
+    for key in SETTINGS:
+        if kept.get(key) != fresh.get(key):
+            raise ValueError(f"--update: the earlier run has {key}={kept.get(key)!r}, this one {fresh.get(key)!r}; "
+                             f"run with the earlier run's settings")
+
+
+def merge(kept: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """``--update``: ``fresh`` (some methods run again) laid over ``kept`` (an earlier run on the same cases). The
+    methods ``fresh`` ran replace their records; the others are kept. Raises ValueError naming the first setting or
+    case that differs, since records of other cases or settings cannot be paired."""
+    same_settings(kept, fresh)
+    old_ids = [r["id"] for r in kept["records"]]
+    new_ids = [r["id"] for r in fresh["records"]]
+    if old_ids != new_ids:
+        first = next((a for a, b in zip(old_ids, new_ids) if a != b), None)
+        raise ValueError(f"--update: the cases differ from the earlier run's ({len(old_ids)} against {len(new_ids)}"
+                         f"{'' if first is None else ', first at ' + first}); the model or the data changed")
+    records = []
+    for old, new in zip(kept["records"], fresh["records"]):
+        records.append({**old, "methods": {**old["methods"], **new["methods"]}})
+    methods = list(kept["methods"]) + [m for m in fresh["methods"] if m not in kept["methods"]]
+    return {**fresh, "methods": methods, "records": records}
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     recs = result["records"]
     out: dict[str, Any] = {"n": len(recs), "prevalence": bootstrap_ci([r["box_fraction"] for r in recs])}
@@ -330,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         "would give blackbox-lime mae fit) and stop")
     p.add_argument("--out", default=None, help="folder for results.json and table.md")
     p.add_argument("--render", action="store_true", help="rewrite --out's table.md from its results.json, no run")
+    p.add_argument("--update", default=None, metavar="DIR",
+                   help="run --methods again on the cases of DIR's results.json (same family, split, --per-class, "
+                        "--seed, --mae) and keep its other methods (after a change to the default, say)")
     a = p.parse_args(argv)
     given = [(name, getattr(a, fam.option[2:])) for name, fam in FAMILIES.items()
              if getattr(a, fam.option[2:]) is not None]
@@ -357,13 +389,28 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in methods if m not in METHODS and not m.startswith(("cfg:", "fill="))]
     if unknown:
         p.error(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    kept = json.loads((Path(a.update) / "results.json").read_text()) if a.update else None
+    if kept is not None:
+        asked = {"family": family, "split": a.split, "per_class": a.per_class, "seed": a.seed,
+                 "mae": "bundled" if a.mae is None else Path(a.mae).name}
+        try:
+            same_settings(kept, asked)
+        except ValueError as e:
+            p.error(str(e))
     result = run(Path(root), a.split, a.per_class, methods, a.seed, log=lambda s: print(s, file=sys.stderr),
                  mae=a.mae, family=family)
+    if kept is not None:
+        try:
+            result = merge(kept, result)
+        except ValueError as e:
+            p.error(str(e))
     summary = summarize(result)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m blackbox_lime.evaluation.bench_real " + " ".join(
         _public_args(argv if argv is not None else sys.argv[1:]))
+    if kept is not None:  # the table is the earlier run's records with these methods run again
+        command = f"{kept['command']}, then {command}"
     (out / "results.json").write_text(json.dumps({**result, "summary": summary, "command": command}, indent=1) + "\n")
     table = markdown(result, summary, command)
     (out / "table.md").write_text(table)
