@@ -53,7 +53,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # Pilot samples per candidate for a site's calibration: the choice is made once, so it can afford
-# a larger pilot than one explanation's (ExplainConfig.pilot_samples).
+# a larger pilot than one explanation's (ExplainConfig.pilot_samples). A calibration always pilots, even where an
+# explanation's auto does not (the default): choosing from pilots over the site's images is what it is for.
 CALIBRATION_PILOT = 64
 
 
@@ -68,7 +69,7 @@ def calibrate(adapter: ClassifierAdapter, images: Sequence[np.ndarray], config: 
 
     Returns ``{"fill": chosen, "evidence": {...}, "per_image": [FillChoice.summary(), ...]}``."""
     base = config or ExplainConfig()
-    pilot = max(base.pilot_samples, CALIBRATION_PILOT) if base.pilot_samples else 0
+    pilot = max(base.pilot_samples, CALIBRATION_PILOT)
     challenger = max(base.challenger_samples, CALIBRATION_PILOT)
     cfg = replace(base, fill="auto", pilot_samples=pilot, challenger_samples=challenger,
                   n_samples=max(base.sample_ceiling, 2 * base.pilot_candidates * pilot + 1, 4 * challenger + 1))

@@ -52,11 +52,11 @@ class ExplainConfig:
         How hidden patches are filled: the local MAE (generative masking), the image's
         per-channel mean, a strong Gaussian blur of the image, or zeros. "auto" keeps the MAE where
         it reconstructs the image's own hidden pixels within ``recon_margin_db`` of a blur (no query),
-        and otherwise picks a classic fill by a pilot share of the budget (blackbox_lime/fill_choice.py);
-        the total queries stay ``n_samples``.
+        and otherwise the first classic fill, the mean (or, with ``pilot_samples``, a classic fill picked by
+        a pilot share of the budget; blackbox_lime/fill/policy.py); the total queries stay ``n_samples``.
     fill_candidates : tuple of str, default ("mae", "mean", "blur")
-        The fills "auto" chooses among. The MAE is judged by the reconstruction check, the others (the
-        first preferred) by a pilot.
+        The fills "auto" chooses among. The MAE is judged by the reconstruction check; of the others the
+        first is taken (or, with ``pilot_samples``, the first unless a pilot favours another).
     recon_margin_db : float, default 2.0
         "auto": the MAE is used when its PSNR on the image's own hidden pixels (8 fixed masks hiding half
         the patches) is at most this many dB below a blur's; no query is spent then.
@@ -69,17 +69,20 @@ class ExplainConfig:
         The challenger's pilot (see ``mae_challenger``): on val (docs/tune_val/fill_zero/table.md) the setting
         whose worst-group ratio holds best at its neighbouring margins. The challenger is off by default
         because the val grid is unstable (docs/robust_fill.md).
-    pilot_samples : int, default 32
+    pilot_samples : int, default 0
         "auto", when the MAE fails the check: pilot samples per classic candidate (masks over blocks of
         ``pilot_block`` x ``pilot_block`` patches), scored by the evidence fit's held-out R^2. The
         chosen fill's pilot samples are reused; the other's are the price of the choice. Lowered for
-        a small ``n_samples`` (:attr:`pilot_per_fill`); 0 takes the first classic candidate without a pilot.
+        a small ``n_samples`` (:attr:`pilot_per_fill`); 0 (the default) takes the first classic candidate
+        without a pilot. The pilot (32) was the default until the real images' val splits showed it
+        choosing the blur where the mean scores higher (docs/robust_fill.md, "The pilot on real images").
     pilot_block : int, default 2
         "auto": side of the pilot's mask blocks, in patches.
     fill_margin : float, default 0.0
         "auto": how much higher another classic candidate's score must be to replace the first.
         recon_margin_db, pilot_samples, pilot_block and fill_margin were chosen together on val
-        (``python -m blackbox_lime.evaluation.bench_fill --split val``, docs/tune_val/fill/table.md).
+        (``python -m blackbox_lime.evaluation.bench_fill --split val``, docs/tune_val/fill/table.md; the real
+        families' val splits added, docs/robust_fill.md).
     nested_samples : int, default 3
         Samples that share one MAE reconstruction. A group's first mask hides the most patches;
         the others reveal a random part of its hidden patches again, so every fill is conditioned
@@ -155,7 +158,7 @@ class ExplainConfig:
     mask_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     fill: str = "auto"
     fill_candidates: tuple[str, ...] = ("mae", "mean", "blur")
-    pilot_samples: int = 32
+    pilot_samples: int = 0
     pilot_block: int = 2
     fill_margin: float = 0.0
     recon_margin_db: float = 2.0
@@ -306,9 +309,11 @@ def _candidates_ok(c: Any) -> bool:
 
 
 def _fill_help(d: ExplainConfig) -> str:
-    classic = " or ".join(c for c in d.fill_candidates if not is_generative(c))
+    classic = [c for c in d.fill_candidates if not is_generative(c)]
+    rest = (f"{' or '.join(classic)} by a pilot share of --samples" if d.pilot_samples else
+            f"the {classic[0]} fill")
     return (f"how hidden patches are filled (default {d.fill}: per image, the MAE where it reconstructs the image "
-            f"within {d.recon_margin_db:g} dB of a blur, else {classic} by a pilot share of --samples)")
+            f"within {d.recon_margin_db:g} dB of a blur, else {rest})")
 
 
 #: Every checked knob, in the order its check runs. ExplainConfig checks its values with it, and the CLI builds its

@@ -143,7 +143,7 @@ def test_nested_fills_only_condition_on_visible_pixels(linear_model: Path, phant
     ({"fill_candidates": ("mae", "auto")}, r"The 'fill_candidates' parameter must be a tuple of two or more"),
     ({"pilot_samples": 4}, r"The 'pilot_samples' parameter must be 0 or an integer >= 8\. Got 4 instead\."),
     ({"fill_margin": -0.1}, r"The 'fill_margin' parameter must be a float in the range \[0, inf\)\. Got -0\.1 instead\."),
-    ({"n_samples": 30}, r"The 'n_samples' parameter must be at least 33 with fill 'auto' \(2 piloted candidates x 8 "
+    ({"n_samples": 30, "pilot_samples": 32}, r"The 'n_samples' parameter must be at least 33 with fill 'auto' \(2 piloted candidates x 8 "
                         r"pilot samples, as many again for the chosen fill, and the image\), or choose a fill\. "
                         r"Got 30 instead\."),
     ({"lambda1": -1}, r"The 'lambda1' parameter must be a float in the range \[0, inf\)\. Got -1 instead\."),

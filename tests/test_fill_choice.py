@@ -39,7 +39,9 @@ def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
     with OnnxAdapter(model_path) as model:
         # The painter as the MAE: hiding a planted patch repaints it, so the answer never moves; its
         # reconstruction of the image's own hidden pixels is far worse than a blur's, so auto leaves it.
-        exp = Explainer(model, ExplainConfig(n_samples=300), mae_path=painter).explain(image, target=1, rng=0)
+        exp = Explainer(model, ExplainConfig(n_samples=300, pilot_samples=32), mae_path=painter).explain(image, target=1,
+                                                                                                       rng=0)
+        plain = Explainer(model, ExplainConfig(n_samples=300), mae_path=painter).explain(image, target=1, rng=0)
         forced = Explainer(model, ExplainConfig(fill="mae", n_samples=300), mae_path=painter).explain(image, target=1,
                                                                                                       rng=0)
     fill = exp.fill
@@ -54,6 +56,10 @@ def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
     n = fill["pilot_samples_per_fill"]
     assert exp.queries == 300 and fill["queries_spent_on_choice"] == n  # the other classic fill's pilot
     assert exp.r2_heldout > 0.9 and exp.r2_evidence > 0.9 and not exp.warnings
+    # The default pilots nothing: the MAE failed its check, so the first classic candidate, the mean, at no query.
+    assert plain.fill["chosen"] == "mean" and plain.fill["scores"] == {} and plain.fill["queries_spent_on_choice"] == 0
+    assert plain.fill["reason"].endswith("dB worse than a blur; mean is the first classic candidate")
+    assert plain.queries == 300 and sorted(np.argsort(-plain.patch_weights.reshape(-1))[:4].tolist()) == sorted(PLANTED)
     # Forced, the painter gives a flat answer and an empty-evidence map, and the report says so twice: the answer
     # hardly moved, and the "MAE" fails the reconstruction check that auto applies.
     assert forced.fill["mode"] == "fixed" and forced.fill["chosen"] == "mae"
@@ -148,10 +154,11 @@ def test_auto_is_deterministic_for_a_seed_and_stays_within_the_budget(trigger_ca
 
 
 def test_a_small_budget_shrinks_the_pilot() -> None:
-    n = ExplainConfig().pilot_samples
-    assert ExplainConfig(n_samples=1000).pilot_per_fill == n
-    assert ExplainConfig(n_samples=4 * n - 3).pilot_per_fill == n - 1  # the chosen fill keeps >= 2 pilots' worth
-    assert ExplainConfig(n_samples=33).pilot_per_fill == 8
+    n = 32
+    assert ExplainConfig(n_samples=1000, pilot_samples=n).pilot_per_fill == n
+    assert ExplainConfig(n_samples=4 * n - 3, pilot_samples=n).pilot_per_fill == n - 1  # the chosen keeps >= 2 pilots
+    assert ExplainConfig(n_samples=33, pilot_samples=n).pilot_per_fill == 8
+    assert ExplainConfig().pilot_per_fill == 0  # the default: no pilot
     assert ExplainConfig(n_samples=20, pilot_samples=0).pilot_per_fill == 0  # no pilot: no minimum
 
 

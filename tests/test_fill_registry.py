@@ -84,7 +84,7 @@ def test_the_gate_keys_off_the_generative_capability(monkeypatch: pytest.MonkeyP
     adapter = OnnxAdapter(linear_model)  # type: ignore[arg-type]
     image = np.full((64, 64, 3), 0.3, np.float32)
     image[:16, :16] = 0.6
-    cfg = ExplainConfig(fill_candidates=("painter", "mean", "blur"), n_samples=120)
+    cfg = ExplainConfig(fill_candidates=("painter", "mean", "blur"), n_samples=120, pilot_samples=32)
     exp = Explainer(adapter, cfg).explain(image, target=1, rng=0)
     assert exp.fill["gate"] == "failed" and set(exp.fill["recon_psnr_db"]) == {"painter", "blur"}
     assert exp.fill["chosen"] in ("mean", "blur") and set(exp.fill["scores"]) == {"mean", "blur"}
@@ -97,8 +97,9 @@ def test_the_gate_keys_off_the_generative_capability(monkeypatch: pytest.MonkeyP
 
 def test_policies_know_their_budget(linear_model: object) -> None:
     grid = PatchGrid(64, 64, 16)
-    cfg = ExplainConfig(mae_challenger="zero")
+    cfg = ExplainConfig(mae_challenger="zero", pilot_samples=32)
     assert [n for n, _ in auto_sample_needs(cfg)] == [4 * MIN_PILOT + 1, 2 * 2 * MIN_PILOT + 1]
+    assert auto_sample_needs(ExplainConfig()) == []  # the default auto pilots nothing
     policy = AutoFill(grid, cfg, {"mean": ConstantFiller("mean"), "zero": ConstantFiller("zero")}, {}, 2)
     assert policy.min_samples() == 33
     assert FixedFill(grid, ExplainConfig(fill="mean"), ConstantFiller("mean"), 2).min_samples() == 2

@@ -73,12 +73,15 @@ def test_the_ceiling_must_leave_room_for_the_fill_pilots(capsys: pytest.CaptureF
     with pytest.raises(ValueError, match=r"The 'max_samples' parameter must be at least 33 with fill 'auto' \(2 piloted "
                                          r"candidates x 8 pilot samples.*\(n_samples is 'auto': max_samples is its "
                                          r"ceiling\)\. Got 20 instead\."):
-        ExplainConfig(n_samples="auto", max_samples=20)
+        ExplainConfig(n_samples="auto", max_samples=20, pilot_samples=32)
+    ExplainConfig(n_samples="auto", max_samples=20)  # the default auto pilots nothing where the MAE fails
     assert explanation_plan(ExplainConfig(n_samples="auto", max_samples=300), 300).images == 300
     img = str(bundled_example("chest_xray_test_00001.png"))
-    assert cli.main(["explain", img, "--model", "demo-cnn", "--samples", "auto", "--max-samples", "20", "--dry-run"]) == 2
+    assert cli.main(["explain", img, "--model", "demo-cnn", "--samples", "auto", "--max-samples", "20",
+                     "--mae-challenger", "zero", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("blackbox-lime: error: --max-samples must be at least 33 with fill 'auto'") and "Got 20" in err
+    assert err.startswith("blackbox-lime: error: --max-samples must be at least 33 with fill 'auto' and an MAE "
+                          "challenger") and "Got 20" in err
     with pytest.raises(SystemExit) as stop:
         cli.main(["explain", img, "--model", "demo-cnn", "--samples", "lots", "--dry-run"])
     assert stop.value.code == 2
