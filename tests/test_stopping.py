@@ -130,3 +130,18 @@ def test_the_stopping_benchmark_scores_every_finding_of_a_multilabel_case_agains
     (index, image, masks), = cases("chest_xray", "val", 1, abnormal=1)
     first = abnormal_cases("chest_xray", "val", 1)[0]
     assert index == first.index and list(masks) == [1] and np.array_equal(masks[1], first.mask)
+
+
+def test_the_oracle_reads_the_rounds_it_is_given() -> None:
+    from blackbox_lime.evaluation.bench_stopping import oracle_lines, settled_at
+
+    def rounds(*auprc: float) -> list[dict[str, float]]:
+        return [{"end": e, "samples": e + 1, "auprc": a} for e, a in zip((96, 144, 192, 240, 499), auprc)]
+
+    fast = {"model": "m", "family": "f", "fixed_auprc": 0.8, "rounds": rounds(0.2, 0.78, 0.7, 0.8, 0.8)}
+    slow = {"model": "m", "family": "f", "fixed_auprc": 0.4, "rounds": rounds(0.1, 0.2, 0.3, 0.39, 0.4)}
+    assert settled_at(fast["rounds"], 0.8) == 145  # 0.78 >= 0.95 x 0.8: the first such round, though it dips after
+    assert settled_at(slow["rounds"], 0.4) == 241
+    table = oracle_lines([fast, slow], ["m/f"], ends=(96, 144))
+    # at 96: neither within 0.95x, mean 0.15 / 0.6; at 144: one of two, mean 0.49 / 0.6; oracle median of 145 and 241
+    assert table[-1] == "| m/f | 0.00 / 0.25 | 0.50 / 0.82 | 193 |"
