@@ -65,7 +65,7 @@ METHODS: dict[str, tuple[str, bool]] = {
 }
 # MedLIME's parts per kind: (fill, STTA, EBR). "MedLIME" is all three; each ablation drops one. GM is the default
 # fill, "auto": the MAE wherever it reconstructs the image within 2 dB of a blur (every test case of both families),
-# else a classic fill chosen by a pilot; "w/o GM" forces the mean fill.
+# else the mean fill; "w/o GM" forces the mean fill.
 MEDLIME_PARTS: dict[str, tuple[str, bool, bool]] = {
     "medlime": ("auto", True, True),
     "medlime_mean": ("mean", True, True),
