@@ -58,7 +58,7 @@ def test_auto_avoids_a_fill_that_paints_the_evidence_back(trigger_case) -> None:
     assert exp.r2_heldout > 0.9 and exp.r2_evidence > 0.9 and not exp.warnings
     # The default pilots nothing: the MAE failed its check, so the first classic candidate, the mean, at no query.
     assert plain.fill["chosen"] == "mean" and plain.fill["scores"] == {} and plain.fill["queries_spent_on_choice"] == 0
-    assert plain.fill["reason"].endswith("dB worse than a blur; mean is the first classic candidate")
+    assert plain.fill["reason"].endswith("dB worse than a blur; the mean fill, the first classic candidate (no pilot)")
     assert plain.queries == 300 and sorted(np.argsort(-plain.patch_weights.reshape(-1))[:4].tolist()) == sorted(PLANTED)
     # Forced, the painter gives a flat answer and an empty-evidence map, and the report says so twice: the answer
     # hardly moved, and the "MAE" fails the reconstruction check that auto applies.

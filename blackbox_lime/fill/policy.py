@@ -198,7 +198,7 @@ class AutoFill(FillPolicy):
         if n == 0 or len(classic) == 1:
             chosen = classic[0]
             return FillChoice(chosen, {}, {}, 0, 0, 0.0, chosen, cfg.fill_margin,
-                              lead + f"{chosen} is the first classic candidate", psnr, cfg.recon_margin_db,
+                              lead + f"the {chosen} fill, the first classic candidate (no pilot)", psnr, cfg.recon_margin_db,
                               gate=failed), None
         scores, spread, pilots = pilot({k: self.fillers[k] for k in classic}, n, cfg.pilot_block)
         chosen, reason = decide(scores, classic[0], cfg.fill_margin)
