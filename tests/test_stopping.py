@@ -142,6 +142,7 @@ def test_the_oracle_reads_the_rounds_it_is_given() -> None:
     slow = {"model": "m", "family": "f", "fixed_auprc": 0.4, "rounds": rounds(0.1, 0.2, 0.3, 0.39, 0.4)}
     assert settled_at(fast["rounds"], 0.8) == 145  # 0.78 >= 0.95 x 0.8: the first such round, though it dips after
     assert settled_at(slow["rounds"], 0.4) == 241
+    assert settled_at(slow["rounds"], 0.5) == 500  # never within 0.95x: the ceiling
     table = oracle_lines([fast, slow], ["m/f"], ends=(96, 144))
     # at 96: neither within 0.95x, mean 0.15 / 0.6; at 144: one of two, mean 0.49 / 0.6; oracle median of 145 and 241
     assert table[-1] == "| m/f | 0.00 / 0.25 | 0.50 / 0.82 | 193 |"

@@ -135,8 +135,9 @@ def stop_of(rounds: list[dict[str, Any]], threshold: float, patience: int) -> di
 
 def settled_at(rounds: list[dict[str, Any]], fixed: float, share: float = 0.95) -> int:
     """The samples of the first round whose map scores at least ``share`` of the fixed map's AUPRC: where a rule that
-    could read the lesion mask would stop this case (no label-free rule can know it)."""
-    return next(r["samples"] for r in rounds if r["auprc"] >= share * fixed)
+    could read the lesion mask would stop this case (no label-free rule can know it); the last round when none
+    does."""
+    return next((r["samples"] for r in rounds if r["auprc"] >= share * fixed), rounds[-1]["samples"])
 
 
 def oracle_lines(records: list[dict[str, Any]], groups: list[str], ends: tuple[int, ...] = (96, 144, 192, 240)
