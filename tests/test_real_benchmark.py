@@ -180,3 +180,28 @@ def test_update_refuses_other_settings_or_other_cases(tmp_path, capsys):
               "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "--update: the earlier run has split='test', this one 'val'" in capsys.readouterr().err
+
+
+def test_fill_drops_tell_a_fill_that_removes_the_finding_from_one_that_paints_it_back():
+    from blackbox_lime.evaluation.bench_real import fill_drops, fill_drops_table
+    from blackbox_lime.fill.fillers import ConstantFiller, Filler
+
+    class Repaint(Filler):  # puts the finding back: its content is the image itself
+        name = "repaint"
+
+        def fill(self, canvas: np.ndarray, hidden_px: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(canvas, hidden_px.shape + canvas.shape[2:]).copy()
+
+    image = np.full((32, 32, 3), 0.2, np.float32)
+    image[:16, :16] = 0.9
+    hide = np.zeros((32, 32), bool)
+    hide[:16, :16] = True
+    drops = fill_drops(image, hide, _Quadrant(), 1, {"mean": ConstantFiller("mean"), "zero": ConstantFiller("zero"),
+                                                     "repaint": Repaint()})
+    assert drops == pytest.approx({"mean": 0.9 - image.mean(), "zero": 0.9, "repaint": 0.0}, abs=1e-5)
+    recs = [{"id": "a", "fill_drops": {"mean": 0.5, "repaint": 0.1}}, {"id": "b", "fill_drops": {"mean": 0.3,
+                                                                                                  "repaint": 0.0}},
+            {"id": "c", "fill_drops": {"mean": 0.05, "repaint": 0.05}}]  # c: the model does not read its finding
+    table = fill_drops_table({"family": "kvasir_polyp", "split": "val", "records": recs}, "cmd")
+    assert "| mean | 0.283 [" in table and table.rstrip().endswith("| 0.050 | 0.12 |")  # 0.05 / 0.4 on a and b
+    assert '"Reads": the 2 images whose mean-fill drop is >= 0.1.' in table

@@ -49,6 +49,8 @@ from blackbox_lime.evaluation import baselines
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, KVASIR_CLASSES, RealCase, figshare_brain, kvasir_polyp
 from blackbox_lime.explainer import Explainer
+from blackbox_lime.fill.fillers import Filler
+from blackbox_lime.fill.registry import fill_names, make_filler
 from blackbox_lime.models import bundled_model
 
 @dataclass(frozen=True)
@@ -122,6 +124,41 @@ def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
     answer does not rest on the lesion, so the class is an audit case (what does it read?), not a test of
     faithfulness to the lesion."""
     return hidden_drop(_rgb(case), case.mask, adapter, case.label)
+
+
+def fill_drops(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target: int,
+               fillers: dict[str, Filler]) -> dict[str, float]:
+    """Does a fill remove the finding? P(target) on the image minus P(target) with the pixels of ``hide`` (the expert's
+    mask) replaced by each fill's content (one request for all fills). A fill that removes much less than the mean
+    where the mean removes much puts the finding back or leaves it visible, and its maps cannot find it."""
+    hidden = [image]
+    for filler in fillers.values():
+        out = image.copy()
+        out[hide] = filler.fill(image, hide[None])[0][hide]
+        hidden.append(out)
+    p = adapter.predict(np.stack(hidden))[:, target]
+    return {name: float(p[0] - q) for name, q in zip(fillers, p[1:])}
+
+
+def fill_drops_table(result: dict[str, Any], command: str, reads: float = 0.1) -> str:
+    """The table of ``--fill-drops``: per fill, the mean drop over all images and over those whose mean-fill drop is
+    at least ``reads`` (the model reads the finding), with its ratio to the mean fill's there."""
+    recs = result["records"]
+    names = list(recs[0]["fill_drops"]) if recs else []
+    strong = [r for r in recs if r["fill_drops"]["mean"] >= reads]
+    ref = float(np.mean([r["fill_drops"]["mean"] for r in strong])) if strong else float("nan")
+    lines = [f"# What each fill removes: {result['family']}, {result['split']} split", "", f"`{command}`", "",
+             f"{len(recs)} images the model classifies correctly. The drop: P(class) minus P(class) with the expert's "
+             "mask filled by the fill (one request per image for all fills). A fill whose drop is far below the mean "
+             "fill's puts the finding back, or leaves it visible, so hiding cannot show the map where it is. "
+             f"\"Reads\": the {len(strong)} images whose mean-fill drop is >= {reads:g}.", "",
+             "| fill | drop, all [95 % CI] | drop, images the model reads | / the mean fill's there |",
+             "|---|---|---|---|"]
+    for name in names:
+        t = bootstrap_ci([r["fill_drops"][name] for r in recs])
+        here = float(np.mean([r["fill_drops"][name] for r in strong])) if strong else float("nan")
+        lines.append(f"| {name} | {t[0]:.3f} [{t[1]:.3f}, {t[2]:.3f}] | {here:.3f} | {here / ref:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def region_drop(image: np.ndarray, saliency: np.ndarray, area: int, adapter: OnnxAdapter, target: int) -> float:
@@ -343,6 +380,30 @@ def _public_args(args: list[str]) -> list[str]:
     return out
 
 
+def _fill_drops_main(family: str, root: Path, split: str, per_class: int, mae: str | None, out: Path,
+                     command: str) -> int:
+    from tqdm import tqdm
+
+    fam = FAMILIES[family]
+    adapter = OnnxAdapter(bundled_model(fam.model))
+    fillers: dict[str, Filler] = {name: make_filler(name, ExplainConfig().patch_size) for name in fill_names()}
+    if mae is not None:
+        fillers["mae (site)"] = make_filler("mae", ExplainConfig().patch_size, mae_path=mae)
+    records = []
+    for case, prob in tqdm(select(fam.load(root, split), adapter, per_class, fam.explained), unit="image",
+                           file=sys.stderr):
+        records.append({"id": case.id, "label": fam.classes[case.label], "prob": prob,
+                        "fill_drops": fill_drops(_rgb(case), case.mask, adapter, case.label, fillers)})
+    result = {"family": family, "split": split, "per_class": per_class, "mae": None if mae is None else Path(mae).name,
+              "records": records, "command": command}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = fill_drops_table(result, command)
+    (out / "table.md").write_text(table)
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m blackbox_lime.evaluation.bench_real", description=__doc__.split("\n")[0])
     p.add_argument("--figshare", default=None, help="family figshare_brain: the folder holding 0/, 1/ and 2/")
@@ -359,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                         "would give blackbox-lime mae fit) and stop")
     p.add_argument("--out", default=None, help="folder for results.json and table.md")
     p.add_argument("--render", action="store_true", help="rewrite --out's table.md from its results.json, no run")
+    p.add_argument("--fill-drops", action="store_true",
+                   help="instead of maps: how much of the answer each fill removes when it hides the expert's mask "
+                        "(every registered fill; with --mae, that MAE next to the bundled one); no map is made")
     p.add_argument("--update", default=None, metavar="DIR",
                    help="run --methods again on the cases of DIR's results.json (same family, split, --per-class, "
                         "--seed, --mae) and keep its other methods (after a change to the default, say)")
@@ -385,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.out is None:
         p.error("--out is required (the folder for results.json and table.md)")
+    if a.fill_drops:
+        return _fill_drops_main(family, Path(root), a.split, a.per_class, a.mae, Path(a.out),
+                                "python -m blackbox_lime.evaluation.bench_real " + " ".join(
+                                    _public_args(argv if argv is not None else sys.argv[1:])))
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS and not m.startswith(("cfg:", "fill="))]
     if unknown:
