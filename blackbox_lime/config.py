@@ -338,7 +338,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("fill", lambda v: v in fill_choices(), lambda: f"one of {', '.join(fill_choices())}", "fill",
            choices=fill_choices, help=_fill_help),
     Option("fill_candidates", _candidates_ok, lambda: f"a tuple of two or more distinct fills from {', '.join(fill_names())}"),
-    Option("pilot_samples", lambda v: _is_int(v) and (v == 0 or v >= MIN_PILOT), f"0 or an integer >= {MIN_PILOT}"),
+    Option("pilot_samples", lambda v: _is_int(v) and (v == 0 or v >= MIN_PILOT), f"0 or an integer >= {MIN_PILOT}",
+           "pilot-samples", int, help="fill auto, where the MAE fails its check: pilot queries per classic fill to "
+                                      "choose among them (default {d.pilot_samples}: the mean fill, no pilot; 32 was "
+                                      "the default before, docs/robust_fill.md)"),
     Option("recon_margin_db", _is_real, "a finite float"),
     Option("pilot_block", _int_at_least(1), "an integer >= 1"),
     Option("fill_margin", lambda v: _is_real(v) and v >= 0, "a float in the range [0, inf)"),

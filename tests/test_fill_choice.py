@@ -357,3 +357,19 @@ def test_the_library_names_fields_and_the_command_line_its_options() -> None:
     assert isinstance(said, MapWarning) and said.code == "low_fidelity"
     assert said.endswith("an MAE fitted on your images (blackbox-lime mae fit) or a higher --max-samples (--samples "
                          "auto, at most 200).") and "`" not in said
+
+
+def test_the_cli_pilots_the_classic_fills_only_when_asked(trigger_case, tmp_path: Path, capsys) -> None:
+    image, model_path, painter = trigger_case
+    png = _write_pngs(tmp_path / "site", [image])[0]
+    for extra, out in (([], "plain"), (["--pilot-samples", "32"], "piloted")):
+        assert cli.main(["explain", str(png), "--model", str(model_path), "--mae", str(painter), "--samples", "300",
+                         "--out", str(tmp_path / out), "--quiet", *extra]) == 0
+    plain = json.loads((tmp_path / "plain" / "case0.json").read_text())["fill"]
+    piloted = json.loads((tmp_path / "piloted" / "case0.json").read_text())["fill"]
+    assert plain["chosen"] == "mean" and plain["scores"] == {} and plain["queries_spent_on_choice"] == 0
+    assert set(piloted["scores"]) == {"mean", "blur"} and piloted["pilot_samples_per_fill"] == 32
+    assert piloted["queries_spent_on_choice"] == 32  # the fill not chosen
+    capsys.readouterr()
+    assert cli.main(["explain", str(png), "--model", str(model_path), "--pilot-samples", "4", "--dry-run"]) == 2
+    assert "--pilot-samples must be 0 or an integer >= 8. Got 4 instead." in capsys.readouterr().err
