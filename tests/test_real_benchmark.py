@@ -205,3 +205,28 @@ def test_fill_drops_tell_a_fill_that_removes_the_finding_from_one_that_paints_it
     table = fill_drops_table({"family": "kvasir_polyp", "split": "val", "records": recs}, "cmd")
     assert "| mean | 0.283 [" in table and table.rstrip().endswith("| 0.050 | 0.12 |")  # 0.05 / 0.4 on a and b
     assert '"Reads": the 2 images whose mean-fill drop is >= 0.1.' in table
+
+
+def test_fill_rises_catch_a_fill_whose_content_reads_as_the_finding(capsys):
+    from blackbox_lime.evaluation.bench_real import fill_rises, fill_rises_table, half_masks, main
+    from blackbox_lime.fill.fillers import ConstantFiller
+
+    image = np.full((32, 32, 3), 0.2, np.float32)  # no finding: the quadrant the model reads is dark
+    masks = half_masks((32, 32), 16, 8, np.random.default_rng(0))
+    assert masks.shape == (8, 32, 32) and set(np.unique(masks.reshape(8, 2, 16, 2, 16).mean(axis=(2, 4)))) <= {0, 1}
+    hides_quadrant = masks[:, 0, 0].mean()  # the share of masks that hide the read quadrant
+    white = ConstantFiller("zero")
+    white.fill = lambda canvas, hidden: np.ones((len(hidden),) + canvas.shape, np.float32)  # type: ignore[method-assign]
+    rises = fill_rises(image, masks, _Quadrant(), 1, {"mean": ConstantFiller("mean"), "white": white})
+    # the mean of a uniform image is the image: no change; white paints what the model reads as the finding
+    assert rises == pytest.approx({"mean": 0.0, "white": hides_quadrant * (1.0 - 0.2)}, abs=1e-5)
+    recs = [{"id": "a", "fill_rises": {"mean": 0.0, "white": 0.4}}, {"id": "b", "fill_rises": {"mean": -0.1,
+                                                                                               "white": 0.05}}]
+    table = fill_rises_table({"family": "kvasir_polyp", "split": "val", "records": recs, "free_class": "no polyp",
+                              "finding": "polyp", "masks": 8}, "cmd")
+    assert table.rstrip().endswith("| white | +0.225 [+0.050, +0.400] | 0.50 |")
+    with pytest.raises(SystemExit) as e:
+        main(["--figshare", "x", "--fill-rises", "--out", "y"])
+    assert e.value.code == 2
+    assert ("--fill-rises needs a class without the finding; figshare_brain's classes (pituitary, meningioma, glioma) "
+            "all have one") in capsys.readouterr().err

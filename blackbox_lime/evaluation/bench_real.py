@@ -140,6 +140,51 @@ def fill_drops(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target
     return {name: float(p[0] - q) for name, q in zip(fillers, p[1:])}
 
 
+def half_masks(shape: tuple[int, int], patch: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` bool pixel masks (n, H, W), each hiding a random half of the ``patch``-px squares."""
+    g = (-(-shape[0] // patch), -(-shape[1] // patch))
+    cells = rng.random((n,) + g) < 0.5
+    return np.stack([np.kron(c, np.ones((patch, patch), bool))[:shape[0], :shape[1]] for c in cells])
+
+
+def fill_rises(image: np.ndarray, masks: np.ndarray, adapter: OnnxAdapter, finding: int,
+               fillers: dict[str, Filler]) -> dict[str, float]:
+    """Does a fill make the model see the finding where there is none? On an image without it, the mean change of
+    P(finding) when each of ``masks`` (bool (M, H, W)) is filled by each fill (one request). A rise is what GM is
+    meant to avoid: a fill whose content reads as evidence."""
+    hidden = [image]
+    for filler in fillers.values():
+        content = filler.fill(image, masks)
+        for m, c in zip(masks, content):
+            out = image.copy()
+            out[m] = c[m]
+            hidden.append(out)
+    p = adapter.predict(np.stack(hidden))[:, finding]
+    k = len(masks)
+    return {name: float(np.mean(p[1 + i * k:1 + (i + 1) * k]) - p[0]) for i, name in enumerate(fillers)}
+
+
+def fill_rises_table(result: dict[str, Any], command: str, rise: float = 0.1) -> str:
+    """The table of ``--fill-rises``: per fill, the mean change of P(finding) and the share of images it raises by
+    more than ``rise``."""
+    recs = result["records"]
+    names = list(recs[0]["fill_rises"]) if recs else []
+    lines = [f"# Does a fill make the model see the finding? {result['family']}, {result['split']} split", "",
+             f"`{command}`", "",
+             f"{len(recs)} images without the finding ({result['free_class']}) that the model classifies correctly. "
+             f"For each fill: P({result['finding']}) with a random half of the 16-px squares hidden by the fill "
+             f"({result['masks']} masks per image, the same for every fill), minus P({result['finding']}) on the "
+             "image; mean over the masks, then over the images. A fill that raises it puts evidence of its own into "
+             "the image, which is what generative masking is meant to avoid.", "",
+             f"| fill | change of P({result['finding']}) [95 % CI] | images raised by more than {rise:g} |",
+             "|---|---|---|"]
+    for name in names:
+        v = [r["fill_rises"][name] for r in recs]
+        t = bootstrap_ci(v)
+        lines.append(f"| {name} | {t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}] | {np.mean(np.asarray(v) > rise):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def fill_drops_table(result: dict[str, Any], command: str, reads: float = 0.1) -> str:
     """The table of ``--fill-drops``: per fill, the mean drop over all images and over those whose mean-fill drop is
     at least ``reads`` (the model reads the finding), with its ratio to the mean fill's there."""
@@ -381,24 +426,37 @@ def _public_args(args: list[str]) -> list[str]:
 
 
 def _fill_drops_main(family: str, root: Path, split: str, per_class: int, mae: str | None, out: Path,
-                     command: str) -> int:
+                     command: str, rises: int | None = None, seed: int = 0, masks_per_image: int = 8) -> int:
+    """--fill-drops (``rises`` None): each fill hiding the expert's mask; --fill-rises: each fill hiding random
+    halves of images of the finding-free class ``rises``."""
     from tqdm import tqdm
 
     fam = FAMILIES[family]
     adapter = OnnxAdapter(bundled_model(fam.model))
-    fillers: dict[str, Filler] = {name: make_filler(name, ExplainConfig().patch_size) for name in fill_names()}
+    patch = ExplainConfig().patch_size
+    fillers: dict[str, Filler] = {name: make_filler(name, patch) for name in fill_names()}
     if mae is not None:
-        fillers["mae (site)"] = make_filler("mae", ExplainConfig().patch_size, mae_path=mae)
+        fillers["mae (site)"] = make_filler("mae", patch, mae_path=mae)
+    classes = fam.explained if rises is None else (rises,)
+    finding = fam.explained[0]
     records = []
-    for case, prob in tqdm(select(fam.load(root, split), adapter, per_class, fam.explained), unit="image",
-                           file=sys.stderr):
-        records.append({"id": case.id, "label": fam.classes[case.label], "prob": prob,
-                        "fill_drops": fill_drops(_rgb(case), case.mask, adapter, case.label, fillers)})
+    chosen = select(fam.load(root, split), adapter, per_class, classes)
+    for i, (case, prob) in enumerate(tqdm(chosen, unit="image", file=sys.stderr)):
+        rec: dict[str, Any] = {"id": case.id, "label": fam.classes[case.label], "prob": prob}
+        if rises is None:
+            rec["fill_drops"] = fill_drops(_rgb(case), case.mask, adapter, case.label, fillers)
+        else:
+            image = _rgb(case)
+            masks = half_masks(image.shape[:2], patch, masks_per_image, np.random.default_rng(seed + i))
+            rec["fill_rises"] = fill_rises(image, masks, adapter, finding, fillers)
+        records.append(rec)
     result = {"family": family, "split": split, "per_class": per_class, "mae": None if mae is None else Path(mae).name,
               "records": records, "command": command}
+    if rises is not None:
+        result.update(free_class=fam.classes[rises], finding=fam.classes[finding], masks=masks_per_image, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = fill_drops_table(result, command)
+    table = fill_drops_table(result, command) if rises is None else fill_rises_table(result, command)
     (out / "table.md").write_text(table)
     print(table)
     return 0
@@ -423,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fill-drops", action="store_true",
                    help="instead of maps: how much of the answer each fill removes when it hides the expert's mask "
                         "(every registered fill; with --mae, that MAE next to the bundled one); no map is made")
+    p.add_argument("--fill-rises", action="store_true",
+                   help="instead of maps: on images without the finding, how much each fill raises P(finding) when "
+                        "it hides a random half of the patches (8 masks per image; families with a finding-free "
+                        "class); no map is made")
     p.add_argument("--update", default=None, metavar="DIR",
                    help="run --methods again on the cases of DIR's results.json (same family, split, --per-class, "
                         "--seed, --mae) and keep its other methods (after a change to the default, say)")
@@ -449,10 +511,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.out is None:
         p.error("--out is required (the folder for results.json and table.md)")
-    if a.fill_drops:
+    if a.fill_drops or a.fill_rises:
+        free = tuple(k for k in range(len(fam.classes)) if k not in fam.explained)
+        if a.fill_rises and not free:
+            p.error(f"--fill-rises needs a class without the finding; {family}'s classes "
+                    f"({', '.join(fam.classes)}) all have one")
         return _fill_drops_main(family, Path(root), a.split, a.per_class, a.mae, Path(a.out),
                                 "python -m blackbox_lime.evaluation.bench_real " + " ".join(
-                                    _public_args(argv if argv is not None else sys.argv[1:])))
+                                    _public_args(argv if argv is not None else sys.argv[1:])),
+                                rises=free[0] if a.fill_rises else None, seed=a.seed)
     methods = tuple(m.strip() for m in a.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS and not m.startswith(("cfg:", "fill="))]
     if unknown:
