@@ -49,9 +49,10 @@ from blackbox_lime.evaluation import baselines
 from blackbox_lime.evaluation.metrics import bootstrap_ci, pixel_auprc
 from blackbox_lime.evaluation.real_data import FIGSHARE_CLASSES, KVASIR_CLASSES, RealCase, figshare_brain, kvasir_polyp
 from blackbox_lime.explainer import Explainer
-from blackbox_lime.fill.fillers import Filler
+from blackbox_lime.fill.fillers import ConstantFiller, Filler
 from blackbox_lime.fill.registry import fill_names, make_filler
 from blackbox_lime.models import bundled_model
+from blackbox_lime.patches import PatchGrid
 
 @dataclass(frozen=True)
 class Family:
@@ -110,13 +111,25 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
+def fill_changes(image: np.ndarray, hides: np.ndarray, adapter: OnnxAdapter, target: int,
+                 fillers: dict[str, Filler]) -> dict[str, float]:
+    """P(target) with the pixels of each of ``hides`` (bool (M, H, W)) replaced by each fill's content, mean over the
+    masks, minus P(target) on the image (one request for all fills and masks)."""
+    hidden = [image]
+    for filler in fillers.values():
+        for m, c in zip(hides, filler.fill(image, hides)):
+            out = image.copy()
+            out[m] = c[m]
+            hidden.append(out)
+    p = adapter.predict(np.stack(hidden))[:, target]
+    k = len(hides)
+    return {name: float(np.mean(p[1 + i * k:1 + (i + 1) * k]) - p[0]) for i, name in enumerate(fillers)}
+
+
 def hidden_drop(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target: int) -> float:
     """P(target) on the image minus P(target) with the pixels of the bool mask ``hide`` filled with the image's mean
     (one query)."""
-    hidden = image.copy()
-    hidden[hide] = image.mean(axis=(0, 1))
-    p = adapter.predict(np.stack([image, hidden]))[:, target]
-    return float(p[0] - p[1])
+    return -fill_changes(image, hide[None], adapter, target, {"mean": ConstantFiller("mean")})["mean"]
 
 
 def box_drop(case: RealCase, adapter: OnnxAdapter) -> float:
@@ -131,37 +144,21 @@ def fill_drops(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target
     """Does a fill remove the finding? P(target) on the image minus P(target) with the pixels of ``hide`` (the expert's
     mask) replaced by each fill's content (one request for all fills). A fill that removes much less than the mean
     where the mean removes much puts the finding back or leaves it visible, and its maps cannot find it."""
-    hidden = [image]
-    for filler in fillers.values():
-        out = image.copy()
-        out[hide] = filler.fill(image, hide[None])[0][hide]
-        hidden.append(out)
-    p = adapter.predict(np.stack(hidden))[:, target]
-    return {name: float(p[0] - q) for name, q in zip(fillers, p[1:])}
+    return {name: -change for name, change in fill_changes(image, hide[None], adapter, target, fillers).items()}
 
 
 def half_masks(shape: tuple[int, int], patch: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` bool pixel masks (n, H, W), each hiding a random half of the ``patch``-px squares."""
-    g = (-(-shape[0] // patch), -(-shape[1] // patch))
-    cells = rng.random((n,) + g) < 0.5
-    return np.stack([np.kron(c, np.ones((patch, patch), bool))[:shape[0], :shape[1]] for c in cells])
+    grid = PatchGrid(shape[0], shape[1], patch)
+    return grid.hidden_pixels(~(rng.random((n, grid.n_patches)) < 0.5))
 
 
 def fill_rises(image: np.ndarray, masks: np.ndarray, adapter: OnnxAdapter, finding: int,
                fillers: dict[str, Filler]) -> dict[str, float]:
     """Does a fill make the model see the finding where there is none? On an image without it, the mean change of
-    P(finding) when each of ``masks`` (bool (M, H, W)) is filled by each fill (one request). A rise is what GM is
-    meant to avoid: a fill whose content reads as evidence."""
-    hidden = [image]
-    for filler in fillers.values():
-        content = filler.fill(image, masks)
-        for m, c in zip(masks, content):
-            out = image.copy()
-            out[m] = c[m]
-            hidden.append(out)
-    p = adapter.predict(np.stack(hidden))[:, finding]
-    k = len(masks)
-    return {name: float(np.mean(p[1 + i * k:1 + (i + 1) * k]) - p[0]) for i, name in enumerate(fillers)}
+    P(finding) when each of ``masks`` (bool (M, H, W)) is filled by each fill (:func:`fill_changes`). A rise is what
+    GM is meant to avoid: a fill whose content reads as evidence."""
+    return fill_changes(image, masks, adapter, finding, fillers)
 
 
 def fill_rises_table(result: dict[str, Any], command: str, rise: float = 0.1) -> str:
@@ -425,7 +422,7 @@ def _public_args(args: list[str]) -> list[str]:
     return out
 
 
-def _fill_drops_main(family: str, root: Path, split: str, per_class: int, mae: str | None, out: Path,
+def _fill_check_main(family: str, root: Path, split: str, per_class: int, mae: str | None, out: Path,
                      command: str, rises: int | None = None, seed: int = 0, masks_per_image: int = 8) -> int:
     """--fill-drops (``rises`` None): each fill hiding the expert's mask; --fill-rises: each fill hiding random
     halves of images of the finding-free class ``rises``."""
@@ -516,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.fill_rises and not free:
             p.error(f"--fill-rises needs a class without the finding; {family}'s classes "
                     f"({', '.join(fam.classes)}) all have one")
-        return _fill_drops_main(family, Path(root), a.split, a.per_class, a.mae, Path(a.out),
+        return _fill_check_main(family, Path(root), a.split, a.per_class, a.mae, Path(a.out),
                                 "python -m blackbox_lime.evaluation.bench_real " + " ".join(
                                     _public_args(argv if argv is not None else sys.argv[1:])),
                                 rises=free[0] if a.fill_rises else None, seed=a.seed)
