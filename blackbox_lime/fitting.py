@@ -91,7 +91,8 @@ class Fitter:
         fit = self.surrogate(shared.visible, shared.probs[:, target], shared.weights, ref, evidence is not None, upper)
         if evidence is not None:
             evidence = evidence.fitted(fit.model.reference_scale_, fit.lambda2)
-        saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2], self.config.map_sigma)
+        saliency = self.grid.upsample(fit.model.coef_, shared.run.image.shape[:2], self.config.map_sigma,
+                                      shared.run.canvas, self.config.map_guide, self.config.map_guide_eps)
         timings["surrogate"] = time.perf_counter() - t
         warnings = weak_map_warnings(fit.y, fit.model.response_sd_, fit.model.coef_, fit.model.lambda1_effective_,
                                       self.info.class_names[target], is_generative(shared.filler.name))

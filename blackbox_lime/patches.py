@@ -91,21 +91,50 @@ class PatchGrid:
             copy_rows(0, n)
         return out
 
-    def upsample(self, weights: np.ndarray, out_hw: tuple[int, int], sigma: float = 0.0) -> np.ndarray:
+    def upsample(self, weights: np.ndarray, out_hw: tuple[int, int], sigma: float = 0.0,
+                 guide: np.ndarray | None = None, guide_radius: float = 0.0, guide_eps: float = 1e-3) -> np.ndarray:
         """Patch weights (P,) -> a smooth float32 map (out_h, out_w) without block edges.
 
         Each weight sits at its patch centre; the map between centres is bicubic, so a patch's
         value is reached at its centre and blends into its neighbours. ``sigma`` > 0 then smooths the
-        canvas-sized map with a Gaussian of ``sigma`` patches (reflected at the border).
+        canvas-sized map with a Gaussian of ``sigma`` patches (reflected at the border). With a ``guide`` (the
+        canvas the model saw, (H, W) or (H, W, C) in [0, 1]) and ``guide_radius`` > 0 (in patches), the canvas-sized
+        map is then passed through a guided filter (:func:`guided_filter`) of that radius, so that within a patch's
+        reach it follows the image's edges.
         """
         grid = np.asarray(weights, np.float32).reshape(self.rows, self.cols)
         # Resize to the canvas first (centres align: cv2 maps pixel centres), then to the output.
         canvas = cv2.resize(grid, (self.width, self.height), interpolation=cv2.INTER_CUBIC)
         if sigma > 0:
             canvas = cv2.GaussianBlur(canvas, (0, 0), sigma * self.patch, borderType=cv2.BORDER_REFLECT_101)
+        if guide is not None and guide_radius > 0:
+            grey = np.asarray(guide, np.float32)
+            grey = grey.mean(axis=2) if grey.ndim == 3 else grey
+            if grey.shape != canvas.shape:
+                raise ValueError(f"The guide is {grey.shape[1]}x{grey.shape[0]} px; the canvas is "
+                                 f"{self.width}x{self.height}.")
+            canvas = guided_filter(grey, canvas, max(1, int(round(guide_radius * self.patch))), guide_eps)
         if (self.height, self.width) != tuple(out_hw):
             canvas = cv2.resize(canvas, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
         return canvas.astype(np.float32)
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He, Sun and Tang's guided filter (ECCV 2010) of ``src`` by a greyscale ``guide``, both float (H, W).
+
+    In every (2 radius + 1)-square window the output is a linear function a * guide + b fitted to ``src`` by least
+    squares with a ridge ``eps`` on a; each pixel averages the fits of the windows that hold it. Where the guide is
+    flat (its variance well below ``eps``) it is a box filter of ``src``; across an edge of the guide that ``src``
+    also changes over, the output's step follows the edge. Linear in ``src``: a map's scale and sign pass through.
+    """
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, (2 * radius + 1, 2 * radius + 1), borderType=cv2.BORDER_REFLECT_101)
+
+    guide, src = guide.astype(np.float32), src.astype(np.float32)
+    mean_i, mean_p = box(guide), box(src)
+    a = (box(guide * src) - mean_i * mean_p) / (box(guide * guide) - mean_i * mean_i + np.float32(eps))
+    b = mean_p - a * mean_i
+    return box(a) * guide + box(b)
 
 
 def draw_masks(rng: np.random.Generator, n_patches: int, n_samples: int, ratios: tuple[float, ...],

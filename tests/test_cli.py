@@ -264,3 +264,18 @@ def test_map_sigma_option(png: Path, linear_model: Path, tmp_path: Path) -> None
     assert np.allclose(maps["1"], smoothed, atol=1e-7)
     r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--map-sigma", "9", *FAST)
     assert r.returncode == 2 and "--map-sigma must be a float in the range [0, 8]. Got 9.0 instead." in r.stderr
+
+
+def test_map_guide_option(png: Path, linear_model: Path, tmp_path: Path) -> None:
+    maps = {}
+    for guide in ("0", "0.75"):
+        out = tmp_path / guide
+        assert cli.main(["explain", str(png), "--model", str(linear_model), "--out", str(out), "--map-guide", guide,
+                         *FAST]) == 0
+        config = json.loads((out / "case.json").read_text())["config"]
+        assert config["map_guide"] == float(guide) and config["map_guide_eps"] == 1e-3
+        maps[guide] = np.load(out / "case.saliency.npy")
+    assert not np.allclose(maps["0"], maps["0.75"], atol=1e-4)  # the guided map differs, its overall shape does not
+    assert np.corrcoef(maps["0"].ravel(), maps["0.75"].ravel())[0, 1] > 0.9
+    r = run_cli("explain", str(png), "--model", str(linear_model), "--out", str(tmp_path / "o"), "--map-guide", "5", *FAST)
+    assert r.returncode == 2 and "--map-guide must be a float in the range [0, 4]. Got 5.0 instead." in r.stderr

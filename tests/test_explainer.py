@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -9,6 +10,7 @@ from scipy.stats import spearmanr
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime import ExplainConfig, Explainer
 from blackbox_lime.fill.fillers import Filler
+from blackbox_lime.patches import PatchGrid, guided_filter
 from graphs import true_attribution
 
 
@@ -84,12 +86,12 @@ def test_target_override_flips_the_sign(linear_model: Path, phantom_image: np.nd
 
 
 def test_saliency_is_smooth_not_blocky(linear_model: Path, phantom_image: np.ndarray) -> None:
-    import cv2
-
     with OnnxAdapter(linear_model) as model:
         plain = Explainer(model, ExplainConfig(fill="zero", n_samples=300, map_sigma=0.0)).explain(phantom_image,
                                                                                                     target=1, rng=0)
         smooth = Explainer(model, ExplainConfig(fill="zero", n_samples=300)).explain(phantom_image, target=1, rng=0)
+        guided = Explainer(model, ExplainConfig(fill="zero", n_samples=300, map_guide=0.75)).explain(phantom_image,
+                                                                                                     target=1, rng=0)
     s = plain.saliency
     jumps = np.abs(np.diff(s, axis=1))
     # A nearest-neighbour upsampling puts all change on patch borders; a smooth map spreads it.
@@ -103,6 +105,34 @@ def test_saliency_is_smooth_not_blocky(linear_model: Path, phantom_image: np.nda
     want = cv2.GaussianBlur(plain.saliency, (0, 0), 16.0, borderType=cv2.BORDER_REFLECT_101)
     assert np.allclose(smooth.saliency, want, atol=1e-7)
     assert not np.allclose(smooth.saliency, plain.saliency, atol=1e-3)
+    # map_guide=0.75 (off by default) then passes it through a guided filter of 12 px, the canvas as the guide
+    assert np.array_equal(guided.patch_weights, plain.patch_weights)
+    grey = phantom_image.mean(axis=2) if phantom_image.ndim == 3 else phantom_image
+    assert np.allclose(guided.saliency, guided_filter(grey.astype(np.float32), smooth.saliency, 12, 1e-3), atol=1e-6)
+
+
+def test_guided_filter_follows_the_guide_edge() -> None:
+    # A map that a patch grid blurred across an edge of the image: the guided filter puts its step back on the edge.
+    x = np.arange(224, dtype=np.float32)
+    guide = np.tile((x >= 100).astype(np.float32), (224, 1))
+    blurred = cv2.GaussianBlur(guide, (0, 0), 16.0, borderType=cv2.BORDER_REFLECT_101)
+    out = guided_filter(guide, blurred, 12, 1e-3)
+    row_in, row_out = blurred[112], out[112]
+    assert row_in[100] - row_in[99] < 0.03 and row_out[100] - row_out[99] > 0.25  # the step is back on the edge
+    assert np.allclose(out, out[:1], atol=1e-5)  # nothing along the edge that the guide does not have
+    assert blurred.min() - 1e-3 < out.min() and out.max() < blurred.max() + 1e-3  # within the map's range
+    # linear in the map: scale and sign pass through
+    assert np.allclose(guided_filter(guide, -3 * blurred, 12, 1e-3), -3 * out, atol=1e-5)
+    # a flat guide: a box filter of the box filter (no edge to follow)
+    flat = np.full((224, 224), 0.5, np.float32)
+    box = lambda a: cv2.boxFilter(a, -1, (25, 25), borderType=cv2.BORDER_REFLECT_101)  # noqa: E731
+    assert np.allclose(guided_filter(flat, blurred, 12, 1e-3), box(box(blurred)), atol=1e-5)
+    # the radius is in patches on the canvas; 0 leaves the smoothed map as it was
+    grid = PatchGrid(224, 224, 16)
+    w = np.random.default_rng(0).normal(size=grid.n_patches)
+    assert np.array_equal(grid.upsample(w, (224, 224), 1.0, guide, 0.0), grid.upsample(w, (224, 224), 1.0))
+    assert np.allclose(grid.upsample(w, (224, 224), 1.0, guide, 0.75),
+                       guided_filter(guide, grid.upsample(w, (224, 224), 1.0), 12, 1e-3), atol=1e-6)
 
 
 class RecordingFiller(Filler):
