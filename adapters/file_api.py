@@ -9,6 +9,7 @@ how a request is made and how its answer is read::
     preset = "huggingface"        # huggingface | torchserve | custom-vision | vertex-automl (explicit keys override)
     [request]
     encoding = "png"              # png (lossless, the default) | jpeg (jpeg_quality, default 95) | dicom
+    png_compression = 1           # zlib level 0-9 of png (0: stored, the fastest, for a fast link; 1: the default)
     body = "raw"                  # raw (Content-Type image/png ...) | multipart | json-base64
     field = "file"                # the multipart field, or the dotted JSON path of the base64 string
     content_type = "image/png"    # raw bodies: the Content-Type (default: the encoding's)
@@ -37,7 +38,9 @@ import base64
 import io
 import json
 import math
+import struct
 import uuid
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -81,7 +84,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                                    "score_key": "confidences", "top_k": 10}},
 }
 
-REQUEST_KEYS = {"encoding", "body", "field", "content_type", "headers", "json", "jpeg_quality", "method"}
+REQUEST_KEYS = {"encoding", "body", "field", "content_type", "headers", "json", "jpeg_quality", "png_compression",
+                "method"}
 RESPONSE_KEYS = {"scores", "format", "label_key", "score_key", "top_k", "threshold"}
 
 
@@ -96,6 +100,7 @@ class FileRequest:
     headers: Mapping[str, str] = dc_field(default_factory=dict)
     json: Mapping[str, Any] = dc_field(default_factory=dict)
     jpeg_quality: int = 95
+    png_compression: int = 1
     method: str = "POST"
 
     def __post_init__(self) -> None:
@@ -108,6 +113,10 @@ class FileRequest:
         if not (isinstance(self.jpeg_quality, int) and not isinstance(self.jpeg_quality, bool)
                 and 1 <= self.jpeg_quality <= 100):
             raise ConfigError(f"[request] jpeg_quality must be an integer from 1 to 100. Got {self.jpeg_quality!r} instead.")
+        if not (isinstance(self.png_compression, int) and not isinstance(self.png_compression, bool)
+                and 0 <= self.png_compression <= 9):
+            raise ConfigError("[request] png_compression must be an integer from 0 to 9. Got "
+                              f"{self.png_compression!r} instead.")
         if self.method not in ("POST", "PUT"):
             raise ConfigError(f"[request] method must be \"POST\" or \"PUT\". Got {self.method!r} instead.")
         if not isinstance(self.headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
@@ -223,18 +232,42 @@ def _set_dotted(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 # -- encodings ---------------------------------------------------------------------------------------
 
 
-def encode_image(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
-    """uint8 (H, W, C) pixels -> one encoded file. PNG is lossless; JPEG at ``jpeg_quality``; DICOM a Secondary
-    Capture holding nothing but the pixels (:func:`secondary_capture`)."""
+def encode_image(pixels: np.ndarray, encoding: str, jpeg_quality: int = 95, png_compression: int = 1) -> bytes:
+    """uint8 (H, W, C) pixels -> one encoded file. PNG is lossless (:func:`png_bytes`, zlib level
+    ``png_compression``); JPEG at ``jpeg_quality``; DICOM a Secondary Capture holding nothing but the pixels
+    (:func:`secondary_capture`)."""
     if encoding == "dicom":
         return secondary_capture(pixels)
+    if encoding == "png":
+        return png_bytes(pixels, png_compression)
     img = pixels[..., 0] if pixels.shape[-1] == 1 else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ext, params = (".png", [cv2.IMWRITE_PNG_COMPRESSION, 1]) if encoding == "png" else \
-        (".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-    ok, buf = cv2.imencode(ext, img, params)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
         raise ValueError(f"OpenCV could not encode a {pixels.shape} image as {encoding}")
     return buf.tobytes()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(pixels: np.ndarray, level: int = 1) -> bytes:
+    """uint8 (H, W, 1 or 3) pixels -> an 8-bit greyscale or RGB PNG with only the IHDR, IDAT and IEND chunks (no
+    text, time or other metadata). Every row uses PNG's "Up" filter (the byte above subtracted, modulo 256), and
+    the rows are deflated by zlib at ``level`` (0: stored). Per 224 x 224 colour image this is about 1.5x faster
+    than OpenCV's PNG at the same zlib level and within a few per cent of its size (docs/remote.md); zlib lets
+    other threads run while it compresses."""
+    h, w, c = pixels.shape
+    if pixels.dtype != np.uint8 or c not in (1, 3):
+        raise ValueError(f"png_bytes takes uint8 (H, W, 1 or 3) pixels; got {pixels.dtype} {pixels.shape}")
+    rows = np.ascontiguousarray(pixels).reshape(h, w * c)
+    filtered = np.empty((h, w * c + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type Up
+    filtered[0, 1:] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG's does
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)  # depth 8, grey or RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
 #: The attributes of a request's Secondary Capture (PS3.3 A.8.1, SC Image IOD): every UID new per request, the
@@ -330,7 +363,7 @@ class FileTransport(HttpTransport):
         return head + data + f"\r\n--{boundary}--\r\n".encode(), headers
 
     def _one(self, image: np.ndarray) -> np.ndarray:
-        data = encode_image(image, self.request.encoding, self.request.jpeg_quality)
+        data = encode_image(image, self.request.encoding, self.request.jpeg_quality, self.request.png_compression)
         self.last_size = len(data)
         body, headers = self._body(data)
         r = self._request(self.request.method, self.url, cap=self.infer_cap(1), data=body, headers=headers)
@@ -475,4 +508,4 @@ def build_file_adapter(url: str, request: Mapping[str, Any], response: Mapping[s
 
 
 __all__ = ["BODIES", "ENCODINGS", "FORMATS", "PRESETS", "FileAdapter", "FileRequest", "FileResponse", "FileTransport",
-           "build_file_adapter", "encode_image", "resolve_preset", "secondary_capture"]
+           "build_file_adapter", "encode_image", "png_bytes", "resolve_preset", "secondary_capture"]

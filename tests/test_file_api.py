@@ -188,6 +188,36 @@ def test_png_is_lossless_and_jpeg_is_not() -> None:
     assert jpg.shape == px.shape and not np.array_equal(jpg, px)
 
 
+def test_png_writer_is_lossless_for_every_reader_and_carries_nothing_else() -> None:
+    import struct
+
+    from PIL import Image
+
+    from blackbox_lime.adapters.file_api import png_bytes
+
+    rng = np.random.default_rng(0)
+    for shape in ((224, 224, 3), (224, 224, 1), (5, 7, 3), (1, 1, 1)):
+        px = rng.integers(0, 256, shape, dtype=np.uint8)
+        for level in (0, 1, 9):
+            data = png_bytes(px, level)
+            assert np.array_equal(decode_file(data), px), (shape, level)  # OpenCV, as the loopback server reads it
+            pil = np.asarray(Image.open(io.BytesIO(data)))  # Pillow, as TorchServe's handler reads it
+            assert np.array_equal(pil.reshape(shape), px), (shape, level)
+            chunks, at = [], 8
+            while at < len(data):
+                n = struct.unpack(">I", data[at:at + 4])[0]
+                chunks.append(data[at + 4:at + 8])
+                at += 12 + n
+            assert chunks == [b"IHDR", b"IDAT", b"IEND"]  # no text, time or other metadata chunk
+    smooth = np.tile(np.arange(224, dtype=np.uint8)[:, None, None], (1, 224, 3))
+    assert len(png_bytes(smooth, 0)) > 224 * 224 * 3 > 20 * len(png_bytes(smooth, 1))  # 0: stored; Up filter works
+    with pytest.raises(ValueError, match=r"png_bytes takes uint8 \(H, W, 1 or 3\) pixels; got float32"):
+        png_bytes(smooth.astype(np.float32))
+    with pytest.raises(ConfigError, match=r"^\[request\] png_compression must be an integer from 0 to 9. Got 10 "
+                                          r"instead.$"):
+        FileRequest(png_compression=10)
+
+
 def test_secondary_capture_holds_the_pixels_and_nothing_else() -> None:
     px = np.random.default_rng(1).integers(0, 256, (16, 20, 1), dtype=np.uint8)
     ds = pydicom.dcmread(io.BytesIO(secondary_capture(px)))
@@ -228,6 +258,14 @@ def test_complete_answers_give_the_local_map_bit_for_bit(tmp_path: Path) -> None
     assert np.array_equal(remote.saliency, local.saliency)
     assert remote.probs.tolist() == local.probs.tolist()
     assert "censoring" not in remote.summary()
+    # stored PNGs (png_compression = 0, for a fast link): the same map, from bodies of the raw pixels' size
+    with FileApiServer(model, format="label-score-map", record=True) as server:
+        prof = file_profile(tmp_path, server.url, 'preset = "torchserve"\n[request]\npng_compression = 0')
+        with EndpointProfile.from_toml(prof).build() as adapter:
+            stored = Explainer(adapter, cfg).explain(image, target=1, rng=0)
+        sizes = [len(b) for b in server.bodies]
+    assert np.array_equal(stored.saliency, local.saliency)
+    assert 224 * 224 * 3 < min(sizes) and max(sizes) < 224 * 224 * 3 + 5_000  # 224 x 224 RGB and little else
 
 
 def test_top_k_answers_are_fitted_as_bounds(tmp_path: Path) -> None:

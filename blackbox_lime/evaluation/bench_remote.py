@@ -36,8 +36,9 @@ request and 4 requests in flight. Two served models: the demo CNN, and a latency
 ``--part file`` (vendor file APIs): the default explanation locally and through a file endpoint, one PNG per
 request with every label listed: the loopback file-API server (``evaluation/file_server.py``, in its own process)
 at 0 and 100 ms of delay per request, and TorchServe 0.12 (``evaluation/torchserve_server.py``, one worker) where
-it is installed. It also times the PNG encoding of one 224 x 224 image, and gives the floor that latency sets
-(requests x delay / requests in flight)::
+it is installed; the loopback rows at PNG zlib levels 1 (the default) and 0 (``png_compression``, stored). It
+also times the PNG encoding of one 224 x 224 image, and gives the floor that latency sets (requests x delay /
+requests in flight)::
 
     python -m blackbox_lime.evaluation.bench_remote --part file --reps 3 --out docs/bench_remote/file/results.json
 """
@@ -55,6 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from blackbox_lime.adapters import is_url, load_adapter
@@ -256,30 +258,40 @@ def part_overlap(image: np.ndarray, reps: int, delays_ms: list[float], concurren
     return out
 
 
-def png_cost(reps: int = 200) -> float:
-    """Seconds to PNG-encode one 224 x 224 RGB phantom with its patches partly blurred, median of ``reps``."""
+def png_cost(reps: int = 200) -> dict[str, float]:
+    """Seconds to PNG-encode one 224 x 224 RGB chest phantom, median of ``reps``: this package's writer at zlib
+    levels 1 (the default) and 0 (stored), and OpenCV's at level 1 (the writer used before), with the bytes each
+    makes."""
     from blackbox_lime.adapters.file_api import encode_image
 
     px = np.round(make_phantom("chest_xray", "test", 1).image * 255).astype(np.uint8)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        encode_image(px, "png")
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    encoders = {"level 1": lambda: encode_image(px, "png", png_compression=1),
+                "level 0": lambda: encode_image(px, "png", png_compression=0),
+                "OpenCV level 1": lambda: cv2.imencode(".png", cv2.cvtColor(px, cv2.COLOR_RGB2BGR),
+                                                       [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()}
+    out: dict[str, float] = {}
+    for name, fn in encoders.items():
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            data = fn()
+            times.append(time.perf_counter() - t0)
+        out[f"{name} s"], out[f"{name} bytes"] = statistics.median(times), float(len(data))
+    return out
 
 
 def _file_profile(folder: Path, name: str, url: str, class_names: list[str], concurrency: int,
-                  auth: str = "") -> str:
+                  auth: str = "", png: int | None = None) -> str:
     path = folder / f"{name}.toml"
-    path.write_text(f'url = "{url}"\nprotocol = "file"\npreset = "torchserve"\n{auth}\n[limits]\n'
+    request = "" if png is None else f"[request]\npng_compression = {png}\n"
+    path.write_text(f'url = "{url}"\nprotocol = "file"\npreset = "torchserve"\n{auth}\n{request}[limits]\n'
                     f"concurrency = {concurrency}\n[output]\nkind = \"probabilities\"\n"
                     f"class_names = {json.dumps(class_names)}\n")
     return str(path)
 
 
 def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list[int],
-              torchserve: bool, model: Path, label: str) -> list[dict[str, Any]]:
+              torchserve: bool, model: Path, label: str, png_levels: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
     """Local onnx against file endpoints (label-score-map answers listing every label, PNG requests) serving
     ``model``, each setup in every round, the order alternating."""
     import sys
@@ -304,8 +316,10 @@ def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list
                         raise RuntimeError("the loopback file-API server did not start")
                     time.sleep(0.1)
                 for c in levels:
-                    setups.append((f"file API (loopback server), {c} in flight", delay, c,
-                                   _file_profile(folder, f"file-{delay:g}-{c}", ready.read_text(), names, c)))
+                    for png in png_levels:
+                        setups.append((f"file API (loopback server), {c} in flight, PNG level {png}", delay, c,
+                                       _file_profile(folder, f"file-{delay:g}-{c}-{png}", ready.read_text(), names, c,
+                                                     png=png)))
             if torchserve:
                 from blackbox_lime.evaluation import torchserve_server
 
@@ -350,10 +364,12 @@ def part_file(image: np.ndarray, reps: int, delays_ms: list[float], levels: list
     return out
 
 
-def file_markdown(rows: list[dict[str, Any]], png_s: float) -> str:
+def file_markdown(rows: list[dict[str, Any]], png: dict[str, float]) -> str:
+    cost = "; ".join(f"{k} {png[k + ' s'] * 1000:.2f} ms, {png[k + ' bytes'] / 1024:.0f} KiB"
+                     for k in ("level 1", "level 0", "OpenCV level 1"))
     lines = ["Default explanation (MAE fill, 500 samples) of one chest phantom; answers list every label "
-             f"(label-score-map, as TorchServe's). PNG encoding of one 224 x 224 image: {png_s * 1000:.2f} ms "
-             "(median of 200). Served models: the demo CNN, whose one-image inferences the server runs on the "
+             f"(label-score-map, as TorchServe's). PNG encoding of one 224 x 224 image (median of 200): {cost}. "
+             "Served models: the demo CNN, whose one-image inferences the server runs on the "
              "client's 2 cores, and a latency-only classifier (linear in the 16 px patch means of the same input).",
              "", "| served model | endpoint | delay per request | wall (median) | ratio to local | classifier stage | "
              "requests | latency floor (requests x delay / in flight) |", "|---|---|---|---|---|---|---|---|"]
@@ -410,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--file-delays-ms", default="0,100", help="server delays per request for --part file")
     p.add_argument("--file-levels", default="8,32", help="requests in flight for --part file")
     p.add_argument("--no-torchserve", action="store_true", help="--part file without its TorchServe rows")
+    p.add_argument("--file-png-levels", default="1,0",
+                   help="[request] png_compression levels of the loopback rows of --part file (1: the default)")
     a = p.parse_args(argv)
     if a.part == "server-decode":
         cost = server_decode_cost()
@@ -423,17 +441,18 @@ def main(argv: list[str] | None = None) -> int:
 
         png_s = png_cost()
         delays, levels = [float(d) for d in a.file_delays_ms.split(",")], [int(c) for c in a.file_levels.split(",")]
+        pngs = tuple(int(x) for x in a.file_png_levels.split(","))
         rows = part_file(image, a.reps, delays, levels, not a.no_torchserve and torchserve_bin() is not None,
-                         bundled_model("demo_cnn.onnx"), "demo CNN")
+                         bundled_model("demo_cnn.onnx"), "demo CNN", pngs)
         with tempfile.TemporaryDirectory() as tmp:
             rows += part_file(image, a.reps, delays, levels, False,
-                              linear_model(Path(tmp) / "linear224.onnx", size=224, patch=16), "latency-only")
+                              linear_model(Path(tmp) / "linear224.onnx", size=224, patch=16), "latency-only", pngs)
         table = file_markdown(rows, png_s)
         print(table)
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                                   "commit": _commit(), "reps": a.reps, "png_encode_s": png_s, "file": rows,
+                                   "commit": _commit(), "reps": a.reps, "png_encode": png_s, "file": rows,
                                    "table": table}, indent=2))
         (out.parent / "table.md").write_text(table + "\n")
         return 0
