@@ -230,3 +230,14 @@ def test_fill_rises_catch_a_fill_whose_content_reads_as_the_finding(capsys):
     assert e.value.code == 2
     assert ("--fill-rises needs a class without the finding; figshare_brain's classes (pituitary, meningioma, glioma) "
             "all have one") in capsys.readouterr().err
+
+
+def test_cfg_variants_name_the_fields_they_change() -> None:
+    from blackbox_lime.config import ExplainConfig
+    from blackbox_lime.evaluation.bench_real import variant
+
+    cfg = variant("cfg:lambda1=0.02+mask_ratios=0.1/0.25/0.5+nested_samples=1+map_guide=0.75")
+    assert (cfg.lambda1, cfg.mask_ratios, cfg.nested_samples, cfg.map_guide) == (0.02, (0.1, 0.25, 0.5), 1, 0.75)
+    assert variant("cfg:pilot_samples=0") == ExplainConfig()  # today's default
+    with pytest.raises(AttributeError, match="no_such_field"):
+        variant("cfg:no_such_field=1")

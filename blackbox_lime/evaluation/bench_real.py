@@ -213,12 +213,16 @@ def region_drop(image: np.ndarray, saliency: np.ndarray, area: int, adapter: Onn
 
 
 def variant(name: str) -> ExplainConfig:
-    """``cfg:lambda1=0.02+patch_size=8``: the default configuration with these fields changed (val exploration)."""
+    """``cfg:lambda1=0.02+patch_size=8``: the default configuration with these fields changed (val exploration);
+    a tuple field's values are separated by slashes (``cfg:mask_ratios=0.1/0.25/0.5``)."""
     fields: dict[str, Any] = {}
     for part in name[len("cfg:"):].split("+"):
         key, _, value = part.partition("=")
         default = getattr(ExplainConfig(), key)  # an unknown field is an AttributeError naming it
-        fields[key] = type(default)(value) if default is not None else float(value)
+        if isinstance(default, tuple):  # mask_ratios=0.1/0.25/0.5
+            fields[key] = tuple(float(x) for x in value.split("/"))
+        else:
+            fields[key] = type(default)(value) if default is not None else float(value)
     return ExplainConfig(**fields)
 
 
