@@ -1,6 +1,7 @@
 """Tune the map's guided filter (``map_guide``, ``map_guide_eps``) on the validation splits (never on test).
 
     python -m blackbox_lime.evaluation.tune_guide [--images 8] [--kvasir DATA --figshare DATA] --out docs/tune_val/guide
+    python -m blackbox_lime.evaluation.tune_guide --base cfg:mask_ratios=0.1/0.25/0.5 --out ...  # another base map
 
 Each abnormal val phantom of the six phantom groups (both shipped classifiers on chest and ultrasound, the brain
 MRI and the fundus classifiers), and with ``--kvasir`` / ``--figshare`` each case of the real families that
@@ -24,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,7 @@ def top_drop(image: np.ndarray, maps: list[np.ndarray], area: int, adapter: Onnx
     return [p0 - float(p) for p in adapter.predict(np.stack(batch))[:, target]]
 
 
-def run(images: int, roots: dict[str, str], log: Any = print) -> dict[str, Any]:
+def run(images: int, roots: dict[str, str], log: Any = print, base: ExplainConfig | None = None) -> dict[str, Any]:
     grid_settings = settings()
     groups: dict[str, dict[str, list[list[float]]]] = {}
     t0 = time.time()
@@ -71,7 +73,7 @@ def run(images: int, roots: dict[str, str], log: Any = print) -> dict[str, Any]:
         auprc: list[list[float]] = []
         drop: list[list[float]] = []
         with OnnxAdapter(bundled_model(f"{model}.onnx")) as adapter:
-            ex = Explainer(adapter, ExplainConfig(map_guide=0.0))
+            ex = Explainer(adapter, replace(base or ExplainConfig(), map_guide=0.0))
             chosen = (real_cases(family, root, "val", REAL_PER_CLASS[family], adapter)
                       if root is not None else cases(family, "val", images, adapter.info.abnormal_index))
             for _, image, masks in chosen:
@@ -86,7 +88,8 @@ def run(images: int, roots: dict[str, str], log: Any = print) -> dict[str, Any]:
                 drop.append(top_drop(canvas, maps, int(mask.sum()), adapter, target, e.target_prob))
         groups[name] = {"auprc": auprc, "drop": drop}
         log(f"{name}: {len(auprc)} cases, {time.time() - t0:.0f} s")
-    return {"images": images, "settings": [list(s) for s in grid_settings], "groups": groups}
+    return {"images": images, "settings": [list(s) for s in grid_settings], "groups": groups,
+            "base": (base or ExplainConfig()).to_dict()}
 
 
 def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -133,10 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                                                          "as their bench_real val runs)")
     p.add_argument("--kvasir", metavar="DATA", help="a local copy of Kvasir-SEG (images/, masks/)")
     p.add_argument("--figshare", metavar="DATA", help="a local copy of dataset-brain-tumor/categorized")
+    p.add_argument("--base", default=None, metavar="cfg:FIELD=VALUE",
+                   help="explain with the default configuration changed like bench_real's cfg: methods (e.g. "
+                        "cfg:mask_ratios=0.1/0.25/0.5); its unguided row then scores that configuration")
     p.add_argument("--out", default="bench_out/tune_guide")
     a = p.parse_args(argv)
     roots = {k: v for k, v in (("kvasir_polyp", a.kvasir), ("figshare_brain", a.figshare)) if v}
-    result = run(a.images, roots, log=lambda s: print(s, file=sys.stderr, flush=True))
+    from blackbox_lime.evaluation.bench_real import variant
+
+    result = run(a.images, roots, log=lambda s: print(s, file=sys.stderr, flush=True),
+                 base=variant(a.base) if a.base else None)
     command = "python -m blackbox_lime.evaluation.tune_guide " + " ".join(
         "DATA" if prev in ("--kvasir", "--figshare") else x for prev, x in zip([""] + list(argv or sys.argv[1:]),
                                                                                 argv or sys.argv[1:]))
