@@ -122,7 +122,8 @@ class ExplainConfig:
         also raised AUPRC at 250 queries and the consistency across seeds (docs/bench_medlime/quick_map_sigma).
     map_guide : float, default 0.0 (off)
         Pass the smoothed map through a guided filter (He et al., ECCV 2010) of this radius in patches, with the
-        canvas the model saw as the guide: within that reach the map's edges move onto the image's edges.
+        image at the model's input size (before any STTA transform) as the guide: within that reach the map's edges
+        move onto the image's edges.
         ``map_guide_eps`` (default 1e-3, on the guide's [0, 1] scale) is how strong an edge must be to be followed.
         Off by default, chosen on the val splits (``python -m blackbox_lime.evaluation.tune_guide``,
         docs/tune_val/guide): at 0.75 patch it raises AUPRC on every group, much on the phantoms, little on the real

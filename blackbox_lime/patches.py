@@ -98,7 +98,7 @@ class PatchGrid:
         Each weight sits at its patch centre; the map between centres is bicubic, so a patch's
         value is reached at its centre and blends into its neighbours. ``sigma`` > 0 then smooths the
         canvas-sized map with a Gaussian of ``sigma`` patches (reflected at the border). With a ``guide`` (the
-        canvas the model saw, (H, W) or (H, W, C) in [0, 1]) and ``guide_radius`` > 0 (in patches), the canvas-sized
+        image at the canvas size, (H, W) or (H, W, C) in [0, 1]) and ``guide_radius`` > 0 (in patches), the canvas-sized
         map is then passed through a guided filter (:func:`guided_filter`) of that radius, so that within a patch's
         reach it follows the image's edges.
         """
@@ -124,8 +124,9 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
 
     In every (2 radius + 1)-square window the output is a linear function a * guide + b fitted to ``src`` by least
     squares with a ridge ``eps`` on a; each pixel averages the fits of the windows that hold it. Where the guide is
-    flat (its variance well below ``eps``) it is a box filter of ``src``; across an edge of the guide that ``src``
-    also changes over, the output's step follows the edge. Linear in ``src``: a map's scale and sign pass through.
+    flat (its variance well below ``eps``) it is the box filter applied twice; across an edge of the guide that
+    ``src`` also changes over, the output's step follows the edge. Linear in ``src``: a map's scale and sign pass
+    through.
     """
     def box(x: np.ndarray) -> np.ndarray:
         return cv2.boxFilter(x, -1, (2 * radius + 1, 2 * radius + 1), borderType=cv2.BORDER_REFLECT_101)
