@@ -111,10 +111,10 @@ def run_method(name: str, image: np.ndarray, adapter: OnnxAdapter, target: int, 
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
-def fill_changes(image: np.ndarray, hides: np.ndarray, adapter: OnnxAdapter, target: int,
-                 fillers: dict[str, Filler]) -> dict[str, float]:
-    """P(target) with the pixels of each of ``hides`` (bool (M, H, W)) replaced by each fill's content, mean over the
-    masks, minus P(target) on the image (one request for all fills and masks)."""
+def fill_answers(image: np.ndarray, hides: np.ndarray, adapter: OnnxAdapter, target: int,
+                 fillers: dict[str, Filler]) -> tuple[float, np.ndarray]:
+    """P(target) on the image, and P(target) with the pixels of each of ``hides`` (bool (M, H, W)) replaced by each
+    fill's content: (fills, M), in the order of ``fillers`` (one request for all fills and masks)."""
     hidden = [image]
     for filler in fillers.values():
         for m, c in zip(hides, filler.fill(image, hides)):
@@ -122,8 +122,14 @@ def fill_changes(image: np.ndarray, hides: np.ndarray, adapter: OnnxAdapter, tar
             out[m] = c[m]
             hidden.append(out)
     p = adapter.predict(np.stack(hidden))[:, target]
-    k = len(hides)
-    return {name: float(np.mean(p[1 + i * k:1 + (i + 1) * k]) - p[0]) for i, name in enumerate(fillers)}
+    return float(p[0]), p[1:].reshape(len(fillers), len(hides))
+
+
+def fill_changes(image: np.ndarray, hides: np.ndarray, adapter: OnnxAdapter, target: int,
+                 fillers: dict[str, Filler]) -> dict[str, float]:
+    """The change of P(target) when each fill hides each of ``hides``, mean over the masks (:func:`fill_answers`)."""
+    p0, p = fill_answers(image, hides, adapter, target, fillers)
+    return {name: float(np.mean(p[i])) - p0 for i, name in enumerate(fillers)}
 
 
 def hidden_drop(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target: int) -> float:
@@ -150,7 +156,7 @@ def fill_drops(image: np.ndarray, hide: np.ndarray, adapter: OnnxAdapter, target
 def half_masks(shape: tuple[int, int], patch: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` bool pixel masks (n, H, W), each hiding a random half of the ``patch``-px squares."""
     grid = PatchGrid(shape[0], shape[1], patch)
-    return grid.hidden_pixels(~(rng.random((n, grid.n_patches)) < 0.5))
+    return grid.hidden_pixels(rng.random((n, grid.n_patches)) >= 0.5)  # the visible squares
 
 
 def fill_rises(image: np.ndarray, masks: np.ndarray, adapter: OnnxAdapter, finding: int,
@@ -203,13 +209,23 @@ def fill_drops_table(result: dict[str, Any], command: str, reads: float = 0.1) -
     return "\n".join(lines) + "\n"
 
 
+def region_drops(image: np.ndarray, maps: list[np.ndarray], area: int, adapter: OnnxAdapter,
+                 target: int) -> list[float]:
+    """A faithfulness check that needs no expert: for each map, the drop when its top ``area`` pixels (the expert
+    mask's area) are filled with the image's mean, as :func:`box_drop` hides the expert mask (one request for all
+    maps). A map whose region drops the answer more than the expert's mask does has found more of what the model
+    reads than the mask holds; AUPRC against the mask cannot credit it."""
+    hides = np.zeros((len(maps), maps[0].size), bool)
+    for top, m in zip(hides, maps):
+        top[np.argsort(-np.asarray(m, np.float64).ravel(), kind="stable")[:max(1, int(area))]] = True
+    p0, p = fill_answers(image, hides.reshape((len(maps),) + maps[0].shape), adapter, target,
+                         {"mean": ConstantFiller("mean")})
+    return [p0 - float(x) for x in p[0]]
+
+
 def region_drop(image: np.ndarray, saliency: np.ndarray, area: int, adapter: OnnxAdapter, target: int) -> float:
-    """A faithfulness check that needs no expert: the drop when the map's top ``area`` pixels (the expert mask's area)
-    are hidden, as :func:`box_drop` hides the expert mask. A map whose region drops the answer more than the expert's
-    mask does has found more of what the model reads than the mask holds; AUPRC against the mask cannot credit it."""
-    top = np.zeros(saliency.size, bool)
-    top[np.argsort(-np.asarray(saliency, np.float64).ravel(), kind="stable")[:max(1, int(area))]] = True
-    return hidden_drop(image, top.reshape(saliency.shape), adapter, target)
+    """:func:`region_drops` of one map."""
+    return region_drops(image, [saliency], area, adapter, target)[0]
 
 
 def variant(name: str) -> ExplainConfig:

@@ -33,6 +33,7 @@ import numpy as np
 
 from blackbox_lime.adapters.onnx import OnnxAdapter
 from blackbox_lime.config import ExplainConfig
+from blackbox_lime.evaluation.bench_real import _public_args, region_drops, variant
 from blackbox_lime.evaluation.bench_stopping import GROUPS, REAL_GROUPS, cases, real_cases
 from blackbox_lime.evaluation.metrics import pixel_auprc
 from blackbox_lime.explainer import Explainer, to_canvas
@@ -49,18 +50,6 @@ def settings() -> list[tuple[float, float]]:
 
 def label(radius: float, eps: float) -> str:
     return "unguided" if radius == 0 else f"{radius:g} patch, eps {eps:g}"
-
-
-def top_drop(image: np.ndarray, maps: list[np.ndarray], area: int, adapter: OnnxAdapter, target: int,
-             p0: float) -> list[float]:
-    """P(target) minus P(target) with each map's ``area`` top pixels set to the image's mean colour."""
-    fill = image.reshape(-1, image.shape[2]).mean(axis=0)
-    batch = []
-    for m in maps:
-        x = image.reshape(-1, image.shape[2]).copy()
-        x[np.argsort(-m.ravel(), kind="stable")[:area]] = fill
-        batch.append(x.reshape(image.shape))
-    return [p0 - float(p) for p in adapter.predict(np.stack(batch))[:, target]]
 
 
 def run(images: int, roots: dict[str, str], log: Any = print, base: ExplainConfig | None = None) -> dict[str, Any]:
@@ -85,7 +74,7 @@ def run(images: int, roots: dict[str, str], log: Any = print, base: ExplainConfi
                 maps = [ex.grid.upsample(e.patch_weights.ravel(), image.shape[:2], ex.config.map_sigma, canvas, r, eps)
                         for r, eps in grid_settings]
                 auprc.append([pixel_auprc(m, mask) for m in maps])
-                drop.append(top_drop(canvas, maps, int(mask.sum()), adapter, target, e.target_prob))
+                drop.append(region_drops(canvas, maps, int(mask.sum()), adapter, target))
         groups[name] = {"auprc": auprc, "drop": drop}
         log(f"{name}: {len(auprc)} cases, {time.time() - t0:.0f} s")
     return {"images": images, "settings": [list(s) for s in grid_settings], "groups": groups,
@@ -142,13 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench_out/tune_guide")
     a = p.parse_args(argv)
     roots = {k: v for k, v in (("kvasir_polyp", a.kvasir), ("figshare_brain", a.figshare)) if v}
-    from blackbox_lime.evaluation.bench_real import variant
-
     result = run(a.images, roots, log=lambda s: print(s, file=sys.stderr, flush=True),
                  base=variant(a.base) if a.base else None)
     command = "python -m blackbox_lime.evaluation.tune_guide " + " ".join(
-        "DATA" if prev in ("--kvasir", "--figshare") else x for prev, x in zip([""] + list(argv or sys.argv[1:]),
-                                                                                argv or sys.argv[1:]))
+        _public_args(argv if argv is not None else sys.argv[1:]))
     result["command"] = command
     rows = summarize(result)
     out = Path(a.out)
